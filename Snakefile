@@ -1,0 +1,23 @@
+# medsynth: controllable, pathology-aware CT/MRI synthesis, from raw scans to the papers' tables.
+# Embedded study:  snakemake --cores 2
+# Paper study:     snakemake --profile profiles/slurm --configfile config/studies/<paper>.yaml
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "config/schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+
+
+rule all:
+    input:
+        final_outputs(),
+    default_target: True

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Set up the project's virtual environment (.venv) with the pinned stack.
+# Idempotent: a second run with unchanged pins only checks and exits in seconds.
+#   PYTHON=python3.11 ./install.sh        choose the interpreter (default: python3.11, else python3)
+#   MEDSYNTH_VENV=/path/to/venv ./install.sh   put the venv elsewhere
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
+VENV=${MEDSYNTH_VENV:-.venv}
+"$PY" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "medsynth needs Python 3.11 (got %s)" % sys.version.split()[0])'
+
+want=$(cat requirements/torch.txt requirements/lock.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+stamp="$VENV/.medsynth-install.sha256"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$VENV/bin/python" -c 'import medsynth' 2>/dev/null; then
+  echo "install.sh: $VENV is up to date"
+  exit 0
+fi
+
+start=$(date +%s)
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+pip=("$VENV/bin/python" -m pip --disable-pip-version-check)
+"${pip[@]}" install -q "pip==24.3.1"
+# torch first, then everything else constrained to it (torch-fidelity would otherwise upgrade it)
+"${pip[@]}" install -q -r requirements/torch.txt
+"${pip[@]}" install -q -c requirements/torch.txt -r requirements/lock.txt
+"${pip[@]}" install -q --no-deps --no-build-isolation -e .
+"${pip[@]}" check
+echo "$want" > "$stamp"
+echo "install.sh: installed into $VENV in $(( $(date +%s) - start )) s"

@@ -1,0 +1,163 @@
+"""Ingest: a case's source (DICOM series, NIfTI, NRRD, MHA) -> canonical NIfTI, with QC.
+
+Canonical means RAS+ axis order (no resampling, spacing kept), CT values in HU (int16 when they
+are whole numbers in range, else float32) and MR as float32. A case that cannot be read or fails
+QC is not written; its reason goes to the shard table and from there to ``qc/quarantine.csv``.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from medsynth.data.qc import QCThresholds, qc_reasons, voxel_spacing
+from medsynth.fsutil import atomic_dir, sha256_file
+from medsynth.io.dicom import DicomSeriesError, find_series, read_series, series_digest
+from medsynth.io.volume import canonical, orientation_codes, read_volume, write_nifti
+
+log = logging.getLogger(__name__)
+
+SHARD_TABLE = "cases.csv"
+
+
+class CaseRejected(ValueError):
+    """The case is quarantined; the message is the one-line reason."""
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """Ingest settings from the ``ingest`` config section."""
+
+    ct_dtype: str = "auto"
+    dicom_spacing_tolerance: float = 0.1
+    qc: QCThresholds = QCThresholds()
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "IngestOptions":
+        """Build from the ``ingest`` config section."""
+        return cls(
+            ct_dtype=cfg.get("ct_dtype", "auto"),
+            dicom_spacing_tolerance=float(cfg.get("dicom_spacing_tolerance", 0.1)),
+            qc=QCThresholds.from_config(cfg.get("qc", {})),
+        )
+
+
+def _read_source(row: dict, options: IngestOptions) -> tuple[nib.Nifti1Image, str]:
+    """Read the case's image; returns (image, source checksum)."""
+    source = Path(row["source"])
+    if row["source_kind"] == "dicom":
+        files = [p for p in sorted(source.rglob("*")) if p.is_file()]
+        matches = [s for s in find_series(files) if s.series_uid == row["series_uid"]]
+        if not matches:
+            raise CaseRejected(f"DICOM series {row['series_uid']} not found under {source}")
+        try:
+            return read_series(matches[0].files, options.dicom_spacing_tolerance), series_digest(matches[0].files)
+        except DicomSeriesError as err:
+            raise CaseRejected(str(err)) from err
+    if not source.exists():
+        raise CaseRejected(f"source file missing: {source}")
+    try:
+        return read_volume(source), sha256_file(source)
+    except Exception as err:  # any reader failure is a property of the file, not of the pipeline
+        raise CaseRejected(f"unreadable {source.name}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
+
+
+def apply_rescale(image: nib.Nifti1Image, slope, intercept) -> nib.Nifti1Image:
+    """Apply a per-case rescale (values from a dataset's metadata CSV, e.g. CT-RATE); no-op when absent."""
+    if slope in ("", None) and intercept in ("", None):
+        return image
+    slope = float(slope) if slope not in ("", None) else 1.0
+    intercept = float(intercept) if intercept not in ("", None) else 0.0
+    data = np.asarray(image.dataobj, dtype=np.float64) * slope + intercept
+    return nib.Nifti1Image(data.astype(np.float32), image.affine)
+
+
+def ct_storage_dtype(data: np.ndarray, choice: str) -> type:
+    """int16 when the HU values are whole numbers inside int16 (choice ``auto``), else float32."""
+    if choice == "float32":
+        return np.float32
+    fits = np.issubdtype(data.dtype, np.integer) or np.all(np.mod(data, 1) == 0)
+    fits = fits and data.min() >= np.iinfo(np.int16).min and data.max() <= np.iinfo(np.int16).max
+    if choice == "int16" and not fits:
+        raise CaseRejected("HU values do not fit int16 (ingest.ct_dtype: int16); use auto or float32")
+    return np.int16 if fits else np.float32
+
+
+def _same_grid(a: nib.Nifti1Image, b: nib.Nifti1Image) -> bool:
+    return a.shape[:3] == b.shape[:3] and np.allclose(a.affine, b.affine, atol=1e-3)
+
+
+def ingest_case(row: dict, out_dir: Path, options: IngestOptions) -> dict:
+    """Ingest one sources row into ``out_dir/images`` (+ ``labels``); returns the shard-table row.
+
+    Raises ``CaseRejected`` with the one-line quarantine reason.
+    """
+    image, source_digest = _read_source(row, options)
+    image = apply_rescale(image, row.get("rescale_slope", ""), row.get("rescale_intercept", ""))
+    original_orientation = orientation_codes(image)
+    image = canonical(image)
+    data = np.asarray(image.dataobj)
+    reasons = qc_reasons(image, row["modality"], options.qc)
+    if reasons:
+        raise CaseRejected("; ".join(reasons))
+    dtype = ct_storage_dtype(data, options.ct_dtype) if row["modality"] == "CT" else np.float32
+    label_path = ""
+    if row.get("label"):
+        try:
+            label = canonical(read_volume(row["label"]))
+        except Exception as err:
+            raise CaseRejected(f"unreadable label map {Path(row['label']).name}: {err}") from err
+        if not _same_grid(label, image):
+            raise CaseRejected("label map geometry (shape/affine) differs from the image")
+        label_path = str(write_nifti(label, out_dir / "labels" / f"{row['case_id']}.nii.gz", np.int16))
+    path = write_nifti(image, out_dir / "images" / f"{row['case_id']}.nii.gz", dtype)
+    spacing = voxel_spacing(image)
+    return {
+        "path": str(path),
+        "sha256": sha256_file(path),
+        "label_path": label_path,
+        "source_sha256": source_digest,
+        "source_orientation": original_orientation,
+        "shape": "x".join(str(int(n)) for n in image.shape[:3]),
+        "spacing": "x".join(f"{s:.4g}" for s in spacing),
+        "dtype": np.dtype(dtype).name,
+        "min": float(data.min()),
+        "max": float(data.max()),
+    }
+
+
+def ingest_shard(sources: pd.DataFrame, out_dir: str | Path, options: IngestOptions, progress: bool = True) -> pd.DataFrame:
+    """Ingest every case of a shard into the folder ``out_dir`` (written atomically as a whole).
+
+    Returns the shard table: one row per case with ``status`` (``ok``/``quarantined``) and ``reason``.
+    A failing case never stops the others.
+    """
+    out_dir = Path(out_dir)
+    rows = []
+    with atomic_dir(out_dir) as tmp:
+        for row in tqdm(sources.to_dict("records"), desc=f"ingest {out_dir.name}", disable=not progress):
+            result = {k: row[k] for k in sources.columns}
+            try:
+                produced = ingest_case(row, tmp, options)
+                # paths inside the temporary folder become paths inside the final one
+                for key in ("path", "label_path"):
+                    if produced[key]:
+                        produced[key] = str(out_dir / Path(produced[key]).relative_to(tmp))
+                result.update(produced, status="ok", reason="")
+            except CaseRejected as err:
+                log.warning("quarantined %s: %s", row["case_id"], err)
+                result.update(status="quarantined", reason=str(err))
+            except Exception as err:  # unexpected: keep the study going, keep the evidence
+                log.error("quarantined %s after an unexpected error:\n%s", row["case_id"], traceback.format_exc())
+                result.update(status="quarantined", reason=f"ingest error: {type(err).__name__}: {err}")
+            rows.append(result)
+        table = pd.DataFrame(rows)
+        table.to_csv(tmp / SHARD_TABLE, index=False)
+    return table

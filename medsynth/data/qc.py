@@ -1,0 +1,76 @@
+"""Quality control of canonical volumes: each check returns a one-line reason or nothing.
+
+The thresholds come from the ``ingest.qc`` section of the study config (see config/schema.yaml).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import nibabel as nib
+import numpy as np
+
+
+@dataclass(frozen=True)
+class QCThresholds:
+    """Limits a volume must respect to enter the study."""
+
+    min_slices: int = 16
+    spacing_mm: tuple[float, float] = (0.2, 8.0)
+    ct_value_range: tuple[float, float] = (-3100.0, 30000.0)
+    ct_air_percentile: float = 0.5
+    ct_air_max_hu: float = -500.0
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "QCThresholds":
+        """Build from the ``ingest.qc`` config section."""
+        d = cls()
+        return cls(
+            min_slices=int(cfg.get("min_slices", d.min_slices)),
+            spacing_mm=tuple(cfg.get("spacing_mm", d.spacing_mm)),
+            ct_value_range=tuple(cfg.get("ct_value_range", d.ct_value_range)),
+            ct_air_percentile=float(cfg.get("ct_air_percentile", d.ct_air_percentile)),
+            ct_air_max_hu=float(cfg.get("ct_air_max_hu", d.ct_air_max_hu)),
+        )
+
+
+def voxel_spacing(image: nib.Nifti1Image) -> np.ndarray:
+    """Voxel spacing in mm along the three array axes (from the affine)."""
+    return np.linalg.norm(image.affine[:3, :3], axis=0)
+
+
+def qc_reasons(image: nib.Nifti1Image, modality: str, limits: QCThresholds) -> list[str]:
+    """All reasons why ``image`` must be quarantined (empty list: it passes)."""
+    reasons: list[str] = []
+    data = np.asarray(image.dataobj)
+    if data.ndim != 3:
+        return [f"not a 3D volume (shape {data.shape})"]
+    spacing = voxel_spacing(image)
+    if abs(np.linalg.det(image.affine[:3, :3])) < 1e-9 or not np.all(np.isfinite(image.affine)):
+        reasons.append("degenerate spacing: singular or non-finite affine")
+    elif np.any(spacing < limits.spacing_mm[0]) or np.any(spacing > limits.spacing_mm[1]):
+        reasons.append(
+            f"degenerate spacing: {np.round(spacing, 4).tolist()} mm outside [{limits.spacing_mm[0]}, {limits.spacing_mm[1]}]"
+        )
+    if min(data.shape) < limits.min_slices:
+        reasons.append(f"too few slices: shape {list(data.shape)} has fewer than {limits.min_slices} along an axis")
+    finite = np.isfinite(data)
+    if not finite.all():
+        reasons.append(f"non-finite values: {int((~finite).sum())} NaN/inf voxels")
+        return reasons
+    if data.size == 0 or data.min() == data.max():
+        reasons.append(f"empty image: every voxel is {data.flat[0] if data.size else 'absent'}")
+        return reasons
+    if modality == "CT":
+        lo, hi = float(data.min()), float(data.max())
+        if lo < limits.ct_value_range[0] or hi > limits.ct_value_range[1]:
+            reasons.append(
+                f"implausible HU: values {lo:g}..{hi:g} outside [{limits.ct_value_range[0]:g}, {limits.ct_value_range[1]:g}]"
+            )
+        air = float(np.percentile(data, limits.ct_air_percentile))
+        if air > limits.ct_air_max_hu:
+            reasons.append(
+                f"implausible HU: {limits.ct_air_percentile:g}th percentile is {air:g} > {limits.ct_air_max_hu:g} "
+                "(no air; rescale slope/intercept missing, or not a CT)"
+            )
+    return reasons
