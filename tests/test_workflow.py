@@ -1,0 +1,67 @@
+"""The workflow through Snakemake: the embedded study, a local study with broken cases, lint."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+from dicom_writer import write_series
+from workflow import REPO, embedded_config, run_snakemake
+
+
+def test_embedded_study_runs_to_manifest_and_qc(tmp_path):
+    run_snakemake(tmp_path, embedded_config())
+    results = tmp_path / "results" / "example"
+    manifest = pd.read_csv(results / "manifest.csv", dtype=str, keep_default_na=False)
+    assert manifest["case_id"].tolist() == [
+        "example_abdomen_mr", "example_abdomen_pelvis_ct", "example_chest_cta", "example_upper_abdomen_ct"]
+    assert manifest.set_index("case_id")["split"].to_dict() == {
+        "example_abdomen_mr": "train", "example_abdomen_pelvis_ct": "train",
+        "example_chest_cta": "test", "example_upper_abdomen_ct": "train"}
+    assert set(manifest["modality"]) == {"CT", "MR"}
+    for path in manifest["path"]:
+        assert (tmp_path / path).exists()
+    assert pd.read_csv(results / "qc" / "quarantine.csv").empty
+    inventory = pd.read_csv(results / "raw" / "example" / "inventory.csv")
+    assert len(inventory) == 7  # six scans + the attribution README
+    # a second run has nothing to do
+    again = run_snakemake(tmp_path, embedded_config(), extra=("-n",))
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_local_study_quarantines_broken_cases_and_keeps_the_rest(tmp_path, example_dir, ct_small):
+    root = tmp_path / "scans"
+    root.mkdir()
+    shutil.copy(example_dir / "ct" / "abdomen_pelvis_ct_3mm.nii.gz", root / "good_ct.nii.gz")
+    (root / "broken.nii.gz").write_bytes(b"\x1f\x8b truncated")
+    write_series(ct_small, root / "dicom_ok", patient_id="P9", series_number=2, compress="jpeg2000")
+    write_series(ct_small, root / "dicom_gap", patient_id="P8", series_number=5, drop_slices=(4,))
+    config = embedded_config(study="mine", datasets=[{"name": "mine", "kind": "local", "root": str(root)}],
+                             splits={"fractions": {"train": 1.0}})
+    run_snakemake(tmp_path, config)
+    results = tmp_path / "results" / "mine"
+    manifest = pd.read_csv(results / "manifest.csv")
+    quarantine = pd.read_csv(results / "qc" / "quarantine.csv").set_index("case_id")
+    assert sorted(manifest["case_id"]) == ["mine_P9_2", "mine_good_ct"]
+    assert sorted(quarantine.index) == ["mine_P8_5", "mine_broken"]
+    assert quarantine.loc["mine_P8_5", "reason"].startswith("missing slice")
+    assert quarantine.loc["mine_broken", "reason"].startswith("unreadable")
+
+
+def test_corrupted_shipped_file_fails_download_with_clear_message(tmp_path, example_dir):
+    copy = tmp_path / "example_copy"
+    shutil.copytree(example_dir, copy)
+    (copy / "mr" / "abdomen_mr_3mm.nii.gz").write_bytes(b"tampered")
+    config = embedded_config(datasets=[{"name": "example", "root": str(copy)}])
+    proc = run_snakemake(tmp_path, config, check=False)
+    assert proc.returncode != 0
+    log = (tmp_path / "results" / "example" / "logs" / "download" / "example.log").read_text()
+    assert "ChecksumMismatch" in log and "abdomen_mr_3mm.nii.gz" in log
+    assert not (tmp_path / "results" / "example" / "raw" / "example" / "inventory.csv").exists()
+
+
+def test_lint_is_clean():
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

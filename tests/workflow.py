@@ -1,0 +1,32 @@
+"""Run the real Snakefile on a config in a temporary working folder (test helper)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_snakemake(workdir: Path, config: dict, *targets: str, extra: tuple[str, ...] = (), check: bool = True,
+                  timeout: int = 1200) -> subprocess.CompletedProcess:
+    """Write ``config`` to ``workdir/config.yaml`` and run snakemake there with the repository's Snakefile."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_file = workdir / "config.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(config_file), "--cores", "2", *extra, *targets]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+    return proc
+
+
+def embedded_config(**overrides) -> dict:
+    """The embedded default study's config with ``overrides`` applied at the top level."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config.update(overrides)
+    return config
