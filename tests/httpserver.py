@@ -5,9 +5,13 @@ Files are registered with ``add_file`` and served with HTTP Range support (206 +
 
 * ``drop_first``: the first response announces the full Content-Length, sends half of the body
   and closes the socket, so the client has to resume with a Range request;
+* ``drop_after``: every response announces the full Content-Length but hangs up after at most
+  this many body bytes (a link that breaks over and over);
 * ``fail_times``: the first N requests get ``503 Service Unavailable``;
 * ``ignore_range``: Range headers are ignored (always 200 with the whole body);
-* ``token``: the request needs ``Authorization: Bearer <token>`` (401 otherwise).
+* ``token``: the request needs ``Authorization: Bearer <token>`` (401 otherwise);
+* ``gzip``: the body is sent gzip-compressed with ``Content-Encoding: gzip`` when the client accepts it;
+* ``chunked``: the body is sent with ``Transfer-Encoding: chunked`` (no Content-Length).
 
 ``add_json`` registers a JSON document; ``add_zenodo_record`` and ``add_osf_node`` build the
 Zenodo records API and the (paginated, recursive) OSF storage API on top of it. Every request is
@@ -16,6 +20,7 @@ recorded (method, path, headers) in ``requests``.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import re
@@ -30,9 +35,12 @@ from urllib.parse import urlsplit
 class Served:
     data: bytes
     drop_first: bool = False
+    drop_after: int | None = None
     fail_times: int = 0
     ignore_range: bool = False
     token: str | None = None
+    gzip: bool = False
+    chunked: bool = False
     hits: int = 0
 
 
@@ -163,14 +171,32 @@ def make_handler(state: LoopbackServer):
                 end = min(end, len(data) - 1)
                 status, data = 206, data[start:end + 1]
                 headers["Content-Range"] = f"bytes {start}-{end}/{len(served.data)}"
+            if served.gzip and "gzip" in self.headers.get("Accept-Encoding", "") and status == 200:
+                data, headers["Content-Encoding"] = gzip.compress(data), "gzip"
+            if served.chunked:
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for i in range(0, len(data), 10_000):
+                    piece = data[i:i + 10_000]
+                    self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                self.wfile.write(b"0\r\n\r\n")
+                return
+            cut = None
             if served.drop_first and hit == 1:
-                # Announce everything, send half, then hang up.
+                cut = len(data) // 2
+            elif served.drop_after is not None and len(data) > served.drop_after:
+                cut = served.drop_after
+            if cut is not None:
+                # Announce everything, send part of it, then hang up.
                 self.send_response(status)
                 for key, value in headers.items():
                     self.send_header(key, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data[: len(data) // 2])
+                self.wfile.write(data[:cut])
                 self.wfile.flush()
                 self.close_connection = True
                 try:

@@ -26,13 +26,17 @@ def is_archive(path: str | Path) -> bool:
     return name.endswith((".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz"))
 
 
-def _check_zip_member(info: zipfile.ZipInfo) -> None:
-    name = info.filename
+def _check_name(name: str) -> None:
     path = PurePosixPath(name.replace("\\", "/"))
     if path.is_absolute() or (len(name) > 1 and name[1] == ":"):
         raise UnsafeArchiveError(f"absolute path in archive: {name!r}")
     if ".." in path.parts:
         raise UnsafeArchiveError(f"parent-directory component in archive: {name!r}")
+
+
+def _check_zip_member(info: zipfile.ZipInfo) -> None:
+    name = info.filename
+    _check_name(name)
     mode = info.external_attr >> 16
     if stat.S_ISLNK(mode):
         raise UnsafeArchiveError(f"symbolic link in zip archive: {name!r}")
@@ -53,6 +57,8 @@ def safe_extract(archive: str | Path, target: str | Path) -> Path:
         with tarfile.open(archive) as tf:
             members = tf.getmembers()
             for member in members:
+                # The data filter strips a leading "/" instead of refusing the member: check names first.
+                _check_name(member.name)
                 try:
                     tarfile.data_filter(member, str(target))
                 except tarfile.FilterError as err:

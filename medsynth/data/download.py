@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
+import urllib3
 from tqdm.auto import tqdm
 
 from medsynth.fsutil import CHUNK_BYTES, file_digest
@@ -65,6 +66,8 @@ def redact_url(url: str) -> str:
     """The URL without user info, query or fragment (where signed tokens live)."""
     parts = urlsplit(url)
     host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal: keep its brackets
+        host = f"[{host}]"
     if parts.port:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
@@ -122,7 +125,8 @@ def download_file(
         try:
             _transfer(url, part, headers or {}, policy, session, shown)
             break
-        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError, _Incomplete) as err:
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                urllib3.exceptions.ProtocolError, urllib3.exceptions.ReadTimeoutError, _Incomplete) as err:
             last_error = err
         except _RetryableStatus as err:
             last_error = err
@@ -174,12 +178,27 @@ def _transfer(url: str, part: Path, headers: dict, policy: DownloadPolicy, sessi
             total=expected_total, initial=offset, unit="B", unit_scale=True, desc=Path(shown).name,
             disable=not policy.progress, leave=False,
         ) as bar:
-            for chunk in resp.iter_content(chunk_size=policy.chunk_bytes):
+            for chunk in _body(resp, policy.chunk_bytes):
                 f.write(chunk)
                 written += len(chunk)
                 bar.update(len(chunk))
         if expected_total is not None and written < expected_total:
             raise _Incomplete(f"connection closed at {written} of {expected_total} bytes")
+
+
+def _body(resp: requests.Response, size: int):
+    """Yield the body as it arrives.
+
+    ``iter_content`` waits for whole ``size`` chunks and drops a partly filled one when the
+    connection breaks, so a resume would start up to ``size`` bytes too early (and never make
+    progress if every connection breaks sooner). ``read1`` hands over every byte received.
+    """
+    read1 = getattr(resp.raw, "read1", None)
+    if read1 is None:  # urllib3 < 2.3
+        yield from resp.iter_content(chunk_size=size)
+        return
+    while chunk := read1(size, decode_content=True):
+        yield chunk
 
 
 def _content_range_start(value: str) -> int | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable
 
 import pandas as pd
@@ -54,6 +54,10 @@ def _wanted(name: str, entry: dict) -> bool:
 
 def _download_and_extract(url: str, rel: str, checksum: str | None, files_dir: Path, entry: dict,
                           policy: DownloadPolicy, headers: dict, session: requests.Session) -> None:
+    path = PurePosixPath(rel.replace("\\", "/"))
+    if not path.parts or path.is_absolute() or ".." in path.parts:
+        # Names come from remote listings (Zenodo keys, OSF paths): keep them inside files_dir.
+        raise DownloadError(f"dataset {entry['name']!r}: unsafe file name {rel!r}")
     dest = download_file(url, files_dir / rel, checksum=checksum, headers=headers, policy=policy, session=session)
     if entry.get("extract", True) and is_archive(dest):
         target = dest.with_name(dest.name.split(".")[0])

@@ -1,0 +1,1 @@
+"""Pseudo-masks: off-the-shelf segmenters behind one interface, and label maps -> condition masks."""

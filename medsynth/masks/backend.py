@@ -1,0 +1,55 @@
+"""One interface for every segmenter that makes pseudo-masks, and the factory that picks one from config.
+
+A backend turns a canonical image into a label map on the same grid plus the mapping from label
+id to structure name. Backends that need pretrained weights check for them first and raise
+``WeightsUnavailable`` (naming the config key, the environment variable and the weights' source)
+instead of reaching for the network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import nibabel as nib
+
+
+class WeightsUnavailable(RuntimeError):
+    """A backend's pretrained weights are not on this machine (the message says how to get them)."""
+
+
+@dataclass
+class Segmentation:
+    """A label map on the input image's grid and what its label ids mean."""
+
+    labels: nib.Nifti1Image
+    names: dict[int, str]
+
+
+class Segmenter(Protocol):
+    """Anything that segments a canonical volume."""
+
+    name: str
+
+    def segment(self, image: nib.Nifti1Image, modality: str) -> Segmentation:
+        """Label map of ``image`` (same shape and affine) and the id -> structure-name mapping."""
+        ...
+
+
+def make_segmenter(cfg: dict) -> Segmenter:
+    """Build the backend named by ``cfg['backend']`` (classical, totalsegmentator, lungmask)."""
+    backend = cfg.get("backend", "classical")
+    options = dict(cfg.get(backend) or {})
+    if backend == "classical":
+        from medsynth.masks.classical import ClassicalCTSegmenter
+
+        return ClassicalCTSegmenter(**options)
+    if backend == "totalsegmentator":
+        from medsynth.masks.totalseg import TotalSegmentatorSegmenter
+
+        return TotalSegmentatorSegmenter(**options)
+    if backend == "lungmask":
+        from medsynth.masks.lungmask_seg import LungmaskSegmenter
+
+        return LungmaskSegmenter(**options)
+    raise ValueError(f"unknown segmenter backend {backend!r} (masks.segmenters[].backend): classical, totalsegmentator, lungmask")
