@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 import stat
 import sys
 import tarfile
@@ -213,12 +212,16 @@ def test_gives_up_after_retries(server, tmp_path, caplog):
     assert not dest.exists() and not part_of(dest).exists()
 
 
-def test_unreachable_server_gives_up(tmp_path):
-    with RunningServer() as state:
-        url = state.url("/gone.bin")
+def test_unreachable_server_gives_up_without_showing_the_query(tmp_path, caplog):
+    with RunningServer() as state:  # started and stopped: its port now refuses connections
+        url = state.url("/gone.bin") + "?X-Signature=QUERYSECRET"
     policy = DownloadPolicy(retries=1, backoff_s=0.01, timeout_s=2.0, progress=False)
-    with pytest.raises(DownloadError, match="giving up"):
+    caplog.set_level(logging.INFO, logger="medsynth")
+    with pytest.raises(DownloadError, match="giving up") as info:
         download_file(url, tmp_path / "gone.bin", policy=policy)
+    assert "gone.bin" in str(info.value)
+    assert "QUERYSECRET" not in str(info.value)
+    assert "retry 1/1" in caplog.text and "QUERYSECRET" not in caplog.text
     assert not (tmp_path / "gone.bin").exists()
 
 

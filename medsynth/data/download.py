@@ -73,6 +73,15 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
+def _scrub(err: object, url: str) -> str:
+    """Text of ``err`` without ``url``'s query, fragment and password (requests quotes the full URL)."""
+    text, parts = str(err), urlsplit(url)
+    for secret in (parts.query, parts.fragment, parts.password):
+        if secret:
+            text = text.replace(secret, "<redacted>")
+    return text
+
+
 def parse_checksum(checksum: str | None) -> tuple[str, str] | None:
     """``"sha256:ab.."``, ``"md5:.."`` or a bare sha256 hex string -> (algorithm, hex)."""
     if not checksum:
@@ -120,7 +129,8 @@ def download_file(
     for attempt in range(policy.retries + 1):
         if attempt:
             delay = min(policy.backoff_s * 2 ** (attempt - 1), policy.backoff_max_s)
-            log.warning("retry %d/%d of %s in %.1f s (%s)", attempt, policy.retries, shown, delay, last_error)
+            log.warning("retry %d/%d of %s in %.1f s (%s)", attempt, policy.retries, shown, delay,
+                        _scrub(last_error, url))
             time.sleep(delay)
         try:
             _transfer(url, part, headers or {}, policy, session, shown)
@@ -131,7 +141,7 @@ def download_file(
         except _RetryableStatus as err:
             last_error = err
     else:
-        raise DownloadError(f"giving up on {shown} after {policy.retries + 1} attempts: {last_error}")
+        raise DownloadError(f"giving up on {shown} after {policy.retries + 1} attempts: {_scrub(last_error, url)}")
     bad = verify_checksum(part, checksum)
     if bad is not None:
         part.unlink(missing_ok=True)
