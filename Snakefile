@@ -15,6 +15,8 @@ validate(config, "config/schema.yaml")
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/preprocess.smk"
+include: "rules/masks.smk"
 
 
 rule all:

@@ -25,10 +25,26 @@ def dataset_entry(wildcards):
     return DATASETS[wildcards.dataset]
 
 
-def ingest_shards(wildcards):
-    """Shard folders of the ingest stage (known once the sources table exists)."""
+def shards(wildcards=None):
+    """Shard ids of the study (known once the sources table exists; fixed from then on)."""
     sources = pd.read_csv(checkpoints.discover_cases.get().output.sources, dtype=str, keep_default_na=False)
-    return expand(f"{RESULTS}/ingest/shard-{{shard}}", shard=_shard_ids(len(sources), config["shard_size"]))
+    return _shard_ids(len(sources), config["shard_size"])
+
+
+def per_shard(pattern):
+    """Input function: ``pattern`` (with ``{shard}``) for every shard of the study."""
+    return lambda wildcards: expand(pattern, shard=shards())
+
+
+ingest_shards = per_shard(f"{RESULTS}/ingest/shard-{{shard}}")
+registered_shards = per_shard(f"{RESULTS}/registered/shard-{{shard}}")
+masks_shards = per_shard(f"{RESULTS}/masks/shard-{{shard}}")
+
+
+def training_sets(wildcards):
+    """Every training-set shard (2D slices and 3D volumes) of the study."""
+    return expand(f"{RESULTS}/trainsets/{{kind}}/shard-{{shard}}.{{ext}}", kind=["slices", "volumes"],
+                  shard=shards(), ext=["safetensors", "csv"])
 
 
 def final_outputs():
@@ -36,4 +52,7 @@ def final_outputs():
     return [
         f"{RESULTS}/manifest.csv",
         f"{RESULTS}/qc/quarantine.csv",
+        training_sets,
+        f"{RESULTS}/figures/registration_overlay.png",
+        f"{RESULTS}/figures/mask_overlay.png",
     ]

@@ -66,7 +66,7 @@ rule manifest:
         shards=ingest_shards,
     output:
         manifest=f"{RESULTS}/manifest.csv",
-        quarantine=f"{RESULTS}/qc/quarantine.csv",
+        quarantine=f"{RESULTS}/qc/ingest_quarantine.csv",
     log:
         f"{RESULTS}/logs/manifest.log",
     params:

@@ -1,0 +1,143 @@
+"""Training sets: 2D axial slices and 3D volumes with paired condition masks, in safetensors shards.
+
+One shard of cases -> one ``.safetensors`` file (tensors ``image`` float16 in [-1, 1], ``masks``
+uint8 binary channels) and one index CSV (a row per sample: case, split, modality, slice, the
+organs present, and every prompt field of the manifest). Masks are kept binary on disk; loaders
+map them to [-0.5, 0.5] with ``medsynth.masks.conditions.to_condition_values``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from safetensors.numpy import load_file, save_file
+
+from medsynth.fsutil import atomic_path, write_csv_atomic
+from medsynth.masks.conditions import to_condition_values
+from medsynth.preprocess.intensity import normalise
+
+
+@dataclass(frozen=True)
+class SliceOptions:
+    """2D set: slice size in pixels, minimum in-field fraction of a slice, keep every n-th slice."""
+
+    size: int = 64
+    min_coverage: float = 0.5
+    every: int = 1
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "SliceOptions":
+        """Build from ``trainsets.slices``."""
+        return cls(int(cfg.get("size", 64)), float(cfg.get("min_coverage", 0.5)), int(cfg.get("every", 1)))
+
+
+def _resize(volume: np.ndarray, size: tuple[int, ...], binary: bool) -> np.ndarray:
+    """Resize a (C, *spatial) array: area/linear for images, area + threshold 0.5 for binary masks."""
+    t = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None]
+    if tuple(t.shape[2:]) == tuple(size):
+        out = t
+    else:
+        shrinking = all(s <= n for s, n in zip(size, t.shape[2:]))
+        mode = "area" if shrinking or binary else ("bilinear" if len(size) == 2 else "trilinear")
+        kwargs = {} if mode == "area" else {"align_corners": False}
+        out = F.interpolate(t, size=size, mode=mode, **kwargs)
+    out = out[0].numpy()
+    return (out >= 0.5).astype(np.uint8) if binary else out
+
+
+def axial_slices(image: np.ndarray, masks: np.ndarray, coverage: np.ndarray, options: SliceOptions):
+    """Yield (z, image slice (1,S,S), masks (C,S,S)) for axial slices with enough in-field coverage.
+
+    ``image`` is (X, Y, Z) in model units, ``masks`` (C, X, Y, Z) binary, ``coverage`` (X, Y, Z) in [0, 1].
+    """
+    size = (options.size, options.size)
+    for z in range(0, image.shape[2], options.every):
+        if coverage[:, :, z].mean() < options.min_coverage:
+            continue
+        img = _resize(image[None, :, :, z], size, binary=False)
+        msk = _resize(masks[:, :, :, z], size, binary=True) if len(masks) else np.zeros((0, *size), np.uint8)
+        yield z, img, msk
+
+
+def write_shard(samples: list[tuple[dict, np.ndarray, np.ndarray]], condition_names: list[str], tensors_path: Path,
+                index_path: Path) -> pd.DataFrame:
+    """Write (index row, image, masks) samples as one safetensors shard + its index CSV (atomically)."""
+    rows = [dict(row, sample=i) for i, (row, _, _) in enumerate(samples)]
+    n_channels = len(condition_names)
+    if samples:
+        images = np.stack([s[1] for s in samples]).astype(np.float16)
+        masks = np.stack([s[2] for s in samples]).astype(np.uint8)
+    else:
+        images = np.zeros((0, 1, 1, 1), np.float16)
+        masks = np.zeros((0, n_channels, 1, 1), np.uint8)
+    with atomic_path(tensors_path, suffix=".safetensors") as tmp:
+        save_file({"image": images, "masks": masks}, str(tmp),
+                  metadata={"conditions": ",".join(condition_names), "masks_encoding": "binary uint8; model values = mask - 0.5"})
+    index = pd.DataFrame(rows)
+    write_csv_atomic(index, index_path)
+    return index
+
+
+def load_shard(tensors_path: str | Path) -> dict[str, np.ndarray]:
+    """Read a shard: ``image`` float32 in [-1, 1] and ``masks`` float32 in [-0.5, 0.5]."""
+    data = load_file(str(tensors_path))
+    return {"image": data["image"].astype(np.float32), "masks": to_condition_values(data["masks"])}
+
+
+def centre_crop_or_pad(array: np.ndarray, size: tuple[int, ...], fill: float) -> np.ndarray:
+    """Centre-crop or pad the trailing spatial axes of ``array`` to ``size``."""
+    lead = array.ndim - len(size)
+    out = np.full(array.shape[:lead] + tuple(size), fill, dtype=array.dtype)
+    src, dst = [slice(None)] * lead, [slice(None)] * lead
+    for n, s in zip(array.shape[lead:], size):
+        if n >= s:
+            start = (n - s) // 2
+            src.append(slice(start, start + s))
+            dst.append(slice(0, s))
+        else:
+            start = (s - n) // 2
+            src.append(slice(0, n))
+            dst.append(slice(start, start + n))
+    out[tuple(dst)] = array[tuple(src)]
+    return out
+
+
+def volume_sample(image: np.ndarray, masks: np.ndarray, size: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed-size 3D sample: the whole study-grid volume resized to ``size`` (image (1,*size), masks (C,*size))."""
+    img = _resize(image[None], size, binary=False)
+    msk = _resize(masks, size, binary=True) if len(masks) else np.zeros((0, *size), np.uint8)
+    return img, msk
+
+
+def build_training_shard(masks_table: pd.DataFrame, registered: pd.DataFrame, manifest: pd.DataFrame,
+                         condition_names: list[str], intensity_cfg: dict, slice_options: SliceOptions,
+                         volume_size: tuple[int, int, int], out_2d: tuple[Path, Path], out_3d: tuple[Path, Path]) -> None:
+    """2D slices and 3D volumes of one shard's accepted cases, each with masks and prompt fields."""
+    prompts = manifest.set_index("case_id")
+    prompt_columns = [c for c in manifest.columns if c.startswith("prompt_")]
+    reg = registered.set_index("case_id")
+    slices, volumes = [], []
+    for case in masks_table[masks_table["status"] == "ok"].to_dict("records"):
+        case_id = case["case_id"]
+        hu = np.asarray(nib.load(reg.loc[case_id, "registered_path"]).dataobj, dtype=np.float32)
+        coverage = np.asarray(nib.load(reg.loc[case_id, "coverage_path"]).dataobj, dtype=np.float32)
+        image, params = normalise(hu, case["modality"], intensity_cfg)
+        masks = np.moveaxis(np.asarray(nib.load(case["conditions_path"]).dataobj, dtype=np.uint8), -1, 0)
+        base = {"case_id": case_id, "patient_id": case["patient_id"], "dataset": case["dataset"],
+                "modality": case["modality"], "split": case["split"], "normalisation": json.dumps(params)}
+        base.update({c: prompts.loc[case_id, c] for c in prompt_columns})
+        for z, img, msk in axial_slices(image, masks, coverage, slice_options):
+            present = [n for n, m in zip(condition_names, msk) if m.any()]
+            slices.append((dict(base, slice=z, organs=json.dumps(present)), img, msk))
+        img3, msk3 = volume_sample(image, masks, volume_size)
+        present = [n for n, m in zip(condition_names, msk3) if m.any()]
+        volumes.append((dict(base, slice=-1, organs=json.dumps(present)), img3, msk3))
+    write_shard(slices, condition_names, *out_2d)
+    write_shard(volumes, condition_names, *out_3d)

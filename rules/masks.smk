@@ -1,0 +1,64 @@
+# Stage 3: pseudo-masks (classical / TotalSegmentator / lungmask / the dataset's labels) -> condition masks + mask QC.
+
+
+rule masks:
+    """Label maps and condition masks of one registered shard; cases failing mask QC are quarantined."""
+    input:
+        registered=f"{RESULTS}/registered/shard-{{shard}}",
+    output:
+        shard=directory(f"{RESULTS}/masks/shard-{{shard}}"),
+    log:
+        f"{RESULTS}/logs/masks/shard-{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/masks/shard-{{shard}}.tsv"
+    params:
+        masks=config["masks"],
+    threads: 2
+    resources:
+        mem_mb=8000,
+    conda:
+        "../envs/masks.yaml"
+    script:
+        "../scripts/masks.py"
+
+
+rule quarantine:
+    """One QC table of every case left out, by stage (ingest, registration, masks), with its reason."""
+    input:
+        ingest=f"{RESULTS}/qc/ingest_quarantine.csv",
+        registered=registered_shards,
+        masks=masks_shards,
+    output:
+        table=report(
+            f"{RESULTS}/qc/quarantine.csv",
+            caption="../report/quarantine.rst",
+            category="Quality control",
+        ),
+    log:
+        f"{RESULTS}/logs/quarantine.log",
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../scripts/quarantine.py"
+
+
+rule mask_figure:
+    """Condition masks over their registered images for a few cases, for the report."""
+    input:
+        registered=registered_shards,
+        masks=masks_shards,
+    output:
+        figure=report(
+            f"{RESULTS}/figures/mask_overlay.png",
+            caption="../report/mask_overlay.rst",
+            category="Preprocessing",
+        ),
+    log:
+        f"{RESULTS}/logs/figures/mask_overlay.log",
+    params:
+        figures=config["figures"],
+        intensity=config["intensity"],
+    conda:
+        "../envs/masks.yaml"
+    script:
+        "../scripts/mask_figure.py"

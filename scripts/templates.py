@@ -1,0 +1,14 @@
+"""Rule templates: the study grid image of each modality in the training split."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(snakemake.scriptdir))  # this checkout's medsynth package
+
+from medsynth.logutil import log_to_file
+
+log_to_file(snakemake.log[0])
+
+from medsynth.steps import make_templates
+
+make_templates(snakemake.input.manifest, snakemake.output.templates, snakemake.params.preprocess)
