@@ -19,6 +19,19 @@ def _datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _envs(args: argparse.Namespace) -> int:
+    from medsynth import envs
+
+    if args.write:
+        for path in envs.write(args.env_dir, args.lock):
+            print(f"wrote {path}")
+        return 0
+    stale = envs.check(args.env_dir, args.lock)
+    for family in stale:
+        print(f"{args.env_dir}/{family}.yaml disagrees with {args.lock}; run `medsynth envs --write`")
+    return 1 if stale else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``medsynth`` command."""
     parser = argparse.ArgumentParser(prog="medsynth", description=__doc__)
@@ -27,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     datasets.add_argument("--registry", default="config/datasets.yaml")
     datasets.add_argument("-v", "--verbose", action="store_true", help="also print licence, access, url, citation")
     datasets.set_defaults(func=_datasets)
+    env = sub.add_parser("envs", help="check (default) or regenerate envs/*.yaml from requirements/lock.txt")
+    env.add_argument("--write", action="store_true", help="regenerate the env files")
+    env.add_argument("--env-dir", default="envs")
+    env.add_argument("--lock", default="requirements/lock.txt")
+    env.set_defaults(func=_envs)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -56,3 +56,15 @@ def test_pins_agree_between_pyproject_torch_and_lock():
     for dep in deps:
         name = re.split(r"[\[=<>~! ]", dep, maxsplit=1)[0]
         assert re.sub(r"[-_.]+", "-", name).lower() in lock, f"{name} is a dependency but not pinned in requirements/lock.txt"
+
+
+def test_conda_envs_agree_with_the_lock():
+    from medsynth.envs import FAMILIES, check
+
+    assert check(REPO / "envs", REPO / "requirements" / "lock.txt") == []
+    text = (REPO / "envs" / "masks.yaml").read_text()
+    lock = (REPO / "requirements" / "lock.txt").read_text()
+    torch_pin = re.search(r"^torch==(\S+)$", lock, re.M).group(1)
+    assert f"- torch=={torch_pin}" in text and "- totalsegmentator==" in text
+    for family in FAMILIES:
+        assert (REPO / "envs" / f"{family}.yaml").exists()

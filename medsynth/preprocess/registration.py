@@ -16,24 +16,25 @@ Conventions
   altered.
 * Resampling (``apply``) always goes through SimpleITK, whichever backend registered.
 
-Determinism: both backends take ``seed`` for their metric sampling. SimpleITK registration results
-are bit-identical between runs for a fixed seed and thread count; ANTs results are reproducible for a
-fixed seed (``random_seed`` is passed to antsRegistration) given the same number of ITK threads. The
-number of threads of the ANTs library is read from ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` once,
-when the library first runs a filter, so set it in the environment before the process starts
-(``num_threads`` only sets it if nothing ran yet, and always applies to SimpleITK).
+Determinism: both backends take ``seed`` for their metric sampling, and with ``num_threads=1`` (the
+default) repeated runs give bit-identical transforms, in one process and across processes. With
+more threads the multithreaded metric sums change the result in the last digits (SimpleITK) or by up
+to ~0.1 mm (ANTs) between runs. antspyx's ITK reads ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` only
+once, at its first filter run, and ``ants.registration`` has no thread argument; this module sets it
+just before the first ANTs registration of the process (see ``_init_ants_threads``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-import math
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -75,17 +76,19 @@ class RegistrationParams:
     #: maximum optimiser iterations per level (both backends stop earlier on convergence)
     iterations: list[int] = field(default_factory=lambda: [200, 100, 50])
     #: fraction of the fixed voxels sampled by the metric (regular grid with seeded jitter)
-    sampling_fraction: float = 0.25
+    sampling_fraction: float = 0.1
     histogram_bins: int = 32
     seed: int = 42
     #: clip window of the metric's copies (HU for CT); ``None``: no clipping (MR), min shifted to 0
     intensity_range: tuple[float, float] | None = CT_INTENSITY_RANGE
-    #: ANTs gradient step (``Affine[step]``) / SimpleITK maximum step per level in fixed voxels
-    learning_rate: float = 0.25
-    convergence_threshold: float = 1e-6
-    convergence_window: int = 10
-    #: threads for the registration; ``None`` leaves the libraries' defaults (all cores)
-    num_threads: int | None = None
+    #: SimpleITK only: largest optimiser step, in voxels of the current level (antspyx fixes the
+    #: ANTs gradient step of its "Affine" transform at 0.25)
+    max_step_voxels: float = 1.0
+    #: threads for the registration. 1 (default) makes both backends bit-for-bit reproducible;
+    #: ``None`` leaves the libraries' defaults (all cores), which changes results in the last digits
+    #: (ANTs: up to ~0.1 mm) from run to run. For ANTs it takes effect only if set before the
+    #: library's first use in the process (see ``_init_ants_threads``).
+    num_threads: int | None = 1
 
     def __post_init__(self) -> None:
         self.backend = str(self.backend).lower()
@@ -123,8 +126,8 @@ class RegistrationParams:
             if not lo < hi:
                 raise ValueError(f"intensity_range must be (low, high) with low < high, got {self.intensity_range}")
             self.intensity_range = (lo, hi)
-        if not self.learning_rate > 0:
-            raise ValueError("learning_rate must be > 0")
+        if not self.max_step_voxels > 0:
+            raise ValueError("max_step_voxels must be > 0")
         if self.num_threads is not None and int(self.num_threads) < 1:
             raise ValueError("num_threads must be >= 1 or None")
 
@@ -423,8 +426,14 @@ def register_affine(
     """Affine registration of ``moving`` to ``fixed``; returns the fixed -> moving transform.
 
     Multi-resolution (``params.shrink_factors`` / ``smoothing_sigmas`` / ``iterations``),
-    initialised by the translation between the centres of mass of the metric images.
+    initialised by the translation between the intensity centres of mass of the metric copies
+    (float32, clipped to ``params.intensity_range``, shifted to start at 0).
     ``transform.apply(moving, fixed)`` then gives the registered image.
+
+    ``metric_value`` of the result is the same measure for both backends: the metric (Mattes MI
+    for ``mattes``, negative, lower is better) of the full-resolution metric copies under the
+    final transform, computed by SimpleITK on the same seeded sample points. The backend's own
+    last value is in ``info["backend_metric"]``.
     """
     params = params or RegistrationParams()
     fixed_metric = metric_image(_image_data(fixed), params.intensity_range)
@@ -432,19 +441,102 @@ def register_affine(
     com_fixed = _center_of_mass_ras(fixed_metric, fixed.affine)
     com_moving = _center_of_mass_ras(moving_metric, moving.affine)
     init = _translation(com_moving - com_fixed)  # fixed point -> moving point
-    if params.backend == "ants":
-        tx = _register_ants(moving_metric, moving.affine, fixed_metric, fixed.affine, init, com_fixed, params)
-    else:
-        tx = _register_sitk(moving_metric, moving.affine, fixed_metric, fixed.affine, init, com_fixed, params)
-    tx.info.setdefault("init_translation_ras", (com_moving - com_fixed).tolist())
-    tx.info.setdefault("params", params.to_dict())
+    fixed_sitk = _sitk_from_array(fixed_metric, fixed.affine)
+    moving_sitk = _sitk_from_array(moving_metric, moving.affine)
+    with _sitk_threads(params.num_threads):
+        if params.backend == "ants":
+            tx = _register_ants(moving_metric, moving.affine, fixed_metric, fixed.affine, init, com_fixed, params)
+        else:
+            tx = _register_sitk(moving_sitk, fixed_sitk, params)
+        tx.metric_value = _sitk_metric_value(fixed_sitk, moving_sitk, tx.to_sitk(), params)
+    tx.info["init_translation_ras"] = (com_moving - com_fixed).tolist()
+    tx.info["params"] = params.to_dict()
     return tx
 
 
-def _set_ants_threads(num_threads: int | None) -> None:
+@contextlib.contextmanager
+def _sitk_threads(num_threads: int | None) -> Iterator[None]:
+    """SimpleITK's global default thread count set to ``num_threads`` for the block.
+
+    ``ImageRegistrationMethod.SetNumberOfThreads`` alone does not make SimpleITK registration
+    reproducible (the pyramid filters and the optimiser's helpers take the global default).
+    """
+    if num_threads is None:
+        yield
+        return
+    previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(num_threads))
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
+
+
+def _set_metric(reg: sitk.ImageRegistrationMethod, params: RegistrationParams) -> None:
+    if params.metric == "mattes":
+        reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=params.histogram_bins)
+    elif params.metric == "meansquares":
+        reg.SetMetricAsMeanSquares()
+    else:
+        reg.SetMetricAsCorrelation()
+    if params.sampling_fraction < 1.0:
+        reg.SetMetricSamplingStrategy(reg.REGULAR)  # regular grid, jittered with the seed
+        reg.SetMetricSamplingPercentage(params.sampling_fraction, params.seed)
+    else:
+        reg.SetMetricSamplingStrategy(reg.NONE)
+    reg.SetInterpolator(sitk.sitkLinear)
+    if params.num_threads is not None:
+        reg.SetNumberOfThreads(int(params.num_threads))
+
+
+def _sitk_metric_value(fixed_img: sitk.Image, moving_img: sitk.Image, tx: sitk.Transform, params) -> float:
+    """The metric of the full-resolution metric copies under ``tx`` (seeded samples)."""
+    reg = sitk.ImageRegistrationMethod()
+    _set_metric(reg, params)
+    reg.SetInitialTransform(tx, inPlace=False)
+    return float(reg.MetricEvaluate(fixed_img, moving_img))
+
+
+# ---- ANTs ------------------------------------------------------------------------------------
+
+_ITK_THREADS_ENV = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
+#: thread count the ANTs library of this process was started with by us ("default": library default)
+_ants_threads: int | str | None = None
+
+
+def _init_ants_threads(num_threads: int | None) -> None:
+    """Fix the ANTs library's thread count for this process (once).
+
+    antspyx's ITK reads ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` once, when it first runs a
+    filter; later changes of the variable are ignored, and ``ants.registration`` has no thread
+    argument. So the variable is set, a tiny filter is run to make ITK read it, and the previous
+    value is restored (SimpleITK, a separate ITK, is not affected). If ANTs already ran in this
+    process before (outside this module), its thread count cannot be changed any more.
+    """
+    global _ants_threads
+    wanted: int | str = "default" if num_threads is None else int(num_threads)
+    if _ants_threads is not None:
+        if wanted != _ants_threads and num_threads is not None:
+            warnings.warn(
+                f"ANTs already runs with {_ants_threads} thread(s) in this process; "
+                f"num_threads={num_threads} cannot take effect any more",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return
+    import ants
+
+    previous = os.environ.get(_ITK_THREADS_ENV)
     if num_threads is not None:
-        # only effective before the ANTs library first runs a multithreaded filter in this process
-        os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(int(num_threads))
+        os.environ[_ITK_THREADS_ENV] = str(int(num_threads))
+    try:
+        ants.smooth_image(ants.from_numpy(np.zeros((4, 4, 4), np.float32)), 1.0)
+    finally:
+        if previous is None:
+            os.environ.pop(_ITK_THREADS_ENV, None)
+        else:
+            os.environ[_ITK_THREADS_ENV] = previous
+    _ants_threads = wanted
 
 
 def _ants_image(data: np.ndarray, affine: np.ndarray):
@@ -460,35 +552,33 @@ def _ants_image(data: np.ndarray, affine: np.ndarray):
 
 
 def _ants_matrix_lps(path: str) -> np.ndarray:
+    """4x4 LPS matrix of an ANTs/ITK affine ``.mat`` file (``T(x) = A (x - c) + t + c``)."""
     import ants
 
-    tx = ants.read_transform(path, precision="double" if "double" in _ants_transform_name(path) else "float")
+    tx = ants.read_transform(path)
     p = np.asarray(tx.parameters, dtype=float)
     c = np.asarray(tx.fixed_parameters, dtype=float)
+    if p.shape != (12,) or c.shape != (3,):
+        raise RuntimeError(f"not a 3D affine transform: {path} ({tx.type})")
     a = p[:9].reshape(3, 3)
-    t = p[9:12]
     m = np.eye(4)
     m[:3, :3] = a
-    m[:3, 3] = t + c - a @ c
+    m[:3, 3] = p[9:12] + c - a @ c
     return m
-
-
-def _ants_transform_name(path: str) -> str:
-    from ants.internal import get_lib_fn
-
-    return str(get_lib_fn("getTransformNameFromFile")(path))
 
 
 def _register_ants(moving_metric, moving_affine, fixed_metric, fixed_affine, init, center_ras, params):
     import ants
 
-    _set_ants_threads(params.num_threads)
+    _init_ants_threads(params.num_threads)
     fixed_img = _ants_image(fixed_metric, fixed_affine)
     moving_img = _ants_image(moving_metric, moving_affine)
     with tempfile.TemporaryDirectory(prefix="medsynth_ants_") as tmp:
-        # explicit centre-of-mass initialisation (what antsRegistration's default "-r [fixed,moving,1]"
-        # computes, here on the clipped metric copies), centred on the fixed centre of mass so the
-        # affine stage rotates/scales about the anatomy rather than the world origin
+        # Explicit centre-of-mass initialisation. antspyx's default (initial_transform=None) is
+        # antsRegistration's "-r [fixed,moving,1]", the same intensity centre-of-mass translation
+        # computed inside ANTs; passing it as a file makes it visible, identical to the SimpleITK
+        # backend's, and centred on the fixed centre of mass so that the affine stage rotates and
+        # scales about the anatomy. antsRegistration folds it into the output affine (-z 1).
         init_lps = AffineTransform(init).matrix_lps
         center_lps = (_FLIP @ np.array([*center_ras, 1.0]))[:3]
         init_tx = ants.create_ants_transform(
@@ -522,77 +612,61 @@ def _register_ants(moving_metric, moving_affine, fixed_metric, fixed_affine, ini
         if len(fwd) != 1 or not fwd[0].endswith("GenericAffine.mat"):
             raise RuntimeError(f"unexpected ANTs output transforms: {fwd}")
         m_lps = _ants_matrix_lps(fwd[0])
-        warped = reg["warpedmovout"]
-        metric_value = float(
-            ants.image_mutual_information(fixed_img, warped)
-        ) if params.metric == "mattes" else None
-    # "Affine[step]" in antspyx is hard-coded to 0.25; grad_step only drives SyN. Record what ran.
-    return AffineTransform.from_lps(
-        m_lps,
-        backend="ants",
-        metric_value=metric_value,
-        info={"ants_gradient_step": 0.25},
-    )
+        backend_metric = None
+        if params.metric == "mattes":
+            backend_metric = float(ants.image_mutual_information(fixed_img, reg["warpedmovout"]))
+    return AffineTransform.from_lps(m_lps, backend="ants", info={"backend_metric": backend_metric})
 
 
-def _register_sitk(moving_metric, moving_affine, fixed_metric, fixed_affine, init, center_ras, params):
-    fixed_img = _sitk_from_array(fixed_metric, fixed_affine)
-    moving_img = _sitk_from_array(moving_metric, moving_affine)
-    # centre-of-mass initialisation on the metric copies, the same as ANTs gets
+# ---- SimpleITK -------------------------------------------------------------------------------
+
+
+def _register_sitk(moving_img: sitk.Image, fixed_img: sitk.Image, params: RegistrationParams) -> AffineTransform:
+    # centre-of-mass initialisation of the metric copies: the same translation ANTs gets
     tx = sitk.AffineTransform(
         sitk.CenteredTransformInitializer(
             fixed_img, moving_img, sitk.AffineTransform(3), sitk.CenteredTransformInitializerFilter.MOMENTS
         )
     )
-    expected = AffineTransform(init).matrix_lps[:3, 3]
-    got = np.asarray(tx.GetTranslation())
-    if not np.allclose(got, expected, atol=0.5 * min(fixed_img.GetSpacing())):  # pragma: no cover - sanity
-        raise RuntimeError(f"centre-of-mass initialisation disagrees: {got} vs {expected}")
     min_spacing = min(fixed_img.GetSpacing())
-    metric_value = None
     levels: list[dict[str, Any]] = []
-    # one Execute per level so that each level gets its own iteration budget and step size
+    # One Execute per level (the transform carries over, as inside a multi-level Execute) so that
+    # each level gets its own iteration budget and step size; SimpleITK's optimiser takes one
+    # iteration count for all levels.
     for shrink, sigma, n_iter in zip(params.shrink_factors, params.smoothing_sigmas, params.iterations):
         if n_iter == 0:
             continue
         reg = sitk.ImageRegistrationMethod()
-        if params.metric == "mattes":
-            reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=params.histogram_bins)
-        elif params.metric == "meansquares":
-            reg.SetMetricAsMeanSquares()
-        else:
-            reg.SetMetricAsCorrelation()
-        reg.SetMetricSamplingStrategy(reg.REGULAR if params.sampling_fraction < 1.0 else reg.NONE)
-        if params.sampling_fraction < 1.0:
-            reg.SetMetricSamplingPercentage(params.sampling_fraction, params.seed)
-        reg.SetInterpolator(sitk.sitkLinear)
+        _set_metric(reg, params)
+        step = params.max_step_voxels * shrink * min_spacing
         reg.SetOptimizerAsRegularStepGradientDescent(
-            learningRate=params.learning_rate * 4 * shrink * min_spacing,
+            learningRate=step,
             minStep=1e-3 * min_spacing,
             numberOfIterations=n_iter,
             relaxationFactor=0.5,
             gradientMagnitudeTolerance=1e-8,
-            maximumStepSizeInPhysicalUnits=params.learning_rate * 4 * shrink * min_spacing,
+            maximumStepSizeInPhysicalUnits=step,
         )
         reg.SetOptimizerScalesFromPhysicalShift()
         reg.SetShrinkFactorsPerLevel([shrink])
         reg.SetSmoothingSigmasPerLevel([sigma])
         reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
-        if params.num_threads is not None:
-            reg.SetNumberOfThreads(int(params.num_threads))
         reg.SetInitialTransform(tx, inPlace=True)
         reg.Execute(fixed_img, moving_img)
-        metric_value = float(reg.GetMetricValue())
         levels.append(
             {
                 "shrink": shrink,
                 "sigma": sigma,
                 "iterations": int(reg.GetOptimizerIteration()),
-                "metric": metric_value,
+                "metric": float(reg.GetMetricValue()),
                 "stop": reg.GetOptimizerStopConditionDescription(),
             }
         )
-    return AffineTransform.from_sitk(tx, backend="sitk", metric_value=metric_value, info={"levels": levels})
+    return AffineTransform.from_sitk(
+        tx,
+        backend="sitk",
+        info={"backend_metric": levels[-1]["metric"] if levels else None, "levels": levels},
+    )
 
 
 # ----------------------------------------------------------------------------------------------
