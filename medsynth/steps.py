@@ -33,13 +33,11 @@ def _read(path: str | Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
-def registration_params(preprocess_cfg: dict, modality: str, threads: int | None = None) -> RegistrationParams:
+def registration_params(preprocess_cfg: dict, modality: str) -> RegistrationParams:
     """Registration settings for ``modality``: CT metric copies clipped to a HU window, MR unclipped."""
     cfg = dict(preprocess_cfg.get("registration") or {})
     if modality != "CT":
         cfg["intensity_range"] = None
-    if threads is not None and cfg.get("num_threads") is None:
-        cfg["num_threads"] = threads
     return RegistrationParams.from_config(cfg)
 
 
@@ -58,13 +56,13 @@ def make_templates(manifest_csv: str, out_dir: str, preprocess_cfg: dict) -> Non
 
 
 def register_ingest_shard(manifest_csv: str, ingest_shard: str, templates_dir: str, out_dir: str,
-                          preprocess_cfg: dict, threads: int | None = None) -> pd.DataFrame:
+                          preprocess_cfg: dict) -> pd.DataFrame:
     """Register the accepted cases of one ingest shard to their modality's study grid."""
     manifest = _read(manifest_csv)
     ingested = set(_read(Path(ingest_shard) / INGEST_TABLE)["case_id"])
     cases = manifest[manifest["case_id"].isin(ingested)]
     grids = {p.name.split(".")[0]: nib.load(p) for p in sorted(Path(templates_dir).glob("*.nii.gz"))}
-    by_modality = {m: registration_params(preprocess_cfg, m, threads) for m in grids}
+    by_modality = {m: registration_params(preprocess_cfg, m) for m in grids}
     tables = []
     # one params object per modality: register each modality's cases with its own settings
     with atomic_dir(out_dir) as tmp:

@@ -14,7 +14,7 @@ rule templates:
         f"{RESULTS}/benchmarks/templates.tsv"
     params:
         preprocess=config["preprocess"],
-    threads: 2
+    threads: 1
     resources:
         mem_mb=8000,
     conda:
@@ -37,7 +37,7 @@ rule register:
         f"{RESULTS}/benchmarks/register/shard-{{shard}}.tsv"
     params:
         preprocess=config["preprocess"],
-    threads: 2
+    threads: 1
     resources:
         mem_mb=8000,
     conda:

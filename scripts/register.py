@@ -12,4 +12,4 @@ log_to_file(snakemake.log[0])
 from medsynth.steps import register_ingest_shard
 
 register_ingest_shard(snakemake.input.manifest, snakemake.input.shard, snakemake.input.templates,
-                      snakemake.output.shard, snakemake.params.preprocess, threads=snakemake.threads)
+                      snakemake.output.shard, snakemake.params.preprocess)

@@ -7,12 +7,20 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 from dicom_writer import write_series
 from workflow import REPO, embedded_config, run_snakemake
 
 
+DATA_TARGETS = ("results/{study}/manifest.csv", "results/{study}/qc/ingest_quarantine.csv")
+
+
+def _data_targets(study="example"):
+    return tuple(t.format(study=study) for t in DATA_TARGETS)
+
+
 def test_embedded_study_runs_to_manifest_and_qc(tmp_path):
-    run_snakemake(tmp_path, embedded_config())
+    run_snakemake(tmp_path, embedded_config(), *_data_targets())
     results = tmp_path / "results" / "example"
     manifest = pd.read_csv(results / "manifest.csv", dtype=str, keep_default_na=False)
     assert manifest["case_id"].tolist() == [
@@ -23,11 +31,11 @@ def test_embedded_study_runs_to_manifest_and_qc(tmp_path):
     assert set(manifest["modality"]) == {"CT", "MR"}
     for path in manifest["path"]:
         assert (tmp_path / path).exists()
-    assert pd.read_csv(results / "qc" / "quarantine.csv").empty
+    assert pd.read_csv(results / "qc" / "ingest_quarantine.csv").empty
     inventory = pd.read_csv(results / "raw" / "example" / "inventory.csv")
     assert len(inventory) == 7  # six scans + the attribution README
     # a second run has nothing to do
-    again = run_snakemake(tmp_path, embedded_config(), extra=("-n",))
+    again = run_snakemake(tmp_path, embedded_config(), *_data_targets(), extra=("-n",))
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
@@ -40,10 +48,10 @@ def test_local_study_quarantines_broken_cases_and_keeps_the_rest(tmp_path, examp
     write_series(ct_small, root / "dicom_gap", patient_id="P8", series_number=5, drop_slices=(4,))
     config = embedded_config(study="mine", datasets=[{"name": "mine", "kind": "local", "root": str(root)}],
                              splits={"fractions": {"train": 1.0}})
-    run_snakemake(tmp_path, config)
+    run_snakemake(tmp_path, config, *_data_targets("mine"))
     results = tmp_path / "results" / "mine"
     manifest = pd.read_csv(results / "manifest.csv")
-    quarantine = pd.read_csv(results / "qc" / "quarantine.csv").set_index("case_id")
+    quarantine = pd.read_csv(results / "qc" / "ingest_quarantine.csv").set_index("case_id")
     assert sorted(manifest["case_id"]) == ["mine_P9_2", "mine_good_ct"]
     assert sorted(quarantine.index) == ["mine_P8_5", "mine_broken"]
     assert quarantine.loc["mine_P8_5", "reason"].startswith("missing slice")
@@ -55,7 +63,7 @@ def test_corrupted_shipped_file_fails_download_with_clear_message(tmp_path, exam
     shutil.copytree(example_dir, copy)
     (copy / "mr" / "abdomen_mr_3mm.nii.gz").write_bytes(b"tampered")
     config = embedded_config(datasets=[{"name": "example", "root": str(copy)}])
-    proc = run_snakemake(tmp_path, config, check=False)
+    proc = run_snakemake(tmp_path, config, *_data_targets(), check=False)
     assert proc.returncode != 0
     log = (tmp_path / "results" / "example" / "logs" / "download" / "example.log").read_text()
     assert "ChecksumMismatch" in log and "abdomen_mr_3mm.nii.gz" in log
@@ -65,3 +73,30 @@ def test_corrupted_shipped_file_fails_download_with_clear_message(tmp_path, exam
 def test_lint_is_clean():
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_full_embedded_study_produces_registered_masks_training_sets_and_figures(tmp_path):
+    """`snakemake --cores 2` end to end on the shipped scans (the README's first command)."""
+    run_snakemake(tmp_path, embedded_config())
+    results = tmp_path / "results" / "example"
+    registered = pd.read_csv(results / "registered" / "shard-000" / "cases.csv")
+    assert (registered["status"] == "ok").all()
+    for path in registered["transform_path"]:
+        assert (tmp_path / path).exists()
+    masks = pd.read_csv(results / "masks" / "shard-000" / "cases.csv").set_index("case_id")
+    assert masks.loc["example_abdomen_mr", "segmenter"] == "shipped_total_mr"
+    assert masks.loc["example_upper_abdomen_ct", "ml_liver"] > 300  # liver found in the registered CT
+    slices = pd.read_csv(results / "trainsets" / "slices" / "shard-000.csv")
+    assert set(slices["case_id"]) == set(masks.index) and len(slices) > 100
+    assert {"organs", "prompt_region", "split", "modality", "slice"} <= set(slices.columns)
+    from medsynth.preprocess.trainsets import load_shard
+
+    data = load_shard(results / "trainsets" / "slices" / "shard-000.safetensors")
+    assert data["image"].shape[1:] == (1, 64, 64) and data["image"].shape[0] == len(slices)
+    assert data["masks"].shape[1] == 5
+    volumes = load_shard(results / "trainsets" / "volumes" / "shard-000.safetensors")
+    assert volumes["image"].shape == (4, 1, 64, 64, 64)
+    for figure in ("registration_overlay.png", "mask_overlay.png"):
+        assert (results / "figures" / figure).stat().st_size > 10_000
+    assert pd.read_csv(results / "qc" / "quarantine.csv").empty

@@ -45,6 +45,7 @@ from medsynth.io.volume import LPS_TO_RAS, canonical
 
 BACKENDS = ("ants", "sitk")
 METRICS = ("mattes", "meansquares", "correlation")
+SITK_OPTIMIZERS = ("regular_step", "conjugate_gradient")
 INTERPOLATIONS = {
     "linear": sitk.sitkLinear,
     "nearest": sitk.sitkNearestNeighbor,
@@ -81,6 +82,10 @@ class RegistrationParams:
     seed: int = 42
     #: clip window of the metric's copies (HU for CT); ``None``: no clipping (MR), min shifted to 0
     intensity_range: tuple[float, float] | None = CT_INTENSITY_RANGE
+    #: SimpleITK only: ``regular_step`` (regular-step gradient descent; fast) or
+    #: ``conjugate_gradient`` (conjugate gradient with line search, the optimiser ANTs uses for
+    #: linear stages; several times slower, more robust far from the optimum)
+    sitk_optimizer: str = "regular_step"
     #: SimpleITK only: largest optimiser step, in voxels of the current level (antspyx fixes the
     #: ANTs gradient step of its "Affine" transform at 0.25)
     max_step_voxels: float = 1.0
@@ -89,6 +94,10 @@ class RegistrationParams:
     #: (ANTs: up to ~0.1 mm) from run to run. For ANTs it takes effect only if set before the
     #: library's first use in the process (see ``_init_ants_threads``).
     num_threads: int | None = 1
+    #: step (mm) of the search over superior-inferior shifts that refines the centre-of-mass start
+    #: when the two fields of view differ in length (a slab against a whole-trunk template); the
+    #: shift with the best coarse-level metric starts the registration. 0 switches the search off.
+    init_search_step_mm: float = 10.0
 
     def __post_init__(self) -> None:
         self.backend = str(self.backend).lower()
@@ -126,8 +135,13 @@ class RegistrationParams:
             if not lo < hi:
                 raise ValueError(f"intensity_range must be (low, high) with low < high, got {self.intensity_range}")
             self.intensity_range = (lo, hi)
+        if self.sitk_optimizer not in SITK_OPTIMIZERS:
+            raise ValueError(f"sitk_optimizer must be one of {SITK_OPTIMIZERS}, got {self.sitk_optimizer!r}")
         if not self.max_step_voxels > 0:
             raise ValueError("max_step_voxels must be > 0")
+        if float(self.init_search_step_mm) < 0:
+            raise ValueError("init_search_step_mm must be >= 0")
+        self.init_search_step_mm = float(self.init_search_step_mm)
         if self.num_threads is not None and int(self.num_threads) < 1:
             raise ValueError("num_threads must be >= 1 or None")
 
@@ -444,12 +458,14 @@ def register_affine(
     fixed_sitk = _sitk_from_array(fixed_metric, fixed.affine)
     moving_sitk = _sitk_from_array(moving_metric, moving.affine)
     with _sitk_threads(params.num_threads):
+        init, search = _search_shift(fixed_sitk, moving_sitk, fixed, moving, init, params)
         if params.backend == "ants":
             tx = _register_ants(moving_metric, moving.affine, fixed_metric, fixed.affine, init, com_fixed, params)
         else:
-            tx = _register_sitk(moving_sitk, fixed_sitk, params)
+            tx = _register_sitk(moving_sitk, fixed_sitk, params, init, com_fixed)
         tx.metric_value = _sitk_metric_value(fixed_sitk, moving_sitk, tx.to_sitk(), params)
-    tx.info["init_translation_ras"] = (com_moving - com_fixed).tolist()
+    tx.info["init_translation_ras"] = init[:3, 3].tolist()
+    tx.info["init_search"] = search
     tx.info["params"] = params.to_dict()
     return tx
 
@@ -470,6 +486,51 @@ def _sitk_threads(num_threads: int | None) -> Iterator[None]:
         yield
     finally:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
+
+
+def _superior_extent(image: nib.Nifti1Image) -> float:
+    """Length (mm) of the image's field of view along the superior (world z) axis."""
+    corners = np.array([[i, j, k, 1.0] for i in (0, image.shape[0] - 1) for j in (0, image.shape[1] - 1)
+                        for k in (0, image.shape[2] - 1)])
+    z = (np.asarray(image.affine) @ corners.T)[2]
+    return float(z.max() - z.min())
+
+
+def _search_shift(fixed_sitk: sitk.Image, moving_sitk: sitk.Image, fixed: nib.Nifti1Image, moving: nib.Nifti1Image,
+                  init: np.ndarray, params: RegistrationParams) -> tuple[np.ndarray, dict]:
+    """Refine a centre-of-mass start by the superior-inferior shift with the best coarse metric.
+
+    When one field of view is shorter than the other (by ``d`` mm), centres of mass do not say
+    where along the body the shorter one belongs: shifts in [-d/2, d/2] (step
+    ``init_search_step_mm``) are scored with the metric on the first (coarsest, smoothed) level.
+    """
+    step = params.init_search_step_mm
+    half = abs(_superior_extent(fixed) - _superior_extent(moving)) / 2.0
+    if step <= 0 or half < step:
+        return init, {}
+    shrink, sigma = params.shrink_factors[0], params.smoothing_sigmas[0]
+
+    def coarse(img: sitk.Image) -> sitk.Image:
+        smooth = sitk.SmoothingRecursiveGaussian(img, [max(sigma, 1e-3) * sp for sp in img.GetSpacing()])
+        return sitk.BinShrink(smooth, [shrink] * 3)
+
+    fixed_small, moving_small = coarse(fixed_sitk), coarse(moving_sitk)
+    reg = sitk.ImageRegistrationMethod()
+    _set_metric(reg, params)
+    shifts = np.unique(np.concatenate([np.arange(-half, half + 1e-6, step), [0.0]]))
+    scores = []
+    for dz in shifts:
+        candidate = init.copy()
+        candidate[2, 3] += dz
+        reg.SetInitialTransform(AffineTransform(candidate).to_sitk(), inPlace=False)
+        try:
+            scores.append(float(reg.MetricEvaluate(fixed_small, moving_small)))
+        except RuntimeError:  # too few samples overlap at this shift
+            scores.append(np.inf)
+    best = int(np.argmin(scores))
+    chosen = init.copy()
+    chosen[2, 3] += shifts[best]
+    return chosen, {"shift_mm": float(shifts[best]), "candidates": len(shifts), "metric": scores[best]}
 
 
 def _set_metric(reg: sitk.ImageRegistrationMethod, params: RegistrationParams) -> None:
@@ -621,13 +682,15 @@ def _register_ants(moving_metric, moving_affine, fixed_metric, fixed_affine, ini
 # ---- SimpleITK -------------------------------------------------------------------------------
 
 
-def _register_sitk(moving_img: sitk.Image, fixed_img: sitk.Image, params: RegistrationParams) -> AffineTransform:
-    # centre-of-mass initialisation of the metric copies: the same translation ANTs gets
-    tx = sitk.AffineTransform(
-        sitk.CenteredTransformInitializer(
-            fixed_img, moving_img, sitk.AffineTransform(3), sitk.CenteredTransformInitializerFilter.MOMENTS
-        )
-    )
+def _register_sitk(moving_img: sitk.Image, fixed_img: sitk.Image, params: RegistrationParams, init: np.ndarray,
+                   center_ras: np.ndarray) -> AffineTransform:
+    # the same start as ANTs gets (centre-of-mass translation, refined by the shift search),
+    # rotating about the fixed image's centre of mass
+    init_lps = AffineTransform(init).matrix_lps
+    tx = sitk.AffineTransform(3)
+    tx.SetCenter((LPS_TO_RAS @ np.array([*center_ras, 1.0]))[:3].tolist())
+    tx.SetMatrix(init_lps[:3, :3].ravel().tolist())
+    tx.SetTranslation(init_lps[:3, 3].tolist())
     min_spacing = min(fixed_img.GetSpacing())
     levels: list[dict[str, Any]] = []
     # One Execute per level (the transform carries over, as inside a multi-level Execute) so that
@@ -639,14 +702,24 @@ def _register_sitk(moving_img: sitk.Image, fixed_img: sitk.Image, params: Regist
         reg = sitk.ImageRegistrationMethod()
         _set_metric(reg, params)
         step = params.max_step_voxels * shrink * min_spacing
-        reg.SetOptimizerAsRegularStepGradientDescent(
-            learningRate=step,
-            minStep=1e-3 * min_spacing,
-            numberOfIterations=n_iter,
-            relaxationFactor=0.5,
-            gradientMagnitudeTolerance=1e-8,
-            maximumStepSizeInPhysicalUnits=step,
-        )
+        if params.sitk_optimizer == "regular_step":
+            reg.SetOptimizerAsRegularStepGradientDescent(
+                learningRate=step,
+                minStep=1e-3 * min_spacing,
+                numberOfIterations=n_iter,
+                relaxationFactor=0.5,
+                gradientMagnitudeTolerance=1e-8,
+                maximumStepSizeInPhysicalUnits=step,
+            )
+        else:
+            reg.SetOptimizerAsConjugateGradientLineSearch(
+                learningRate=1.0,
+                numberOfIterations=n_iter,
+                convergenceMinimumValue=1e-6,
+                convergenceWindowSize=10,
+                lineSearchUpperLimit=2.0,
+                maximumStepSizeInPhysicalUnits=step,
+            )
         reg.SetOptimizerScalesFromPhysicalShift()
         reg.SetShrinkFactorsPerLevel([shrink])
         reg.SetSmoothingSigmasPerLevel([sigma])
@@ -714,10 +787,12 @@ def build_template(
     iterations: int = 2,
     spacing_mm: Sequence[float] | None = None,
     unbias: bool = True,
+    start: str = "largest",
 ) -> nib.Nifti1Image:
     """Iterative affine mean template of ``images``.
 
-    Start from the image of median physical extent (resampled to ``spacing_mm`` if given, same
+    Start from the image of largest (``start="largest"``: the one covering the most anatomy, so
+    that partial scans register into it) or median physical extent (resampled to ``spacing_mm`` if given, same
     extent), register every image to the current template, average the aligned images on the
     template grid (each voxel over the cases that cover it), repeat ``iterations`` times. With
     ``unbias`` each average is taken in the mean position/shape of the cases (every case is
@@ -731,7 +806,10 @@ def build_template(
         raise ValueError("iterations must be >= 1")
     params = params or RegistrationParams()
     extents = [float(np.prod(np.asarray(im.shape[:3]) * np.linalg.norm(im.affine[:3, :3], axis=0))) for im in images]
-    start = int(np.argsort(extents, kind="stable")[(len(images) - 1) // 2])
+    if start not in ("largest", "median"):
+        raise ValueError(f"start must be 'largest' or 'median', got {start!r}")
+    order = np.argsort(extents, kind="stable")
+    start = int(order[-1] if start == "largest" else order[(len(images) - 1) // 2])
     template = canonical(images[start])
     if spacing_mm is not None:
         zooms = np.linalg.norm(template.affine[:3, :3], axis=0)

@@ -37,8 +37,10 @@ def study_template(images: list[nib.Nifti1Image], cfg: dict, params: Registratio
     else:
         if not images:
             raise ValueError("no training cases of this modality to build a template from (splits, or preprocess.template.file)")
-        template = build_template(images, params, iterations=int(cfg.get("template", {}).get("iterations", 2)),
-                                  spacing_mm=grid["spacing_mm"])
+        options = cfg.get("template", {})
+        template = build_template(images, params, iterations=int(options.get("iterations", 2)),
+                                  spacing_mm=grid["spacing_mm"], start=options.get("start", "largest"),
+                                  unbias=bool(options.get("unbias", False)))
     return reference_grid(template, grid["spacing_mm"], grid["size"])
 
 
