@@ -32,6 +32,21 @@ def _envs(args: argparse.Namespace) -> int:
     return 1 if stale else 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from medsynth.provenance import audit
+
+    tree = audit(args.file, check_code=not args.ignore_code)
+    print(tree.render())
+    problems = tree.all_problems()
+    if problems:
+        print(f"\nAUDIT FAILED: {len(problems)} problem(s)", file=sys.stderr)
+        for line in problems:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    print("\naudit passed: every checksum verified back to raw data")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``medsynth`` command."""
     parser = argparse.ArgumentParser(prog="medsynth", description=__doc__)
@@ -45,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     env.add_argument("--env-dir", default="envs")
     env.add_argument("--lock", default="requirements/lock.txt")
     env.set_defaults(func=_envs)
+    aud = sub.add_parser("audit", help="print a result's lineage back to raw data and verify every checksum")
+    aud.add_argument("file", help="an output of the pipeline (it has a <file>.prov.json sidecar)")
+    aud.add_argument("--ignore-code", action="store_true", help="do not flag results made by other code")
+    aud.set_defaults(func=_audit)
     args = parser.parse_args(argv)
     return args.func(args)
 

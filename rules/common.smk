@@ -56,3 +56,45 @@ def final_outputs():
         f"{RESULTS}/figures/registration_overlay.png",
         f"{RESULTS}/figures/mask_overlay.png",
     ]
+
+
+# Resources of every rule (memory, wall time, GPUs, SLURM partition/account), from config `resources`.
+RESOURCE_KEYS = ("mem_mb", "runtime", "cpus_per_task", "gpu", "gpu_model", "cpus_per_gpu",
+                 "slurm_partition", "slurm_account", "slurm_extra")
+
+
+def _first_set(*values):
+    """The first value that is neither None nor an empty string (None if all are)."""
+    return next((v for v in values if v is not None and v != ""), None)
+
+
+def rule_resources(name, **fallback):
+    """Resources of the rule ``name``, e.g. ``**rule_resources("register", mem_mb=8000)`` under resources.
+
+    Each key is taken from the first of: config ``resources.<name>`` (the study's override of this
+    rule), ``fallback`` (the rule's own needs, written in the rule), config ``resources.default``.
+    ``slurm_partition`` and ``slurm_account`` are site settings (never in ``fallback``): unless the
+    study config sets them for this rule, they come from the environment, so that one study runs on
+    any cluster unedited: MEDSYNTH_GPU_PARTITION (rules asking for a GPU) or MEDSYNTH_SLURM_PARTITION
+    (other rules, and GPU rules when no GPU partition is set) and MEDSYNTH_SLURM_ACCOUNT; else from
+    ``resources.default`` (gpu_partition, slurm_partition, slurm_account). Unset keys are left out
+    (the cluster's defaults apply). Local runs use only mem_mb and gpu (limits given by --resources).
+    """
+    settings = config.get("resources", {}) or {}
+    default = settings.get("default", {}) or {}
+    own = settings.get(name, {}) or {}
+    res = {}
+    for key in RESOURCE_KEYS:
+        value = _first_set(own.get(key), fallback.get(key), default.get(key))
+        if value is not None:
+            res[key] = value
+    env = os.environ
+    gpu_partition = _first_set(env.get("MEDSYNTH_GPU_PARTITION"), default.get("gpu_partition")) if res.get("gpu") else None
+    res["slurm_partition"] = _first_set(own.get("slurm_partition"), gpu_partition,
+                                        env.get("MEDSYNTH_SLURM_PARTITION"), default.get("slurm_partition"))
+    res["slurm_account"] = _first_set(own.get("slurm_account"), env.get("MEDSYNTH_SLURM_ACCOUNT"),
+                                      default.get("slurm_account"))
+    bad = set(fallback) - set(RESOURCE_KEYS) | set(fallback) & {"slurm_partition", "slurm_account"}
+    if bad:  # partitions and accounts are site settings: config or environment, never written in a rule
+        raise ValueError(f"rule_resources({name!r}): keys not allowed in a rule: {sorted(bad)}")
+    return {k: v for k, v in res.items() if v is not None and v != "" and v != 0}

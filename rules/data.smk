@@ -14,8 +14,7 @@ rule download:
         base_dir=BASEDIR,
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=720,
+        **rule_resources("download", mem_mb=2000, runtime=720),
     conda:
         "../envs/data.yaml"
     script:
@@ -34,6 +33,8 @@ checkpoint discover_cases:
         entries=list(DATASETS.values()),
         raw_dir=lambda wildcards, input: os.path.dirname(os.path.dirname(input.inventories[0])),
         base_dir=BASEDIR,
+    resources:
+        **rule_resources("discover_cases"),
     conda:
         "../envs/data.yaml"
     script:
@@ -53,7 +54,7 @@ rule ingest:
         ingest=config["ingest"],
     threads: 1
     resources:
-        mem_mb=4000,
+        **rule_resources("ingest", mem_mb=4000),
     conda:
         "../envs/data.yaml"
     script:
@@ -72,6 +73,8 @@ rule manifest:
     params:
         splits=config["splits"],
         seed=config["seed"],
+    resources:
+        **rule_resources("manifest"),
     conda:
         "../envs/data.yaml"
     script:

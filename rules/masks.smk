@@ -15,7 +15,7 @@ rule masks:
         masks=config["masks"],
     threads: 2
     resources:
-        mem_mb=8000,
+        **rule_resources("masks", mem_mb=8000),
     conda:
         "../envs/masks.yaml"
     script:
@@ -36,6 +36,8 @@ rule quarantine:
         ),
     log:
         f"{RESULTS}/logs/quarantine.log",
+    resources:
+        **rule_resources("quarantine"),
     conda:
         "../envs/data.yaml"
     script:
@@ -58,6 +60,8 @@ rule mask_figure:
     params:
         figures=config["figures"],
         intensity=config["intensity"],
+    resources:
+        **rule_resources("mask_figure"),
     conda:
         "../envs/masks.yaml"
     script:

@@ -16,7 +16,7 @@ rule templates:
         preprocess=config["preprocess"],
     threads: 1
     resources:
-        mem_mb=8000,
+        **rule_resources("templates", mem_mb=8000),
     conda:
         "../envs/preprocess.yaml"
     script:
@@ -39,7 +39,7 @@ rule register:
         preprocess=config["preprocess"],
     threads: 1
     resources:
-        mem_mb=8000,
+        **rule_resources("register", mem_mb=8000),
     conda:
         "../envs/preprocess.yaml"
     script:
@@ -64,7 +64,7 @@ rule training_sets:
         trainsets=config["trainsets"],
     threads: 1
     resources:
-        mem_mb=4000,
+        **rule_resources("training_sets", mem_mb=4000),
     conda:
         "../envs/preprocess.yaml"
     script:
@@ -87,6 +87,8 @@ rule registration_figure:
     params:
         figures=config["figures"],
         intensity=config["intensity"],
+    resources:
+        **rule_resources("registration_figure"),
     conda:
         "../envs/preprocess.yaml"
     script:

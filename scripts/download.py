@@ -9,14 +9,22 @@ from medsynth.logutil import log_to_file
 
 log_to_file(snakemake.log[0])
 
+from medsynth.provenance import tracked
+
+from pathlib import Path
+
+from medsynth.data.discover import portable_path
 from medsynth.data.download import DownloadPolicy
 from medsynth.data.fetch import fetch_dataset, inventory
 from medsynth.fsutil import write_csv_atomic
 
-root = fetch_dataset(
-    snakemake.params.entry,
-    snakemake.params.raw_dir,
-    DownloadPolicy.from_config(snakemake.params.download),
-    base_dir=snakemake.params.base_dir,
-)
-write_csv_atomic(inventory(root), snakemake.output.inventory)
+with tracked(snakemake) as provenance:
+    root = fetch_dataset(
+        snakemake.params.entry,
+        snakemake.params.raw_dir,
+        DownloadPolicy.from_config(snakemake.params.download),
+        base_dir=snakemake.params.base_dir,
+    )
+    files = inventory(root)
+    write_csv_atomic(files, snakemake.output.inventory)
+    provenance.raw = {portable_path(str(Path(root) / rel)): sha for rel, sha in zip(files["path"], files["sha256"])}

@@ -9,7 +9,10 @@ from medsynth.logutil import log_to_file
 
 log_to_file(snakemake.log[0])
 
+from medsynth.provenance import tracked
+
 from medsynth.steps import mask_figure
 
-mask_figure(snakemake.input.registered, snakemake.input.masks, snakemake.output.figure,
-            snakemake.params.figures, snakemake.params.intensity)
+with tracked(snakemake):
+    mask_figure(snakemake.input.registered, snakemake.input.masks, snakemake.output.figure,
+                snakemake.params.figures, snakemake.params.intensity)

@@ -9,7 +9,10 @@ from medsynth.logutil import log_to_file
 
 log_to_file(snakemake.log[0])
 
+from medsynth.provenance import tracked
+
 from medsynth.steps import masks_for_shard
 
 if __name__ == "__main__":  # TotalSegmentator's worker processes re-import the main module
-    masks_for_shard(snakemake.input.registered, snakemake.output.shard, snakemake.params.masks)
+    with tracked(snakemake):
+        masks_for_shard(snakemake.input.registered, snakemake.output.shard, snakemake.params.masks)

@@ -9,6 +9,9 @@ from medsynth.logutil import log_to_file
 
 log_to_file(snakemake.log[0])
 
+from medsynth.provenance import tracked
+
 from medsynth.steps import combine_quarantine
 
-combine_quarantine(snakemake.input.ingest, snakemake.input.registered, snakemake.input.masks, snakemake.output.table)
+with tracked(snakemake):
+    combine_quarantine(snakemake.input.ingest, snakemake.input.registered, snakemake.input.masks, snakemake.output.table)

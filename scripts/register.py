@@ -9,7 +9,10 @@ from medsynth.logutil import log_to_file
 
 log_to_file(snakemake.log[0])
 
+from medsynth.provenance import tracked
+
 from medsynth.steps import register_ingest_shard
 
-register_ingest_shard(snakemake.input.manifest, snakemake.input.shard, snakemake.input.templates,
-                      snakemake.output.shard, snakemake.params.preprocess)
+with tracked(snakemake):
+    register_ingest_shard(snakemake.input.manifest, snakemake.input.shard, snakemake.input.templates,
+                          snakemake.output.shard, snakemake.params.preprocess)

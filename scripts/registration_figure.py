@@ -9,7 +9,10 @@ from medsynth.logutil import log_to_file
 
 log_to_file(snakemake.log[0])
 
+from medsynth.provenance import tracked
+
 from medsynth.steps import registration_figure
 
-registration_figure(snakemake.input.templates, snakemake.input.registered, snakemake.output.figure,
-                    snakemake.params.figures, snakemake.params.intensity)
+with tracked(snakemake):
+    registration_figure(snakemake.input.templates, snakemake.input.registered, snakemake.output.figure,
+                        snakemake.params.figures, snakemake.params.intensity)

@@ -9,6 +9,9 @@ from medsynth.logutil import log_to_file
 
 log_to_file(snakemake.log[0])
 
+from medsynth.provenance import tracked
+
 from medsynth.steps import make_templates
 
-make_templates(snakemake.input.manifest, snakemake.output.templates, snakemake.params.preprocess)
+with tracked(snakemake):
+    make_templates(snakemake.input.manifest, snakemake.output.templates, snakemake.params.preprocess)

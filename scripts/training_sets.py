@@ -9,7 +9,10 @@ from medsynth.logutil import log_to_file
 
 log_to_file(snakemake.log[0])
 
+from medsynth.provenance import tracked
+
 from medsynth.steps import training_sets_for_shard
 
-training_sets_for_shard(snakemake.input.manifest, snakemake.input.registered, snakemake.input.masks,
-                        snakemake.output, snakemake.params.intensity, snakemake.params.trainsets)
+with tracked(snakemake):
+    training_sets_for_shard(snakemake.input.manifest, snakemake.input.registered, snakemake.input.masks,
+                            snakemake.output, snakemake.params.intensity, snakemake.params.trainsets)
