@@ -17,7 +17,7 @@ DATASETS = resolve_datasets(config["datasets"], load_registry(REGISTRY))
 
 wildcard_constraints:
     dataset="|".join(DATASETS),
-    shard=r"\d{3}",
+    shard=r"\d+",
 
 
 def dataset_entry(wildcards):

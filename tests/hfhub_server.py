@@ -13,7 +13,8 @@ for a dataset repo, and nothing else:
   - an LFS file: 302 to a signed URL on a second loopback server (the "CDN", another origin), with
     ``X-Linked-Etag`` (sha256), ``X-Linked-Size``, ``X-Repo-Commit`` and the pointer's ``ETag``;
 * ``GET /<blob>?X-Amz-Signature=...`` on the CDN: the bytes, only with a valid signature and, like S3,
-  only *without* an ``Authorization`` header (400 otherwise: a second auth mechanism).
+  only *without* an ``Authorization`` header (400 otherwise: a second auth mechanism). ``cdn_tamper``
+  makes it send other bytes (a corrupted blob) while the Hub keeps advertising the original sha256.
 
 No Xet headers (``X-Xet-Hash``, ``X-Xet-Refresh-Route``, ``Link: rel="xet-auth"``) and no ``xetHash``
 tree field are ever sent, so the client can only use plain HTTP.
@@ -94,6 +95,7 @@ class FakeHub:
     known_tokens: set[str] = field(default_factory=set)  # valid tokens of users without access
     page_size: int = 1000  # tree entries per page (the Hub uses 1000)
     cdn_secret: bytes = b"cdn-signing-key"
+    cdn_tamper: dict[str, bytes] = field(default_factory=dict)  # repo path -> bytes the CDN sends instead
     requests: list[Seen] = field(default_factory=list)
     unknown: list[Seen] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -280,14 +282,15 @@ def _make_handler(state: FakeHub, server: str):
             if not hmac.compare_digest(signature, state.signature(f.sha256)):
                 return self._send(403, b"<Error><Code>SignatureDoesNotMatch</Code></Error>",
                                   {"Content-Type": "application/xml"})
-            data, status, headers = f.data, 200, {"ETag": f'"{f.sha256}"', "Accept-Ranges": "bytes",
-                                                  "Content-Type": "application/octet-stream"}
+            body = state.cdn_tamper.get(f.path, f.data)
+            data, status = body, 200
+            headers = {"ETag": f'"{f.sha256}"', "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
             r = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", "").strip())
             if r:
                 start = int(r.group(1))
                 end = min(int(r.group(2)) if r.group(2) else len(data) - 1, len(data) - 1)
                 status, data = 206, data[start:end + 1]
-                headers["Content-Range"] = f"bytes {start}-{end}/{len(f.data)}"
+                headers["Content-Range"] = f"bytes {start}-{end}/{len(body)}"
             return self._send(status, data, headers)
 
         def _dispatch(self) -> None:

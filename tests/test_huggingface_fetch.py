@@ -386,3 +386,36 @@ def test_inventory_skips_the_library_cache_and_matches_the_hub(ct_rate, hub, tmp
     everything = inventory(root, skip_hidden=False)
     assert set(everything["path"]) > set(INCLUDED)
     assert all(p.startswith(".cache/huggingface/") for p in set(everything["path"]) - set(INCLUDED))
+
+
+# --------------------------------------------------------------------------------------------
+# integrity: huggingface_hub checks only the size of what it downloads
+# --------------------------------------------------------------------------------------------
+
+def test_corrupted_lfs_blob_of_the_right_size_is_caught_and_refetched(ct_rate, hub, tmp_path, monkeypatch,
+                                                                      payloads):
+    from medsynth.data.download import ChecksumMismatch
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    path = "dataset/train/a/a_1.nii.gz"
+    good = payloads[path]
+    bad = good[:100] + bytes([good[100] ^ 0xFF]) + good[101:]  # same length: passes the library's size check
+    hub.cdn_tamper[path] = bad
+    root = tmp_path / "raw" / "ct_rate" / "files"
+    with pytest.raises(ChecksumMismatch) as info:
+        _fetch(ct_rate, tmp_path)
+    message = str(info.value)
+    assert path in message and hashlib.sha256(bad).hexdigest() in message
+    assert hashlib.sha256(good).hexdigest() in message
+    # The bad file and the library's record of it are gone (else the next run would trust the record) ...
+    assert not (root / path).exists()
+    assert not (root / ".cache/huggingface/download" / f"{path}.metadata").exists()
+    assert (root / "dataset/valid/b/b_1.nii.gz").read_bytes() == payloads["dataset/valid/b/b_1.nii.gz"]
+
+    # ... so once the CDN serves the right bytes, the next run fetches that file (and only that one) again.
+    del hub.cdn_tamper[path]
+    before = len(hub.requests)
+    _fetch(ct_rate, tmp_path)
+    moved = [r.route for r in hub.requests[before:] if r.server == "cdn" or (r.method == "GET" and "/resolve/" in r.route)]
+    assert moved == [f"/repos/{CT_RATE_REPO.replace('/', '-')}/{hashlib.sha256(good).hexdigest()}"]
+    assert inventory(root)["sha256"].tolist() == [hashlib.sha256(payloads[p]).hexdigest() for p in INCLUDED]

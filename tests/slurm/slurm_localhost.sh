@@ -16,6 +16,7 @@
 #                     it takes longer to install; without it profiles/slurm must use
 #                     `slurm-status-command: squeue`, which works because MinJobAge >= 120 below)
 #   SLURM_SKIP_INSTALL=1  never call apt-get (fail if the packages are missing)
+#   FORCE=1           overwrite an /etc/slurm/slurm.conf this script did not write (refused otherwise)
 #   DBPASS            MariaDB password of the slurm user (ACCOUNTING=1 only)
 #
 # Facts this relies on (Slurm 22.05 from Debian 12, snakemake 9 + executor-plugin-slurm 2.8):
@@ -32,6 +33,7 @@ HOST=$(hostname -s)
 CPUS=$(nproc)
 MEM_MB=$(( $(awk '/MemTotal/{print $2}' /proc/meminfo) / 1024 * 85 / 100 ))
 CONF_DIR=/etc/slurm
+MARK="# Written by medsynth tests/slurm/slurm_localhost.sh"
 PIDS=(/run/slurmd.pid /run/slurmctld.pid /run/slurmdbd.pid /run/mysqld/mysqld.pid /run/munge/munged.pid)
 
 log() { echo "[slurm_localhost] $*" >&2; }
@@ -79,7 +81,7 @@ JobAcctGatherType=jobacct_gather/linux"
 JobAcctGatherType=jobacct_gather/none"
   fi
   cat <<EOF
-# Written by medsynth tests/slurm/slurm_localhost.sh: single-node test cluster.
+${MARK}: single-node test cluster.
 ClusterName=localcluster
 SlurmctldHost=${HOST}(127.0.0.1)
 SlurmUser=slurm
@@ -114,6 +116,9 @@ EOF
 }
 
 write_conf() {  # -> returns 0 when the config changed
+  if [ -s "$CONF_DIR/slurm.conf" ] && ! head -1 "$CONF_DIR/slurm.conf" | grep -qF "$MARK" && [ "${FORCE:-0}" != 1 ]; then
+    die "$CONF_DIR/slurm.conf exists and was not written by this script (a real cluster?); not touching it (FORCE=1 overrides)"
+  fi
   mkdir -p "$CONF_DIR" /var/lib/slurm/slurmctld /var/lib/slurm/slurmd /var/log/slurm
   chown slurm:slurm /var/lib/slurm/slurmctld /var/log/slurm 2>/dev/null || true
   local new; new=$(slurm_conf)
