@@ -201,7 +201,8 @@ def test_one_step_with_external_score_and_snr_mapping():
 def test_alpha_bar_mappings():
     # variance: 1 - t^2 -> t=0.5: 0.75;  snr: (1-t)^2/((1-t)^2+t^2) -> t=0.5: 0.5, t=0.25: 0.5625/0.625 = 0.9
     assert close(alpha_bar_from_t(0.5), 0.75) and close(alpha_bar_from_t(0.5, "snr"), 0.5)
-    assert close(alpha_bar_from_t(0.25, "snr"), 0.9)
+    assert close(alpha_bar_from_t(torch.tensor(0.25, dtype=D), "snr"), 0.9, 1e-12)
+    assert close(alpha_bar_from_t(0.25, "snr"), 0.9, 1e-6)  # float input -> default dtype
     for mapping in ("variance", "snr"):
         assert close(alpha_bar_from_t(0.0, mapping), 1.0) and close(alpha_bar_from_t(1.0, mapping), 0.0)
 
@@ -236,10 +237,10 @@ def test_composite_loss_by_hand_2d():
     v = torch.full_like(x0, -0.3)
     ssim = 1 - (0.4 + 1e-4) / (0.41 + 1e-4)
     out = composite_loss(v, x0, x1, 0.5, data_range=1.0, win_size=3)
-    assert close(out.diff, 0.04, 1e-9) and close(out.l2, 0.01, 1e-9) and close(out.ssim, ssim, 1e-6)
-    assert close(out.total, 0.05 + ssim, 1e-6)
+    assert close(out.diff, 0.04, 1e-9) and close(out.l2, 0.01, 1e-9) and close(out.ssim, ssim, 1e-4)  # MONAI SSIM runs in float32
+    assert close(out.total, 0.05 + ssim, 1e-4)
     w = composite_loss(v, x0, x1, 0.5, weights={"l2": 2.0, "ssim": 0.5}, data_range=1.0, win_size=3)
-    assert close(w.total, 0.04 + 0.02 + 0.5 * ssim, 1e-6)
+    assert close(w.total, 0.04 + 0.02 + 0.5 * ssim, 1e-4)
     with pytest.raises(ValueError):
         composite_loss(v, x0, x1, 0.5, weights={"lpips": 1.0})
 
@@ -251,7 +252,7 @@ def test_composite_loss_3d_decoder_and_zero_at_truth():
     x1 = torch.zeros_like(x0)
     out = composite_loss(torch.full_like(x0, -0.3), x0, x1, 0.5, decode=lambda z: 2 * z)
     assert close(out.l2, 0.04, 1e-9)
-    assert close(out.ssim, 1 - 1.6004 / 1.6404, 1e-6)
+    assert close(out.ssim, 1 - 1.6004 / 1.6404, 1e-4)
     g = torch.Generator().manual_seed(8)
     x0 = torch.rand(2, 1, 6, 6, 6, generator=g, dtype=D) * 2 - 1
     x1 = torch.randn(2, 1, 6, 6, 6, generator=g, dtype=D)

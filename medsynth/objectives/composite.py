@@ -47,7 +47,7 @@ def ssim_loss(
 
     ``data_range`` defaults to 2 for images in ``[-1, 1]``. MONAI filters without padding, so the
     Gaussian window is shrunk to the largest odd size that fits the smallest spatial dimension.
-    MONAI is imported on first use (importing it costs seconds).
+    MONAI computes SSIM in float32. MONAI is imported on first use (importing it costs seconds).
     """
     from monai.losses import SSIMLoss  # noqa: PLC0415 - deliberately lazy
 

@@ -43,7 +43,6 @@ __all__ = [
 MAISI_V2_DELTA: float = 2.0
 #: ``(first epoch, lambda)`` pairs: 0.01 from epoch 0, 0.001 from epoch 30.
 MAISI_V2_LAMBDA_SCHEDULE: tuple[tuple[int, float], ...] = ((0, 0.01), (30, 0.001))
-_EPS = 1e-5
 
 
 class RegionContrastiveLoss(NamedTuple):
@@ -76,10 +75,10 @@ def dilate_mask(mask: torch.Tensor, radius: int = 1) -> torch.Tensor:
 
 
 def _masked_l1(diff: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """Per-sample ``sum |diff| * m / (channels * sum m)``; ``m`` is ``(B, 1, *spatial)``."""
+    """Per-sample ``sum |diff| * m / (channels * sum m)``; ``m`` is ``(B, 1, *spatial)``; 0 if ``m`` is empty."""
     num = (diff.abs() * m).flatten(1).sum(dim=1)
     den = m.flatten(1).sum(dim=1) * diff.shape[1]
-    return num / (den + _EPS)
+    return num / den.clamp_min(1.0)
 
 
 def region_contrastive_loss(
