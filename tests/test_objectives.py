@@ -17,6 +17,7 @@ from medsynth.objectives import (
     contrastive_lambda,
     dilate_mask,
     euler_step,
+    expand_t,
     interpolate,
     noise_from_velocity,
     rectified_flow_loss,
@@ -130,8 +131,9 @@ def _gauss(t: float | torch.Tensor):
     return (1 - t) * MU, (1 - t) ** 2 * S**2 + t**2
 
 
-def v_star(x: torch.Tensor, t) -> torch.Tensor:
-    t = torch.as_tensor(t, dtype=D).reshape(-1, *([1] * (x.ndim - 1))) if torch.as_tensor(t).ndim else torch.as_tensor(t, dtype=D)
+def v_star(x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+    """Analytic optimal velocity; ``t`` a float or a per-sample ``(B,)`` vector (as ``v_fn`` receives)."""
+    t = expand_t(torch.as_tensor(t, dtype=D), x)
     m, var = _gauss(t)
     return t * (x - m) / var - MU - (1 - t) * S**2 * (x - m) / var
 
