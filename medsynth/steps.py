@@ -73,6 +73,7 @@ def register_ingest_shard(manifest_csv: str, ingest_shard: str, templates_dir: s
                 for key in ("registered_path", "coverage_path", "transform_path", "registered_label_path"):
                     if key in part:
                         part[key] = [str(Path(out_dir) / Path(v).relative_to(tmp)) if v else "" for v in part[key].fillna("")]
+                (tmp / modality / REGISTERED_TABLE).unlink()  # its paths name the temporary folder; the shard table below is the record
                 tables.append(part)
         missing = cases[~cases["modality"].isin(grids)]
         if len(missing):

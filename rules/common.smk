@@ -89,7 +89,9 @@ def rule_resources(name, **fallback):
         if value is not None:
             res[key] = value
     env = os.environ
-    gpu_partition = _first_set(env.get("MEDSYNTH_GPU_PARTITION"), default.get("gpu_partition")) if res.get("gpu") else None
+    gpu_partition = None
+    if res.get("gpu"):
+        gpu_partition = _first_set(env.get("MEDSYNTH_GPU_PARTITION"), default.get("gpu_partition"))
     res["slurm_partition"] = _first_set(own.get("slurm_partition"), gpu_partition,
                                         env.get("MEDSYNTH_SLURM_PARTITION"), default.get("slurm_partition"))
     res["slurm_account"] = _first_set(own.get("slurm_account"), env.get("MEDSYNTH_SLURM_ACCOUNT"),

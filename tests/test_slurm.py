@@ -99,8 +99,9 @@ def _run_slurm(workdir: Path, profile: Path, config: dict, *targets: str, extra:
 def _tree_digest(root: Path) -> dict[str, str]:
     """sha256 of every file under ``root`` (relative path -> digest); provenance sidecars
     (``*.prov.json``: run times, code commit) are only listed, their content differs by design."""
-    return {str(p.relative_to(root)): "" if p.name.endswith(".prov.json") else hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    def digest(p: Path) -> str:
+        return "" if p.name.endswith(".prov.json") else hashlib.sha256(p.read_bytes()).hexdigest()
+    return {str(p.relative_to(root)): digest(p) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def _squeue(jobids) -> dict[str, tuple[str, str]]:

@@ -78,8 +78,10 @@ def write_shard(samples: list[tuple[dict, np.ndarray, np.ndarray]], condition_na
         images = np.zeros((0, 1, 1, 1), np.float16)
         masks = np.zeros((0, n_channels, 1, 1), np.uint8)
     with atomic_path(tensors_path, suffix=".safetensors") as tmp:
-        save_file({"image": images, "masks": masks}, str(tmp),
-                  metadata={"conditions": ",".join(condition_names), "masks_encoding": "binary uint8; model values = mask - 0.5"})
+        # one metadata key: safetensors writes several in arbitrary order, which would break byte-identical reruns
+        meta = json.dumps({"conditions": condition_names, "masks_encoding": "binary uint8; model values = mask - 0.5"},
+                          sort_keys=True)
+        save_file({"image": images, "masks": masks}, str(tmp), metadata={"medsynth": meta})
     index = pd.DataFrame(rows)
     write_csv_atomic(index, index_path)
     return index

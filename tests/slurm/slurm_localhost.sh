@@ -64,7 +64,8 @@ install_pkgs() {
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; created_policy=1
   fi
   local rc=0
-  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"; } || rc=$?
+  local apt_opts=(-qq -o Acquire::Retries=2 -o Acquire::http::Timeout=30)  # fail, not hang, when offline
+  { apt-get update "${apt_opts[@]}" && DEBIAN_FRONTEND=noninteractive apt-get install -y "${apt_opts[@]}" --no-install-recommends "${missing[@]}"; } || rc=$?
   [ "$created_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
   [ "$rc" = 0 ] || die "apt-get install failed ($rc)"
 }

@@ -1,0 +1,81 @@
+"""Per-channel latent statistics and z-normalisation (MedSyn2 Sec. 3 "Mask Conditions and Tokens", Supp. 7.1).
+
+MedSyn2: "all latents exhibit large bias and variance, due to the KL-divergence loss during training.
+Thus ... we z-norm all latents with respect to each channel, and perform the reversed z-norm during
+decoding." The statistics are taken over the posterior means ``encode(x).mean`` of a training set,
+over every sample and latent position, one (mean, std) per latent channel.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from medsynth.vae.models import encode
+
+__all__ = ["latent_statistics", "normalise_latents", "denormalise_latents", "save_latent_statistics",
+           "load_latent_statistics"]
+
+
+def _as_tensor(x: torch.Tensor | np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x, dtype=torch.float32)
+
+
+@torch.no_grad()
+def latent_statistics(model: nn.Module, images: torch.Tensor | np.ndarray, batch_size: int = 8) -> dict:
+    """``{"mean": [C], "std": [C], "count": n}`` of posterior-mean latents per channel (population std).
+
+    Accumulates sums in float64 batch by batch; the model is put in eval mode and restored after.
+    """
+    images = _as_tensor(images)
+    was_training = model.training
+    model.eval()
+    total = sq = None
+    count = 0
+    try:
+        for start in range(0, len(images), batch_size):
+            mean, _ = encode(model, images[start:start + batch_size])
+            z = mean.double().transpose(0, 1).reshape(mean.shape[1], -1)  # (C, B * spatial)
+            total = z.sum(1) if total is None else total + z.sum(1)
+            sq = (z * z).sum(1) if sq is None else sq + (z * z).sum(1)
+            count += z.shape[1]
+    finally:
+        model.train(was_training)
+    if total is None:
+        raise ValueError("latent_statistics needs at least one image")
+    mu = total / count
+    std = (sq / count - mu * mu).clamp_min(0.0).sqrt()
+    return {"mean": [float(v) for v in mu], "std": [float(v) for v in std], "count": int(count)}
+
+
+def _stat(stats: dict, key: str, like: torch.Tensor) -> torch.Tensor:
+    value = torch.as_tensor(stats[key], dtype=like.dtype, device=like.device)
+    return value.reshape(1, -1, *([1] * (like.ndim - 2)))
+
+
+def normalise_latents(z: torch.Tensor, stats: dict, eps: float = 1e-8) -> torch.Tensor:
+    """MedSyn2 z-norm: ``(z - mean_c) / std_c`` per channel ``c`` (``z`` is ``(B, C, *spatial)``)."""
+    return (z - _stat(stats, "mean", z)) / (_stat(stats, "std", z) + eps)
+
+
+def denormalise_latents(z: torch.Tensor, stats: dict, eps: float = 1e-8) -> torch.Tensor:
+    """Inverse of :func:`normalise_latents`, applied before decoding."""
+    return z * (_stat(stats, "std", z) + eps) + _stat(stats, "mean", z)
+
+
+def save_latent_statistics(stats: dict, path: str | Path) -> Path:
+    """Write the statistics as JSON (atomically)."""
+    from medsynth.fsutil import write_text_atomic
+
+    path = Path(path)
+    write_text_atomic(path, json.dumps(stats, indent=2))
+    return path
+
+
+def load_latent_statistics(path: str | Path) -> dict:
+    """Read statistics written by :func:`save_latent_statistics`."""
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,294 @@
+"""Image autoencoders (VAEs) for latent synthesis: a 2D diffusers ``AutoencoderKL`` and MONAI's 3D MAISI VAE.
+
+MedSyn2 (Sec. 3, Supp. 7.1.1) encodes CT volumes *and* their [-0.5, 0.5] condition masks with one
+KL-regularised autoencoder into 4-channel latents; MAISI-v2 (Sec. "Method") reuses MAISI's VAE,
+single-channel 3D input -> 4 latent channels at 4x4x4 compression. Here:
+
+* ``spatial_dims: 2`` -> :class:`diffusers.AutoencoderKL` (``backend: diffusers``);
+* ``spatial_dims: 3`` -> :class:`monai.apps.generation.maisi.networks.autoencoderkl_maisi.AutoencoderKlMaisi`
+  (``backend: maisi``, the MAISI architecture), or plain :class:`monai.networks.nets.AutoencoderKL`
+  (``backend: monai``).
+
+The downsampling factor is ``2 ** (len(block_out_channels) - 1)`` in both cases (three levels = the
+4x compression of MAISI / MAISI-v2). :func:`encode` / :func:`decode` give one calling convention for
+every backend: ``encode(model, x) -> (mean, logvar)`` and ``decode(model, z) -> x``.
+
+Model config keys (the ``vae.model`` section): ``spatial_dims``, ``backend``, ``in_channels``,
+``out_channels``, ``block_out_channels``, ``layers_per_block`` (int or one per level),
+``latent_channels``, ``norm_num_groups``, ``attention`` (mid-block / non-local attention),
+``pretrained`` (diffusers: hub id or local folder; MONAI: local ``.safetensors``/``.pt`` state
+dict), ``pretrained_subfolder`` and ``local_files_only`` (diffusers only: never contact the hub, fail
+at once when the id is not in the local cache).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "TINY_VAE_CONFIGS",
+    "PretrainedUnavailableError",
+    "build_autoencoder",
+    "encode",
+    "decode",
+    "reconstruct",
+    "downsample_factor",
+    "model_config",
+    "save_autoencoder",
+    "load_autoencoder",
+]
+
+#: Tiny configurations for CPU tests (same architecture families as the papers, a few thousand weights).
+#: 2D: 32x32 slices -> 4 x 8 x 8 latents; 3D: 16^3 volumes -> 4 x 4^3 latents (MAISI's 4x compression).
+TINY_VAE_CONFIGS: dict[str, dict[str, Any]] = {
+    "2d": {
+        "spatial_dims": 2,
+        "backend": "diffusers",
+        "in_channels": 1,
+        "out_channels": 1,
+        "block_out_channels": [16, 32, 32],
+        "layers_per_block": 1,
+        "latent_channels": 4,
+        "norm_num_groups": 8,
+        "attention": False,
+        "pretrained": None,
+        "local_files_only": True,
+    },
+    "3d": {
+        "spatial_dims": 3,
+        "backend": "maisi",
+        "in_channels": 1,
+        "out_channels": 1,
+        "block_out_channels": [8, 16, 16],
+        "layers_per_block": 1,
+        "latent_channels": 4,
+        "norm_num_groups": 4,
+        "attention": False,
+        "pretrained": None,
+    },
+}
+
+_CONFIG_ATTR = "medsynth_vae_config"
+_BUILD_FILE = "medsynth_vae.json"
+
+
+class PretrainedUnavailableError(RuntimeError):
+    """Raised when the configured ``pretrained`` weights cannot be loaded (e.g. offline, missing file)."""
+
+
+def _levels(cfg: dict) -> int:
+    return len(cfg["block_out_channels"])
+
+
+def _per_level(value: int | list[int], levels: int) -> list[int]:
+    return [int(value)] * levels if isinstance(value, int) else [int(v) for v in value]
+
+
+def downsample_factor(cfg: dict) -> int:
+    """Spatial compression factor per axis: ``2 ** (len(block_out_channels) - 1)``."""
+    return 2 ** (_levels(cfg) - 1)
+
+
+def _check(cfg: dict) -> dict:
+    cfg = {**(TINY_VAE_CONFIGS["2d"] if int(cfg.get("spatial_dims", 2)) == 2 else TINY_VAE_CONFIGS["3d"]), **cfg}
+    dims = int(cfg["spatial_dims"])
+    backend = cfg.get("backend") or ("diffusers" if dims == 2 else "maisi")
+    cfg["backend"] = backend
+    if dims not in (2, 3):
+        raise ValueError(f"vae.model.spatial_dims must be 2 or 3, got {dims}")
+    if backend == "diffusers" and dims != 2:
+        raise ValueError("vae.model.backend 'diffusers' (AutoencoderKL) is 2D only; use 'maisi' or 'monai' for 3D")
+    if backend == "maisi" and dims != 3:
+        raise ValueError("vae.model.backend 'maisi' is 3D only (MaisiGroupNorm3D); use 'diffusers' or 'monai' for 2D")
+    if backend not in ("diffusers", "maisi", "monai"):
+        raise ValueError(f"vae.model.backend must be diffusers, maisi or monai, got {backend!r}")
+    groups = int(cfg["norm_num_groups"])
+    bad = [c for c in cfg["block_out_channels"] if int(c) % groups]
+    if bad:
+        raise ValueError(f"vae.model.block_out_channels {bad} not divisible by norm_num_groups={groups}")
+    return cfg
+
+
+def _build_diffusers(cfg: dict) -> nn.Module:
+    from diffusers import AutoencoderKL
+
+    levels = _levels(cfg)
+    layers = _per_level(cfg["layers_per_block"], levels)
+    if len(set(layers)) != 1:
+        raise ValueError("vae.model.layers_per_block: diffusers AutoencoderKL takes one value for all levels")
+    return AutoencoderKL(
+        in_channels=int(cfg["in_channels"]),
+        out_channels=int(cfg["out_channels"]),
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=tuple(int(c) for c in cfg["block_out_channels"]),
+        layers_per_block=layers[0],
+        latent_channels=int(cfg["latent_channels"]),
+        norm_num_groups=int(cfg["norm_num_groups"]),
+        sample_size=int(cfg.get("sample_size", 32)),
+        mid_block_add_attention=bool(cfg.get("attention", False)),
+    )
+
+
+def _build_monai(cfg: dict) -> nn.Module:
+    levels = _levels(cfg)
+    common = dict(
+        spatial_dims=int(cfg["spatial_dims"]),
+        in_channels=int(cfg["in_channels"]),
+        out_channels=int(cfg["out_channels"]),
+        num_res_blocks=_per_level(cfg["layers_per_block"], levels),
+        attention_levels=[False] * levels,
+        latent_channels=int(cfg["latent_channels"]),
+        norm_num_groups=int(cfg["norm_num_groups"]),
+        with_encoder_nonlocal_attn=bool(cfg.get("attention", False)),
+        with_decoder_nonlocal_attn=bool(cfg.get("attention", False)),
+    )
+    channels = [int(c) for c in cfg["block_out_channels"]]
+    if cfg["backend"] == "maisi":
+        from monai.apps.generation.maisi.networks.autoencoderkl_maisi import AutoencoderKlMaisi
+
+        # num_splits=1: no tensor splitting (that is a GPU-memory device of MAISI, pointless on tiny inputs)
+        return AutoencoderKlMaisi(**common, num_channels=channels, num_splits=int(cfg.get("num_splits", 1)), dim_split=1,
+                                  norm_float16=False, save_mem=False)
+    from monai.networks.nets import AutoencoderKL
+
+    return AutoencoderKL(**common, channels=channels)
+
+
+def _load_pretrained(model: nn.Module, cfg: dict) -> nn.Module:
+    source = cfg["pretrained"]
+    hint = "set vae.model.pretrained to a local copy of the weights, or to null to start from random weights"
+    if cfg["backend"] == "diffusers":
+        from diffusers import AutoencoderKL
+
+        try:
+            kwargs = {"subfolder": cfg["pretrained_subfolder"]} if cfg.get("pretrained_subfolder") else {}
+            return AutoencoderKL.from_pretrained(str(source), local_files_only=bool(cfg.get("local_files_only")),
+                                                 **kwargs)
+        except Exception as err:  # offline hub lookups raise OSError / HF errors / ValueError
+            raise PretrainedUnavailableError(
+                f"config key 'pretrained' (vae.model.pretrained={source!r}): cannot load the diffusers "
+                f"AutoencoderKL ({type(err).__name__}: {err}); {hint}; a hub id needs network access and "
+                "vae.model.local_files_only: false") from err
+    path = Path(str(source))
+    if not path.is_file():
+        raise PretrainedUnavailableError(
+            f"config key 'pretrained' (vae.model.pretrained={source!r}): no such file; MONAI/MAISI weights "
+            f"must be a local .safetensors or .pt state dict; {hint}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for key in ("state_dict", "unet_state_dict", "autoencoder"):  # common wrappers of MAISI checkpoints
+            if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+                state = state[key]
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def build_autoencoder(cfg: dict) -> nn.Module:
+    """Build the configured autoencoder (see module docstring for the keys).
+
+    Missing keys default to the tiny config of the same ``spatial_dims``. The resolved build config
+    is attached to the module (``model.medsynth_vae_config``) so that :func:`save_autoencoder` can
+    write it beside the weights. Raises :class:`PretrainedUnavailableError` naming the config key
+    when ``pretrained`` is set but cannot be loaded (e.g. a hub id while offline).
+    """
+    cfg = _check(copy.deepcopy(dict(cfg)))
+    model = _build_diffusers(cfg) if cfg["backend"] == "diffusers" else _build_monai(cfg)
+    if cfg.get("pretrained"):
+        model = _load_pretrained(model, cfg)
+    setattr(model, _CONFIG_ATTR, cfg)
+    return model
+
+
+def model_config(model: nn.Module) -> dict | None:
+    """The build config attached by :func:`build_autoencoder` (``None`` for other modules)."""
+    return getattr(model, _CONFIG_ATTR, None)
+
+
+def _is_diffusers(model: nn.Module) -> bool:
+    from diffusers import AutoencoderKL
+
+    return isinstance(model, AutoencoderKL)
+
+
+def _is_monai(model: nn.Module) -> bool:
+    from monai.networks.nets import AutoencoderKL
+
+    return isinstance(model, AutoencoderKL)  # AutoencoderKlMaisi subclasses it
+
+
+def encode(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior of ``x``: ``(mean, logvar)``, each ``(B, latent_channels, *latent_spatial)``.
+
+    diffusers returns a ``DiagonalGaussianDistribution`` (mean, logvar clamped to [-30, 20]); MONAI
+    returns ``(mu, sigma)`` with ``sigma = exp(logvar / 2)``, converted here to ``logvar = 2 log sigma``.
+    Any other module whose ``encode`` returns ``(mean, logvar)`` (e.g. a test stand-in) passes through.
+    """
+    if _is_diffusers(model):
+        dist = model.encode(x).latent_dist
+        return dist.mean, dist.logvar
+    if _is_monai(model):
+        mu, sigma = model.encode(x)
+        return mu, 2.0 * torch.log(sigma)
+    mean, logvar = model.encode(x)
+    return mean, logvar
+
+
+def decode(model: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """Decode latents ``z`` back to image space (``(B, out_channels, *spatial)``)."""
+    if _is_diffusers(model):
+        return model.decode(z).sample
+    return model.decode(z)
+
+
+def reconstruct(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Deterministic reconstruction ``decode(encode(x).mean)`` (MedSyn2 Supp. 7.3 tokenizer analysis)."""
+    mean, _ = encode(model, x)
+    return decode(model, mean)
+
+
+def save_autoencoder(model: nn.Module, folder: str | Path) -> Path:
+    """Save final weights: diffusers -> ``save_pretrained`` folder; MONAI -> ``model.safetensors`` + ``config.json``.
+
+    Both also get ``medsynth_vae.json`` (the build config) so :func:`load_autoencoder` can rebuild.
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = model_config(model)
+    if _is_diffusers(model):
+        model.save_pretrained(str(folder), safe_serialization=True)
+    else:
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+        (folder / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    if cfg is not None:
+        (folder / _BUILD_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    return folder
+
+
+def load_autoencoder(folder: str | Path) -> nn.Module:
+    """Inverse of :func:`save_autoencoder` (local folder only, no network)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    cfg = json.loads((folder / _BUILD_FILE).read_text())
+    if cfg["backend"] == "diffusers":
+        from diffusers import AutoencoderKL
+
+        model = AutoencoderKL.from_pretrained(str(folder), local_files_only=True)
+        setattr(model, _CONFIG_ATTR, cfg)
+        return model
+    model = build_autoencoder({**cfg, "pretrained": None})
+    model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
+    return model

@@ -1,0 +1,261 @@
+"""Plain VAE tuning loop with resumable checkpoints (MedSyn2 Supp. 7.1.1 losses on random patches).
+
+MedSyn2 trains its VAE with reconstruction, LPIPS, KL and GAN losses on randomly sampled 96^3
+patches (Adam, lr 1e-5); this loop does the same with AdamW at a configurable scale:
+
+* fixed seed; batches, patch positions and posterior noise all come from one ``torch.Generator``;
+* ``loss_curve.csv``: one row per step with every term (``VAELoss.TERMS``; blank when a term is off);
+* every ``checkpoint_every`` steps ``checkpoints/step_XXXXXXXX/`` (written atomically):
+  ``model.safetensors`` (+ ``discriminator.safetensors``) and ``state.pt`` with the optimiser
+  states, step and RNG states - tensors and plain containers only, read back with
+  ``torch.load(weights_only=True)``; a rerun resumes from the latest and reproduces the
+  uninterrupted run exactly (CPU);
+* at the end ``final/`` (diffusers ``save_pretrained`` folder, or MONAI ``model.safetensors`` +
+  ``config.json``) and ``latent_stats.json`` (per-channel z-norm statistics, MedSyn2 Sec. 3).
+
+Tune config keys: ``steps``, ``batch_size``, ``lr``, ``weight_decay``, ``seed``, ``patch_size``
+(int or list; ``null`` = whole images), ``checkpoint_every``, ``keep_checkpoints``, ``resume``,
+``progress``, ``stats_batch_size`` and ``losses`` (see :class:`medsynth.vae.losses.LossConfig`).
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from medsynth.fsutil import atomic_dir, atomic_path
+from medsynth.vae.latents import latent_statistics, save_latent_statistics
+from medsynth.vae.losses import LossConfig, VAELoss
+from medsynth.vae.metrics import reconstruction_metrics
+from medsynth.vae.models import decode, downsample_factor, encode, model_config, save_autoencoder
+
+__all__ = ["TuneConfig", "tune_vae", "latest_checkpoint", "latent_statistics", "reconstruction_metrics"]
+
+CURVE_COLUMNS = ("step", *VAELoss.TERMS)
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """Options of :func:`tune_vae` (see module docstring)."""
+
+    steps: int = 100
+    batch_size: int = 4
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    seed: int = 0
+    patch_size: int | list[int] | None = None
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    resume: bool = True
+    progress: bool = True
+    stats_batch_size: int = 8
+    losses: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, cfg: dict | None) -> "TuneConfig":
+        """Build from a dict, rejecting unknown keys."""
+        cfg = dict(cfg or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise ValueError(f"unknown vae tune config keys {unknown}; known: {sorted(known)}")
+        return cls(**cfg)
+
+
+def _random_patches(batch: torch.Tensor, patch: list[int] | None, gen: torch.Generator) -> torch.Tensor:
+    """One random crop of size ``patch`` per sample (MedSyn2: randomly sampled patches)."""
+    if patch is None:
+        return batch
+    spatial = batch.shape[2:]
+    out = []
+    for sample in batch:
+        idx = [slice(None)]
+        for size, p in zip(spatial, patch):
+            start = int(torch.randint(0, size - p + 1, (1,), generator=gen))
+            idx.append(slice(start, start + p))
+        out.append(sample[tuple(idx)])
+    return torch.stack(out)
+
+
+def _checkpoint_dirs(root: Path) -> list[tuple[int, Path]]:
+    found = []
+    for d in root.glob("step_*") if root.is_dir() else []:
+        if d.is_dir() and (d / "state.pt").is_file() and d.name[5:].isdigit():
+            found.append((int(d.name[5:]), d))
+    return sorted(found)
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint folder under ``output_dir/checkpoints`` (``None`` if none)."""
+    dirs = _checkpoint_dirs(Path(output_dir) / "checkpoints")
+    return dirs[-1][1] if dirs else None
+
+
+def _state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
+
+
+def _save_checkpoint(root: Path, step: int, model: nn.Module, disc: nn.Module | None, opt: torch.optim.Optimizer,
+                     opt_d: torch.optim.Optimizer | None, gen: torch.Generator, keep: int) -> Path:
+    final = root / f"step_{step:08d}"
+    with atomic_dir(final) as tmp:
+        save_file(_state_dict(model), str(tmp / "model.safetensors"))
+        if disc is not None:
+            save_file(_state_dict(disc), str(tmp / "discriminator.safetensors"))
+        state = {"step": step, "optimizer": opt.state_dict(), "sampler_rng": gen.get_state(),
+                 "torch_rng": torch.get_rng_state()}
+        if opt_d is not None:
+            state["disc_optimizer"] = opt_d.state_dict()
+        torch.save(state, tmp / "state.pt")
+    for _, old in _checkpoint_dirs(root)[:-max(1, keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _load_checkpoint(folder: Path, model: nn.Module, disc: nn.Module | None, opt: torch.optim.Optimizer,
+                     opt_d: torch.optim.Optimizer | None, gen: torch.Generator) -> int:
+    model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
+    state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
+    opt.load_state_dict(state["optimizer"])
+    if disc is not None:
+        disc_file = folder / "discriminator.safetensors"
+        if not disc_file.is_file() or "disc_optimizer" not in state:
+            raise RuntimeError(f"{folder}: checkpoint has no discriminator but losses.adv_weight > 0 now")
+        disc.load_state_dict(load_file(str(disc_file)), strict=True)
+        opt_d.load_state_dict(state["disc_optimizer"])
+    gen.set_state(state["sampler_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"])
+
+
+class _LossCurve:
+    """Append-only ``loss_curve.csv``; on resume rows after the checkpoint step are dropped."""
+
+    def __init__(self, path: Path, keep_until: int) -> None:
+        rows: list[dict] = []
+        if keep_until > 0 and path.is_file():
+            with path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_until]
+        with atomic_path(path, suffix=".csv") as tmp:
+            with tmp.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=CURVE_COLUMNS)
+                writer.writeheader()
+                writer.writerows(rows)
+        self._file = path.open("a", newline="")
+        self._writer = csv.DictWriter(self._file, fieldnames=CURVE_COLUMNS)
+
+    def append(self, step: int, terms: dict[str, float]) -> None:
+        self._writer.writerow({"step": step, **{k: (f"{terms[k]:.8g}" if k in terms else "") for k in VAELoss.TERMS}})
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _check_images(model: nn.Module, images: torch.Tensor, patch: list[int] | None) -> None:
+    cfg = model_config(model)
+    if images.ndim not in (4, 5):
+        raise ValueError(f"images must be [N, C, H, W] or [N, C, D, H, W], got {tuple(images.shape)}")
+    if cfg is None:
+        return
+    if images.ndim - 2 != int(cfg["spatial_dims"]) or images.shape[1] != int(cfg["in_channels"]):
+        raise ValueError(f"images {tuple(images.shape)} do not match the {cfg['spatial_dims']}D VAE with "
+                         f"in_channels={cfg['in_channels']}")
+    factor = downsample_factor(cfg)
+    sizes = patch if patch is not None else list(images.shape[2:])
+    if any(s % factor for s in sizes):
+        raise ValueError(f"training size {sizes} must be divisible by the VAE downsampling factor {factor}")
+
+
+def tune_vae(model: nn.Module, images: torch.Tensor | np.ndarray, cfg: dict, output_dir: str | Path, *,
+             on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict:
+    """Tune ``model`` on ``images`` (``[N, C, *spatial]`` in [-1, 1]); see the module docstring.
+
+    ``on_step(step, terms)`` is called after every completed step (1-based; e.g. for monitoring, or
+    to interrupt a run in tests). Returns ``{"steps", "start_step", "seconds_per_step", "last_terms",
+    "final_dir", "latent_stats", "latent_stats_path", "loss_curve", "checkpoint"}``.
+    """
+    opts = TuneConfig.from_config(cfg)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    images = images.float() if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images), dtype=torch.float32)
+    spatial_dims = images.ndim - 2
+    patch = None if opts.patch_size is None else (
+        [int(opts.patch_size)] * spatial_dims if isinstance(opts.patch_size, int) else [int(p) for p in opts.patch_size])
+    _check_images(model, images, patch)
+
+    torch.manual_seed(opts.seed)
+    gen = torch.Generator().manual_seed(opts.seed)
+    loss_cfg = LossConfig.from_config(opts.losses)
+    losses = VAELoss(loss_cfg, spatial_dims, in_channels=images.shape[1])
+    disc = losses.discriminator
+    opt = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    opt_d = (torch.optim.AdamW(disc.parameters(), lr=loss_cfg.disc_lr or opts.lr, weight_decay=opts.weight_decay)
+             if disc is not None else None)
+
+    ckpt_root = output_dir / "checkpoints"
+    start = 0
+    latest = latest_checkpoint(output_dir) if opts.resume else None
+    if latest is not None:
+        start = _load_checkpoint(latest, model, disc, opt, opt_d, gen)
+    curve = _LossCurve(output_dir / "loss_curve.csv", keep_until=start)
+
+    model.train()
+    if disc is not None:
+        disc.train()
+    compute_s, terms, last_ckpt = 0.0, {}, latest
+    try:
+        for step in tqdm(range(start, opts.steps), initial=start, total=opts.steps, desc="vae", disable=not opts.progress):
+            t0 = time.perf_counter()
+            idx = torch.randint(0, len(images), (opts.batch_size,), generator=gen)
+            batch = _random_patches(images[idx], patch, gen)
+            mean, logvar = encode(model, batch)
+            noise = torch.randn(mean.shape, generator=gen, dtype=mean.dtype)
+            recon = decode(model, mean + torch.exp(0.5 * logvar) * noise)
+            total, terms = losses.generator_loss(recon, batch, mean, logvar, step)
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+            if disc is not None and "adv_g" in terms:
+                d_loss = losses.discriminator_loss(recon, batch)
+                opt_d.zero_grad(set_to_none=True)
+                d_loss.backward()
+                opt_d.step()
+                terms["adv_d"] = float(d_loss.detach())
+            compute_s += time.perf_counter() - t0
+            curve.append(step + 1, terms)
+            if opts.checkpoint_every > 0 and ((step + 1) % opts.checkpoint_every == 0 or step + 1 == opts.steps):
+                last_ckpt = _save_checkpoint(ckpt_root, step + 1, model, disc, opt, opt_d, gen, opts.keep_checkpoints)
+            if on_step is not None:
+                on_step(step + 1, terms)
+    finally:
+        curve.close()
+
+    model.eval()
+    final_dir = output_dir / "final"
+    with atomic_dir(final_dir) as tmp:
+        save_autoencoder(model, tmp)
+    stats = latent_statistics(model, images, opts.stats_batch_size)
+    stats_path = save_latent_statistics(stats, output_dir / "latent_stats.json")
+    ran = opts.steps - start
+    return {
+        "steps": opts.steps,
+        "start_step": start,
+        "seconds_per_step": compute_s / ran if ran > 0 else float("nan"),
+        "last_terms": terms,
+        "final_dir": str(final_dir),
+        "latent_stats": stats,
+        "latent_stats_path": str(stats_path),
+        "loss_curve": str(output_dir / "loss_curve.csv"),
+        "checkpoint": str(last_ckpt) if last_ckpt is not None else None,
+    }

@@ -1,0 +1,380 @@
+"""Tests for medsynth.vae: tiny 2D (diffusers) / 3D (MAISI) autoencoders, losses, metrics, tuning, resume.
+
+Hand-computed values on tiny tensors; a tiny 2D VAE tuned on real CT slices; CPU only, one thread
+(the machine is shared: one thread is both faster and steadier under contention than two).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medsynth.masks.conditions import to_condition_values
+from medsynth.preprocess.intensity import hu_to_unit
+from medsynth.preprocess.trainsets import centre_crop_or_pad
+from medsynth.vae import (
+    TINY_VAE_CONFIGS,
+    LossConfig,
+    PerceptualUnavailableError,
+    PretrainedUnavailableError,
+    VAELoss,
+    adversarial_active,
+    build_autoencoder,
+    build_perceptual_loss,
+    decode,
+    denormalise_latents,
+    downsample_factor,
+    encode,
+    kl_loss,
+    l1_loss,
+    latent_statistics,
+    latest_checkpoint,
+    load_autoencoder,
+    load_latent_statistics,
+    normalise_latents,
+    reconstruct,
+    reconstruction_metrics,
+    save_autoencoder,
+    save_latent_statistics,
+    ssim_loss,
+    tune_vae,
+)
+
+SHAPES = {"2d": (2, 1, 32, 32), "3d": (1, 1, 16, 16, 16)}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class Identity(nn.Module):
+    """Stand-in autoencoder: ``encode(x) = (x, 0)``, ``decode(z) = z`` rolled by ``shift`` along the last axis."""
+
+    def __init__(self, shift: int = 0) -> None:
+        super().__init__()
+        self.shift = shift
+
+    def encode(self, x):
+        return x, torch.zeros_like(x)
+
+    def decode(self, z):
+        return torch.roll(z, self.shift, dims=-1) if self.shift else z
+
+
+# ------------------------------------------------------------------------------------------ models
+
+
+@pytest.mark.parametrize("kind", ["2d", "3d"])
+def test_tiny_round_trip_shapes(kind):
+    torch.manual_seed(0)
+    cfg = TINY_VAE_CONFIGS[kind]
+    model = build_autoencoder(cfg).eval()
+    x = torch.rand(SHAPES[kind]) * 2 - 1
+    with torch.no_grad():
+        mean, logvar = encode(model, x)
+        y = decode(model, mean)
+    f = downsample_factor(cfg)
+    assert f == 4  # MAISI / MAISI-v2: 4x compression per axis
+    assert mean.shape == logvar.shape == (x.shape[0], 4, *[s // f for s in x.shape[2:]])
+    assert y.shape == x.shape
+    assert torch.isfinite(logvar).all()
+    assert torch.equal(reconstruct(model, x).detach(), y)
+    expected = "AutoencoderKL" if kind == "2d" else "AutoencoderKlMaisi"
+    assert type(model).__name__ == expected
+
+
+def test_monai_backend_2d_and_config_checks():
+    model = build_autoencoder({"spatial_dims": 2, "backend": "monai", "block_out_channels": [8, 8],
+                               "norm_num_groups": 4})
+    z, logvar = encode(model, torch.zeros(1, 1, 8, 8))
+    assert z.shape == (1, 4, 4, 4) and decode(model, z).shape == (1, 1, 8, 8)
+    with pytest.raises(ValueError, match="norm_num_groups"):
+        build_autoencoder({"spatial_dims": 2, "block_out_channels": [12, 16], "norm_num_groups": 8})
+    with pytest.raises(ValueError, match="2D only"):
+        build_autoencoder({"spatial_dims": 3, "backend": "diffusers"})
+
+
+@pytest.mark.parametrize("kind", ["2d", "3d"])
+def test_save_load_and_local_pretrained(kind, tmp_path):
+    torch.manual_seed(1)
+    model = build_autoencoder(TINY_VAE_CONFIGS[kind]).eval()
+    x = torch.rand(SHAPES[kind]) * 2 - 1
+    folder = save_autoencoder(model, tmp_path / "final")
+    again = load_autoencoder(folder).eval()
+    with torch.no_grad():
+        assert torch.allclose(reconstruct(model, x), reconstruct(again, x), atol=1e-6)
+    source = folder if kind == "2d" else folder / "model.safetensors"
+    from_pretrained = build_autoencoder({**TINY_VAE_CONFIGS[kind], "pretrained": str(source)}).eval()
+    with torch.no_grad():
+        assert torch.allclose(reconstruct(model, x), reconstruct(from_pretrained, x), atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:The `local_dir_use_symlinks`:UserWarning")
+def test_pretrained_unavailable_names_config_key(tmp_path):
+    with pytest.raises(PretrainedUnavailableError, match=r"config key 'pretrained'.*vae\.model\.pretrained"):
+        build_autoencoder({**TINY_VAE_CONFIGS["2d"], "pretrained": "no-such-org/no-such-vae"})
+    with pytest.raises(PretrainedUnavailableError, match=r"vae\.model\.pretrained"):
+        build_autoencoder({**TINY_VAE_CONFIGS["3d"], "pretrained": str(tmp_path / "missing.safetensors")})
+
+
+# ------------------------------------------------------------------------------------------ losses
+
+
+def test_l1_hand_value():
+    recon = torch.tensor([[[[1.0, -2.0], [3.0, 0.0]]]])
+    assert l1_loss(recon, torch.zeros_like(recon)).item() == pytest.approx((1 + 2 + 3 + 0) / 4)
+
+
+def test_kl_of_known_gaussians():
+    # KL(N(1, 1) || N(0, 1)) = 0.5;  KL(N(0, 2) || N(0, 1)) = 0.5 (2 - 1 - ln 2);  KL(N(0,1)||N(0,1)) = 0
+    assert kl_loss(torch.ones(1, 4, 2, 2), torch.zeros(1, 4, 2, 2)).item() == pytest.approx(0.5)
+    var2 = 0.5 * (2 - 1 - math.log(2))
+    assert kl_loss(torch.zeros(3), torch.full((3,), math.log(2))).item() == pytest.approx(var2, rel=1e-6)
+    assert kl_loss(torch.zeros(5), torch.zeros(5)).item() == 0.0
+    mixed = kl_loss(torch.tensor([1.0, 0.0]), torch.tensor([0.0, math.log(2)]))
+    assert mixed.item() == pytest.approx((0.5 + var2) / 2, rel=1e-6)  # mean over latent elements
+
+
+def test_ssim_loss_values():
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    assert ssim_loss(x, x).item() == pytest.approx(0.0, abs=1e-6)
+    # constant images a, b: contrast/structure terms are C2/C2 = 1, SSIM = (2ab + C1) / (a^2 + b^2 + C1)
+    c1 = (0.01 * 2.0) ** 2
+    a, b = torch.full((1, 1, 16, 16), 0.5), torch.full((1, 1, 16, 16), -0.5)
+    assert ssim_loss(a, b).item() == pytest.approx(1 - (2 * 0.5 * -0.5 + c1) / (0.5 + c1), rel=1e-5)
+    vol = torch.rand(1, 1, 8, 8, 8)  # 3D, window shrunk to 7
+    assert ssim_loss(vol, vol).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_perceptual_optional_and_clear_error():
+    assert build_perceptual_loss(LossConfig(), 2) is None  # weight 0 by default
+    try:
+        import lpips  # noqa: F401
+        pytest.skip("lpips installed: LPIPS would try to download its weights")
+    except ImportError:
+        pass
+    with pytest.raises(PerceptualUnavailableError, match=r"losses\.perceptual_weight"):
+        build_perceptual_loss(LossConfig(perceptual_weight=0.1, perceptual_network="squeeze"), 2)
+    with pytest.raises(ValueError, match="unknown losses config keys"):
+        LossConfig.from_config({"perceptual_wieght": 1.0})
+
+
+class ConstantDisc(nn.Module):
+    """Discriminator stand-in returning constant logits (feature list, logits last, like PatchDiscriminator)."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        return [torch.full((x.shape[0], 1, 3, 3), self.value) + 0 * self.dummy]
+
+
+def test_adversarial_warmup_and_least_squares_values():
+    cfg = LossConfig(l1_weight=1.0, kl_weight=0.0, adv_weight=0.5, adv_warmup_steps=3, disc_channels=8)
+    assert [adversarial_active(cfg, s) for s in range(5)] == [False, False, False, True, True]
+    assert not adversarial_active(LossConfig(), 10)
+    losses = VAELoss(cfg, spatial_dims=2)
+    assert type(losses.discriminator).__name__ == "PatchDiscriminator"
+    x = torch.zeros(2, 1, 16, 16)
+    recon = torch.full_like(x, 0.5)
+    mean, logvar = torch.zeros(2, 4, 4, 4), torch.zeros(2, 4, 4, 4)
+    total, terms = losses.generator_loss(recon, x, mean, logvar, step=2)
+    assert "adv_g" not in terms and total.item() == pytest.approx(0.5)
+    _, terms = losses.generator_loss(recon, x, mean, logvar, step=3)
+    assert "adv_g" in terms
+    losses.discriminator = ConstantDisc(0.25)  # least squares (LeakyReLU keeps 0.25): hand values
+    total, terms = losses.generator_loss(recon, x, mean, logvar, step=3)
+    assert terms["adv_g"] == pytest.approx((0.25 - 1) ** 2)
+    assert total.item() == pytest.approx(0.5 + 0.5 * 0.5625)
+    assert losses.discriminator_loss(recon, x).item() == pytest.approx(0.5 * (0.25 ** 2 + 0.75 ** 2))
+
+
+# ------------------------------------------------------------------------------------------ latents
+
+
+def test_latent_statistics_of_known_input(tmp_path):
+    x = torch.zeros(3, 2, 4, 4)
+    x[:, 0] = 3.0
+    x[:, 1] = torch.tensor([2.0, -2.0]).repeat(8).reshape(4, 4)  # mean 0, std 2
+    stats = latent_statistics(Identity(), x, batch_size=2)
+    assert stats["mean"] == pytest.approx([3.0, 0.0]) and stats["std"] == pytest.approx([0.0, 2.0])
+    assert stats["count"] == 3 * 16
+    one = latent_statistics(Identity(), x, batch_size=1)
+    assert one["mean"] == pytest.approx(stats["mean"]) and one["std"] == pytest.approx(stats["std"])
+    z = torch.randn(2, 2, 4, 4) * torch.tensor([1.0, 2.0]).reshape(1, 2, 1, 1) + 5
+    s = latent_statistics(Identity(), z, batch_size=8)
+    zn = normalise_latents(z, s)
+    assert zn.mean(dim=(0, 2, 3)).abs().max() < 1e-5 and (zn.std(dim=(0, 2, 3), unbiased=False) - 1).abs().max() < 1e-5
+    assert torch.allclose(denormalise_latents(zn, s), z, atol=1e-5)
+    assert load_latent_statistics(save_latent_statistics(s, tmp_path / "stats.json")) == s
+
+
+# ------------------------------------------------------------------------------------------ metrics
+
+
+def _square_masks(n: int = 2, size: int = 32) -> torch.Tensor:
+    """Binary masks [n, 2, size, size]: channel 0 an 8x8 square at rows/cols 8..15, channel 1 empty."""
+    m = torch.zeros(n, 2, size, size)
+    m[:, 0, 8:16, 8:16] = 1
+    return m
+
+
+def test_metrics_perfect_reconstruction():
+    images = torch.rand(2, 1, 32, 32) * 2 - 1
+    masks = to_condition_values(_square_masks().numpy().astype(np.uint8))
+    out = reconstruction_metrics(Identity(), images, masks, mask_names=["square", "none"])
+    assert out["image"]["ssim"] == pytest.approx(1.0, abs=1e-5)
+    assert out["image"]["psnr"] == math.inf
+    sq = out["masks"]["square"]
+    assert (sq["dice"], sq["jaccard"], sq["hd95"], sq["asd"]) == (1.0, 1.0, 0.0, 0.0)
+    assert sq["n_reference"] == 2 and sq["status"] == "ok"
+    none = out["masks"]["none"]
+    assert none["status"] == "empty" and none["n_reference"] == 0
+    assert all(math.isnan(none[k]) for k in ("dice", "jaccard", "hd95", "asd"))
+    vol = torch.rand(1, 1, 16, 16, 16) * 2 - 1  # 3D path
+    assert reconstruction_metrics(Identity(), vol)["image"]["ssim"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_metrics_shifted_mask_hand_values():
+    """Square shifted 3 px: boundary distances (28 edge px): 0 x10, 1 x4, 2 x4, 3 x10 in both directions.
+
+    HD95 = 95th percentile = 3; ASD (symmetric) = (4*1 + 4*2 + 10*3) / 28 = 1.5;
+    overlap 8x5 = 40 -> Dice = 80 / 128 = 0.625, Jaccard = 40 / 88.
+    """
+    images = torch.rand(2, 1, 32, 32) * 2 - 1
+    masks = to_condition_values(_square_masks().numpy().astype(np.uint8))
+    sq = reconstruction_metrics(Identity(shift=3), images, masks)["masks"]["mask_0"]
+    assert sq["hd95"] == pytest.approx(3.0)
+    assert sq["asd"] == pytest.approx(42 / 28)
+    assert sq["dice"] == pytest.approx(0.625)
+    assert sq["jaccard"] == pytest.approx(40 / 88)
+    assert sq["n_pred_empty"] == 0
+
+
+# ------------------------------------------------------------------------------------------ tuning
+
+
+@pytest.fixture(scope="module")
+def ct_slices(ct_small):
+    """8 axial slices of the real CT, padded square with air, area-downsampled to 32x32.
+
+    Returns (images in [-1, 1] [8,1,32,32], masks in [-0.5, 0.5] [8,3,32,32]: body (HU > -500),
+    dense (HU > 150: contrast vessels / bone) and an always-empty channel).
+    """
+    hu = np.asarray(ct_small.dataobj, dtype=np.float32)  # (X, Y, Z) = 122 x 101 x 30
+    z = np.linspace(4, hu.shape[2] - 5, 8).round().astype(int)
+    sl = hu[:, :, z].transpose(2, 0, 1)
+    side = max(sl.shape[1:])
+    sl = centre_crop_or_pad(sl, (side, side), fill=-1024.0)
+    hu32 = F.interpolate(torch.from_numpy(np.ascontiguousarray(sl))[:, None], size=(32, 32), mode="area").numpy()
+    binary = np.concatenate([hu32 > -500, hu32 > 150, np.zeros_like(hu32, bool)], axis=1).astype(np.uint8)
+    return torch.from_numpy(hu_to_unit(hu32)), torch.from_numpy(to_condition_values(binary))
+
+
+def test_tune_tiny_2d_on_real_ct(ct_slices, tmp_path):
+    images, masks = ct_slices
+    names = ["body", "dense", "empty"]
+    torch.manual_seed(0)
+    model = build_autoencoder(TINY_VAE_CONFIGS["2d"])
+    before = reconstruction_metrics(model, images, masks, mask_names=names)
+    cfg = {"steps": 100, "batch_size": 8, "lr": 1e-3, "seed": 0, "checkpoint_every": 50, "progress": False,
+           "losses": {"l1_weight": 1.0, "kl_weight": 1e-6}}
+    t0 = time.perf_counter()
+    out = tune_vae(model, images, cfg, tmp_path)
+    wall = time.perf_counter() - t0
+    after = reconstruction_metrics(model, images, masks, mask_names=names)
+    print(f"\n[vae 2d tiny] {out['seconds_per_step']:.4f} s/step, tune wall {wall:.1f} s; "
+          f"L1 {before['image']['l1']:.4f} -> {after['image']['l1']:.4f}\n"
+          f"before: {json.dumps(before)}\nafter: {json.dumps(after)}\nlatent stats: {out['latent_stats']}")
+    # measured: L1 0.50 -> 0.05 (10x); assert 4x
+    assert after["image"]["l1"] < before["image"]["l1"] / 4
+    assert after["image"]["ssim"] > before["image"]["ssim"] + 0.3
+    assert after["image"]["psnr"] > 20
+    assert after["masks"]["empty"]["status"] == "empty"
+    assert after["masks"]["body"]["n_reference"] == 8
+    with open(out["loss_curve"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == list(range(1, 101))
+    assert rows[0]["l1"] and rows[0]["kl"] and rows[0]["adv_g"] == ""
+    assert np.mean([float(r["l1"]) for r in rows[-10:]]) < np.mean([float(r["l1"]) for r in rows[:10]]) / 3
+    stats = json.loads((tmp_path / "latent_stats.json").read_text())
+    assert len(stats["mean"]) == len(stats["std"]) == 4
+    assert (tmp_path / "final" / "config.json").is_file()
+    assert any((tmp_path / "final").glob("*.safetensors"))
+    assert latest_checkpoint(tmp_path).name == "step_00000100"
+    with torch.no_grad():
+        assert torch.allclose(reconstruct(load_autoencoder(tmp_path / "final").eval(), images),
+                              reconstruct(model.eval(), images), atol=1e-5)
+
+
+def test_tune_tiny_3d_maisi_runs_and_saves(tmp_path):
+    torch.manual_seed(0)
+    model = build_autoencoder(TINY_VAE_CONFIGS["3d"])
+    vols = torch.rand(2, 1, 16, 16, 16) * 2 - 1
+    out = tune_vae(model, vols, {"steps": 4, "batch_size": 1, "lr": 1e-3, "checkpoint_every": 0,
+                                 "progress": False, "losses": {"ssim_weight": 0.1}}, tmp_path)
+    print(f"\n[vae 3d tiny MAISI] {out['seconds_per_step']:.4f} s/step (batch 1, 16^3)")
+    assert sorted(p.name for p in (tmp_path / "final").iterdir()) == ["config.json", "medsynth_vae.json",
+                                                                       "model.safetensors"]
+    assert latest_checkpoint(tmp_path) is None
+    with torch.no_grad():
+        assert torch.allclose(reconstruct(load_autoencoder(tmp_path / "final").eval(), vols),
+                              reconstruct(model.eval(), vols), atol=1e-5)
+
+
+class Interrupt(RuntimeError):
+    pass
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+    """Interrupted at step 5 (checkpoints every 2) then resumed == uninterrupted; GAN + SSIM + patches on."""
+    g = torch.Generator().manual_seed(3)
+    images = torch.rand(4, 1, 32, 32, generator=g) * 2 - 1
+    cfg = {"steps": 7, "batch_size": 2, "lr": 1e-3, "seed": 5, "patch_size": 16, "checkpoint_every": 2,
+           "keep_checkpoints": 1, "progress": False,
+           "losses": {"kl_weight": 1e-4, "ssim_weight": 0.2, "adv_weight": 0.1, "adv_warmup_steps": 2,
+                      "adv_criterion": "hinge", "disc_channels": 8, "disc_layers": 1}}
+
+    def fresh():
+        torch.manual_seed(0)
+        return build_autoencoder(TINY_VAE_CONFIGS["2d"])
+
+    ref = fresh()
+    tune_vae(ref, images, cfg, tmp_path / "ref")
+
+    def stop_at_5(step, terms):
+        if step == 5:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        tune_vae(fresh(), images, cfg, tmp_path / "run", on_step=stop_at_5)
+    assert latest_checkpoint(tmp_path / "run").name == "step_00000004"
+    torch.manual_seed(123)  # a different global RNG state before resuming must not matter
+    resumed = fresh()
+    out = tune_vae(resumed, images, cfg, tmp_path / "run")
+    assert out["start_step"] == 4
+    a, b = ref.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    from safetensors.torch import load_file
+
+    da = load_file(str(tmp_path / "ref" / "checkpoints" / "step_00000007" / "discriminator.safetensors"))
+    db = load_file(str(tmp_path / "run" / "checkpoints" / "step_00000007" / "discriminator.safetensors"))
+    assert all(torch.equal(da[k], db[k]) for k in da)
+    assert (tmp_path / "ref" / "loss_curve.csv").read_text() == (tmp_path / "run" / "loss_curve.csv").read_text()
+    rows = list(csv.DictReader((tmp_path / "run" / "loss_curve.csv").open()))
+    assert [r["adv_g"] != "" for r in rows] == [False, False, True, True, True, True, True]
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_00000007"]
