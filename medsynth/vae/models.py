@@ -154,8 +154,8 @@ def _build_monai(cfg: dict) -> nn.Module:
         from monai.apps.generation.maisi.networks.autoencoderkl_maisi import AutoencoderKlMaisi
 
         # num_splits=1: no tensor splitting (that is a GPU-memory device of MAISI, pointless on tiny inputs)
-        return AutoencoderKlMaisi(**common, num_channels=channels, num_splits=int(cfg.get("num_splits", 1)), dim_split=1,
-                                  norm_float16=False, save_mem=False)
+        return AutoencoderKlMaisi(**common, num_channels=channels, num_splits=int(cfg.get("num_splits", 1)),
+                                  dim_split=1, norm_float16=False, save_mem=False)
     from monai.networks.nets import AutoencoderKL
 
     return AutoencoderKL(**common, channels=channels)
@@ -169,13 +169,18 @@ def _load_pretrained(model: nn.Module, cfg: dict) -> nn.Module:
 
         try:
             kwargs = {"subfolder": cfg["pretrained_subfolder"]} if cfg.get("pretrained_subfolder") else {}
-            return AutoencoderKL.from_pretrained(str(source), local_files_only=bool(cfg.get("local_files_only")),
-                                                 **kwargs)
+            loaded = AutoencoderKL.from_pretrained(str(source), local_files_only=bool(cfg.get("local_files_only")),
+                                                   **kwargs)
         except Exception as err:  # offline hub lookups raise OSError / HF errors / ValueError
             raise PretrainedUnavailableError(
                 f"config key 'pretrained' (vae.model.pretrained={source!r}): cannot load the diffusers "
                 f"AutoencoderKL ({type(err).__name__}: {err}); {hint}; a hub id needs network access and "
                 "vae.model.local_files_only: false") from err
+        # the loaded architecture wins over the config's (kept consistent for save/load and input checks)
+        for key in ("in_channels", "out_channels", "latent_channels", "norm_num_groups", "layers_per_block"):
+            cfg[key] = loaded.config[key]
+        cfg["block_out_channels"] = list(loaded.config["block_out_channels"])
+        return loaded
     path = Path(str(source))
     if not path.is_file():
         raise PretrainedUnavailableError(
@@ -187,7 +192,7 @@ def _load_pretrained(model: nn.Module, cfg: dict) -> nn.Module:
         state = load_file(str(path))
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        for key in ("state_dict", "unet_state_dict", "autoencoder"):  # common wrappers of MAISI checkpoints
+        for key in ("state_dict", "autoencoder"):  # wrappers some training scripts add
             if isinstance(state, dict) and key in state and isinstance(state[key], dict):
                 state = state[key]
     model.load_state_dict(state, strict=True)
@@ -270,7 +275,8 @@ def save_autoencoder(model: nn.Module, folder: str | Path) -> Path:
     if _is_diffusers(model):
         model.save_pretrained(str(folder), safe_serialization=True)
     else:
-        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+        weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        save_file(weights, str(folder / "model.safetensors"))
         (folder / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
     if cfg is not None:
         (folder / _BUILD_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True))

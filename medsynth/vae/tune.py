@@ -188,10 +188,16 @@ def tune_vae(model: nn.Module, images: torch.Tensor | np.ndarray, cfg: dict, out
     opts = TuneConfig.from_config(cfg)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    images = images.float() if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images), dtype=torch.float32)
+    if not isinstance(images, torch.Tensor):
+        images = torch.as_tensor(np.asarray(images))
+    images = images.float()
     spatial_dims = images.ndim - 2
-    patch = None if opts.patch_size is None else (
-        [int(opts.patch_size)] * spatial_dims if isinstance(opts.patch_size, int) else [int(p) for p in opts.patch_size])
+    if opts.patch_size is None:
+        patch = None
+    elif isinstance(opts.patch_size, int):
+        patch = [int(opts.patch_size)] * spatial_dims
+    else:
+        patch = [int(p) for p in opts.patch_size]
     _check_images(model, images, patch)
 
     torch.manual_seed(opts.seed)
@@ -215,7 +221,9 @@ def tune_vae(model: nn.Module, images: torch.Tensor | np.ndarray, cfg: dict, out
         disc.train()
     compute_s, terms, last_ckpt = 0.0, {}, latest
     try:
-        for step in tqdm(range(start, opts.steps), initial=start, total=opts.steps, desc="vae", disable=not opts.progress):
+        progress = tqdm(range(start, opts.steps), initial=start, total=opts.steps, desc="vae",
+                        disable=not opts.progress)
+        for step in progress:
             t0 = time.perf_counter()
             idx = torch.randint(0, len(images), (opts.batch_size,), generator=gen)
             batch = _random_patches(images[idx], patch, gen)
