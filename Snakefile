@@ -17,6 +17,8 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/preprocess.smk"
 include: "rules/masks.smk"
+include: "rules/vae.smk"
+include: "rules/generator.smk"
 
 
 rule all:

@@ -2,6 +2,7 @@
 # Rules never parse config inline; they call what is defined here.
 
 import os
+import re
 
 import pandas as pd
 
@@ -15,9 +16,13 @@ REGISTRY = os.path.join(BASEDIR, config["registry"])
 DATASETS = resolve_datasets(config["datasets"], load_registry(REGISTRY))
 
 
+VARIANTS = list(config.get("variants") or {})  # stage-2 variants: named override sets of config `stage2`
+
+
 wildcard_constraints:
     dataset="|".join(DATASETS),
     shard=r"\d+",
+    variant="|".join(re.escape(v) for v in VARIANTS) or "(?!)",
 
 
 def dataset_entry(wildcards):
@@ -47,6 +52,23 @@ def training_sets(wildcards):
                   shard=shards(), ext=["safetensors", "csv"])
 
 
+def slice_shards(wildcards):
+    """Every 2D training-set shard (safetensors + index CSV) of the study."""
+    return expand(f"{RESULTS}/trainsets/slices/shard-{{shard}}.{{ext}}", shard=shards(), ext=["safetensors", "csv"])
+
+
+def stage2_config(wildcards):
+    """Config `stage2` with the overrides of variant ``wildcards.variant`` merged in."""
+    from medsynth.generator.stages import variant_config
+
+    return variant_config(config["stage2"], config["variants"], wildcards.variant)
+
+
+def train_threads(section):
+    """Threads of a training rule (config ``<section>.threads``, default 1)."""
+    return int((config.get(section) or {}).get("threads", 1) or 1)
+
+
 def final_outputs():
     """Everything `snakemake` builds by default for the study."""
     return [
@@ -55,6 +77,9 @@ def final_outputs():
         training_sets,
         f"{RESULTS}/figures/registration_overlay.png",
         f"{RESULTS}/figures/mask_overlay.png",
+        f"{RESULTS}/vae/final",
+        f"{RESULTS}/vae/reconstruction.csv",
+        *expand(f"{RESULTS}/stage2/{{variant}}/final", variant=VARIANTS),
     ]
 
 

@@ -77,7 +77,7 @@ def test_lint_is_clean():
 
 @pytest.mark.slow
 def test_full_embedded_study_produces_registered_masks_training_sets_and_figures(tmp_path):
-    """`snakemake --cores 2` end to end on the shipped scans (the README's first command)."""
+    """`snakemake --cores 2` end to end on the shipped scans (the README's first command), VAE and generator included."""
     run_snakemake(tmp_path, embedded_config())
     results = tmp_path / "results" / "example"
     registered = pd.read_csv(results / "registered" / "shard-000" / "cases.csv")
@@ -100,3 +100,17 @@ def test_full_embedded_study_produces_registered_masks_training_sets_and_figures
     for figure in ("registration_overlay.png", "mask_overlay.png"):
         assert (results / "figures" / figure).stat().st_size > 10_000
     assert pd.read_csv(results / "qc" / "quarantine.csv").empty
+    # generative core: VAE, base, stage 1, stage 2 per variant
+    assert (results / "vae" / "final" / "config.json").exists()
+    reconstruction = pd.read_csv(results / "vae" / "reconstruction.csv").set_index("target")
+    assert reconstruction.loc["image", "ssim"] > 0 and reconstruction.loc["liver", "dice"] >= 0
+    for variant in ("victr", "vanilla"):
+        assert (results / "stage2" / variant / "final").is_dir()
+    assert (results / "stage2" / "victr" / "final" / "adapter_model.safetensors").exists()
+    assert (results / "stage2" / "vanilla" / "final" / "diffusion_pytorch_model.safetensors").exists()
+    for stage in ("vae", "base", "stage1", "stage2/victr", "stage2/vanilla"):
+        curve = pd.read_csv(results / stage / "loss_curve.csv")
+        loss = curve["total" if stage == "vae" else "loss"]
+        assert len(curve) > 20
+        if stage in ("vae", "base"):
+            assert loss.tail(10).mean() < loss.head(10).mean(), stage

@@ -1,0 +1,186 @@
+"""Latent training data of the generator: shards -> z-normalised VAE latents + masks + text tokens.
+
+One sample = one 2D slice of a training-set shard (:mod:`medsynth.preprocess.trainsets`):
+
+* ``latent``: posterior mean of the slice under the tuned VAE, z-normalised per channel with the
+  VAE's ``latent_stats.json`` (MedSyn2 Sec. 3);
+* ``mask``: the condition-mask channels ([-0.5, 0.5]) area-resized to the latent grid, concatenated to
+  the noisy latent by the backbone (ViCTr Sec. 3.3 ``[Z_t, Z_s]``);
+* ``prompt``: index into a table of unique compound prompts (MedSyn2 Sec. 3.2,
+  :func:`medsynth.models.prompts.compound_prompt`): ``<modality>; segmentation of <organs present>;
+  [<severity> <pathology>;] <region>[, <contrast phase>]``; each unique prompt is encoded once by the
+  text encoder. The table's last row is the empty prompt (classifier-free-guidance null condition).
+
+Graded severity (the embedded study's target task): the grade of a slice is a measurable property
+of its own mask: the fraction of the slice's pixels inside condition channel ``severity.organ``
+(default ``liver``), binned with ``severity.thresholds`` ``[t0, t1]`` into ``low`` (f < t0), ``mild``
+(t0 <= f < t1) and ``severe`` (f >= t1) (ViCTr's low/mild/severe words). A generated slice's grade can
+later be measured the same way on its re-segmented mask, so prompt control is checkable.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from medsynth.models.prompts import SEVERITY_WORDS, compound_prompt, mask_preprompt
+from medsynth.preprocess.trainsets import load_shard
+from medsynth.train.data import TensorDictDataset
+from medsynth.vae.latents import normalise_latents
+from medsynth.vae.models import encode
+
+__all__ = [
+    "DEFAULT_SEVERITY",
+    "LatentData",
+    "shard_condition_names",
+    "load_slices",
+    "select_rows",
+    "severity_fractions",
+    "severity_grades",
+    "slice_prompts",
+    "build_latent_data",
+]
+
+DEFAULT_SEVERITY = {"organ": "liver", "thresholds": [0.045, 0.09], "pathology": "liver involvement"}
+
+
+def shard_condition_names(tensors_path: str | Path) -> list[str]:
+    """Condition-channel names stored in a shard's safetensors metadata."""
+    from safetensors import safe_open
+
+    with safe_open(str(tensors_path), framework="np") as fh:
+        raw = fh.metadata() or {}
+    if "medsynth" in raw:
+        return list(json.loads(raw["medsynth"]).get("conditions", []))
+    return [n for n in raw.get("conditions", "").split(",") if n]  # shards written before the single-key metadata
+
+
+def load_slices(shards: Sequence[str | Path]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, list[str]]:
+    """All samples of the 2D shards (``.safetensors``; the index is the same stem ``.csv``).
+
+    Returns ``(index, images (N, 1, H, W) in [-1, 1], masks (N, C, H, W) in [-0.5, 0.5], names)``.
+    """
+    tables, images, masks, names = [], [], [], None
+    for path in sorted(str(p) for p in shards if str(p).endswith(".safetensors")):
+        index = pd.read_csv(Path(path).with_suffix(".csv"), dtype={"split": str, "modality": str},
+                            keep_default_na=False)
+        if not len(index):
+            continue
+        data = load_shard(path)
+        shard_names = shard_condition_names(path)
+        if names is None:
+            names = shard_names
+        elif shard_names != names:
+            raise ValueError(f"{path}: condition channels {shard_names} differ from {names}")
+        tables.append(index.assign(shard=Path(path).stem))
+        images.append(data["image"][index["sample"].to_numpy()])
+        masks.append(data["masks"][index["sample"].to_numpy()])
+    if not tables:
+        raise ValueError("no slices in the training-set shards")
+    return (pd.concat(tables, ignore_index=True), np.concatenate(images), np.concatenate(masks), list(names or []))
+
+
+def select_rows(index: pd.DataFrame, select: Mapping[str, Sequence] | None) -> np.ndarray:
+    """Row positions whose column values are in the allowed lists (``{"split": ["train"], "modality": ["MR"]}``)."""
+    keep = np.ones(len(index), bool)
+    for column, allowed in (select or {}).items():
+        if column not in index:
+            raise KeyError(f"select: column {column!r} not in the training-set index ({list(index.columns)})")
+        keep &= index[column].astype(str).isin([str(a) for a in allowed]).to_numpy()
+    return np.flatnonzero(keep)
+
+
+def severity_fractions(masks: np.ndarray, names: Sequence[str], organ: str) -> np.ndarray:
+    """Fraction of each slice's pixels inside condition channel ``organ`` (masks in [-0.5, 0.5])."""
+    if organ not in names:
+        raise KeyError(f"severity.organ = {organ!r} is not a condition channel ({list(names)})")
+    channel = np.asarray(masks)[:, list(names).index(organ)]
+    return (channel > 0).reshape(len(channel), -1).mean(axis=1)
+
+
+def severity_grades(fractions: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+    """Grade 0 (low) / 1 (mild) / 2 (severe): ``f < t0``, ``t0 <= f < t1``, ``f >= t1``."""
+    t = [float(v) for v in thresholds]
+    if len(t) != len(SEVERITY_WORDS) - 1 or not t[0] < t[1]:
+        raise ValueError(f"severity.thresholds must be two increasing numbers, got {list(thresholds)}")
+    return np.digitize(np.asarray(fractions, dtype=np.float64), t, right=False).astype(np.int64)
+
+
+def _report(row: Mapping) -> str:
+    parts = [str(row.get("prompt_region", "") or "").strip()]
+    contrast = str(row.get("prompt_contrast", "") or "").strip()
+    if contrast and contrast.lower() != "none":
+        parts.append(f"{contrast} phase")
+    return ", ".join(p for p in parts if p)
+
+
+def slice_prompts(index: pd.DataFrame, grades: np.ndarray | None = None, pathology: str | None = None) -> list[str]:
+    """The compound prompt of every row (see module docstring); ``grades`` adds the severity phrase."""
+    prompts = []
+    for i, row in enumerate(index.to_dict("records")):
+        organs = json.loads(row["organs"]) if str(row.get("organs", "")).strip() else []
+        severity = int(grades[i]) if grades is not None else None
+        prompts.append(compound_prompt(mask_preprompt(organs), report=_report(row), severity=severity,
+                                       modality=str(row.get("modality", "")), pathology=pathology))
+    return prompts
+
+
+@dataclass
+class LatentData:
+    """A stage's training data: ``dataset`` (``latent``, ``mask``, ``prompt``) + the prompt token table."""
+
+    dataset: TensorDictDataset
+    prompts: list[str]
+    tokens: torch.Tensor  # (P + 1, L, D); row P is the empty prompt
+    keep: torch.Tensor  # (P + 1, L) bool
+    index: pd.DataFrame  # the selected rows, with prompt, severity columns
+
+    @property
+    def null_id(self) -> int:
+        return len(self.prompts)
+
+
+@torch.no_grad()
+def _latents(vae: torch.nn.Module, images: np.ndarray, stats: dict, batch_size: int) -> torch.Tensor:
+    vae.eval()
+    x = torch.as_tensor(images, dtype=torch.float32)
+    out = [encode(vae, x[i:i + batch_size])[0] for i in range(0, len(x), batch_size)]
+    return normalise_latents(torch.cat(out), stats).contiguous()
+
+
+def build_latent_data(shards: Sequence[str | Path], vae: torch.nn.Module, stats: dict, text_encoder,
+                      select: Mapping[str, Sequence] | None = None, severity: Mapping | None = None,
+                      max_length: int = 32, batch_size: int = 32) -> LatentData:
+    """Latent dataset of the selected slices (see module docstring).
+
+    ``severity``: ``None`` (no severity phrase) or ``{"organ", "thresholds", "pathology"}``.
+    """
+    index, images, masks, names = load_slices(shards)
+    rows = select_rows(index, select)
+    if not len(rows):
+        raise ValueError(f"select {dict(select or {})} keeps no slice of the training sets")
+    index = index.iloc[rows].reset_index(drop=True)
+    images, masks = images[rows], masks[rows]
+    latent = _latents(vae, images, stats, batch_size)
+    mask = F.interpolate(torch.as_tensor(masks, dtype=torch.float32), size=tuple(latent.shape[2:]), mode="area")
+    grades = None
+    if severity is not None:
+        sev = {**DEFAULT_SEVERITY, **dict(severity)}
+        fractions = severity_fractions(masks, names, sev["organ"])
+        grades = severity_grades(fractions, sev["thresholds"])
+        index = index.assign(severity_fraction=fractions, severity=[SEVERITY_WORDS[g] for g in grades])
+    prompts = slice_prompts(index, grades, (severity or {}).get("pathology", DEFAULT_SEVERITY["pathology"]))
+    unique = list(dict.fromkeys(prompts))
+    ids = {p: i for i, p in enumerate(unique)}
+    tokens, keep = text_encoder.encode(unique + [""], max_length)
+    index = index.assign(prompt=prompts)
+    dataset = TensorDictDataset({"latent": latent, "mask": mask.contiguous(),
+                                 "prompt": torch.as_tensor([ids[p] for p in prompts], dtype=torch.long)})
+    return LatentData(dataset, unique, tokens.float().contiguous(), keep.contiguous(), index)

@@ -1,0 +1,377 @@
+"""Entry functions of the VAE and generator rules (ViCTr Sec. 3.3 staged training).
+
+* :func:`run_vae` - tune the 2D VAE on the training slices (and, with ``include_masks``, their mask
+  channels as single-channel images, MedSyn2 Supp. 7.1.1), write ``final/``, ``latent_stats.json``
+  (statistics of the *image* latents), ``loss_curve.csv`` and ``reconstruction.csv`` (SSIM/PSNR of the
+  images and Dice/Jaccard/HD95/ASD per mask channel of the ``eval_split`` slices, MedSyn2 Table 6).
+* :func:`run_base` - the base generator: rectified flow in z-normalised latent space on every selected
+  training slice, masks concatenated, compound prompts as cross-attention context.
+* :func:`run_stage1` - ViCTr stage 1: diagonal Fisher of the base on its own data selects the layers
+  to unfreeze (:func:`medsynth.train.select_layers`); fine-tune them on the stage-1 slices with the EWC
+  penalty anchored at the base weights. ``ewc.safetensors`` keeps Fisher, anchor and the selection.
+* :func:`run_stage2` - one variant (a named override set of ``stage2``): ``method: lora`` freezes the
+  stage-1 model and trains LoRA adapters only inside the layers stage 1 unfroze; ``objective: tweedie``
+  uses the Tweedie-corrected loss, and ``consistency`` weights add the temporal/spatial consistency
+  losses against the frozen stage-1 model. ``method: full`` fine-tunes every weight (vanilla).
+
+Every stage trains with :func:`medsynth.train.train` (checkpoints every ``checkpoint_every`` steps,
+automatic resume from the newest one, SIGTERM -> checkpoint + exit code 75) and writes ``final/``,
+``loss_curve.csv``, ``train_config.json`` and ``prompts.csv`` under its output folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from medsynth.fsutil import write_csv_atomic, write_text_atomic
+from medsynth.generator.data import LatentData, build_latent_data, load_slices, select_rows
+from medsynth.models.backbones import build_backbone, predict
+from medsynth.models.prompts import ABSENT_MASK_VALUE
+from medsynth.objectives import (
+    euler_step,
+    interpolate,
+    rectified_flow_loss,
+    sample_timesteps,
+    spatial_consistency_loss,
+    temporal_consistency_loss,
+    tweedie_corrected_velocity,
+)
+from medsynth.train import (
+    EWCTerm,
+    TrainConfig,
+    add_lora,
+    anchor_parameters,
+    fisher_diagonal,
+    load_ewc,
+    lora_targets,
+    save_ewc,
+    select_layers,
+    train,
+    unfreeze,
+)
+
+__all__ = ["GeneratorStep", "run_vae", "run_base", "run_stage1", "run_stage2", "variant_config", "train_config"]
+
+log = logging.getLogger(__name__)
+
+_TRAIN_KEYS = {f.name for f in fields(TrainConfig)} - {"output_dir", "save_final", "handle_signals"}
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _deep_merge(base: Mapping, over: Mapping) -> dict:
+    out = copy.deepcopy(dict(base))
+    for k, v in (over or {}).items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else copy.deepcopy(v)
+    return out
+
+
+def variant_config(stage2_cfg: Mapping, variants: Mapping, variant: str) -> dict:
+    """The ``stage2`` section with the variant's overrides merged in (nested keys merge, others replace)."""
+    if variant not in variants:
+        raise KeyError(f"variant {variant!r} is not in config `variants` ({sorted(variants)})")
+    return _deep_merge(stage2_cfg, variants[variant] or {})
+
+
+def train_config(stage_cfg: Mapping, output_dir: str | Path) -> TrainConfig:
+    """:class:`TrainConfig` from the training keys of a stage section (``steps``, ``lr``, ...)."""
+    kwargs = {k: stage_cfg[k] for k in _TRAIN_KEYS if k in stage_cfg}
+    if "betas" in kwargs:
+        kwargs["betas"] = tuple(kwargs["betas"])
+    return TrainConfig(output_dir=str(output_dir), **kwargs)
+
+
+def _threads(cfg: Mapping) -> None:
+    torch.set_num_threads(max(1, int(cfg.get("threads", 1) or 1)))
+
+
+def _text_encoder(gen_cfg: Mapping, text_encoder):
+    if text_encoder is not None:
+        return text_encoder
+    from medsynth.models.text import build_text_encoder
+
+    return build_text_encoder(gen_cfg.get("text_encoder") or {}, key="generator.text_encoder")
+
+
+def _load_vae(vae_dir: str | Path, stats_path: str | Path):
+    from medsynth.vae import load_autoencoder, load_latent_statistics
+
+    vae = load_autoencoder(vae_dir).eval().requires_grad_(False)
+    return vae, load_latent_statistics(stats_path)
+
+
+def _data(shards, vae_dir, stats_path, gen_cfg, stage_cfg, text_encoder, severity: bool | None = None) -> LatentData:
+    vae, stats = _load_vae(vae_dir, stats_path)
+    use_severity = bool(stage_cfg.get("severity_prompt", False)) if severity is None else severity
+    return build_latent_data(shards, vae, stats, _text_encoder(gen_cfg, text_encoder), stage_cfg.get("select"),
+                             gen_cfg.get("severity") if use_severity else None, int(gen_cfg.get("max_length", 32)),
+                             int(gen_cfg.get("encode_batch_size", 32)))
+
+
+def _check_channels(model: nn.Module, data: LatentData) -> None:
+    want = int(model.config.in_channels)
+    have = data.dataset.tensors["latent"].shape[1] + data.dataset.tensors["mask"].shape[1]
+    if want != have:
+        raise ValueError(f"generator.backbone.params.in_channels = {want}, but latent + mask channels = {have}")
+
+
+def _load_backbone(gen_cfg: Mapping, folder: str | Path) -> nn.Module:
+    cfg = {**dict(gen_cfg["backbone"]), "pretrained": str(folder), "local_files_only": True}
+    cfg.pop("subfolder", None)
+    return build_backbone(cfg, key="generator.backbone")
+
+
+def _write_prompts(data: LatentData, out_dir: Path) -> None:
+    counts = data.index["prompt"].value_counts()
+    table = pd.DataFrame({"prompt_id": range(len(data.prompts)), "prompt": data.prompts,
+                          "slices": [int(counts.get(p, 0)) for p in data.prompts]})
+    write_csv_atomic(table, out_dir / "prompts.csv")
+    cols = [c for c in ("case_id", "modality", "split", "slice", "severity_fraction", "severity", "prompt")
+            if c in data.index]
+    write_csv_atomic(data.index[cols], out_dir / "slices.csv")
+
+
+def _finish(result, out_dir: Path) -> None:
+    if result.status != "completed":
+        raise SystemExit(result.exit_code)  # preempted: checkpoint written, the job is requeued / rerun
+    log.info("%s: %d steps, %.4f s/step", out_dir, result.step, result.seconds_per_step)
+
+
+# ------------------------------------------------------------------------------------------------ loss step
+@dataclass
+class GeneratorStep:
+    """``loss_step`` for :func:`medsynth.train.train` on :class:`LatentData` batches.
+
+    Draws ``t`` and the noise from the loop's generator, drops text and mask together with probability
+    ``cond_dropout`` (classifier-free guidance's null condition: empty prompt, all-background mask),
+    and evaluates the backbone with :func:`medsynth.models.backbones.predict`. ``objective``:
+    ``flow`` (ViCTr eq. 1) or ``tweedie`` (Tweedie-corrected field ``u = v - (1 - abar) s``, ViCTr Sec.
+    3.2). With ``reference`` (the frozen stage-1 model) the temporal (``MSE(u, v_ref)``) and spatial
+    (one Euler step ``Z_{t-dt}`` of each, values + spatial gradients) consistency terms are added with
+    their weights; both compare the fields the samplers integrate (``u`` of the adapted model, the
+    plain velocity of the reference). ``ewc``: the stage-1 penalty.
+    """
+
+    tokens: torch.Tensor
+    keep: torch.Tensor
+    null_id: int
+    objective: str = "flow"
+    cond_dropout: float = 0.0
+    distribution: str = "uniform"
+    abar_mapping: str = "variance"
+    detach_score: bool = False
+    ewc: EWCTerm | None = None
+    reference: nn.Module | None = None
+    temporal_weight: float = 0.0
+    spatial_weight: float = 0.0
+    grad_weight: float = 1.0
+    step_size: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.objective not in ("flow", "tweedie"):
+            raise ValueError(f"objective must be 'flow' or 'tweedie', got {self.objective!r}")
+
+    def __call__(self, model: nn.Module, batch: Mapping[str, torch.Tensor], step: int,
+                 generator: torch.Generator) -> dict[str, torch.Tensor]:
+        x0, mask, pid = batch["latent"], batch["mask"], batch["prompt"]
+        b, device = x0.shape[0], x0.device
+        t = sample_timesteps(b, generator, self.distribution, device=device, dtype=x0.dtype)
+        x1 = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(device)
+        if self.cond_dropout > 0:
+            drop = (torch.rand(b, generator=generator) < self.cond_dropout).to(device)
+            pid = torch.where(drop, torch.full_like(pid, self.null_id), pid)
+            mask = torch.where(drop.view(-1, *[1] * (mask.ndim - 1)), torch.full_like(mask, ABSENT_MASK_VALUE), mask)
+        text = self.tokens.to(device)[pid]
+        keep = self.keep.to(device)[pid]
+        x_t = interpolate(x0, x1, t)
+        v = predict(model, x_t, t, text, keep, mask=mask).float()
+        field = v
+        if self.objective == "tweedie":
+            field = tweedie_corrected_velocity(v, x_t.float(), t.float(), detach_score=self.detach_score,
+                                               mapping=self.abar_mapping)
+        main = rectified_flow_loss(field, x0.float(), x1.float())
+        terms = {"flow": main}
+        loss = main
+        if self.ewc is not None:
+            terms["ewc"] = self.ewc(model)
+            loss = loss + terms["ewc"]
+        if self.reference is not None and (self.temporal_weight or self.spatial_weight):
+            with torch.no_grad():
+                v_ref = predict(self.reference, x_t, t, text, keep, mask=mask).float()
+            if self.temporal_weight:
+                terms["temporal"] = temporal_consistency_loss(field, v_ref)
+                loss = loss + self.temporal_weight * terms["temporal"]
+            if self.spatial_weight:
+                t_prev = (t - self.step_size).clamp_min(0.0)
+                terms["spatial"] = spatial_consistency_loss(euler_step(x_t.float(), field, t, t_prev),
+                                                            euler_step(x_t.float(), v_ref, t, t_prev), self.grad_weight)
+                loss = loss + self.spatial_weight * terms["spatial"]
+        terms["loss"] = loss
+        return terms
+
+
+def _step(data: LatentData, stage_cfg: Mapping, **extra) -> GeneratorStep:
+    return GeneratorStep(data.tokens, data.keep, data.null_id, objective=str(stage_cfg.get("objective", "flow")),
+                         cond_dropout=float(stage_cfg.get("cond_dropout", 0.0)),
+                         distribution=str(stage_cfg.get("timesteps", "uniform")), **extra)
+
+
+# ------------------------------------------------------------------------------------------------ VAE
+def _mask_images(masks: np.ndarray) -> np.ndarray:
+    """Non-empty mask channels as single-channel images in [-0.5, 0.5] (MedSyn2 encodes masks with the VAE)."""
+    flat = masks.reshape(-1, 1, *masks.shape[2:])
+    return flat[(flat > 0).reshape(len(flat), -1).any(axis=1)]
+
+
+def run_vae(shards: Sequence[str], out_dir: str | Path, vae_cfg: Mapping, reconstruction_csv: str | Path | None = None) -> dict:
+    """Tune the VAE (module docstring); returns :func:`medsynth.vae.tune_vae`'s summary + the metrics."""
+    from medsynth.vae import (
+        TuneConfig,
+        build_autoencoder,
+        latent_statistics,
+        reconstruction_metrics,
+        save_latent_statistics,
+        tune_vae,
+    )
+
+    _threads(vae_cfg)
+    out_dir = Path(out_dir)
+    index, images, masks, names = load_slices(shards)
+    train_rows = select_rows(index, {"split": [vae_cfg.get("train_split", "train")]})
+    train_images = images[train_rows]
+    fit = train_images
+    if vae_cfg.get("include_masks", True):
+        fit = np.concatenate([train_images, _mask_images(masks[train_rows])])
+    tune_keys = {f.name for f in fields(TuneConfig)}
+    tune_cfg = {k: v for k, v in vae_cfg.items() if k in tune_keys}
+    model = build_autoencoder(dict(vae_cfg.get("model") or {}))
+    summary = tune_vae(model, fit, tune_cfg, out_dir)
+    # z-norm statistics of the *image* latents (the generator's data), not of the mask images
+    stats = latent_statistics(model, train_images, int(vae_cfg.get("stats_batch_size", 8)))
+    save_latent_statistics(stats, out_dir / "latent_stats.json")
+    summary["latent_stats"] = stats
+
+    eval_rows = select_rows(index, {"split": [vae_cfg.get("eval_split", "test")]})
+    if not len(eval_rows):
+        log.warning("no %s slices: reconstruction metrics on the training slices", vae_cfg.get("eval_split", "test"))
+        eval_rows = train_rows
+    metrics = reconstruction_metrics(model, images[eval_rows], masks[eval_rows], mask_names=names,
+                                     batch_size=int(vae_cfg.get("stats_batch_size", 8)))
+    rows = [{"target": "image", "split": vae_cfg.get("eval_split", "test"), **metrics["image"]}]
+    for name, m in metrics["masks"].items():
+        rows.append({"target": name, "split": vae_cfg.get("eval_split", "test"), "n": m["n_reference"], **m})
+    table = pd.DataFrame(rows).reindex(columns=["target", "split", "n", "ssim", "psnr", "l1", "dice", "jaccard",
+                                                "hd95", "asd", "n_reference", "n_pred_empty", "status"])
+    write_csv_atomic(table, Path(reconstruction_csv) if reconstruction_csv else out_dir / "reconstruction.csv")
+    summary["reconstruction"] = metrics
+    log.info("vae: %.4f s/step; reconstruction %s", summary["seconds_per_step"], metrics["image"])
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------ stages
+def run_base(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Path, out_dir: str | Path,
+             gen_cfg: Mapping, stage_cfg: Mapping, *, text_encoder=None):
+    """Train the base generator from scratch (or from ``generator.backbone.pretrained``)."""
+    _threads(gen_cfg)
+    out_dir = Path(out_dir)
+    data = _data(shards, vae_dir, stats_path, gen_cfg, stage_cfg, text_encoder)
+    model = build_backbone(dict(gen_cfg["backbone"]), key="generator.backbone")
+    _check_channels(model, data)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_prompts(data, out_dir)
+    result = train(model, _step(data, stage_cfg), data.dataset, train_config(stage_cfg, out_dir))
+    _finish(result, out_dir)
+    return result
+
+
+def _fisher(model: nn.Module, data: LatentData, ewc_cfg: Mapping, seed: int) -> dict[str, torch.Tensor]:
+    """Diagonal Fisher of ``model`` on ``data`` with the plain flow loss, seeded batches and draws."""
+    step = GeneratorStep(data.tokens, data.keep, data.null_id)
+    n, bs = len(data.dataset), int(ewc_cfg.get("fisher_batch_size", 16))
+    gen = torch.Generator().manual_seed(int(seed))
+    batches = [(data.dataset.get_batch(torch.randint(0, n, (bs,), generator=gen).tolist()), i)
+               for i in range(int(ewc_cfg.get("fisher_batches", 8)))]
+
+    def loss_fn(m, item):
+        batch, i = item
+        return step(m, batch, i, torch.Generator().manual_seed(int(seed) * 1000 + i))["loss"]
+
+    return fisher_diagonal(model, batches, loss_fn)
+
+
+def run_stage1(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Path, base_dir: str | Path,
+               out_dir: str | Path, gen_cfg: Mapping, stage_cfg: Mapping, base_cfg: Mapping, *, text_encoder=None):
+    """ViCTr stage 1: EWC layer selection on the base's own data, then EWC-penalised fine-tuning."""
+    _threads(gen_cfg)
+    out_dir = Path(out_dir)
+    text_encoder = _text_encoder(gen_cfg, text_encoder)
+    ewc_cfg = dict(stage_cfg.get("ewc") or {})
+    model = _load_backbone(gen_cfg, base_dir)
+    base_data = _data(shards, vae_dir, stats_path, gen_cfg, base_cfg, text_encoder, severity=False)
+    fisher = _fisher(model, base_data, ewc_cfg, int(stage_cfg.get("seed", 0)))
+    del base_data
+    top_k = ewc_cfg.get("top_k")
+    selected = select_layers(fisher, top_fraction=None if top_k else float(ewc_cfg.get("top_fraction", 0.25)),
+                             top_k=int(top_k) if top_k else None, granularity=ewc_cfg.get("granularity", "module"),
+                             largest=bool(ewc_cfg.get("largest", True)))
+    trainable = unfreeze(model, selected)
+    anchor = anchor_parameters(model, trainable)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_ewc(out_dir / "ewc.safetensors", {n: fisher[n] for n in trainable}, anchor, selected)
+    write_text_atomic(out_dir / "selected_layers.json", json.dumps(
+        {"selected": selected, "trainable_parameters": trainable,
+         "n_trainable": int(sum(anchor[n].numel() for n in trainable)),
+         "n_total": int(sum(p.numel() for p in model.parameters()))}, indent=2) + "\n")
+    ewc = EWCTerm(anchor, {n: fisher[n] for n in trainable}, float(ewc_cfg.get("lambda", 1.0)))
+    data = _data(shards, vae_dir, stats_path, gen_cfg, stage_cfg, text_encoder)
+    _write_prompts(data, out_dir)
+    result = train(model, _step(data, stage_cfg, ewc=ewc), data.dataset, train_config(stage_cfg, out_dir))
+    _finish(result, out_dir)
+    return result
+
+
+def run_stage2(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Path, stage1_dir: str | Path,
+               ewc_path: str | Path, out_dir: str | Path, gen_cfg: Mapping, stage_cfg: Mapping, *, text_encoder=None):
+    """ViCTr stage 2 for one variant (``stage_cfg`` = :func:`variant_config`). Returns ``(result, model)``."""
+    _threads(gen_cfg)
+    out_dir = Path(out_dir)
+    method = str(stage_cfg.get("method", "lora"))
+    model = _load_backbone(gen_cfg, stage1_dir)
+    cons = dict(stage_cfg.get("consistency") or {})
+    extra = {}
+    if float(cons.get("temporal_weight", 0.0)) or float(cons.get("spatial_weight", 0.0)):
+        reference = copy.deepcopy(model).eval().requires_grad_(False)
+        extra = dict(reference=reference, temporal_weight=float(cons.get("temporal_weight", 0.0)),
+                     spatial_weight=float(cons.get("spatial_weight", 0.0)),
+                     grad_weight=float(cons.get("grad_weight", 1.0)), step_size=float(cons.get("step_size", 0.1)))
+    if method == "lora":
+        _, _, selected = load_ewc(ewc_path)
+        targets = lora_targets(model, selected)
+        lora = dict(stage_cfg.get("lora") or {})
+        add_lora(model, targets, int(lora.get("rank", 4)), float(lora.get("alpha", lora.get("rank", 4))),
+                 float(lora.get("dropout", 0.0)))
+    elif method == "full":
+        model.requires_grad_(True)
+    else:
+        raise ValueError(f"stage2.method must be 'lora' or 'full', got {method!r}")
+    data = _data(shards, vae_dir, stats_path, gen_cfg, stage_cfg, text_encoder)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_prompts(data, out_dir)
+    result = train(model, _step(data, stage_cfg, **extra), data.dataset, train_config(stage_cfg, out_dir))
+    _finish(result, out_dir)
+    meta = {"method": method, "objective": stage_cfg.get("objective", "flow"), "base": str(stage1_dir),
+            "format": "lora adapter on the stage-1 model (medsynth.train.load_lora)" if method == "lora"
+            else "diffusers save_pretrained"}
+    write_text_atomic(Path(result.final_dir) / "medsynth_stage2.json", json.dumps(meta, indent=2) + "\n")
+    return result, model

@@ -1,0 +1,85 @@
+# Stage 4: the generator (ViCTr Sec. 3.3): base model, stage 1 (EWC), stage 2 per variant (LoRA / full).
+# Every training rule resumes from its newest checkpoint (checkpoints/ is kept between attempts).
+
+
+rule base:
+    """Base generator: rectified flow in VAE latent space on every training slice, masks + compound prompts."""
+    input:
+        shards=slice_shards,
+        vae=f"{RESULTS}/vae/final",
+        stats=f"{RESULTS}/vae/latent_stats.json",
+    output:
+        final=directory(f"{RESULTS}/base/final"),
+        curve=f"{RESULTS}/base/loss_curve.csv",
+        train_config=f"{RESULTS}/base/train_config.json",
+    log:
+        f"{RESULTS}/logs/base.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/base.tsv"
+    params:
+        generator=config["generator"],
+        stage=config["base"],
+    threads: train_threads("generator")
+    resources:
+        **rule_resources("base", mem_mb=4000, gpu=0),
+    conda:
+        "../envs/train.yaml"
+    script:
+        "../scripts/base.py"
+
+
+rule stage1:
+    """ViCTr stage 1: Fisher of the base on its own data selects layers; EWC fine-tuning on the atlas slices."""
+    input:
+        shards=slice_shards,
+        vae=f"{RESULTS}/vae/final",
+        stats=f"{RESULTS}/vae/latent_stats.json",
+        base=f"{RESULTS}/base/final",
+    output:
+        final=directory(f"{RESULTS}/stage1/final"),
+        curve=f"{RESULTS}/stage1/loss_curve.csv",
+        train_config=f"{RESULTS}/stage1/train_config.json",
+        ewc=f"{RESULTS}/stage1/ewc.safetensors",
+    log:
+        f"{RESULTS}/logs/stage1.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/stage1.tsv"
+    params:
+        generator=config["generator"],
+        stage=config["stage1"],
+        base_stage=config["base"],
+    threads: train_threads("generator")
+    resources:
+        **rule_resources("stage1", mem_mb=4000, gpu=0),
+    conda:
+        "../envs/train.yaml"
+    script:
+        "../scripts/stage1.py"
+
+
+rule stage2:
+    """ViCTr stage 2 for one variant of config `variants` (victr: LoRA + Tweedie + consistency; vanilla: full)."""
+    input:
+        shards=slice_shards,
+        vae=f"{RESULTS}/vae/final",
+        stats=f"{RESULTS}/vae/latent_stats.json",
+        stage1=f"{RESULTS}/stage1/final",
+        ewc=f"{RESULTS}/stage1/ewc.safetensors",
+    output:
+        final=directory(f"{RESULTS}/stage2/{{variant}}/final"),
+        curve=f"{RESULTS}/stage2/{{variant}}/loss_curve.csv",
+        train_config=f"{RESULTS}/stage2/{{variant}}/train_config.json",
+    log:
+        f"{RESULTS}/logs/stage2/{{variant}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/stage2/{{variant}}.tsv"
+    params:
+        generator=config["generator"],
+        stage=stage2_config,
+    threads: train_threads("generator")
+    resources:
+        **rule_resources("stage2", mem_mb=4000, gpu=0),
+    conda:
+        "../envs/train.yaml"
+    script:
+        "../scripts/stage2.py"

@@ -1,0 +1,213 @@
+"""The generator glue (medsynth.generator) on tiny shards cut from the shipped real CT.
+
+Shards: 24 axial slices of resources/example_data/ct/upper_abdomen_ct_3mm.nii.gz at 32x32, five
+threshold "condition masks" (liver = soft tissue band, lungs = air, bone, kidneys = upper band,
+spleen = empty), half of the slices labelled CT and half MR (the glue only reads the index). A tiny
+diffusers VAE (32x32 -> 4 x 8 x 8) and the tiny UNet2DConditionModel with 4 + 5 input channels; a few
+optimizer steps per stage, one thread.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from medsynth.generator import (
+    build_latent_data,
+    load_slices,
+    run_base,
+    run_stage1,
+    run_stage2,
+    run_vae,
+    severity_fractions,
+    severity_grades,
+    slice_prompts,
+    variant_config,
+)
+from medsynth.models.backbones import TINY_CONFIGS
+from medsynth.preprocess.intensity import hu_to_unit
+from medsynth.preprocess.trainsets import SliceOptions, axial_slices, write_shard
+from medsynth.vae import TINY_VAE_CONFIGS
+
+CT = Path(__file__).resolve().parents[1] / "resources" / "example_data" / "ct" / "upper_abdomen_ct_3mm.nii.gz"
+NAMES = ["liver", "lungs", "bone", "kidneys", "spleen"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> list[str]:
+    root = tmp_path_factory.mktemp("shards")
+    hu = np.asarray(nib.load(str(CT)).dataobj, dtype=np.float32)
+    image = hu_to_unit(hu)
+    masks = np.stack([(hu > 40) & (hu < 120), hu < -500, hu > 250, (hu > 150) & (hu < 250),
+                      np.zeros_like(hu, bool)]).astype(np.uint8)
+    samples = []
+    for i, (z, img, msk) in enumerate(axial_slices(image, masks, np.ones(hu.shape), SliceOptions(size=32))):
+        if i >= 24:
+            break
+        present = [n for n, m in zip(NAMES, msk) if m.any()]
+        row = {"case_id": "ct" if i % 2 else "mr", "patient_id": "p", "dataset": "t",
+               "modality": "CT" if i % 2 else "MR", "split": "test" if i % 6 == 5 else "train",
+               "prompt_contrast": "portal venous" if i % 2 else "none", "prompt_region": "upper abdomen",
+               "slice": z, "organs": json.dumps(present)}
+        samples.append((row, img, msk))
+    write_shard(samples, NAMES, root / "shard-000.safetensors", root / "shard-000.csv")
+    return [str(root / "shard-000.safetensors"), str(root / "shard-000.csv")]
+
+
+@pytest.fixture(scope="module")
+def text_encoder():
+    from medsynth.models.text import build_text_encoder
+
+    return build_text_encoder({"type": "minilm"})
+
+
+GEN = {
+    "backbone": copy.deepcopy({**TINY_CONFIGS["unet2d_condition"]}),
+    "text_encoder": {"type": "minilm"},
+    "max_length": 16,
+    "threads": 1,
+    "severity": {"organ": "liver", "thresholds": [0.05, 0.15], "pathology": "liver involvement"},
+}
+GEN["backbone"]["params"] = {**GEN["backbone"]["params"], "in_channels": 9, "sample_size": 8}
+STAGE = {"steps": 4, "batch_size": 4, "lr": 0.01, "checkpoint_every": 0, "progress": False, "seed": 3,
+         "cond_dropout": 0.25, "warmup_steps": 0}
+BASE = {**STAGE, "select": {"split": ["train"]}}
+STAGE1 = {**STAGE, "select": {"split": ["train"], "modality": ["CT"]},
+          "ewc": {"fisher_batches": 2, "fisher_batch_size": 4, "top_fraction": 0.2, "lambda": 10.0}}
+STAGE2 = {**STAGE, "select": {"split": ["train"], "modality": ["MR"]}, "severity_prompt": True, "method": "lora",
+          "objective": "tweedie", "lora": {"rank": 2, "alpha": 2.0},
+          "consistency": {"temporal_weight": 0.1, "spatial_weight": 0.1}}
+VARIANTS = {"victr": {}, "vanilla": {"method": "full", "objective": "flow",
+                                     "consistency": {"temporal_weight": 0.0, "spatial_weight": 0.0}}}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, shards, text_encoder):
+    """VAE -> base -> stage 1 -> stage 2 (victr, vanilla), a few steps each."""
+    root = tmp_path_factory.mktemp("run")
+    vae_cfg = {"model": dict(TINY_VAE_CONFIGS["2d"]), "steps": 3, "batch_size": 4, "checkpoint_every": 0,
+               "progress": False, "seed": 1, "stats_batch_size": 8}
+    vae_summary = run_vae(shards, root / "vae", vae_cfg)
+    vae, stats = root / "vae" / "final", root / "vae" / "latent_stats.json"
+    run_base(shards, vae, stats, root / "base", GEN, BASE, text_encoder=text_encoder)
+    run_stage1(shards, vae, stats, root / "base" / "final", root / "stage1", GEN, STAGE1, BASE,
+               text_encoder=text_encoder)
+    models = {}
+    for variant in VARIANTS:
+        cfg = variant_config(STAGE2, VARIANTS, variant)
+        _, models[variant] = run_stage2(shards, vae, stats, root / "stage1" / "final", root / "stage1" / "ewc.safetensors",
+                                        root / "stage2" / variant, GEN, cfg, text_encoder=text_encoder)
+    return root, vae_summary, models
+
+
+def test_severity_grades_thresholds():
+    grades = severity_grades(np.array([0.0, 0.049, 0.05, 0.1, 0.149, 0.15, 0.9]), [0.05, 0.15])
+    assert grades.tolist() == [0, 0, 1, 1, 1, 2, 2]
+    masks = np.full((2, 2, 4, 4), -0.5, np.float32)
+    masks[0, 0, :1] = 0.5  # 4 of 16 pixels
+    np.testing.assert_allclose(severity_fractions(masks, ["liver", "bone"], "liver"), [0.25, 0.0])
+    with pytest.raises(ValueError):
+        severity_grades(np.zeros(2), [0.2, 0.1])
+    with pytest.raises(KeyError):
+        severity_fractions(masks, ["liver", "bone"], "spleen")
+
+
+def test_prompts_name_modality_organs_severity_and_region(shards):
+    index, images, masks, names = load_slices(shards)
+    assert names == NAMES and images.shape == (24, 1, 32, 32) and masks.shape == (24, 5, 32, 32)
+    prompts = slice_prompts(index.iloc[:2], np.array([0, 2]), "liver involvement")
+    assert prompts[0].startswith("MR; segmentation of ") and "; low liver involvement; upper abdomen" in prompts[0]
+    assert prompts[1].startswith("CT; ") and prompts[1].endswith("severe liver involvement; upper abdomen, portal venous phase")
+
+
+def test_latent_dataset_shapes_and_prompt_cache(trained, shards, text_encoder):
+    root = trained[0]
+    from medsynth.vae import load_autoencoder, load_latent_statistics
+
+    data = build_latent_data(shards, load_autoencoder(root / "vae" / "final"),
+                             load_latent_statistics(root / "vae" / "latent_stats.json"), text_encoder,
+                             {"split": ["train"], "modality": ["MR"]}, GEN["severity"], max_length=16)
+    n = len(data.index)
+    assert n == 12 and set(data.index["modality"]) == {"MR"} and set(data.index["split"]) == {"train"}
+    t = data.dataset.tensors
+    assert t["latent"].shape == (n, 4, 8, 8) and t["mask"].shape == (n, 5, 8, 8) and t["prompt"].shape == (n,)
+    assert float(t["mask"].min()) >= -0.5 and float(t["mask"].max()) <= 0.5
+    assert data.tokens.shape == (len(data.prompts) + 1, 16, 384) and data.keep[-1].sum() == 2  # "" = [CLS][SEP]
+    assert len(set(data.prompts)) == len(data.prompts) and {data.prompts[i] for i in t["prompt"].tolist()} == set(data.index["prompt"])
+    grades = severity_grades(data.index["severity_fraction"], GEN["severity"]["thresholds"])
+    assert [["low", "mild", "severe"][g] for g in grades] == data.index["severity"].tolist()
+
+
+def test_vae_outputs(trained):
+    root, summary, _ = trained
+    assert (root / "vae" / "final" / "config.json").exists() and summary["steps"] == 3
+    stats = json.loads((root / "vae" / "latent_stats.json").read_text())
+    assert len(stats["mean"]) == 4 and stats["count"] == 20 * 8 * 8  # image latents of the 20 train slices
+    table = pd.read_csv(root / "vae" / "reconstruction.csv")
+    assert table["target"].tolist() == ["image", *NAMES]
+    assert table.loc[0, "n"] == 4 and np.isfinite(table.loc[0, "ssim"]) and table.loc[0, "psnr"] > 0
+    assert table.set_index("target").loc["spleen", "status"] == "empty"
+
+
+def test_stage1_trains_only_the_selected_layers(trained):
+    root = trained[0]
+    base = load_file(str(root / "base" / "final" / "diffusion_pytorch_model.safetensors"))
+    stage1 = load_file(str(root / "stage1" / "final" / "diffusion_pytorch_model.safetensors"))
+    selection = json.loads((root / "stage1" / "selected_layers.json").read_text())
+    trainable = set(selection["trainable_parameters"])
+    assert 0 < len(trainable) < len(base)
+    for name, value in base.items():
+        if name in trainable:
+            continue
+        assert torch.equal(value, stage1[name]), name
+    assert any(not torch.equal(base[n], stage1[n]) for n in trainable)
+    curve = pd.read_csv(root / "stage1" / "loss_curve.csv")
+    assert {"flow", "ewc", "loss"} <= set(curve.columns) and len(curve) == 4
+    assert (root / "stage1" / "train_config.json").exists()
+
+
+def test_stage2_victr_changes_only_lora_and_vanilla_changes_weights(trained):
+    root, _, models = trained
+    stage1 = load_file(str(root / "stage1" / "final" / "diffusion_pytorch_model.safetensors"))
+    victr = {n.replace(".base_layer", ""): p.detach() for n, p in models["victr"].named_parameters() if "lora_" not in n}
+    assert set(victr) == set(stage1)
+    for name, value in stage1.items():
+        assert torch.equal(value, victr[name]), name  # the stage-1 weights are bit-identical
+    adapter = load_file(str(root / "stage2" / "victr" / "final" / "adapter_model.safetensors"))
+    assert adapter and any(float(v.abs().sum()) > 0 for k, v in adapter.items() if "lora_B" in k)
+    targets = json.loads((root / "stage2" / "victr" / "final" / "adapter_config.json").read_text())["target_modules"]
+    selected = json.loads((root / "stage1" / "selected_layers.json").read_text())["selected"]
+    assert targets and all(any(t == s or t.startswith(s + ".") for s in selected) for t in targets)
+    curve = pd.read_csv(root / "stage2" / "victr" / "loss_curve.csv")
+    assert {"flow", "temporal", "spatial"} <= set(curve.columns)
+
+    vanilla = load_file(str(root / "stage2" / "vanilla" / "final" / "diffusion_pytorch_model.safetensors"))
+    changed = [n for n in stage1 if not torch.equal(stage1[n], vanilla[n])]
+    assert len(changed) > len(stage1) // 2
+    assert "temporal" not in pd.read_csv(root / "stage2" / "vanilla" / "loss_curve.csv").columns
+    prompts = pd.read_csv(root / "stage2" / "vanilla" / "prompts.csv")["prompt"]
+    assert prompts.str.startswith("MR; ").all() and prompts.str.contains("liver involvement").all()
+
+
+def test_variant_config_merges_nested_keys():
+    cfg = variant_config(STAGE2, VARIANTS, "vanilla")
+    assert cfg["method"] == "full" and cfg["consistency"] == {"temporal_weight": 0.0, "spatial_weight": 0.0}
+    assert cfg["lora"] == STAGE2["lora"] and variant_config(STAGE2, VARIANTS, "victr") == STAGE2
+    with pytest.raises(KeyError):
+        variant_config(STAGE2, VARIANTS, "reflow")
