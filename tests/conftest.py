@@ -13,6 +13,18 @@ EXAMPLE = REPO / "resources" / "example_data"
 sys.path.insert(0, str(Path(__file__).parent))  # test helpers (dicom_writer, ...)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one intra-op thread for a test module: on the shared 2-core machine extra threads only
+    fight each other at these model sizes, and results stay reproducible."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO

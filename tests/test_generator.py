@@ -41,12 +41,7 @@ CT = Path(__file__).resolve().parents[1] / "resources" / "example_data" / "ct" /
 NAMES = ["liver", "lungs", "bone", "kidneys", "spleen"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

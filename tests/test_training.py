@@ -49,13 +49,7 @@ from medsynth.train.loop import stream_indices
 CT = Path(__file__).resolve().parents[1] / "resources" / "example_data" / "ct" / "upper_abdomen_ct_3mm.nii.gz"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Shared 2-core machine: intra-op threads only fight each other at this size."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -51,12 +51,7 @@ from medsynth.vae import (
 SHAPES = {"2d": (2, 1, 32, 32), "3d": (1, 1, 16, 16, 16)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Identity(nn.Module):
