@@ -232,15 +232,6 @@ TINY_CONFIGS: dict[str, dict] = {
             "gated_attention": True, "depthwise_conv": True, "prediction": "x0",
         },
     },
-    "medsyn2_dit_2d": {
-        "type": "medsyn2_dit",
-        "pretrained": None,
-        "params": {
-            "spatial_dims": 2, "in_channels": _C + _M, "out_channels": _C, "patch_size": 2,
-            "hidden_size": 48, "depth": 2, "num_heads": 4, "mlp_ratio": 2.0, "cross_attention_dim": _D,
-            "gated_attention": True, "depthwise_conv": True, "prediction": "velocity",
-        },
-    },
     "maisi_unet3d": {
         "type": "maisi_unet3d",
         "pretrained": None,
@@ -256,6 +247,11 @@ TINY_CONFIGS: dict[str, dict] = {
             },
         },
     },
+}
+# the 2D MedSyn2 DiT differs from the 3D one only in its token grid and what it predicts
+TINY_CONFIGS["medsyn2_dit_2d"] = {
+    **TINY_CONFIGS["medsyn2_dit"],
+    "params": {**TINY_CONFIGS["medsyn2_dit"]["params"], "spatial_dims": 2, "prediction": "velocity"},
 }
 
 
