@@ -19,6 +19,11 @@ include: "rules/preprocess.smk"
 include: "rules/masks.smk"
 include: "rules/vae.smk"
 include: "rules/generator.smk"
+include: "rules/sample.smk"
+include: "rules/downstream.smk"
+include: "rules/metrics.smk"
+include: "rules/tables.smk"
+include: "rules/report.smk"
 
 
 rule all:

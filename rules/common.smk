@@ -21,10 +21,21 @@ VARIANTS = list(config.get("variants") or {})  # stage-2 variants: named overrid
 DEFAULT_VARIANTS = [v for v in config.get("default_variants", VARIANTS) if v in VARIANTS]
 
 
+# generators that can be sampled: the base model, the stage-1 model and every stage-2 variant
+MODELS = ["base", "stage1", *VARIANTS]
+CONDITION_SETS = list((config.get("sampling") or {}).get("condition_sets") or {"eval": {}, "train": {}})
+SAMPLING = config.get("sampling") or {}
+DEFAULT_RUN = SAMPLING.get("default_run", "euler-30")
+
+
 wildcard_constraints:
     dataset="|".join(DATASETS),
     shard=r"\d+",
     variant="|".join(re.escape(v) for v in VARIANTS) or "(?!)",
+    model="|".join(re.escape(m) for m in MODELS),
+    run=r"(euler|heun|tweedie|ddpm|ddim)-\d+|dopri5-auto",
+    setting=r"real|real_aug|(real_synth|synth_only)-(" + "|".join(re.escape(m) for m in MODELS) + ")",
+    conditions="|".join(re.escape(c) for c in CONDITION_SETS),
 
 
 def dataset_entry(wildcards):
@@ -66,9 +77,83 @@ def stage2_config(wildcards):
     return variant_config(config["stage2"], config["variants"], wildcards.variant)
 
 
+def model_config(model):
+    """Config section a model was trained with: `base`, `stage1` or the variant's merged `stage2`."""
+    from medsynth.generator.stages import variant_config
+
+    if model in ("base", "stage1"):
+        return config[model]
+    return variant_config(config["stage2"], config["variants"], model)
+
+
+def model_inputs(wildcards):
+    """Trained weights of ``wildcards.model`` (+ the stage-1 model a LoRA variant adapts)."""
+    if wildcards.model in ("base", "stage1"):
+        return {"model": f"{RESULTS}/{wildcards.model}/final"}
+    inputs = {"model": f"{RESULTS}/stage2/{wildcards.model}/final"}
+    if model_config(wildcards.model).get("method", "lora") == "lora":
+        inputs["stage1"] = f"{RESULTS}/stage1/final"
+    return inputs
+
+
+DOWNSTREAM = config.get("downstream") or {}
+METRICS = config.get("metrics") or {}
+TABLES = config.get("tables") or {}
+EXTRACTOR_SETTING = METRICS.get("extractor_setting", "real")
+
+
+def downstream_inputs(wildcards):
+    """Synthetic slices a downstream setting needs: <kind>-<model> -> that model's default run on `train`."""
+    kind, _, model = wildcards.setting.partition("-")
+    return {"synthetic": samples(model, DEFAULT_RUN, "train")} if model else {}
+
+
+def metrics_json(model, run=None):
+    """Metrics file of one sampling run (default: the study's default run)."""
+    return f"{RESULTS}/metrics/{model}/{run or DEFAULT_RUN}.json"
+
+
+def downstream_json(setting):
+    """Evaluation file of one downstream setting."""
+    return f"{RESULTS}/downstream/{setting}/evaluation.json"
+
+
+def samples(model, run, conditions, ext="safetensors"):
+    """Path of a sampled set."""
+    return f"{RESULTS}/samples/{model}/{run}/{conditions}.{ext}"
+
+
 def train_threads(section):
     """Threads of a training rule (config ``<section>.threads``, default 1)."""
     return int((config.get(section) or {}).get("threads", 1) or 1)
+
+
+#: one rule per paper table (rules/tables.smk), each writing tables/<name>.csv and .md
+TABLE_RULES = ["victr_table2", "victr_table3", "victr_table4", "medsyn2_table1", "medsyn2_table5",
+               "medsyn2_table6", "medsyn2_table7", "maisi_steps", "maisi_main"]
+
+
+#: (model, run) pairs of the sample grid: each default variant with the default run, then ViCTr's samplers
+GRID_RUNS = list(dict.fromkeys([(v, DEFAULT_RUN) for v in DEFAULT_VARIANTS]
+                               + [(SAMPLING.get("steps_model", "victr"), r) for r in ("tweedie-2", "dopri5-auto")
+                                  if r in SAMPLING.get("steps_runs", [])]))
+LOSS_CURVES = {"vae": f"{RESULTS}/vae/loss_curve.csv", "base": f"{RESULTS}/base/loss_curve.csv",
+               "stage1": f"{RESULTS}/stage1/loss_curve.csv",
+               **{f"stage2 {v}": f"{RESULTS}/stage2/{v}/loss_curve.csv" for v in DEFAULT_VARIANTS},
+               f"downstream {EXTRACTOR_SETTING}": f"{RESULTS}/downstream/{EXTRACTOR_SETTING}/loss_curve.csv"}
+
+
+def report_inputs():
+    """Every file the report shows: figures, QC table and paper tables."""
+    return [
+        f"{RESULTS}/qc/quarantine.csv",
+        f"{RESULTS}/figures/registration_overlay.png",
+        f"{RESULTS}/figures/mask_overlay.png",
+        f"{RESULTS}/figures/sample_grid.png",
+        f"{RESULTS}/figures/fd_vs_nfe.png",
+        f"{RESULTS}/figures/loss_curves.png",
+        *expand(f"{RESULTS}/tables/{{table}}.{{ext}}", table=TABLE_RULES, ext=["csv", "md"]),
+    ]
 
 
 def final_outputs():
@@ -82,6 +167,8 @@ def final_outputs():
         f"{RESULTS}/vae/final",
         f"{RESULTS}/vae/reconstruction.csv",
         *expand(f"{RESULTS}/stage2/{{variant}}/final", variant=DEFAULT_VARIANTS),
+        *report_inputs(),
+        f"{RESULTS}/report.html",
     ]
 
 

@@ -334,6 +334,30 @@ def test_signal_checkpoints_and_returns_preempted(ct_slices, uninterrupted, tmp_
     assert [int(r["step"]) for r in read_curve(tmp_path / "loss_curve.csv")] == list(range(1, 13))
 
 
+@pytest.mark.parametrize("change", [{"lr": 1e-3}, {"fingerprint": "other inputs"}])
+def test_checkpoints_of_other_settings_are_not_resumed(ct_slices, uninterrupted, tmp_path, change):
+    """A rerun with other settings (or regenerated inputs) trains from step 0 instead of continuing."""
+    first = train(tiny_unet(), RectifiedFlowStep(), ct_slices, cfg(tmp_path, **change))
+    assert first.status == "completed" and latest_checkpoint(tmp_path).name == "step-000012"
+    model = tiny_unet()
+    rerun = train(model, RectifiedFlowStep(), ct_slices, cfg(tmp_path))
+    assert rerun.resumed_from is None and rerun.step == 12
+    assert [int(r["step"]) for r in read_curve(tmp_path / "loss_curve.csv")] == list(range(1, 13))
+    assert_same_weights(model, uninterrupted[0])  # a fresh start, not the other run's weights
+
+
+def test_run_fingerprint_tracks_settings_and_files(tmp_path):
+    from medsynth.train.loop import run_fingerprint
+
+    f = tmp_path / "data.bin"
+    f.write_bytes(b"abc")
+    a = run_fingerprint({"lr": 1}, files=[f])
+    assert a == run_fingerprint({"lr": 1}, files=[f])
+    assert a != run_fingerprint({"lr": 2}, files=[f])
+    f.write_bytes(b"abcd")  # regenerated input
+    assert a != run_fingerprint({"lr": 1}, files=[f])
+
+
 def test_plain_module_final_save(tmp_path):
     from safetensors.torch import load_file
 

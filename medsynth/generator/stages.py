@@ -48,6 +48,7 @@ from medsynth.objectives import (
     temporal_consistency_loss,
     tweedie_corrected_velocity,
 )
+from medsynth.train.loop import run_fingerprint
 from medsynth.train import (
     EWCTerm,
     TrainConfig,
@@ -84,9 +85,14 @@ def variant_config(stage2_cfg: Mapping, variants: Mapping, variant: str) -> dict
     return _deep_merge(stage2_cfg, variants[variant] or {})
 
 
-def train_config(stage_cfg: Mapping, output_dir: str | Path) -> TrainConfig:
-    """:class:`TrainConfig` from the training keys of a stage section (``steps``, ``lr``, ...)."""
-    kwargs = {k: stage_cfg[k] for k in _TRAIN_KEYS if k in stage_cfg}
+def train_config(stage_cfg: Mapping, output_dir: str | Path, fingerprint: str = "") -> TrainConfig:
+    """:class:`TrainConfig` from the training keys of a stage section (``steps``, ``lr``, ...).
+
+    ``fingerprint`` (:func:`medsynth.train.loop.run_fingerprint` of the settings and input files) keeps
+    a rerun with other settings or regenerated inputs from resuming this run's checkpoints.
+    """
+    kwargs = {k: stage_cfg[k] for k in _TRAIN_KEYS if k in stage_cfg and k != "fingerprint"}
+    kwargs["fingerprint"] = fingerprint
     if "betas" in kwargs:
         kwargs["betas"] = tuple(kwargs["betas"])
     return TrainConfig(output_dir=str(output_dir), **kwargs)
@@ -290,7 +296,8 @@ def run_base(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Path,
     _check_channels(model, data)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_prompts(data, out_dir)
-    result = train(model, _step(data, stage_cfg), data.dataset, train_config(stage_cfg, out_dir))
+    fp = run_fingerprint(gen_cfg, stage_cfg, files=[*shards, vae_dir, stats_path])
+    result = train(model, _step(data, stage_cfg), data.dataset, train_config(stage_cfg, out_dir, fp))
     _finish(result, out_dir)
     return result
 
@@ -336,7 +343,8 @@ def run_stage1(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Pat
     ewc = EWCTerm(anchor, {n: fisher[n] for n in trainable}, float(ewc_cfg.get("lambda", 1.0)))
     data = _data(shards, vae_dir, stats_path, gen_cfg, stage_cfg, text_encoder)
     _write_prompts(data, out_dir)
-    result = train(model, _step(data, stage_cfg, ewc=ewc), data.dataset, train_config(stage_cfg, out_dir))
+    fp = run_fingerprint(gen_cfg, stage_cfg, base_cfg, files=[*shards, vae_dir, stats_path, base_dir])
+    result = train(model, _step(data, stage_cfg, ewc=ewc), data.dataset, train_config(stage_cfg, out_dir, fp))
     _finish(result, out_dir)
     return result
 
@@ -368,7 +376,8 @@ def run_stage2(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Pat
     data = _data(shards, vae_dir, stats_path, gen_cfg, stage_cfg, text_encoder)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_prompts(data, out_dir)
-    result = train(model, _step(data, stage_cfg, **extra), data.dataset, train_config(stage_cfg, out_dir))
+    fp = run_fingerprint(gen_cfg, stage_cfg, files=[*shards, vae_dir, stats_path, stage1_dir, ewc_path])
+    result = train(model, _step(data, stage_cfg, **extra), data.dataset, train_config(stage_cfg, out_dir, fp))
     _finish(result, out_dir)
     meta = {"method": method, "objective": stage_cfg.get("objective", "flow"), "base": str(stage1_dir),
             "format": "lora adapter on the stage-1 model (medsynth.train.load_lora)" if method == "lora"

@@ -33,6 +33,13 @@ from .tweedie import (
     tweedie_one_step,
 )
 from .x_prediction import T_CLAMP, velocity_from_x0, x_prediction_v_loss
+from .noise_prediction import (
+    DDPM_SCHEDULER_DEFAULTS,
+    ddpm_add_noise,
+    ddpm_model_time,
+    noise_prediction_loss,
+    sample_ddpm_timesteps,
+)
 
 __all__ = [
     "DEFAULT_COMPOSITE_WEIGHTS",
@@ -65,4 +72,9 @@ __all__ = [
     "velocity_target",
     "x0_from_velocity",
     "x_prediction_v_loss",
+    "DDPM_SCHEDULER_DEFAULTS",
+    "ddpm_add_noise",
+    "ddpm_model_time",
+    "noise_prediction_loss",
+    "sample_ddpm_timesteps",
 ]

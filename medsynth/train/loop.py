@@ -112,6 +112,7 @@ class TrainConfig:
     save_final: bool = True
     progress: bool = True
     handle_signals: bool = True
+    fingerprint: str = ""
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
@@ -219,6 +220,41 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     """The newest complete checkpoint, or None."""
     found = list_checkpoints(output_dir)
     return found[-1] if found else None
+
+
+#: TrainConfig fields that may differ between a run and its resumption (bookkeeping, not the schedule).
+_RESUME_FREE = ("output_dir", "progress", "handle_signals", "save_final", "log_every", "keep_checkpoints",
+                "checkpoint_every")
+
+
+def run_fingerprint(*settings: Any, files: Sequence[str | os.PathLike] = ()) -> str:
+    """Identity of a training run's inputs: JSON of ``settings`` + (path, size, mtime) of every file.
+
+    Used as :attr:`TrainConfig.fingerprint`: a checkpoint is resumed only by a run with the same
+    fingerprint, so checkpoints left by a run with other settings or other input files (regenerated
+    since) are never continued. Folders contribute every file below them.
+    """
+    import hashlib
+
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for name in sorted(str(f) for f in files):
+        path = Path(name)
+        members = sorted(q for q in path.rglob("*") if q.is_file()) if path.is_dir() else [path]
+        for q in members:
+            st = q.stat()
+            h.update(f"{q}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def _resumable(checkpoint: Path, config: "TrainConfig") -> str | None:
+    """Why ``checkpoint`` must not be resumed by ``config`` (None if it may)."""
+    try:
+        saved = json.loads((checkpoint / "trainer_state.json").read_text()).get("config", {})
+    except (OSError, ValueError) as exc:
+        return f"unreadable trainer_state.json ({exc})"
+    now = config.to_json()
+    changed = sorted(k for k in set(saved) | set(now) if k not in _RESUME_FREE and saved.get(k) != now.get(k))
+    return f"settings changed since it was written: {', '.join(changed)}" if changed else None
 
 
 def _has_lora(model: nn.Module) -> bool:
@@ -427,6 +463,10 @@ def train(
     accelerator.register_for_checkpointing(state, *(extra_state or ()))
 
     resumed_from = latest_checkpoint(out)
+    if resumed_from is not None and (why := _resumable(resumed_from, config)):
+        log.warning("not resuming %s: %s; starting from step 0", resumed_from, why)
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        resumed_from = None
     if resumed_from is not None:
         accelerator.load_state(str(resumed_from))
         log.info("resumed from %s (step %d)", resumed_from, state.step)

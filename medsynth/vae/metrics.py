@@ -18,14 +18,11 @@
 
 from __future__ import annotations
 
-import math
-import warnings
-
 import numpy as np
 import torch
 from torch import nn
 
-from medsynth.vae.losses import ssim_window
+from medsynth.metrics.masks import image_metrics, mask_metrics
 from medsynth.vae.models import reconstruct
 
 __all__ = ["reconstruct_batched", "reconstruction_metrics"]
@@ -44,52 +41,6 @@ def reconstruct_batched(model: nn.Module, x: torch.Tensor, batch_size: int = 8) 
         return torch.cat([reconstruct(model, x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
     finally:
         model.train(was_training)
-
-
-def _mean(values: torch.Tensor) -> float:
-    values = values.double()
-    return float(values.mean()) if values.numel() else math.nan
-
-
-def image_metrics(recon: torch.Tensor, images: torch.Tensor) -> dict:
-    """SSIM / PSNR (data range 2) and L1 of reconstructions against images, averaged over samples."""
-    from monai.metrics import PSNRMetric, SSIMMetric
-
-    spatial = tuple(images.shape[2:])
-    ssim = SSIMMetric(spatial_dims=len(spatial), data_range=2.0, win_size=ssim_window(spatial), reduction="none")
-    psnr = PSNRMetric(max_val=2.0, reduction="none")
-    return {"ssim": _mean(ssim(recon, images)), "psnr": _mean(psnr(recon, images)),
-            "l1": float((recon - images).abs().mean()), "n": int(len(images))}
-
-
-def mask_metrics(pred: torch.Tensor, ref: torch.Tensor, names: list[str]) -> dict:
-    """Per-channel Dice/Jaccard/HD95/ASD of binary ``pred`` against binary ``ref`` (``[N, C, *spatial]``)."""
-    from monai.metrics import DiceMetric, HausdorffDistanceMetric, MeanIoU, SurfaceDistanceMetric
-
-    pred, ref = pred.float(), ref.float()
-    with warnings.catch_warnings():  # empty channels: MONAI warns and returns nan/inf, handled below
-        warnings.simplefilter("ignore")
-        dice = DiceMetric(include_background=True, reduction="none", ignore_empty=True)(pred, ref)
-        iou = MeanIoU(include_background=True, reduction="none", ignore_empty=True)(pred, ref)
-        hd95 = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")(pred, ref)
-        asd = SurfaceDistanceMetric(include_background=True, symmetric=True, reduction="none")(pred, ref)
-    dims = tuple(range(2, ref.ndim))
-    ref_any, pred_any = ref.amax(dim=dims) > 0, pred.amax(dim=dims) > 0
-    out = {}
-    for c, name in enumerate(names):
-        has_ref = ref_any[:, c]
-        both = has_ref & pred_any[:, c]
-        n_ref = int(has_ref.sum())
-        out[name] = {
-            "dice": _mean(dice[has_ref, c]),
-            "jaccard": _mean(iou[has_ref, c]),
-            "hd95": _mean(hd95[both, c]),
-            "asd": _mean(asd[both, c]),
-            "n_reference": n_ref,
-            "n_pred_empty": int((has_ref & ~pred_any[:, c]).sum()),
-            "status": "ok" if n_ref else "empty",
-        }
-    return out
 
 
 def reconstruction_metrics(model: nn.Module, images: torch.Tensor | np.ndarray,

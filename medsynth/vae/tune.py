@@ -21,6 +21,9 @@ Tune config keys: ``steps``, ``batch_size``, ``lr``, ``weight_decay``, ``seed``,
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
+import logging
 import shutil
 import time
 from dataclasses import dataclass, field, fields
@@ -38,6 +41,8 @@ from medsynth.vae.latents import latent_statistics, save_latent_statistics
 from medsynth.vae.losses import LossConfig, VAELoss
 from medsynth.vae.metrics import reconstruction_metrics
 from medsynth.vae.models import decode, downsample_factor, encode, model_config, save_autoencoder
+
+log = logging.getLogger(__name__)
 
 __all__ = ["TuneConfig", "tune_vae", "latest_checkpoint", "latent_statistics", "reconstruction_metrics"]
 
@@ -106,7 +111,8 @@ def _state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _save_checkpoint(root: Path, step: int, model: nn.Module, disc: nn.Module | None, opt: torch.optim.Optimizer,
-                     opt_d: torch.optim.Optimizer | None, gen: torch.Generator, keep: int) -> Path:
+                     opt_d: torch.optim.Optimizer | None, gen: torch.Generator, keep: int,
+                     fingerprint: str = "") -> Path:
     final = root / f"step_{step:08d}"
     with atomic_dir(final) as tmp:
         save_file(_state_dict(model), str(tmp / "model.safetensors"))
@@ -117,6 +123,7 @@ def _save_checkpoint(root: Path, step: int, model: nn.Module, disc: nn.Module | 
         if opt_d is not None:
             state["disc_optimizer"] = opt_d.state_dict()
         torch.save(state, tmp / "state.pt")
+        (tmp / "fingerprint.txt").write_text(fingerprint + "\n")
     for _, old in _checkpoint_dirs(root)[:-max(1, keep)]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -211,7 +218,17 @@ def tune_vae(model: nn.Module, images: torch.Tensor | np.ndarray, cfg: dict, out
 
     ckpt_root = output_dir / "checkpoints"
     start = 0
+    # identity of this run (settings + training images): checkpoints of another run are never continued
+    fingerprint = hashlib.sha256(json.dumps(dict(cfg), sort_keys=True, default=str).encode()
+                                 + images.numpy().tobytes()).hexdigest()
     latest = latest_checkpoint(output_dir) if opts.resume else None
+    if latest is not None:
+        saved = (latest / "fingerprint.txt").read_text().strip() if (latest / "fingerprint.txt").exists() else ""
+        if saved != fingerprint:
+            log.warning("not resuming %s: written by a run with other settings or images; starting from step 0",
+                        latest)
+            shutil.rmtree(ckpt_root, ignore_errors=True)
+            latest = None
     if latest is not None:
         start = _load_checkpoint(latest, model, disc, opt, opt_d, gen)
     curve = _LossCurve(output_dir / "loss_curve.csv", keep_until=start)
@@ -243,7 +260,8 @@ def tune_vae(model: nn.Module, images: torch.Tensor | np.ndarray, cfg: dict, out
             compute_s += time.perf_counter() - t0
             curve.append(step + 1, terms)
             if opts.checkpoint_every > 0 and ((step + 1) % opts.checkpoint_every == 0 or step + 1 == opts.steps):
-                last_ckpt = _save_checkpoint(ckpt_root, step + 1, model, disc, opt, opt_d, gen, opts.keep_checkpoints)
+                last_ckpt = _save_checkpoint(ckpt_root, step + 1, model, disc, opt, opt_d, gen, opts.keep_checkpoints,
+                                             fingerprint)
             if on_step is not None:
                 on_step(step + 1, terms)
     finally:

@@ -1,0 +1,243 @@
+"""Entry functions of the downstream and metrics rules: what is compared with what, and the JSON written.
+
+* :func:`run_downstream` (rule ``downstream``): one training setting of the downstream segmenter
+  (ViCTr Table 3, MedSyn2 Table 5). ``real`` / ``real_aug`` train on the real ``train_select``
+  slices; ``real_synth-<model>`` adds ``synthetic_fraction`` x as many synthetic slices of that model
+  (its default sampling run on the ``train`` condition set, labelled with the masks they were
+  generated from, shuffled with the downstream seed); ``synth_only-<model>`` uses the synthetic
+  slices alone. Scored on the real ``test_select`` slices: per-channel Dice / Jaccard / HD95 / ASD
+  (MONAI, distances in mm from the slice pixel spacing), mDSC and mHD95 over the channels present.
+* :func:`evaluate_run` (rule ``metrics``): one sampling run on the ``eval`` condition set against the
+  real slices whose masks and prompts conditioned it (one generated image per real slice):
+
+  - ``fid`` / ``kid``: torch-fidelity's InceptionV3, only with local weights (else ``status``
+    "unavailable: no Inception weights ...", value null);
+  - ``fd_self``: Frechet distance + KID on the encoder of the downstream segmenter trained on real
+    slices (setting ``metrics.extractor_setting``), the embedded study's medical-feature extractor;
+  - ``windowed``: that FD per CT window (MedSyn2 Table 1, axial plane for 2D studies);
+  - ``pairs``: SSIM / PSNR of each generated image against the real image of its condition;
+  - ``mask_fidelity``: the same segmenter re-segments the generated images; Dice / Jaccard / HD95 /
+    ASD against the conditioning masks (``generated_vs_gt``) and, as the segmenter's own error
+    floor, on the real images (``real_vs_gt``) (MedSyn2 Table 7);
+  - ``controllability`` (models trained with graded prompts): the severity grade measured on the
+    re-segmented generated image (liver fraction, :mod:`medsynth.generator.data`) against the
+    prompted grade; accuracy and confusion counts; the real images' accuracy beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from medsynth.fsutil import write_text_atomic
+from medsynth.generator.data import load_slices, select_rows
+
+__all__ = ["pixel_spacing", "run_downstream", "evaluate_run", "SELF_EXTRACTOR"]
+
+log = logging.getLogger(__name__)
+
+#: torch-fidelity name under which the self-trained encoder is registered.
+SELF_EXTRACTOR = "medsynth-segmenter-encoder"
+
+
+def pixel_spacing(grid_cfg: Mapping, slice_size: int) -> list[float]:
+    """In-plane spacing (mm) of the 2D slices: the registration grid's x/y extent over the slice size."""
+    spacing, size = grid_cfg["spacing_mm"], grid_cfg["size"]
+    return [float(spacing[i]) * float(size[i]) / float(slice_size) for i in (0, 1)]
+
+
+def _finite(value):
+    """JSON-safe float (NaN / inf -> None)."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _clean(obj):
+    if isinstance(obj, Mapping):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return _finite(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def _write_json(path: str | Path, payload: Mapping) -> None:
+    write_text_atomic(path, json.dumps(_clean(payload), indent=2, sort_keys=True) + "\n")
+
+
+def _channel_means(channels: Mapping[str, Mapping]) -> dict:
+    ok = [c for c in channels.values() if c.get("status", "ok") == "ok" and c.get("n_reference", 1)]
+    out = {}
+    for key in ("dice", "jaccard", "hd95", "asd"):
+        vals = [c[key] for c in ok if c.get(key) is not None and math.isfinite(c[key])]
+        out[key] = float(np.mean(vals)) if vals else None
+    out["n_channels"] = len(ok)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ downstream
+def run_downstream(shards: Sequence[str], synthetic: str | None, setting: str, cfg: Mapping, out_dir: str | Path,
+                   evaluation_json: str | Path, grid_cfg: Mapping, slice_size: int) -> dict:
+    """Train and score one downstream setting (module docstring); returns the evaluation record."""
+    from medsynth.downstream import compose_setting, evaluate_segmenter, setting_augments, train_segmenter
+    from medsynth.generator.sampling import load_generated
+
+    kind, _, model_name = setting.partition("-")
+    index, images, masks, names = load_slices(shards)
+    train_rows = select_rows(index, cfg.get("train_select") or {"split": ["train"]})
+    test_rows = select_rows(index, cfg.get("test_select") or {"split": ["test"]})
+    if not len(test_rows):
+        raise ValueError(f"downstream.test_select {cfg.get('test_select')} keeps no slice: nothing to score on")
+    real = (images[train_rows], (masks[train_rows] > 0).astype(np.float32))
+    synth = None
+    if synthetic:
+        s_images, s_masks, s_names = load_generated(synthetic)
+        if s_names and list(s_names) != list(names):
+            raise ValueError(f"{synthetic}: condition channels {s_names} differ from the training sets' {names}")
+        order = torch.randperm(len(s_images), generator=torch.Generator().manual_seed(int(cfg.get("seed", 0))))
+        synth = (s_images[order.numpy()], s_masks[order.numpy()].astype(np.float32))
+    x, y, summary = compose_setting(kind, real, synth, float(cfg.get("synthetic_fraction", 0.3)),
+                                    int(cfg.get("seed", 0)))
+    from medsynth.downstream import DEFAULT_TRAIN
+
+    from medsynth.train.loop import run_fingerprint
+
+    train_cfg = {k: v for k, v in cfg.items() if k in DEFAULT_TRAIN}
+    train_cfg["fingerprint"] = run_fingerprint(dict(cfg), setting, files=[*shards, *([synthetic] if synthetic else [])])
+    model, result = train_segmenter(x, y, train_cfg, out_dir, augment=setting_augments(kind))
+    if result.status != "completed":
+        raise SystemExit(result.exit_code)  # preempted: checkpoint written, rerun resumes
+    spacing = pixel_spacing(grid_cfg, slice_size)
+    scores = evaluate_segmenter(model, images[test_rows], (masks[test_rows] > 0).astype(np.float32), names,
+                                spacing=spacing)
+    record = {"setting": setting, "kind": kind, "synthetic_model": model_name or None,
+              "n_train_real": summary["n_real"], "n_train_synthetic": summary["n_synthetic"],
+              "n_test": int(len(test_rows)), "steps": int(result.step), "seconds_per_step": result.seconds_per_step,
+              "mdsc": scores["mdsc"], "mhd95": scores["mhd95"], "hd95_unit": scores["hd95_unit"],
+              "spacing_mm": spacing, "mean": _channel_means(scores["channels"]), "channels": scores["channels"]}
+    _write_json(evaluation_json, record)
+    log.info("downstream %s: mDSC %.4f, mHD95 %s", setting, scores["mdsc"], scores["mhd95"])
+    return record
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+class _SegmenterEncoder(nn.Module):
+    """``forward(x) -> (B, D)``: pooled deepest features of a downstream segmenter (for torch-fidelity)."""
+
+    def __init__(self, segmenter: nn.Module):
+        super().__init__()
+        self.segmenter = segmenter
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from medsynth.downstream import encoder_features
+
+        return encoder_features(self.segmenter, x)
+
+
+def _controllability(pred: torch.Tensor, names: Sequence[str], prompted: Sequence[str], severity_cfg: Mapping) -> dict:
+    from medsynth.generator.data import DEFAULT_SEVERITY, severity_fractions, severity_grades
+    from medsynth.models.prompts import SEVERITY_WORDS
+
+    sev = {**DEFAULT_SEVERITY, **dict(severity_cfg or {})}
+    fractions = severity_fractions(pred.float().numpy(), names, sev["organ"])
+    measured = severity_grades(fractions, sev["thresholds"])
+    wanted = np.array([SEVERITY_WORDS.index(w) for w in prompted])
+    confusion = {SEVERITY_WORDS[p]: {SEVERITY_WORDS[m]: int(((wanted == p) & (measured == m)).sum())
+                                     for m in range(len(SEVERITY_WORDS))} for p in range(len(SEVERITY_WORDS))}
+    return {"accuracy": float((measured == wanted).mean()), "n": int(len(wanted)), "organ": sev["organ"],
+            "thresholds": list(sev["thresholds"]), "confusion_prompted_to_measured": confusion}
+
+
+def evaluate_run(generated_path: str | Path, index_csv: str | Path, summary_json: str | Path, shards: Sequence[str],
+                 extractor_dir: str | Path, out_json: str | Path, metrics_cfg: Mapping, intensity_cfg: Mapping,
+                 select: Mapping, severity_cfg: Mapping | None, severity_prompt: bool, grid_cfg: Mapping,
+                 slice_size: int, model: str, run: str) -> dict:
+    """Every metric of one sampling run (module docstring); writes and returns the record."""
+    import pandas as pd
+
+    from medsynth.downstream import load_segmenter, predict_masks
+    from medsynth.generator.sampling import load_generated
+    from medsynth.metrics import (
+        frechet_metrics,
+        image_metrics,
+        inception_fid,
+        mask_metrics,
+        per_window_fd,
+        register_module_extractor,
+    )
+
+    torch.set_num_threads(1)
+    index, images, masks, names = load_slices(shards)
+    rows = select_rows(index, select)
+    real, real_masks = images[rows].astype(np.float32), masks[rows] > 0
+    fake, fake_masks, fake_names = load_generated(generated_path)
+    if len(fake) != len(real) or (fake_names and list(fake_names) != list(names)):
+        raise ValueError(f"{generated_path}: {len(fake)} samples / channels {fake_names} do not match the "
+                         f"{len(real)} real slices / channels {names} of the condition set")
+    if not np.array_equal(fake_masks.astype(bool), real_masks):
+        raise ValueError(f"{generated_path} was conditioned on other masks than the real slices of {dict(select)}")
+    sampled = pd.read_csv(index_csv, keep_default_na=False)
+    summary = json.loads(Path(summary_json).read_text())
+    segmenter = load_segmenter(extractor_dir)
+    extractor_name = register_module_extractor(SELF_EXTRACTOR, _SegmenterEncoder(segmenter))
+    real01, fake01 = torch.from_numpy((real + 1.0) / 2.0), torch.from_numpy((fake + 1.0) / 2.0)
+    n = len(real)
+    kid_size = max(2, min(int(metrics_cfg.get("kid_subset_size", 50)), n))
+    batch = int(metrics_cfg.get("batch_size", 64))
+    setting = Path(extractor_dir).parent.name
+    extractor_label = f"self-trained {segmenter.segmenter_record['model']['type']} encoder, downstream '{setting}'"
+
+    fd = frechet_metrics(real01, fake01, extractor_name, kid=True, kid_subset_size=kid_size, batch_size=batch)
+    inception = inception_fid(real01, fake01, metrics_cfg.get("inception_weights"), kid_subset_size=kid_size,
+                              batch_size=batch)
+    modalities = set(index.iloc[rows]["modality"].astype(str))
+    windowed: list[dict] = []
+    if modalities == {"CT"}:
+        windows = {k: tuple(v) for k, v in (intensity_cfg.get("windows") or {}).items()}
+        for row in per_window_fd(real, fake, tuple(intensity_cfg["ct_hu_range"]), windows, extractor_name,
+                                 kid=False, batch_size=batch):
+            windowed.append({"window": row["window"], "plane": "XY", "fd": row.get("fd"), "status": row.get("status")})
+    pairs = image_metrics(torch.from_numpy(fake), torch.from_numpy(real))
+    spacing = pixel_spacing(grid_cfg, slice_size)
+    pred_fake = predict_masks(segmenter, fake)
+    pred_real = predict_masks(segmenter, real)
+    ref = torch.from_numpy(real_masks)
+    record = {
+        "model": model, "run": run, "n_real": n, "n_generated": int(len(fake)),
+        "image_size": list(real.shape[2:]), "modalities": sorted(modalities),
+        "sampling": {k: summary.get(k) for k in ("sampler", "steps", "nfe", "network_evals", "seconds",
+                                                  "seconds_per_sample")},
+        "fid": {"value": inception.get("fid"), "status": inception["status"]},
+        "kid": {"mean": inception.get("kid_mean"), "std": inception.get("kid_std"), "status": inception["status"]},
+        "fd_self": {"value": fd["fd"], "kid_mean": fd["kid_mean"], "kid_std": fd["kid_std"],
+                    "kid_subset_size": kid_size, "extractor": extractor_label},
+        "windowed": windowed if windowed else [],
+        "windowed_status": "ok" if windowed else f"not applicable: modalities {sorted(modalities)} (CT windows)",
+        "pairs": {"ssim": pairs["ssim"], "psnr": pairs["psnr"], "l1": pairs["l1"]},
+        "mask_fidelity": {"segmenter": extractor_label, "distance_unit": "mm", "spacing_mm": spacing,
+                          "generated_vs_gt": mask_metrics(pred_fake, ref, list(names), spacing=spacing),
+                          "real_vs_gt": mask_metrics(pred_real, ref, list(names), spacing=spacing)},
+    }
+    record["mask_fidelity"]["mean_generated_vs_gt"] = _channel_means(record["mask_fidelity"]["generated_vs_gt"])
+    record["mask_fidelity"]["mean_real_vs_gt"] = _channel_means(record["mask_fidelity"]["real_vs_gt"])
+    if severity_prompt and "severity" in sampled.columns:
+        prompted = sampled["severity"].astype(str).tolist()
+        record["controllability"] = {"generated": _controllability(pred_fake, names, prompted, severity_cfg),
+                                     "real": _controllability(pred_real, names, prompted, severity_cfg)}
+    else:
+        record["controllability"] = {"status": "not applicable: the model was trained without graded prompts"}
+    _write_json(out_json, record)
+    log.info("metrics %s/%s: FD %.4f (%s), FID %s", model, run, fd["fd"], extractor_label, inception["status"])
+    return record

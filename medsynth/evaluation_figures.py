@@ -1,0 +1,119 @@
+"""Figures of the evaluation stages: sample grids, the FD-vs-NFE curve and the training loss curves."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medsynth.figures import _save, plt, radiological
+
+__all__ = ["sample_grid", "sample_grid_from_files", "fd_vs_nfe", "loss_curves", "pick_conditions"]
+
+
+def _show(x: np.ndarray, modality: str, hu_range: Sequence[float], window: Sequence[float]) -> np.ndarray:
+    """A [-1, 1] slice for display: the CT window in HU, min-max for MR."""
+    if modality == "CT":
+        lo, hi = float(hu_range[0]), float(hu_range[1])
+        hu = (x + 1.0) / 2.0 * (hi - lo) + lo
+        level, width = float(window[0]), float(window[1])
+        return np.clip((hu - (level - width / 2)) / width, 0, 1)
+    return np.clip((x + 1.0) / 2.0, 0, 1)
+
+
+def pick_conditions(masks: np.ndarray, count: int) -> list[int]:
+    """``count`` condition indices spread over the set, favouring slices with large masks."""
+    area = masks.reshape(len(masks), -1).sum(axis=1)
+    order = np.argsort(-area, kind="stable")[: max(count * 4, count)]
+    chosen = sorted(order[np.linspace(0, len(order) - 1, num=min(count, len(order))).astype(int)])
+    return [int(i) for i in chosen]
+
+
+def _mask_rgb(masks: np.ndarray) -> np.ndarray:
+    colours = plt.get_cmap("tab10")
+    rgb = np.zeros((*masks.shape[1:], 3))
+    for c in range(masks.shape[0]):
+        rgb[masks[c] > 0] = colours(c % 10)[:3]
+    return rgb
+
+
+def sample_grid(real: np.ndarray, masks: np.ndarray, generated: Mapping[str, np.ndarray], modality: str,
+                hu_range: Sequence[float], window: Sequence[float], names: Sequence[str], rows: Sequence[int],
+                path: str | Path) -> Path:
+    """Rows = conditions; columns = mask | real | one generated image per (model, sampler) label.
+
+    Slices are shown as radiologists view them (the 2D slices keep the volumes' RAS x/y order).
+    """
+    labels = list(generated)
+    ncols = 2 + len(labels)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(1.9 * ncols, 1.9 * len(rows) + 0.4), squeeze=False)
+    for r, i in enumerate(rows):
+        panels = [_mask_rgb(masks[i]), _show(real[i, 0], modality, hu_range, window)]
+        panels += [_show(generated[k][i, 0], modality, hu_range, window) for k in labels]
+        for c, panel in enumerate(panels):
+            ax = axes[r, c]
+            shown = radiological(panel) if panel.ndim == 2 else np.transpose(panel, (1, 0, 2))[::-1, ::-1]
+            ax.imshow(shown, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_axis_off()
+            if r == 0:
+                ax.set_title((["mask", "real"] + labels)[c], fontsize=7)
+    colours = plt.get_cmap("tab10")
+    handles = [plt.Line2D([], [], color=colours(c % 10), linewidth=5, label=n) for c, n in enumerate(names)]
+    fig.legend(handles=handles, loc="lower center", ncol=len(names), fontsize=7, frameon=False)
+    fig.subplots_adjust(bottom=0.08)
+    return _save(fig, path)
+
+
+def fd_vs_nfe(metrics: Sequence[Mapping], path: str | Path) -> Path:
+    """FD (self-trained encoder) against NFE, one line per sampler (MAISI-v2 steps ablation, ViCTr few-step)."""
+    rows = [{"sampler": m["sampling"]["sampler"], "nfe": m["sampling"]["nfe"], "fd": m["fd_self"]["value"],
+             "model": m["model"]} for m in metrics if m.get("fd_self", {}).get("value") is not None]
+    table = pd.DataFrame(rows).sort_values(["sampler", "nfe"])
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for sampler, part in table.groupby("sampler", sort=True):
+        style = "o" if len(part) == 1 else "o-"
+        ax.plot(part["nfe"], part["fd"], style, label=sampler)
+    ax.set_xscale("log")
+    ax.set_xlabel("NFE (solver evaluations of the guided field)")
+    extractor = metrics[0]["fd_self"].get("extractor", "") if metrics else ""
+    ax.set_ylabel("Frechet distance")
+    models = sorted(set(table["model"])) if len(table) else []
+    ax.set_title(f"FD vs NFE - {', '.join(models)}\n({extractor})", fontsize=8)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def loss_curves(curves: Mapping[str, str | Path], path: str | Path, smooth: int = 10) -> Path:
+    """Training loss of each stage (``label -> loss_curve.csv``), running mean over ``smooth`` steps."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for label, csv in curves.items():
+        curve = pd.read_csv(csv)
+        column = "loss" if "loss" in curve else ("total" if "total" in curve else curve.columns[-1])
+        y = curve[column].rolling(smooth, min_periods=1).mean()
+        x = curve["step"] if "step" in curve else np.arange(len(curve))
+        ax.plot(x, y / max(float(y.iloc[0]), 1e-12), label=label, linewidth=1)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(f"loss / first value (running mean of {smooth})")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def sample_grid_from_files(shards: Sequence[str], select: Mapping, generated: Mapping[str, str | Path],
+                           intensity_cfg: Mapping, window_name: str, count: int, path: str | Path) -> Path:
+    """:func:`sample_grid` of sampled sets (``label -> .safetensors``) beside the real slices of ``select``."""
+    from medsynth.generator.data import load_slices, select_rows
+    from medsynth.generator.sampling import load_generated
+
+    index, images, masks, names = load_slices(shards)
+    rows = select_rows(index, select)
+    real, cond = images[rows], (masks[rows] > 0)
+    sets = {label: load_generated(p)[0] for label, p in generated.items()}
+    modality = str(index.iloc[rows[0]]["modality"]) if len(rows) else "CT"
+    window = (intensity_cfg.get("windows") or {}).get(window_name, (40, 400))
+    return sample_grid(real, cond, sets, modality, intensity_cfg["ct_hu_range"], window, names,
+                       pick_conditions(cond, count), path)

@@ -1,0 +1,295 @@
+"""Sampling from a trained generator: conditions of real slices in, decoded synthetic slices out.
+
+A *sampling run* is one trained model (``base``, ``stage1`` or a stage-2 variant) x one sampler
+setting (``euler``, ``heun``, ``dopri5``, ``tweedie``, ``ddpm``, ``ddim`` with a step count) x one
+*condition set* (the masks and compound prompts of the real slices that a config ``select`` keeps:
+``eval`` = the held-out test slices the metrics compare against, ``train`` = the real training slices
+whose masks label the synthetic images of the downstream segmentation).
+
+For every condition (mask + prompt) one noise draw ``x1 ~ N(0, I)`` in latent space is integrated
+from ``t = 1`` to ``t = 0`` by :func:`medsynth.sample.solve` and decoded by the study's VAE (after
+undoing the z-normalisation). Noise is drawn once for the whole set from ``seed``, so every sampler
+and every model starts from the same noise for the same condition (paired comparisons).
+
+Field integrated per model objective (:mod:`medsynth.objectives.tweedie`):
+
+* ``flow`` models learned ``v``; Euler/Heun/Dopri5 integrate ``v``; the ``tweedie`` sampler integrates
+  the Tweedie-corrected ``u = v - (1 - abar) grad log p`` (a training-free correction);
+* ``tweedie`` models learned ``u`` through ``v`` (ViCTr Sec. 3.2); every sampler integrates ``u``
+  (the ``tweedie`` sampler is the same field with few steps);
+* ``ddpm`` models predict noise; only the ``ddpm`` / ``ddim`` samplers (diffusers schedulers) apply.
+
+Classifier-free guidance mixes the conditional and the null condition (empty prompt, all-background
+mask: the training-time dropout) as ``v_u + w (v_c - v_u)``, both evaluated in one batched call;
+``nfe`` counts solver evaluations of the guided field, ``network_evals`` the backbone passes per
+sample (``2 nfe`` with guidance, ``nfe`` without).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from medsynth.generator.data import LatentData
+from medsynth.models.backbones import build_backbone, predict
+from medsynth.models.prompts import ABSENT_MASK_VALUE
+
+__all__ = [
+    "FLOW_SAMPLERS",
+    "DIFFUSION_SAMPLERS",
+    "SamplingSpec",
+    "GeneratedSet",
+    "parse_run",
+    "load_trained_generator",
+    "generate",
+]
+
+log = logging.getLogger(__name__)
+
+FLOW_SAMPLERS = ("euler", "heun", "dopri5", "tweedie")
+DIFFUSION_SAMPLERS = ("ddpm", "ddim")
+
+
+def parse_run(run: str) -> tuple[str, int | None]:
+    """``"euler-30"`` -> ``("euler", 30)``; ``"dopri5-auto"`` -> ``("dopri5", None)`` (adaptive)."""
+    sampler, _, steps = str(run).partition("-")
+    if sampler not in FLOW_SAMPLERS + DIFFUSION_SAMPLERS:
+        raise ValueError(f"sampling run {run!r}: sampler must be one of {FLOW_SAMPLERS + DIFFUSION_SAMPLERS}")
+    if steps == "auto":
+        if sampler != "dopri5":
+            raise ValueError(f"sampling run {run!r}: only dopri5 chooses its steps ('auto')")
+        return sampler, None
+    if not steps.isdigit() or int(steps) < 1:
+        raise ValueError(f"sampling run {run!r}: expected <sampler>-<steps>, e.g. euler-30 or dopri5-auto")
+    return sampler, int(steps)
+
+
+@dataclass
+class SamplingSpec:
+    """How to sample: solver, steps, guidance and the numerics of each solver (config ``sampling``)."""
+
+    sampler: str = "euler"
+    steps: int | None = 30
+    guidance_scale: float = 1.0
+    seed: int = 0
+    batch_size: int = 64
+    shift: float = 1.0
+    rtol: float = 1e-3
+    atol: float = 1e-3
+    max_num_steps: int = 1000
+    tweedie_mapping: str = "variance"
+    ddpm: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, sampling_cfg: Mapping, run: str) -> "SamplingSpec":
+        """Spec of run ``<sampler>-<steps>`` with the solver options of config ``sampling``."""
+        sampler, steps = parse_run(run)
+        cfg = dict(sampling_cfg or {})
+        dopri = dict(cfg.get("dopri5") or {})
+        return cls(sampler=sampler, steps=steps, guidance_scale=float(cfg.get("guidance_scale", 1.0)),
+                   seed=int(cfg.get("seed", 0)), batch_size=int(cfg.get("batch_size", 64)),
+                   shift=float(cfg.get("shift", 1.0)), rtol=float(dopri.get("rtol", 1e-3)),
+                   atol=float(dopri.get("atol", 1e-3)), max_num_steps=int(dopri.get("max_num_steps", 1000)),
+                   tweedie_mapping=str(cfg.get("tweedie_mapping", "variance")), ddpm=dict(cfg.get("ddpm") or {}))
+
+
+@dataclass
+class GeneratedSet:
+    """Decoded synthetic slices ``(N, 1, H, W)`` in [-1, 1] and the cost of making them."""
+
+    images: np.ndarray
+    nfe: int
+    network_evals: int
+    seconds: float
+    spec: SamplingSpec
+
+    @property
+    def seconds_per_sample(self) -> float:
+        return self.seconds / max(1, len(self.images))
+
+    def summary(self) -> dict:
+        return {"n": int(len(self.images)), "sampler": self.spec.sampler, "steps": self.spec.steps,
+                "nfe": int(self.nfe), "network_evals": int(self.network_evals), "seconds": float(self.seconds),
+                "seconds_per_sample": float(self.seconds_per_sample), "spec": asdict(self.spec)}
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def load_trained_generator(gen_cfg: Mapping, model_dir: str | Path, stage1_dir: str | Path | None = None) -> nn.Module:
+    """A trained generator in eval mode: a saved backbone, or a LoRA adapter merged into the stage-1 model."""
+    from medsynth.train.lora import load_lora, merge_lora
+
+    model_dir = Path(model_dir)
+    cfg = {**dict(gen_cfg["backbone"]), "local_files_only": True}
+    cfg.pop("subfolder", None)
+    if (model_dir / "adapter_config.json").exists():
+        if stage1_dir is None:
+            raise ValueError(f"{model_dir} holds a LoRA adapter: the stage-1 model it adapts is needed")
+        model = build_backbone({**cfg, "pretrained": str(stage1_dir)}, key="generator.backbone")
+        model = merge_lora(load_lora(model, model_dir))
+    else:
+        model = build_backbone({**cfg, "pretrained": str(model_dir)}, key="generator.backbone")
+    return model.eval().requires_grad_(False)
+
+
+# ------------------------------------------------------------------------------------------------ sampling
+class _ConditionedField:
+    """``field(x, t)`` of one batch of conditions, with classifier-free guidance batched in one pass."""
+
+    def __init__(self, model: nn.Module, mask: torch.Tensor, tokens: torch.Tensor, keep: torch.Tensor,
+                 null_tokens: torch.Tensor, null_keep: torch.Tensor, guidance: float, corrected: bool,
+                 mapping: str):
+        self.model, self.guidance, self.corrected, self.mapping = model, guidance, corrected, mapping
+        b = mask.shape[0]
+        if guidance != 1.0:
+            self.mask = torch.cat([mask, torch.full_like(mask, ABSENT_MASK_VALUE)])
+            self.tokens = torch.cat([tokens, null_tokens.expand(b, *null_tokens.shape[1:])])
+            self.keep = torch.cat([keep, null_keep.expand(b, *null_keep.shape[1:])])
+        else:
+            self.mask, self.tokens, self.keep = mask, tokens, keep
+
+    def raw(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Guided network output (velocity, or noise for a ddpm model) at ``x``, per-sample ``t``."""
+        if self.guidance == 1.0:
+            return predict(self.model, x, t, self.tokens, self.keep, mask=self.mask).float()
+        out = predict(self.model, torch.cat([x, x]), torch.cat([t, t]), self.tokens, self.keep, mask=self.mask).float()
+        cond, uncond = out.chunk(2)
+        return uncond + self.guidance * (cond - uncond)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        v = self.raw(x, t)
+        if self.corrected:
+            from medsynth.objectives import tweedie_corrected_velocity
+
+            return tweedie_corrected_velocity(v, x, t, mapping=self.mapping)
+        return v
+
+
+def _solve_batch(field_fn: _ConditionedField, x1: torch.Tensor, spec: SamplingSpec, objective: str,
+                 generator: torch.Generator):
+    from medsynth import sample
+
+    if spec.sampler in DIFFUSION_SAMPLERS:
+        if objective != "ddpm":
+            raise ValueError(f"sampler {spec.sampler!r} needs a noise-prediction (ddpm) model; this one is {objective!r}")
+        train_steps = int(spec.ddpm.get("num_train_timesteps", 1000))
+        calls = {"n": 0}
+
+        def eps_fn(x, timesteps):
+            calls["n"] += 1
+            return field_fn.raw(x, timesteps.to(x.dtype).reshape(-1).expand(x.shape[0]) / train_steps)
+
+        start = time.perf_counter()
+        x0 = sample.diffusion_sample(eps_fn, x1, spec.sampler, int(spec.steps), generator=generator,
+                                     **{k: v for k, v in spec.ddpm.items()})
+        return x0, calls["n"], time.perf_counter() - start
+    if objective == "ddpm":
+        raise ValueError(f"a ddpm (noise-prediction) model samples with ddpm or ddim, not {spec.sampler!r}")
+    options: dict = {"shift": spec.shift} if spec.sampler != "dopri5" else {
+        "rtol": spec.rtol, "atol": spec.atol, "max_num_steps": spec.max_num_steps}
+    if spec.sampler == "tweedie":
+        options["mapping"] = spec.tweedie_mapping
+    result = sample.solve(spec.sampler, field_fn, x1, spec.steps, **options)
+    return result.x0, result.nfe, result.seconds
+
+
+@torch.no_grad()
+def generate(model: nn.Module, objective: str, data: LatentData, vae: nn.Module, stats: dict,
+             spec: SamplingSpec) -> GeneratedSet:
+    """Sample one image per condition of ``data`` (module docstring) and decode it with ``vae``."""
+    from medsynth.vae.latents import denormalise_latents
+    from medsynth.vae.models import decode
+
+    if objective not in ("flow", "tweedie", "ddpm"):
+        raise ValueError(f"objective must be flow, tweedie or ddpm, got {objective!r}")
+    latent = data.dataset.tensors["latent"]
+    masks = data.dataset.tensors["mask"]
+    prompt_ids = data.dataset.tensors["prompt"]
+    gen = torch.Generator().manual_seed(spec.seed)
+    noise = torch.randn(latent.shape, generator=gen)
+    null_tokens, null_keep = data.tokens[data.null_id:data.null_id + 1], data.keep[data.null_id:data.null_id + 1]
+    corrected_field = objective == "tweedie" and spec.sampler != "tweedie"
+    images, nfe, seconds = [], 0, 0.0
+    for start in range(0, len(latent), spec.batch_size):
+        sl = slice(start, start + spec.batch_size)
+        pid = prompt_ids[sl]
+        field_fn = _ConditionedField(model, masks[sl], data.tokens[pid], data.keep[pid], null_tokens, null_keep,
+                                     spec.guidance_scale, corrected_field, spec.tweedie_mapping)
+        x0, batch_nfe, batch_seconds = _solve_batch(field_fn, noise[sl], spec, objective,
+                                                    torch.Generator().manual_seed(spec.seed + 1 + start))
+        tic = time.perf_counter()
+        decoded = decode(vae, denormalise_latents(x0.float(), stats)).clamp(-1.0, 1.0)
+        seconds += batch_seconds + time.perf_counter() - tic
+        images.append(decoded.numpy().astype(np.float32))
+        nfe = max(nfe, int(batch_nfe))
+        log.info("sampled %d/%d (%s, %s steps, %d NFE)", min(start + spec.batch_size, len(latent)), len(latent),
+                 spec.sampler, spec.steps, batch_nfe)
+    evals = nfe * (2 if spec.guidance_scale != 1.0 else 1)
+    return GeneratedSet(np.concatenate(images), nfe, evals, seconds, spec)
+
+
+def write_summary(generated: GeneratedSet, path: str | Path, **extra) -> None:
+    """The run's cost and settings as JSON (``n``, ``nfe``, ``network_evals``, ``seconds``...)."""
+    from medsynth.fsutil import write_text_atomic
+
+    write_text_atomic(path, json.dumps({**generated.summary(), **extra}, indent=2, sort_keys=True) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------ rule entry
+def sample_condition_set(shards, vae_dir: str | Path, stats_path: str | Path, model_dir: str | Path,
+                         stage1_dir: str | Path | None, out_tensors: str | Path, out_index: str | Path,
+                         out_summary: str | Path, gen_cfg: Mapping, model_cfg: Mapping, sampling_cfg: Mapping,
+                         run: str, select: Mapping, *, text_encoder=None) -> GeneratedSet:
+    """Rule ``sample``: generate one image per real slice kept by ``select`` and write the set.
+
+    ``model_cfg`` is the config section the model was trained with (``base``, ``stage1`` or the
+    variant's merged ``stage2``): its ``objective`` picks the field and its ``severity_prompt`` whether
+    the prompts carry the severity grade. Writes ``out_tensors`` (safetensors: ``image`` float32
+    ``(N, 1, H, W)`` in [-1, 1], ``masks`` uint8 ``(N, C, H, W)`` = the conditioning masks at image
+    resolution), ``out_index`` (CSV: one row per sample with case, slice, split, prompt, severity) and
+    ``out_summary`` (JSON: NFE, seconds, settings).
+    """
+    from safetensors.numpy import save_file
+
+    from medsynth.fsutil import atomic_path, write_csv_atomic
+    from medsynth.generator.data import load_slices, select_rows
+    from medsynth.generator.stages import _data, _load_vae, _threads
+
+    _threads(gen_cfg)
+    spec = SamplingSpec.from_config(sampling_cfg, run)
+    data = _data(shards, vae_dir, stats_path, gen_cfg, {**dict(model_cfg), "select": dict(select)}, text_encoder)
+    index, _, masks, names = load_slices(shards)
+    masks = masks[select_rows(index, select)]
+    vae, stats = _load_vae(vae_dir, stats_path)
+    model = load_trained_generator(gen_cfg, model_dir, stage1_dir)
+    generated = generate(model, str(model_cfg.get("objective", "flow")), data, vae, stats, spec)
+    with atomic_path(out_tensors, suffix=".safetensors") as tmp:
+        save_file({"image": np.ascontiguousarray(generated.images),
+                   "masks": np.ascontiguousarray((masks > 0).astype(np.uint8))}, str(tmp),
+                  metadata={"medsynth": json.dumps({"conditions": list(names), "run": run})})
+    cols = [c for c in ("case_id", "patient_id", "modality", "split", "slice", "severity_fraction", "severity", "prompt")
+            if c in data.index]
+    write_csv_atomic(data.index[cols].assign(sample=range(len(data.index))), out_index)
+    write_summary(generated, out_summary, run=run, model=str(model_dir), conditions=list(names),
+                  objective=str(model_cfg.get("objective", "flow")))
+    log.info("%s: %d samples, %.4f s/sample, %d NFE", out_tensors, len(generated.images),
+             generated.seconds_per_sample, generated.nfe)
+    return generated
+
+
+def load_generated(path: str | Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(images (N, 1, H, W) in [-1, 1], masks (N, C, H, W) uint8, condition names)`` of a sampled set."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    tensors = load_file(str(path))
+    with safe_open(str(path), framework="np") as fh:
+        meta = json.loads((fh.metadata() or {}).get("medsynth", "{}"))
+    return tensors["image"], tensors["masks"], list(meta.get("conditions", []))

@@ -1,0 +1,45 @@
+"""Evaluation metrics for synthetic images and masks.
+
+* :mod:`~medsynth.metrics.windows`: HU conversion and CT radiology windows.
+* :mod:`~medsynth.metrics.features`: torch-fidelity feature extractors (InceptionV3 from local
+  weights only; any encoder trained in the pipeline via :func:`register_module_extractor`).
+* :mod:`~medsynth.metrics.frechet`: FD / KID through torch-fidelity, per CT window (MedSyn2 Table 1)
+  and per plane on central slices of volumes (MAISI 2.5D FID).
+* :mod:`~medsynth.metrics.masks`: Dice / Jaccard / HD95 / ASD and SSIM / PSNR via MONAI (MedSyn2
+  Tables 6 and 7).
+
+Names are loaded on first use, so importing :mod:`medsynth.metrics.masks` (as :mod:`medsynth.vae`
+does) does not import torch-fidelity.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "model_to_hu": "windows", "apply_window": "windows", "windowed": "windows",
+    "INCEPTION_EXTRACTOR": "features", "INCEPTION_FEATURE": "features", "INCEPTION_WEIGHTS_FILE": "features",
+    "MODULE_FEATURE": "features", "MODULE_REGISTRY": "features", "ModuleFeatureExtractor": "features",
+    "inception_weights": "features", "register_module_extractor": "features",
+    "unregister_module_extractor": "features",
+    "PLANES": "frechet", "UInt8ImageDataset": "frechet", "central_slices": "frechet",
+    "frechet_metrics": "frechet", "inception_fid": "frechet", "per_plane_windowed_fd": "frechet",
+    "per_window_fd": "frechet", "to_uint8_rgb": "frechet",
+    "image_metrics": "masks", "mask_metrics": "masks", "mean_over_channels": "masks",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'medsynth.metrics' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

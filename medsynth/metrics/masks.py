@@ -1,0 +1,106 @@
+"""Mask and image agreement metrics, with MONAI only.
+
+* :func:`mask_metrics`: per channel Dice (:class:`monai.metrics.DiceMetric`), Jaccard
+  (:class:`~monai.metrics.MeanIoU`), HD95 (:class:`~monai.metrics.HausdorffDistanceMetric`,
+  ``percentile=95``) and ASD (:class:`~monai.metrics.SurfaceDistanceMetric`, symmetric) of binary
+  ``[N, C, *spatial]`` masks, averaged over samples whose reference is non-empty. Distances are in
+  voxels by default, in mm with ``spacing``. Used for MedSyn2 Table 6 (tokenizer reconstruction of
+  masks) and Table 7 (re-segmentation of synthetic images against their conditioning masks: mDSC,
+  mHD95 via :func:`mean_over_channels`).
+* :func:`image_metrics`: SSIM (:class:`~monai.metrics.SSIMMetric`, data range 2) and PSNR
+  (:class:`~monai.metrics.PSNRMetric`, ``max_val`` 2) of images in [-1, 1], plus L1 (MedSyn2 Table 6).
+
+Empty references: a channel whose reference is empty in every sample has NaN values and ``status:
+"empty"``. A sample whose prediction is empty but reference is not counts towards Dice/Jaccard (as 0)
+and ``n_pred_empty``, not towards the distances (undefined there).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["image_metrics", "mask_metrics", "mean_over_channels"]
+
+Spacing = float | Sequence[float] | None
+
+
+def _mean(values: torch.Tensor) -> float:
+    values = values.double()
+    return float(values.mean()) if values.numel() else math.nan
+
+
+def image_metrics(recon: torch.Tensor, images: torch.Tensor) -> dict:
+    """SSIM / PSNR (data range 2) and L1 of reconstructions against images, averaged over samples."""
+    from monai.metrics import PSNRMetric, SSIMMetric
+
+    from medsynth.vae.losses import ssim_window  # here, not at module level: medsynth.vae imports this module
+
+    spatial = tuple(images.shape[2:])
+    ssim = SSIMMetric(spatial_dims=len(spatial), data_range=2.0, win_size=ssim_window(spatial), reduction="none")
+    psnr = PSNRMetric(max_val=2.0, reduction="none")
+    return {"ssim": _mean(ssim(recon, images)), "psnr": _mean(psnr(recon, images)),
+            "l1": float((recon - images).abs().mean()), "n": int(len(images))}
+
+
+def mask_metrics(pred: torch.Tensor, ref: torch.Tensor, names: list[str], spacing: Spacing = None) -> dict:
+    """Per-channel Dice/Jaccard/HD95/ASD of binary ``pred`` against binary ``ref`` (``[N, C, *spatial]``).
+
+    ``spacing``: voxel size (one number, or one per spatial axis) for HD95/ASD in physical units;
+    ``None`` = unit spacing (voxels). Returns ``{name: {"dice", "jaccard", "hd95", "asd",
+    "n_reference", "n_pred_empty", "status"}}``.
+    """
+    from monai.metrics import DiceMetric, HausdorffDistanceMetric, MeanIoU, SurfaceDistanceMetric
+
+    pred = pred.float() if isinstance(pred, torch.Tensor) else torch.as_tensor(np.asarray(pred), dtype=torch.float32)
+    ref = ref.float() if isinstance(ref, torch.Tensor) else torch.as_tensor(np.asarray(ref), dtype=torch.float32)
+    if spacing is not None and not np.isscalar(spacing):
+        spacing = [float(s) for s in spacing]
+        if len(spacing) != ref.ndim - 2:
+            raise ValueError(f"spacing has {len(spacing)} values for {ref.ndim - 2} spatial dimensions")
+    with warnings.catch_warnings():  # empty channels: MONAI warns and returns nan/inf, handled below
+        warnings.simplefilter("ignore")
+        dice = DiceMetric(include_background=True, reduction="none", ignore_empty=True)(pred, ref)
+        iou = MeanIoU(include_background=True, reduction="none", ignore_empty=True)(pred, ref)
+        hd95 = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")(
+            pred, ref, spacing=spacing)
+        asd = SurfaceDistanceMetric(include_background=True, symmetric=True, reduction="none")(
+            pred, ref, spacing=spacing)
+    dims = tuple(range(2, ref.ndim))
+    ref_any, pred_any = ref.amax(dim=dims) > 0, pred.amax(dim=dims) > 0
+    out = {}
+    for c, name in enumerate(names):
+        has_ref = ref_any[:, c]
+        both = has_ref & pred_any[:, c]
+        n_ref = int(has_ref.sum())
+        out[name] = {
+            "dice": _mean(dice[has_ref, c]),
+            "jaccard": _mean(iou[has_ref, c]),
+            "hd95": _mean(hd95[both, c]),
+            "asd": _mean(asd[both, c]),
+            "n_reference": n_ref,
+            "n_pred_empty": int((has_ref & ~pred_any[:, c]).sum()),
+            "status": "ok" if n_ref else "empty",
+        }
+    return out
+
+
+def mean_over_channels(result: dict) -> dict:
+    """Channel means of a :func:`mask_metrics` result: ``{"mDSC", "mJaccard", "mHD95", "mASD", "n_channels",
+    "channels", "status"}`` over channels with ``status: "ok"`` (NaN values skipped per metric).
+
+    ``status`` is ``"ok"``, or ``"empty"`` (all values NaN) when no channel has a reference.
+    """
+    ok = [name for name, r in result.items() if r.get("status") == "ok"]
+    out: dict = {}
+    for key, label in (("dice", "mDSC"), ("jaccard", "mJaccard"), ("hd95", "mHD95"), ("asd", "mASD")):
+        vals = [float(result[name][key]) for name in ok if not math.isnan(float(result[name][key]))]
+        out[label] = float(np.mean(vals)) if vals else math.nan
+    out["n_channels"] = len(ok)
+    out["channels"] = ok
+    out["status"] = "ok" if ok else "empty"
+    return out

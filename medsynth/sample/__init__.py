@@ -1,0 +1,44 @@
+"""Sampling: ODE solvers for rectified-flow fields and DDPM/DDIM for noise-prediction models.
+
+See :mod:`.solvers` for the conventions and the NFE of each solver.
+"""
+
+from .solvers import (
+    DIFFUSION_SCHEDULERS,
+    DOPRI5_MAX_NUM_STEPS,
+    SOLVERS,
+    CountingField,
+    EpsFn,
+    Field,
+    GuidedField,
+    SampleResult,
+    diffusion_sample,
+    dopri5,
+    euler,
+    guided_field,
+    heun,
+    make_scheduler,
+    solve,
+    time_grid,
+    tweedie_sampler,
+)
+
+__all__ = [
+    "DIFFUSION_SCHEDULERS",
+    "DOPRI5_MAX_NUM_STEPS",
+    "SOLVERS",
+    "CountingField",
+    "EpsFn",
+    "Field",
+    "GuidedField",
+    "SampleResult",
+    "diffusion_sample",
+    "dopri5",
+    "euler",
+    "guided_field",
+    "heun",
+    "make_scheduler",
+    "solve",
+    "time_grid",
+    "tweedie_sampler",
+]

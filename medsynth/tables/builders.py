@@ -1,0 +1,280 @@
+"""One function per paper table: the pipeline's measured values beside the papers' reported ones.
+
+Inputs are the JSON files the metrics and downstream rules write (see :mod:`medsynth.evaluation`):
+``metrics/<model>/<run>.json`` and ``downstream/<setting>/evaluation.json``. Every builder returns a
+:class:`pandas.DataFrame` with the row keys, ``ours`` columns, ``paper`` columns (from
+``config/paper_reported``, ``"not reported"`` where the paper has no such row) and a ``scale``
+column saying on how much data ours was computed. Where the embedded study measures a quantity with
+another instrument than the paper (FD on a self-trained encoder instead of M3D-CLIP's), the column
+name says so.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from .paper import load_reported, reported
+from .render import NOT_MEASURED
+
+__all__ = [
+    "BACKBONE_PAPER_NAMES",
+    "DOWNSTREAM_PAPER_SETTINGS",
+    "load_json",
+    "fd_scale",
+    "victr_table2",
+    "victr_table3",
+    "victr_table4",
+    "medsyn2_table1",
+    "medsyn2_table5",
+    "medsyn2_table6",
+    "medsyn2_table7",
+    "maisi_steps",
+    "maisi_main",
+]
+
+#: Backbone type of the config -> the name ViCTr Table 2 uses for it.
+BACKBONE_PAPER_NAMES = {
+    "unet2d_condition": "Stable Diffusion",
+    "sdxl": "Stable Diffusion XL",
+    "sd3": "Stable Diffusion-3",
+    "pixart": "Pixart-alpha",
+    "flux": "Flux",
+}
+#: Downstream setting kind -> ViCTr Table 3 setting name.
+DOWNSTREAM_PAPER_SETTINGS = {
+    "real": "original",
+    "real_aug": "standard_augmentation",
+    "real_synth-vanilla": "plus30_synthetic_vanilla",
+    "real_synth-victr": "plus30_synthetic_victr",
+}
+
+
+def load_json(path: str | Path) -> dict:
+    """A metrics / evaluation JSON file."""
+    return json.loads(Path(path).read_text())
+
+
+def fd_scale(metrics: Mapping) -> str:
+    """``"94 real vs 94 generated 64x64 slices"`` from a metrics JSON."""
+    size = "x".join(str(s) for s in metrics.get("image_size", []))
+    return f"{metrics['n_real']} real vs {metrics['n_generated']} generated {size} slices"
+
+
+def _fd_value(metrics: Mapping, key: str):
+    entry = metrics.get(key) or {}
+    return entry.get("value") if entry.get("value") is not None else entry.get("status", NOT_MEASURED)
+
+
+def _fd_self_name(metrics_list: Sequence[Mapping]) -> str:
+    names = {m.get("fd_self", {}).get("extractor", "") for m in metrics_list}
+    return f"FD ({'; '.join(sorted(n for n in names if n))})"
+
+
+# ------------------------------------------------------------------------------------------------ ViCTr
+def victr_table2(metrics: Mapping[str, Mapping], backbone_type: str, paper_dir: str | Path,
+                 dataset: str) -> pd.DataFrame:
+    """ViCTr Table 2: FID / MFID of vanilla fine-tuning vs ViCTr per backbone, with steps and seconds.
+
+    ``metrics``: method (``vanilla``, ``victr``) -> metrics JSON of its default sampling run.
+    """
+    paper = load_reported(paper_dir, "victr_table2")
+    backbone = BACKBONE_PAPER_NAMES.get(backbone_type, backbone_type)
+    fd_name = _fd_self_name(list(metrics.values()))
+    rows = []
+    for method, m in metrics.items():
+        s = m.get("sampling", {})
+        rows.append({
+            "backbone": backbone, "method": method, "run": m["run"],
+            "FID (InceptionV3)": _fd_value(m, "fid"),
+            "paper FID": reported(paper, "value", dataset=dataset, backbone=backbone, method=method, metric="FID"),
+            fd_name: _fd_value(m, "fd_self"),
+            "paper MFID (M3D-CLIP)": reported(paper, "value", dataset=dataset, backbone=backbone, method=method,
+                                              metric="MFID"),
+            "steps": s.get("steps"), "NFE": s.get("nfe"),
+            "seconds per sample": s.get("seconds_per_sample"),
+            "paper steps": reported(paper, "value", dataset=dataset, backbone=backbone, method=method, metric="steps"),
+            "paper seconds": reported(paper, "value", dataset=dataset, backbone=backbone, method=method,
+                                      metric="seconds"),
+            "scale": fd_scale(m),
+        })
+    return pd.DataFrame(rows)
+
+
+def _downstream_scale(e: Mapping) -> str:
+    return (f"train {e['n_train_real']} real + {e['n_train_synthetic']} synthetic slices, "
+            f"{e['steps']} steps; test {e['n_test']} real slices")
+
+
+def victr_table3(evaluations: Mapping[str, Mapping], segmenter: str, paper_dir: str | Path,
+                 dataset: str) -> pd.DataFrame:
+    """ViCTr Table 3: mDSC (%) and mHD95 of a segmenter trained per setting, on the real test split."""
+    paper = load_reported(paper_dir, "victr_table3")
+    rows = []
+    for setting, e in evaluations.items():
+        name = DOWNSTREAM_PAPER_SETTINGS.get(setting, setting)
+        rows.append({
+            "model": segmenter, "setting": setting,
+            "mDSC (%)": _cell(e, "mdsc", 100.0), "paper mDSC (%)": reported(paper, "value", dataset=dataset, model=segmenter,
+                                                                   setting=name, metric="mDSC"),
+            f"mHD95 ({e.get('hd95_unit', 'mm')})": e["mhd95"],
+            "paper mHD95 (mm)": reported(paper, "value", dataset=dataset, model=segmenter, setting=name,
+                                         metric="mHD95"),
+            "scale": _downstream_scale(e),
+        })
+    return pd.DataFrame(rows)
+
+
+def victr_table4(rows_cfg: Sequence[Mapping], metrics: Mapping[str, Mapping], paper_dir: str | Path) -> pd.DataFrame:
+    """ViCTr Table 4 ablations: one row per ``{group, setting, model}`` of config; FD of the model's run."""
+    paper = load_reported(paper_dir, "victr_table4")
+    fd_name = _fd_self_name(list(metrics.values()))
+    rows = []
+    for row in rows_cfg:
+        m = metrics[row["model"]]
+        rows.append({"group": row["group"], "setting": row["setting"], "model": row["model"],
+                     "FID (InceptionV3)": _fd_value(m, "fid"), fd_name: _fd_value(m, "fd_self"),
+                     "paper FID": reported(paper, "FID", group=row["group"], setting=row["setting"]),
+                     "scale": fd_scale(m)})
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------------ MedSyn2
+def medsyn2_table1(m: Mapping, paper_dir: str | Path, paper_model: str = "MedSyn2") -> pd.DataFrame:
+    """MedSyn2 Table 1: FD per CT window x plane (+ mean), ours beside the paper's FID."""
+    paper = load_reported(paper_dir, "medsyn2_table1")
+    extractor = m.get("fd_self", {}).get("extractor", "")
+    rows = []
+    for w in m.get("windowed", []):
+        rows.append({"window": w["window"], "plane": w["plane"], f"FD ({extractor})": w.get("fd"),
+                     "paper FID (RadImageNet ResNet-50)": reported(paper, "FID", model=paper_model, window=w["window"],
+                                                                   plane=w["plane"]),
+                     "scale": fd_scale(m)})
+    return pd.DataFrame(rows)
+
+
+def medsyn2_table5(evaluations: Mapping[str, Mapping], paper_dir: str | Path) -> pd.DataFrame:
+    """MedSyn2 Table 5: segmentation trained on real / synthesized / combined data."""
+    paper = load_reported(paper_dir, "medsyn2_table5")
+    names = {"real": "real", "synth_only": "synthesized", "real_synth": "combined"}
+    rows = []
+    for setting, e in evaluations.items():
+        kind = setting.split("-")[0]
+        paper_row = names.get(kind, setting)
+        mean = e.get("mean", {})
+        rows.append({"setting": setting, "paper training_data": paper_row,
+                     "n_images": e["n_train_real"] + e["n_train_synthetic"],
+                     "dice (%)": _cell(e, "mdsc", 100.0), "paper dice (%)": reported(paper, "dice", training_data=paper_row),
+                     "jaccard (%)": _cell(mean, "jaccard", 100.0),
+                     "paper jaccard (%)": reported(paper, "jaccard", training_data=paper_row),
+                     f"hd95 ({e.get('hd95_unit', 'mm')})": e["mhd95"],
+                     "paper hd95 (px)": reported(paper, "hd95_px", training_data=paper_row),
+                     f"asd ({e.get('hd95_unit', 'mm')})": _cell(mean, "asd"),
+                     "paper asd (px)": reported(paper, "asd_px", training_data=paper_row),
+                     "scale": _downstream_scale(e)})
+    return pd.DataFrame(rows)
+
+
+def _cell(r: Mapping | None, key: str, scale: float = 1.0):
+    """``scale x r[key]``; why it is missing otherwise (object not in the study, or absent from the reference)."""
+    if r is None:
+        return NOT_MEASURED
+    value = r.get(key)
+    if value is None or (isinstance(value, float) and value != value):
+        return "no reference voxels" if r.get("status") == "empty" or not r.get("n_reference", 1) else "undefined"
+    return scale * float(value)
+
+
+def _objects(ours: Mapping[str, Mapping], paper: pd.DataFrame, **paper_match) -> list[str]:
+    theirs = []
+    if not paper.empty:
+        sub = paper
+        for k, v in paper_match.items():
+            sub = sub[sub[k] == v]
+        theirs = list(dict.fromkeys(sub["object"]))
+    return list(ours) + [o for o in theirs if o not in ours]
+
+
+def medsyn2_table6(reconstruction: pd.DataFrame, paper_dir: str | Path) -> pd.DataFrame:
+    """MedSyn2 Table 6: masks reconstructed through the image tokenizer (VAE), Dice/Jaccard %, HD95/ASD voxels."""
+    paper = load_reported(paper_dir, "medsyn2_table6")
+    ours = {r["target"]: r for r in reconstruction.to_dict("records") if r["target"] != "image"}
+    rows = []
+    for obj in _objects(ours, paper):
+        r = ours.get(obj)
+        rows.append({"object": obj,
+                     "dice (%)": _cell(r, "dice", 100.0),
+                     "paper dice (%)": reported(paper, "dice", object=obj),
+                     "jaccard (%)": _cell(r, "jaccard", 100.0),
+                     "paper jaccard (%)": reported(paper, "jaccard", object=obj),
+                     "hd95 (voxel)": _cell(r, "hd95"),
+                     "paper hd95 (voxel)": reported(paper, "hd95_voxel", object=obj),
+                     "asd (voxel)": _cell(r, "asd"),
+                     "paper asd (voxel)": reported(paper, "asd_voxel", object=obj),
+                     "scale": f"{int(r['n_reference'])} test slices with the object" if r else ""})
+    return pd.DataFrame(rows)
+
+
+def medsyn2_table7(m: Mapping, reconstruction: pd.DataFrame, paper_dir: str | Path) -> pd.DataFrame:
+    """MedSyn2 Table 7: re-segmented generated masks vs the conditioning (GT) masks, and the tokenizer's."""
+    paper = load_reported(paper_dir, "medsyn2_table7")
+    fidelity = m.get("mask_fidelity", {})
+    unit = fidelity.get("distance_unit", "mm")
+    recon = {r["target"]: r for r in reconstruction.to_dict("records") if r["target"] != "image"}
+    comparisons = {"generated_vs_gt": fidelity.get("generated_vs_gt", {}), "real_resegmented_vs_gt":
+                   fidelity.get("real_vs_gt", {}), "reconstructed_vs_gt": recon}
+    rows = []
+    for comparison, ours in comparisons.items():
+        for obj in _objects(ours, paper, comparison=comparison):
+            r = ours.get(obj)
+            rows.append({"object": obj, "comparison": comparison,
+                         "dice (%)": _cell(r, "dice", 100.0),
+                         "paper dice (%)": reported(paper, "dice", object=obj, comparison=comparison),
+                         "jaccard (%)": _cell(r, "jaccard", 100.0),
+                         "paper jaccard (%)": reported(paper, "jaccard", object=obj, comparison=comparison),
+                         f"hd95 ({'voxel' if comparison == 'reconstructed_vs_gt' else unit})":
+                             _cell(r, "hd95"),
+                         "paper hd95 (mm)": reported(paper, "hd95_mm", object=obj, comparison=comparison),
+                         f"asd ({'voxel' if comparison == 'reconstructed_vs_gt' else unit})":
+                             _cell(r, "asd"),
+                         "paper asd (mm)": reported(paper, "asd_mm", object=obj, comparison=comparison),
+                         "segmenter": fidelity.get("segmenter", "") if comparison != "reconstructed_vs_gt" else "VAE"})
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------------ MAISI-v2
+def maisi_steps(metrics: Sequence[Mapping], paper_dir: str | Path) -> pd.DataFrame:
+    """MAISI-v2 steps ablation: FD vs sampler steps / NFE (every run of the sweep), paper FID_avg beside."""
+    paper = load_reported(paper_dir, "maisi_v2_steps")
+    fd_name = _fd_self_name(metrics)
+    rows = []
+    for m in metrics:
+        s = m.get("sampling", {})
+        steps = s.get("steps")
+        rows.append({"model": m["model"], "sampler": s.get("sampler"), "steps": steps, "NFE": s.get("nfe"),
+                     "network evals": s.get("network_evals"), fd_name: _fd_value(m, "fd_self"),
+                     "FID (InceptionV3)": _fd_value(m, "fid"),
+                     "paper FID_avg (rectified flow)": reported(paper, "FID_avg", steps=steps)
+                     if s.get("sampler") == "euler" else "",
+                     "seconds per sample": s.get("seconds_per_sample"), "scale": fd_scale(m)})
+    return pd.DataFrame(rows)
+
+
+def maisi_main(metrics: Sequence[Mapping], paper_dir: str | Path) -> pd.DataFrame:
+    """MAISI-v2 main results: method x steps x seconds x FD; the paper's rows are appended as published."""
+    paper = load_reported(paper_dir, "maisi_v2_main")
+    fd_name = _fd_self_name(metrics)
+    rows = []
+    for m in metrics:
+        s = m.get("sampling", {})
+        rows.append({"source": "ours", "method": f"{m['model']} ({s.get('sampler')})", "steps": s.get("steps"),
+                     "NFE": s.get("nfe"), "seconds per sample": s.get("seconds_per_sample"),
+                     fd_name: _fd_value(m, "fd_self"), "FID_avg": _fd_value(m, "fid"), "scale": fd_scale(m)})
+    for r in paper.to_dict("records") if not paper.empty else []:
+        rows.append({"source": "paper", "method": r["method"], "steps": r["steps"], "NFE": "",
+                     "seconds per sample": r["seconds"], fd_name: "", "FID_avg": r["FID_avg"],
+                     "scale": "autoPET 2023, 512^3 (paper)"})
+    return pd.DataFrame(rows)

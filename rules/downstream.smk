@@ -1,0 +1,29 @@
+# Stage 7: downstream segmentation (ViCTr Table 3, MedSyn2 Table 5, MAISI-v2 downstream). One MONAI
+# segmenter per setting: real, real + augmentation, real + synthetic of a model, synthetic only;
+# scored on the real test slices (mDSC, mHD95).
+
+
+rule downstream:
+    """Train the segmenter of one setting and score it on the real test slices."""
+    input:
+        unpack(downstream_inputs),
+        shards=slice_shards,
+    output:
+        final=directory(f"{RESULTS}/downstream/{{setting}}/segmenter"),
+        evaluation=f"{RESULTS}/downstream/{{setting}}/evaluation.json",
+        curve=f"{RESULTS}/downstream/{{setting}}/loss_curve.csv",
+    log:
+        f"{RESULTS}/logs/downstream/{{setting}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/downstream/{{setting}}.tsv"
+    params:
+        downstream=DOWNSTREAM,
+        grid=config["preprocess"]["grid"],
+        slice_size=config["trainsets"]["slices"]["size"],
+    threads: train_threads("downstream")
+    resources:
+        **rule_resources("downstream", mem_mb=3000, gpu=0),
+    conda:
+        "../envs/train.yaml"
+    script:
+        "../scripts/downstream.py"

@@ -1,0 +1,76 @@
+# Stage 9: figures of the evaluation and the report (`snakemake --report`): sample grids, the FD-vs-NFE
+# curve, loss curves, registration and mask overlays, the QC table and every paper table.
+
+
+rule sample_grid:
+    """Mask | real | generated (per model and sampler) for a few held-out conditions."""
+    input:
+        shards=slice_shards,
+        **{f"{m} {r}": samples(m, r, "eval") for m, r in GRID_RUNS},
+    output:
+        report(f"{RESULTS}/figures/sample_grid.png", caption="../report/sample_grid.rst", category="Samples"),
+    log:
+        f"{RESULTS}/logs/figures/sample_grid.log",
+    params:
+        labels=[f"{m} {r}" for m, r in GRID_RUNS],
+        select=SAMPLING["condition_sets"]["eval"],
+        intensity=config["intensity"],
+        window=config["figures"].get("ct_window", "soft_tissue"),
+        n_conditions=config["figures"].get("cases", 4),
+    conda:
+        "../envs/train.yaml"
+    script:
+        "../scripts/sample_grid.py"
+
+
+rule fd_vs_nfe:
+    """Frechet distance against NFE for every run of the steps sweep."""
+    input:
+        [metrics_json(SAMPLING.get("steps_model", "victr"), run) for run in SAMPLING.get("steps_runs", [])],
+    output:
+        report(f"{RESULTS}/figures/fd_vs_nfe.png", caption="../report/fd_vs_nfe.rst", category="Samples"),
+    log:
+        f"{RESULTS}/logs/figures/fd_vs_nfe.log",
+    conda:
+        "../envs/train.yaml"
+    script:
+        "../scripts/fd_vs_nfe.py"
+
+
+rule loss_curves:
+    """Loss curves of every trained stage (VAE, base, stage 1, stage-2 variants, downstream real)."""
+    input:
+        **LOSS_CURVES,
+    output:
+        report(f"{RESULTS}/figures/loss_curves.png", caption="../report/loss_curves.rst", category="Training"),
+    log:
+        f"{RESULTS}/logs/figures/loss_curves.log",
+    conda:
+        "../envs/train.yaml"
+    script:
+        "../scripts/loss_curves.py"
+
+
+rule report_inputs:
+    """Everything the report shows (the target the report rule hands to `snakemake --report`)."""
+    input:
+        report_inputs(),
+
+
+rule report:
+    """`snakemake --report` over report_inputs: captions and categories from the rules' report() flags."""
+    input:
+        report_inputs(),
+    output:
+        f"{RESULTS}/report.html",
+    log:
+        f"{RESULTS}/logs/report.log",
+    params:
+        snakefile=workflow.main_snakefile,
+        configfiles=" ".join(f"--configfile {f}" for f in workflow.overwrite_configfiles),
+    localrule: True
+    conda:
+        "../envs/data.yaml"
+    shell:
+        "python -m snakemake --snakefile {params.snakefile} {params.configfiles} --nolock"
+        " --report {output} report_inputs > {log} 2>&1"

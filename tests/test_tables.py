@@ -1,0 +1,94 @@
+"""Paper tables: published values are looked up row by row, a missing one still renders, files are written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from medsynth.tables import NOT_MEASURED, NOT_REPORTED, build_table, make_table, reported
+from medsynth.tables.builders import medsyn2_table7, victr_table2, victr_table4
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER = REPO / "config" / "paper_reported"
+
+
+def metrics(model: str, run: str = "euler-30", fd: float = 12.5) -> dict:
+    return {
+        "model": model, "run": run, "n_real": 10, "n_generated": 10, "image_size": [64, 64],
+        "sampling": {"sampler": run.split("-")[0], "steps": 30, "nfe": 30, "network_evals": 60,
+                     "seconds_per_sample": 0.01},
+        "fid": {"value": None, "status": "unavailable: no Inception weights (test)"},
+        "fd_self": {"value": fd, "kid_mean": 0.1, "extractor": "self-trained unet encoder, downstream 'real'"},
+        "windowed": [{"window": "lung", "plane": "XY", "fd": 3.0}, {"window": "mean", "plane": "XY", "fd": 3.0}],
+        "mask_fidelity": {"segmenter": "seg", "distance_unit": "mm",
+                          "generated_vs_gt": {"liver": {"dice": 0.5, "jaccard": 0.33, "hd95": 12.0, "asd": 3.0,
+                                                        "n_reference": 4, "status": "ok"},
+                                              "spleen": {"dice": None, "jaccard": None, "hd95": None, "asd": None,
+                                                         "n_reference": 0, "status": "empty"}},
+                          "real_vs_gt": {}},
+    }
+
+
+def test_reported_finds_rows_and_says_when_the_paper_has_none():
+    from medsynth.tables import load_reported
+
+    t2 = load_reported(PAPER, "victr_table2")
+    assert reported(t2, "value", dataset="BTCV", backbone="Stable Diffusion", method="vanilla", metric="FID") == 25.44
+    assert reported(t2, "value", dataset="BTCV", backbone="No Such Net", method="vanilla", metric="FID") == NOT_REPORTED
+    assert reported(t2, "no_such_column", dataset="BTCV") == NOT_REPORTED
+    assert reported(load_reported(PAPER, "no_such_table"), "value") == NOT_REPORTED
+
+
+def test_victr_table2_puts_ours_beside_the_paper_and_keeps_unavailable_fid_as_text():
+    table = victr_table2({"vanilla": metrics("vanilla", fd=20.0), "victr": metrics("victr", fd=10.0)},
+                         "unet2d_condition", PAPER, "BTCV")
+    row = table.set_index("method").loc["victr"]
+    assert row["paper FID"] == 21.98 and row["backbone"] == "Stable Diffusion"
+    assert row["FID (InceptionV3)"].startswith("unavailable: no Inception weights")
+    fd_column = [c for c in table.columns if c.startswith("FD (")][0]
+    assert "self-trained" in fd_column and row[fd_column] == 10.0
+    assert row["scale"] == "10 real vs 10 generated 64x64 slices"
+
+
+def test_table_with_a_missing_paper_value_still_renders(tmp_path):
+    rows = [{"group": "loss", "setting": "diff", "model": "a"},
+            {"group": "made_up_group", "setting": "nothing", "model": "b"}]
+    table = victr_table4(rows, {"a": metrics("a"), "b": metrics("b", fd=7.0)}, PAPER)
+    assert table.loc[0, "paper FID"] == 18.77 and table.loc[1, "paper FID"] == NOT_REPORTED
+    from medsynth.tables import write_table
+
+    write_table(table, tmp_path / "t.csv", tmp_path / "t.md", "T4")
+    md = (tmp_path / "t.md").read_text()
+    assert "not reported" in md and "18.770" in md and md.startswith("## T4")
+    assert pd.read_csv(tmp_path / "t.csv").shape == table.shape
+
+
+def test_missing_paper_file_renders_every_paper_cell_as_not_reported(tmp_path):
+    table = victr_table2({"victr": metrics("victr")}, "unet2d_condition", tmp_path / "empty", "BTCV")
+    assert (table[["paper FID", "paper MFID (M3D-CLIP)"]] == NOT_REPORTED).all().all()
+
+
+def test_medsyn2_table7_union_of_objects_and_empty_channels_explained():
+    recon = pd.DataFrame([{"target": "image", "dice": None}, {"target": "liver", "dice": 0.9, "jaccard": 0.8,
+                                                              "hd95": 1.0, "asd": 0.5, "n_reference": 5, "status": "ok"}])
+    table = medsyn2_table7(metrics("victr"), recon, PAPER)
+    gen = table[table["comparison"] == "generated_vs_gt"].set_index("object")
+    assert gen.loc["liver", "dice (%)"] == 50.0
+    assert gen.loc["spleen", "dice (%)"] == "no reference voxels"
+    assert gen.loc["airway", "dice (%)"] == NOT_MEASURED and gen.loc["airway", "paper dice (%)"] == 69.07
+
+
+def test_make_table_from_files(tmp_path):
+    files = {}
+    for model in ("vanilla", "victr"):
+        files[model] = tmp_path / f"{model}.json"
+        files[model].write_text(json.dumps(metrics(model)))
+    params = {"paper_dir": str(PAPER), "tables": {"victr_dataset": "AMOS"}, "backbone": "unet2d_condition"}
+    make_table("victr_table2", {k: str(v) for k, v in files.items()}, params, tmp_path / "t2.csv", tmp_path / "t2.md")
+    out = pd.read_csv(tmp_path / "t2.csv")
+    assert list(out["method"]) == ["vanilla", "victr"] and out.loc[0, "paper FID"] == 25.43  # AMOS row
+    with pytest.raises(KeyError):
+        build_table("no_such_table", {}, params)
