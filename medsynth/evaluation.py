@@ -219,6 +219,7 @@ def evaluate_run(generated_path: str | Path, index_csv: str | Path, summary_json
         "image_size": list(real.shape[2:]), "modalities": sorted(modalities),
         "sampling": {k: summary.get(k) for k in ("sampler", "steps", "nfe", "network_evals", "seconds",
                                                   "seconds_per_sample")},
+        "hu_qc": summary.get("hu_qc", {"enabled": False}),
         "fid": {"value": inception.get("fid"), "status": inception["status"]},
         "kid": {"mean": inception.get("kid_mean"), "std": inception.get("kid_std"), "status": inception["status"]},
         "fd_self": {"value": fd["fd"], "kid_mean": fd["kid_mean"], "kid_std": fd["kid_std"],

@@ -2,6 +2,7 @@
 # Rules never parse config inline; they call what is defined here.
 
 import os
+import sys
 import re
 
 import pandas as pd
@@ -92,8 +93,16 @@ def model_inputs(wildcards):
         return {"model": f"{RESULTS}/{wildcards.model}/final"}
     inputs = {"model": f"{RESULTS}/stage2/{wildcards.model}/final"}
     if model_config(wildcards.model).get("method", "lora") == "lora":
-        inputs["stage1"] = f"{RESULTS}/stage1/final"
+        inputs["init"] = stage2_init(wildcards.model)
     return inputs
+
+
+def stage2_init(variant):
+    """The model a stage-2 variant starts from (config `stage2.init`: stage1, or base for no_stage1)."""
+    init = model_config(variant).get("init", "stage1")
+    if init not in ("stage1", "base"):
+        raise ValueError(f"variant {variant}: stage2.init must be stage1 or base, got {init!r}")
+    return f"{RESULTS}/{init}/final"
 
 
 DOWNSTREAM = config.get("downstream") or {}
@@ -130,7 +139,7 @@ def train_threads(section):
 
 #: one rule per paper table (rules/tables.smk), each writing tables/<name>.csv and .md
 TABLE_RULES = ["victr_table2", "victr_table3", "victr_table4", "medsyn2_table1", "medsyn2_table5",
-               "medsyn2_table6", "medsyn2_table7", "maisi_steps", "maisi_main"]
+               "medsyn2_table6", "medsyn2_table7", "maisi_steps", "maisi_main", "maisi_contrastive", "maisi_hu_qc"]
 
 
 #: (model, run) pairs of the sample grid: each default variant with the default run, then ViCTr's samplers

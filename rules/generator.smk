@@ -58,12 +58,16 @@ rule stage1:
 
 
 rule stage2:
-    """ViCTr stage 2 for one variant of config `variants` (victr: LoRA + Tweedie + consistency; vanilla: full)."""
+    """ViCTr stage 2 for one variant of config `variants` (victr: LoRA + Tweedie + consistency; vanilla: full).
+
+    Variants may start from the base model (`init: base`, no_stage1), train on their own samples
+    (`reflow`), regress noise (`objective: ddpm`, MAISI-v2's diffusion baseline) or add MAISI-v2's
+    region contrastive loss (`contrastive`)."""
     input:
         shards=slice_shards,
         vae=f"{RESULTS}/vae/final",
         stats=f"{RESULTS}/vae/latent_stats.json",
-        stage1=f"{RESULTS}/stage1/final",
+        init=lambda wc: stage2_init(wc.variant),
         ewc=f"{RESULTS}/stage1/ewc.safetensors",
     output:
         final=directory(f"{RESULTS}/stage2/{{variant}}/final"),
@@ -76,6 +80,7 @@ rule stage2:
     params:
         generator=config["generator"],
         stage=stage2_config,
+        ddpm=SAMPLING.get("ddpm", {}),
     threads: train_threads("generator")
     resources:
         **rule_resources("stage2", mem_mb=4000, gpu=0),

@@ -66,11 +66,12 @@ rule report:
     log:
         f"{RESULTS}/logs/report.log",
     params:
+        python=sys.executable,
         snakefile=workflow.main_snakefile,
         configfiles=" ".join(f"--configfile {f}" for f in workflow.overwrite_configfiles),
     localrule: True
     conda:
         "../envs/data.yaml"
     shell:
-        "python -m snakemake --snakefile {params.snakefile} {params.configfiles} --nolock"
+        "{params.python} -m snakemake --snakefile {params.snakefile} {params.configfiles} --nolock"
         " --report {output} report_inputs > {log} 2>&1"

@@ -209,3 +209,47 @@ rule maisi_main:
         "../envs/data.yaml"
     script:
         "../scripts/table.py"
+
+
+rule maisi_contrastive:
+    """MAISI-v2 region-specific contrastive loss off (victr) vs on (contrastive): FD, ROI fidelity, control."""
+    input:
+        off=metrics_json(TABLES.get("contrastive_off", "victr")),
+        on=metrics_json(TABLES.get("contrastive_on", "contrastive")),
+    output:
+        csv=report(f"{RESULTS}/tables/maisi_contrastive.csv", caption="../report/tables.rst", category="Tables",
+                   labels={"table": "maisi_contrastive", "format": "csv"}),
+        md=f"{RESULTS}/tables/maisi_contrastive.md",
+    log:
+        f"{RESULTS}/logs/tables/maisi_contrastive.log",
+    params:
+        table="maisi_contrastive",
+        tables=TABLES,
+        paper_dir=os.path.join(BASEDIR, TABLES.get("paper_reported", "config/paper_reported")),
+        contrastive_roi=lambda wc: (model_config(TABLES.get("contrastive_on", "contrastive")).get("contrastive") or {}).get("roi", "liver"),
+    localrule: True
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../scripts/table.py"
+
+
+rule maisi_hu_qc:
+    """MAISI HU quality check: pass rates of the default run of each model of config `tables.hu_qc_models`."""
+    input:
+        **{m: metrics_json(m) for m in TABLES.get("hu_qc_models", ["victr"])},
+    output:
+        csv=report(f"{RESULTS}/tables/maisi_hu_qc.csv", caption="../report/tables.rst", category="Tables",
+                   labels={"table": "maisi_hu_qc", "format": "csv"}),
+        md=f"{RESULTS}/tables/maisi_hu_qc.md",
+    log:
+        f"{RESULTS}/logs/tables/maisi_hu_qc.log",
+    params:
+        table="maisi_hu_qc",
+        tables=TABLES,
+        paper_dir=os.path.join(BASEDIR, TABLES.get("paper_reported", "config/paper_reported")),
+    localrule: True
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../scripts/table.py"

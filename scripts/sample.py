@@ -15,6 +15,6 @@ from medsynth.generator.sampling import sample_condition_set
 
 with tracked(snakemake, seed=snakemake.params.sampling.get("seed")):
     sample_condition_set(snakemake.input.shards, snakemake.input.vae, snakemake.input.stats, snakemake.input.model,
-                         snakemake.input.get("stage1"), snakemake.output.tensors, snakemake.output.index,
+                         snakemake.input.get("init"), snakemake.output.tensors, snakemake.output.index,
                          snakemake.output.summary, snakemake.params.generator, snakemake.params.model_cfg,
                          snakemake.params.sampling, snakemake.wildcards.run, snakemake.params.select)

@@ -15,5 +15,6 @@ from medsynth.provenance import tracked
 from medsynth.generator.stages import run_stage2
 
 with tracked(snakemake, seed=snakemake.params.stage.get("seed")):
-    run_stage2(snakemake.input.shards, snakemake.input.vae, snakemake.input.stats, snakemake.input.stage1,
-               snakemake.input.ewc, Path(snakemake.output.final).parent, snakemake.params.generator, snakemake.params.stage)
+    run_stage2(snakemake.input.shards, snakemake.input.vae, snakemake.input.stats, snakemake.input.init,
+               snakemake.input.ewc, Path(snakemake.output.final).parent, snakemake.params.generator, snakemake.params.stage,
+               ddpm_cfg=snakemake.params.ddpm)

@@ -277,3 +277,90 @@ def test_sampling_is_reproducible_and_rejects_diffusion_samplers_on_flow_models(
         sample_condition_set(*args, *[tmp_path / f"d.{e}" for e in ("safetensors", "csv", "json")], GEN,
                              variant_config(STAGE2, VARIANTS, "vanilla"), SAMPLING, "ddim-5", {"split": ["test"]},
                              text_encoder=text_encoder)
+
+
+# ------------------------------------------------------------------------------------------------ ablation variants
+ABLATIONS = {
+    "no_stage1": {"init": "base"},
+    "reflow": {"objective": "flow", "reflow": {"enabled": True, "run": "euler-2", "guidance_scale": 1.0, "seed": 1}},
+    "ddpm": {"method": "full", "objective": "ddpm", "consistency": {"temporal_weight": 0.0, "spatial_weight": 0.0}},
+    "contrastive": {"contrastive": {"enabled": True, "roi": "liver"}},
+}
+DDPM = {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.0015, "beta_end": 0.0195}
+
+
+@pytest.mark.parametrize("variant", list(ABLATIONS))
+def test_ablation_variants_train_through_stage2(trained, shards, text_encoder, tmp_path, variant):
+    root, _, _ = trained
+    cfg = variant_config(STAGE2, ABLATIONS, variant)
+    init = root / ("base" if cfg.get("init") == "base" else "stage1") / "final"
+    result, model = run_stage2(shards, root / "vae" / "final", root / "vae" / "latent_stats.json", init,
+                               root / "stage1" / "ewc.safetensors", tmp_path / variant, GEN, cfg,
+                               text_encoder=text_encoder, ddpm_cfg=DDPM)
+    assert result.status == "completed" and result.step == STAGE2["steps"]
+    curve = pd.read_csv(tmp_path / variant / "loss_curve.csv")
+    assert np.isfinite(curve["loss"]).all()
+    meta = json.loads((Path(result.final_dir) / "medsynth_stage2.json").read_text())
+    assert meta["init"] == str(init) and meta["objective"] == cfg["objective"]
+    if variant == "ddpm":
+        assert "ddpm" in curve and "flow" not in curve
+    if variant == "contrastive":
+        assert {"contrastive", "contrastive_weight"} <= set(curve.columns)
+        assert np.allclose(curve["contrastive_weight"], [0.01, 0.01, 0.001, 0.001])  # 50 % of the steps at each
+
+
+def test_reflow_pairs_replace_latents_with_the_models_own_samples(trained, shards, text_encoder):
+    from medsynth.generator.sampling import SamplingSpec, integrate_latents, load_trained_generator
+    from medsynth.generator.stages import _data, _reflow_pairs
+
+    root, _, _ = trained
+    model = load_trained_generator(GEN, root / "stage1" / "final")
+    data = _data(shards, root / "vae" / "final", root / "vae" / "latent_stats.json", GEN, STAGE2, text_encoder)
+    real = data.dataset.tensors["latent"].clone()
+    cfg = {"run": "euler-2", "guidance_scale": 1.0, "seed": 4}
+    _reflow_pairs(model, data, cfg, "flow")
+    x0, noise, nfe, _ = integrate_latents(model, "flow", data, SamplingSpec.from_config(cfg, "euler-2"))
+    assert torch.equal(data.dataset.tensors["latent"], x0) and torch.equal(data.dataset.tensors["noise"], noise)
+    assert not torch.equal(real, x0) and nfe == 2
+
+
+def test_ddpm_sampler_runs_on_a_noise_prediction_model(trained, shards, text_encoder, tmp_path):
+    from medsynth.generator.sampling import sample_condition_set
+
+    root, _, _ = trained
+    cfg = variant_config(STAGE2, ABLATIONS, "ddpm")
+    result, _ = run_stage2(shards, root / "vae" / "final", root / "vae" / "latent_stats.json", root / "stage1" / "final",
+                           root / "stage1" / "ewc.safetensors", tmp_path / "ddpm", GEN, cfg, text_encoder=text_encoder,
+                           ddpm_cfg=DDPM)
+    out = [tmp_path / f"s.{ext}" for ext in ("safetensors", "csv", "json")]
+    generated = sample_condition_set(shards, root / "vae" / "final", root / "vae" / "latent_stats.json",
+                                     result.final_dir, None, *out, GEN, cfg, {**SAMPLING, "ddpm": DDPM}, "ddim-3",
+                                     {"split": ["test"]}, text_encoder=text_encoder)
+    assert np.isfinite(generated.images).all() and json.loads(out[2].read_text())["nfe"] == 3
+    with pytest.raises(ValueError, match="ddpm or ddim"):
+        sample_condition_set(shards, root / "vae" / "final", root / "vae" / "latent_stats.json", result.final_dir,
+                             None, *out, GEN, cfg, SAMPLING, "euler-3", {"split": ["test"]}, text_encoder=text_encoder)
+
+
+def test_hu_quality_check_resamples_failures_and_records_pass_rates(trained, shards, text_encoder, tmp_path):
+    from medsynth.generator.sampling import sample_condition_set
+
+    root, _, _ = trained
+    qc = {"enabled": True, "reference": {"split": ["train"], "modality": ["CT"]}, "method": "sigma", "k": 0.5,
+          "max_tries": 3}
+    summaries = {}
+    for tries in (1, 3):
+        out = [tmp_path / f"{tries}.{ext}" for ext in ("safetensors", "csv", "json")]
+        sample_condition_set(shards, root / "vae" / "final", root / "vae" / "latent_stats.json",
+                             root / "stage2" / "vanilla" / "final", None, *out, GEN,
+                             variant_config(STAGE2, VARIANTS, "vanilla"),
+                             {**SAMPLING, "hu_qc": {**qc, "max_tries": tries}}, "euler-2", {"split": ["test"]},
+                             text_encoder=text_encoder)
+        summaries[tries] = json.loads(out[2].read_text())["hu_qc"]
+    one, three = summaries[1], summaries[3]
+    assert one["enabled"] and set(one["bounds"]) <= set(NAMES) and one["bounds"]
+    assert one["pass_rate"] == one["first_pass_rate"] and one["mean_tries"] == 1.0  # check only
+    assert three["first_pass_rate"] == one["first_pass_rate"]  # same noise, same first attempt
+    assert three["pass_rate"] >= three["first_pass_rate"] and 1.0 <= three["mean_tries"] <= 3.0
+    assert three["regenerated"] == round((1 - three["first_pass_rate"]) * three["n"])
+    assert 0.0 <= three["real_pass_rate"] <= 1.0

@@ -62,7 +62,7 @@ def test_table_with_a_missing_paper_value_still_renders(tmp_path):
 
     write_table(table, tmp_path / "t.csv", tmp_path / "t.md", "T4")
     md = (tmp_path / "t.md").read_text()
-    assert "not reported" in md and "18.770" in md and md.startswith("## T4")
+    assert "not reported" in md and "18.77" in md and md.startswith("## T4")
     assert pd.read_csv(tmp_path / "t.csv").shape == table.shape
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "parse_run",
     "load_trained_generator",
     "generate",
+    "integrate_latents",
 ]
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ class GeneratedSet:
 
 
 # ------------------------------------------------------------------------------------------------ loading
-def load_trained_generator(gen_cfg: Mapping, model_dir: str | Path, stage1_dir: str | Path | None = None) -> nn.Module:
+def load_trained_generator(gen_cfg: Mapping, model_dir: str | Path, init_dir: str | Path | None = None) -> nn.Module:
     """A trained generator in eval mode: a saved backbone, or a LoRA adapter merged into the stage-1 model."""
     from medsynth.train.lora import load_lora, merge_lora
 
@@ -130,9 +131,9 @@ def load_trained_generator(gen_cfg: Mapping, model_dir: str | Path, stage1_dir: 
     cfg = {**dict(gen_cfg["backbone"]), "local_files_only": True}
     cfg.pop("subfolder", None)
     if (model_dir / "adapter_config.json").exists():
-        if stage1_dir is None:
+        if init_dir is None:
             raise ValueError(f"{model_dir} holds a LoRA adapter: the stage-1 model it adapts is needed")
-        model = build_backbone({**cfg, "pretrained": str(stage1_dir)}, key="generator.backbone")
+        model = build_backbone({**cfg, "pretrained": str(init_dir)}, key="generator.backbone")
         model = merge_lora(load_lora(model, model_dir))
     else:
         model = build_backbone({**cfg, "pretrained": str(model_dir)}, key="generator.backbone")
@@ -201,12 +202,13 @@ def _solve_batch(field_fn: _ConditionedField, x1: torch.Tensor, spec: SamplingSp
 
 
 @torch.no_grad()
-def generate(model: nn.Module, objective: str, data: LatentData, vae: nn.Module, stats: dict,
-             spec: SamplingSpec) -> GeneratedSet:
-    """Sample one image per condition of ``data`` (module docstring) and decode it with ``vae``."""
-    from medsynth.vae.latents import denormalise_latents
-    from medsynth.vae.models import decode
+def integrate_latents(model: nn.Module, objective: str, data: LatentData, spec: SamplingSpec,
+                      ) -> tuple[torch.Tensor, torch.Tensor, int, float]:
+    """Sample the (z-normalised) latents of every condition of ``data``: ``(x0, noise, nfe, seconds)``.
 
+    ``noise`` is the ``x1`` each ``x0`` was integrated from (drawn once from ``spec.seed``), so the
+    pairs are the couplings 2-rectified flow (reflow) trains on.
+    """
     if objective not in ("flow", "tweedie", "ddpm"):
         raise ValueError(f"objective must be flow, tweedie or ddpm, got {objective!r}")
     latent = data.dataset.tensors["latent"]
@@ -216,7 +218,7 @@ def generate(model: nn.Module, objective: str, data: LatentData, vae: nn.Module,
     noise = torch.randn(latent.shape, generator=gen)
     null_tokens, null_keep = data.tokens[data.null_id:data.null_id + 1], data.keep[data.null_id:data.null_id + 1]
     corrected_field = objective == "tweedie" and spec.sampler != "tweedie"
-    images, nfe, seconds = [], 0, 0.0
+    out, nfe, seconds = [], 0, 0.0
     for start in range(0, len(latent), spec.batch_size):
         sl = slice(start, start + spec.batch_size)
         pid = prompt_ids[sl]
@@ -224,13 +226,28 @@ def generate(model: nn.Module, objective: str, data: LatentData, vae: nn.Module,
                                      spec.guidance_scale, corrected_field, spec.tweedie_mapping)
         x0, batch_nfe, batch_seconds = _solve_batch(field_fn, noise[sl], spec, objective,
                                                     torch.Generator().manual_seed(spec.seed + 1 + start))
-        tic = time.perf_counter()
-        decoded = decode(vae, denormalise_latents(x0.float(), stats)).clamp(-1.0, 1.0)
-        seconds += batch_seconds + time.perf_counter() - tic
-        images.append(decoded.numpy().astype(np.float32))
+        out.append(x0.float())
+        seconds += batch_seconds
         nfe = max(nfe, int(batch_nfe))
         log.info("sampled %d/%d (%s, %s steps, %d NFE)", min(start + spec.batch_size, len(latent)), len(latent),
                  spec.sampler, spec.steps, batch_nfe)
+    return torch.cat(out), noise, nfe, seconds
+
+
+@torch.no_grad()
+def generate(model: nn.Module, objective: str, data: LatentData, vae: nn.Module, stats: dict,
+             spec: SamplingSpec) -> GeneratedSet:
+    """Sample one image per condition of ``data`` (module docstring) and decode it with ``vae``."""
+    from medsynth.vae.latents import denormalise_latents
+    from medsynth.vae.models import decode
+
+    latents, _, nfe, seconds = integrate_latents(model, objective, data, spec)
+    images = []
+    for start in range(0, len(latents), spec.batch_size):
+        tic = time.perf_counter()
+        decoded = decode(vae, denormalise_latents(latents[start:start + spec.batch_size], stats)).clamp(-1.0, 1.0)
+        seconds += time.perf_counter() - tic
+        images.append(decoded.numpy().astype(np.float32))
     evals = nfe * (2 if spec.guidance_scale != 1.0 else 1)
     return GeneratedSet(np.concatenate(images), nfe, evals, seconds, spec)
 
@@ -244,7 +261,7 @@ def write_summary(generated: GeneratedSet, path: str | Path, **extra) -> None:
 
 # ------------------------------------------------------------------------------------------------ rule entry
 def sample_condition_set(shards, vae_dir: str | Path, stats_path: str | Path, model_dir: str | Path,
-                         stage1_dir: str | Path | None, out_tensors: str | Path, out_index: str | Path,
+                         init_dir: str | Path | None, out_tensors: str | Path, out_index: str | Path,
                          out_summary: str | Path, gen_cfg: Mapping, model_cfg: Mapping, sampling_cfg: Mapping,
                          run: str, select: Mapping, *, text_encoder=None) -> GeneratedSet:
     """Rule ``sample``: generate one image per real slice kept by ``select`` and write the set.
@@ -265,11 +282,26 @@ def sample_condition_set(shards, vae_dir: str | Path, stats_path: str | Path, mo
     _threads(gen_cfg)
     spec = SamplingSpec.from_config(sampling_cfg, run)
     data = _data(shards, vae_dir, stats_path, gen_cfg, {**dict(model_cfg), "select": dict(select)}, text_encoder)
-    index, _, masks, names = load_slices(shards)
-    masks = masks[select_rows(index, select)]
+    index, real_images, all_masks, names = load_slices(shards)
+    rows = select_rows(index, select)
+    masks = all_masks[rows]
     vae, stats = _load_vae(vae_dir, stats_path)
-    model = load_trained_generator(gen_cfg, model_dir, stage1_dir)
-    generated = generate(model, str(model_cfg.get("objective", "flow")), data, vae, stats, spec)
+    model = load_trained_generator(gen_cfg, model_dir, init_dir)
+    objective = str(model_cfg.get("objective", "flow"))
+    generated = generate(model, objective, data, vae, stats, spec)
+    qc_cfg = dict(sampling_cfg.get("hu_qc") or {})
+    hu_qc: dict = {"enabled": False}
+    if qc_cfg.get("enabled"):
+        if set(index.iloc[rows]["modality"].astype(str)) != {"CT"}:
+            hu_qc = {"enabled": False, "status": "not applicable: the condition set is not all CT"}
+        else:
+            from medsynth.generator.quality import hu_quality_check
+
+            ref = select_rows(index, qc_cfg.get("reference") or {"split": ["train"], "modality": ["CT"]})
+            images, hu_qc = hu_quality_check(model, objective, data, vae, stats, spec, generated.images, masks > 0,
+                                             names, real_images[ref], all_masks[ref] > 0, real_images[rows],
+                                             sampling_cfg.get("hu_range", (-1024, 1024)), qc_cfg)
+            generated.images = images
     with atomic_path(out_tensors, suffix=".safetensors") as tmp:
         save_file({"image": np.ascontiguousarray(generated.images),
                    "masks": np.ascontiguousarray((masks > 0).astype(np.uint8))}, str(tmp),
@@ -278,7 +310,7 @@ def sample_condition_set(shards, vae_dir: str | Path, stats_path: str | Path, mo
             if c in data.index]
     write_csv_atomic(data.index[cols].assign(sample=range(len(data.index))), out_index)
     write_summary(generated, out_summary, run=run, model=str(model_dir), conditions=list(names),
-                  objective=str(model_cfg.get("objective", "flow")))
+                  objective=objective, hu_qc=hu_qc)
     log.info("%s: %d samples, %.4f s/sample, %d NFE", out_tensors, len(generated.images),
              generated.seconds_per_sample, generated.nfe)
     return generated

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from medsynth.fsutil import write_csv_atomic, write_text_atomic
-from medsynth.generator.data import LatentData, build_latent_data, load_slices, select_rows
+from medsynth.generator.data import LatentData, build_latent_data, load_slices, select_rows, shard_condition_names
 from medsynth.models.backbones import build_backbone, predict
 from medsynth.models.prompts import ABSENT_MASK_VALUE
 from medsynth.objectives import (
@@ -183,10 +183,45 @@ class GeneratorStep:
     spatial_weight: float = 0.0
     grad_weight: float = 1.0
     step_size: float = 0.1
+    scheduler: object | None = None  # diffusers DDPMScheduler of the ddpm objective
+    contrastive: Mapping | None = None  # MAISI-v2 region contrastive term: roi_channel, delta, dilation, schedule
+    total_steps: int = 1
 
     def __post_init__(self) -> None:
-        if self.objective not in ("flow", "tweedie"):
-            raise ValueError(f"objective must be 'flow' or 'tweedie', got {self.objective!r}")
+        if self.objective not in ("flow", "tweedie", "ddpm"):
+            raise ValueError(f"objective must be 'flow', 'tweedie' or 'ddpm', got {self.objective!r}")
+        if self.objective == "ddpm" and self.scheduler is None:
+            raise ValueError("the ddpm objective needs its noise scheduler (sampling.ddpm settings)")
+
+    def _ddpm(self, model, x0, mask, text, keep, generator) -> dict[str, torch.Tensor]:
+        from medsynth.objectives import ddpm_add_noise, ddpm_model_time, noise_prediction_loss, sample_ddpm_timesteps
+
+        steps = int(self.scheduler.config.num_train_timesteps)
+        timesteps = sample_ddpm_timesteps(x0.shape[0], generator, steps)
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+        x_t = ddpm_add_noise(x0, noise, timesteps.to(x0.device), self.scheduler)
+        eps = predict(model, x_t, ddpm_model_time(timesteps, steps).to(x0.device), text, keep, mask=mask).float()
+        loss = noise_prediction_loss(eps, noise.float())
+        return {"ddpm": loss, "loss": loss}
+
+    def _contrastive(self, model, x_t, t, text, keep, mask, field, step) -> dict[str, torch.Tensor]:
+        """MAISI-v2: the same x_t with the ROI channel removed from the mask (ROI -> surroundings)."""
+        from medsynth.objectives import contrastive_lambda, region_contrastive_loss
+
+        c = dict(self.contrastive)
+        channel = int(c["roi_channel"])
+        roi = (mask[:, channel:channel + 1] > 0).float()
+        perturbed = mask.clone()
+        perturbed[:, channel] = ABSENT_MASK_VALUE
+        other = predict(model, x_t, t, text, keep, mask=perturbed).float()
+        if self.objective == "tweedie":
+            other = tweedie_corrected_velocity(other, x_t.float(), t.float(), detach_score=self.detach_score,
+                                               mapping=self.abar_mapping)
+        term = region_contrastive_loss(field, other, roi, delta=float(c.get("delta", 2.0)),
+                                       dilation=int(c.get("dilation", 1)))
+        weight = contrastive_lambda(int(step * 100 / max(1, self.total_steps)), c.get("schedule", ((0, 0.01), (50, 0.001))))
+        return {"contrastive": term.total, "contrastive_roi_distance": term.d_roi.mean().detach(),
+                "contrastive_weight": torch.tensor(weight)}
 
     def __call__(self, model: nn.Module, batch: Mapping[str, torch.Tensor], step: int,
                  generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -194,12 +229,16 @@ class GeneratorStep:
         b, device = x0.shape[0], x0.device
         t = sample_timesteps(b, generator, self.distribution, device=device, dtype=x0.dtype)
         x1 = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(device)
+        if "noise" in batch:  # reflow: the noise this latent was generated from (a coupled pair)
+            x1 = batch["noise"]
         if self.cond_dropout > 0:
             drop = (torch.rand(b, generator=generator) < self.cond_dropout).to(device)
             pid = torch.where(drop, torch.full_like(pid, self.null_id), pid)
             mask = torch.where(drop.view(-1, *[1] * (mask.ndim - 1)), torch.full_like(mask, ABSENT_MASK_VALUE), mask)
         text = self.tokens.to(device)[pid]
         keep = self.keep.to(device)[pid]
+        if self.objective == "ddpm":
+            return self._ddpm(model, x0, mask, text, keep, generator)
         x_t = interpolate(x0, x1, t)
         v = predict(model, x_t, t, text, keep, mask=mask).float()
         field = v
@@ -223,12 +262,30 @@ class GeneratorStep:
                 terms["spatial"] = spatial_consistency_loss(euler_step(x_t.float(), field, t, t_prev),
                                                             euler_step(x_t.float(), v_ref, t, t_prev), self.grad_weight)
                 loss = loss + self.spatial_weight * terms["spatial"]
+        if self.contrastive:
+            extra = self._contrastive(model, x_t, t, text, keep, mask, field, step)
+            terms.update(extra)
+            loss = loss + extra["contrastive_weight"] * extra["contrastive"]
         terms["loss"] = loss
         return terms
 
 
-def _step(data: LatentData, stage_cfg: Mapping, **extra) -> GeneratorStep:
-    return GeneratorStep(data.tokens, data.keep, data.null_id, objective=str(stage_cfg.get("objective", "flow")),
+def _step(data: LatentData, stage_cfg: Mapping, names: Sequence[str] = (), ddpm_cfg: Mapping | None = None,
+          **extra) -> GeneratorStep:
+    objective = str(stage_cfg.get("objective", "flow"))
+    if objective == "ddpm":
+        from medsynth.sample import make_scheduler
+
+        extra["scheduler"] = make_scheduler("ddpm", **dict(ddpm_cfg or {}))
+    contrastive = dict(stage_cfg.get("contrastive") or {})
+    if contrastive.get("enabled"):
+        roi = contrastive.get("roi", "liver")
+        if roi not in names:
+            raise KeyError(f"contrastive.roi = {roi!r} is not a condition channel ({list(names)})")
+        extra["contrastive"] = {**contrastive, "roi_channel": list(names).index(roi),
+                                "schedule": [tuple(x) for x in contrastive.get("schedule", [[0, 0.01], [50, 0.001]])]}
+        extra["total_steps"] = int(stage_cfg.get("steps", 1))
+    return GeneratorStep(data.tokens, data.keep, data.null_id, objective=objective,
                          cond_dropout=float(stage_cfg.get("cond_dropout", 0.0)),
                          distribution=str(stage_cfg.get("timesteps", "uniform")), **extra)
 
@@ -349,16 +406,48 @@ def run_stage1(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Pat
     return result
 
 
-def run_stage2(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Path, stage1_dir: str | Path,
-               ewc_path: str | Path, out_dir: str | Path, gen_cfg: Mapping, stage_cfg: Mapping, *, text_encoder=None):
-    """ViCTr stage 2 for one variant (``stage_cfg`` = :func:`variant_config`). Returns ``(result, model)``."""
+def _reflow_pairs(model: nn.Module, data: LatentData, reflow_cfg: Mapping, objective: str) -> None:
+    """2-rectified flow (ViCTr Table 4 "ReFlow"): replace each training latent by the model's own sample.
+
+    The model (the stage-2 starting point) integrates one noise draw per training condition with the
+    configured sampler; the dataset's ``latent`` becomes that sample and ``noise`` the draw it came
+    from, so stage 2 regresses the straight coupling ``noise - sample`` (Liu et al. 2023).
+    """
+    from medsynth.generator.sampling import SamplingSpec, integrate_latents
+
+    spec = SamplingSpec.from_config(reflow_cfg, str(reflow_cfg.get("run", "euler-20")))
+    x0, noise, nfe, seconds = integrate_latents(model.eval(), objective, data, spec)
+    data.dataset.tensors["latent"] = x0.contiguous()
+    data.dataset.tensors["noise"] = noise.contiguous()
+    log.info("reflow: %d pairs from %s (%d NFE, %.1f s)", len(x0), spec.sampler, nfe, seconds)
+
+
+def run_stage2(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Path, init_dir: str | Path,
+               ewc_path: str | Path, out_dir: str | Path, gen_cfg: Mapping, stage_cfg: Mapping, *, text_encoder=None,
+               ddpm_cfg: Mapping | None = None):
+    """ViCTr stage 2 for one variant (``stage_cfg`` = :func:`variant_config`). Returns ``(result, model)``.
+
+    ``init_dir``: the model stage 2 starts from (``stage2.init``: the stage-1 model, or the base
+    model for the ``no_stage1`` ablation); LoRA targets are the layers stage 1's Fisher selected
+    (``ewc_path``). ``reflow.enabled`` trains on the init model's own (noise, sample) pairs.
+    ``ddpm_cfg``: noise schedule of the ``ddpm`` objective (config ``sampling.ddpm``).
+    """
     _threads(gen_cfg)
     out_dir = Path(out_dir)
     method = str(stage_cfg.get("method", "lora"))
-    model = _load_backbone(gen_cfg, stage1_dir)
+    objective = str(stage_cfg.get("objective", "flow"))
+    model = _load_backbone(gen_cfg, init_dir)
+    data = _data(shards, vae_dir, stats_path, gen_cfg, stage_cfg, text_encoder)
+    reflow = dict(stage_cfg.get("reflow") or {})
+    if reflow.get("enabled"):
+        if objective == "ddpm":
+            raise ValueError("reflow trains a flow: it cannot be combined with the ddpm objective")
+        _reflow_pairs(model, data, reflow, str(reflow.get("teacher_objective", "flow")))
     cons = dict(stage_cfg.get("consistency") or {})
     extra = {}
     if float(cons.get("temporal_weight", 0.0)) or float(cons.get("spatial_weight", 0.0)):
+        if objective == "ddpm":
+            raise ValueError("the consistency losses compare velocity fields: set them to 0 for the ddpm objective")
         reference = copy.deepcopy(model).eval().requires_grad_(False)
         extra = dict(reference=reference, temporal_weight=float(cons.get("temporal_weight", 0.0)),
                      spatial_weight=float(cons.get("spatial_weight", 0.0)),
@@ -373,14 +462,15 @@ def run_stage2(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Pat
         model.requires_grad_(True)
     else:
         raise ValueError(f"stage2.method must be 'lora' or 'full', got {method!r}")
-    data = _data(shards, vae_dir, stats_path, gen_cfg, stage_cfg, text_encoder)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_prompts(data, out_dir)
-    fp = run_fingerprint(gen_cfg, stage_cfg, files=[*shards, vae_dir, stats_path, stage1_dir, ewc_path])
-    result = train(model, _step(data, stage_cfg, **extra), data.dataset, train_config(stage_cfg, out_dir, fp))
+    names = shard_condition_names(next(str(p) for p in shards if str(p).endswith(".safetensors")))
+    fp = run_fingerprint(gen_cfg, stage_cfg, ddpm_cfg, files=[*shards, vae_dir, stats_path, init_dir, ewc_path])
+    result = train(model, _step(data, stage_cfg, names, ddpm_cfg, **extra), data.dataset,
+                   train_config(stage_cfg, out_dir, fp))
     _finish(result, out_dir)
-    meta = {"method": method, "objective": stage_cfg.get("objective", "flow"), "base": str(stage1_dir),
-            "format": "lora adapter on the stage-1 model (medsynth.train.load_lora)" if method == "lora"
+    meta = {"method": method, "objective": objective, "init": str(init_dir),
+            "format": "lora adapter on the init model (medsynth.train.load_lora)" if method == "lora"
             else "diffusers save_pretrained"}
     write_text_atomic(Path(result.final_dir) / "medsynth_stage2.json", json.dumps(meta, indent=2) + "\n")
     return result, model

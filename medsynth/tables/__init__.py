@@ -17,7 +17,8 @@ __all__ = ["TABLES", "NOT_MEASURED", "NOT_REPORTED", "build_table", "load_report
 #: Table name -> (title, notes). The name is also the rule and the file stem.
 TABLES = {
     "victr_table2": ("ViCTr Table 2 - image quality of vanilla fine-tuning vs ViCTr", [
-        "FID needs torch-fidelity's InceptionV3 weights; without them the cell says so.",
+        "FID needs torch-fidelity's InceptionV3 weights (config metrics.inception_weights, or"
+        " weights-inception-2015-12-05-6726825d.pth in the torch hub cache); without them the cell says so.",
         "The paper's MFID uses M3D-CLIP features; ours is the Frechet distance on the encoder named in the column.",
         "seconds per sample: wall time of the sampler + VAE decoding on this run's device (not deterministic).",
     ]),
@@ -39,6 +40,15 @@ TABLES = {
         " real_resegmented_vs_gt: the same re-segmenter on the real images (its own error floor).",
     ]),
     "maisi_steps": ("MAISI-v2 steps ablation - Frechet distance vs sampler steps (FD-vs-NFE)", []),
+    "maisi_contrastive": ("MAISI-v2 region-specific contrastive loss - off vs on", [
+        "ROI = config stage2.contrastive.roi; its Dice / HD95 come from re-segmenting the generated held-out samples.",
+        "MAISI-v2 gives the loss's settings (delta 2, lambda 0.01 then 0.001) but no ablation number.",
+    ]),
+    "maisi_hu_qc": ("MAISI HU quality check - organ median HU within bounds from the real training slices", [
+        "A held-out sample passes when the median HU of every organ of its conditioning mask is inside that organ's"
+        " bounds; failures are resampled from fresh noise up to `max tries` attempts.",
+        "The real slices' pass rate is the same check on the real test slices (the bounds' own fit).",
+    ]),
     "maisi_main": ("MAISI-v2 main results - method x steps x seconds", [
         "seconds per sample: wall time on this run's device (not deterministic); the paper's are on an A100 at 512^3.",
     ]),
@@ -69,6 +79,11 @@ def build_table(name: str, inputs: Mapping[str, str], params: Mapping) -> pd.Dat
         return builders.maisi_steps(list(loaded.values()), paper_dir)
     if name == "maisi_main":
         return builders.maisi_main(list(loaded.values()), paper_dir)
+    if name == "maisi_hu_qc":
+        return builders.maisi_hu_qc(loaded, paper_dir)
+    if name == "maisi_contrastive":
+        roi = params.get("contrastive_roi", "liver")
+        return builders.maisi_contrastive({"off": loaded["off"], "on": loaded["on"]}, roi, paper_dir)
     raise KeyError(f"unknown table {name!r}; known: {sorted(TABLES)}")
 
 

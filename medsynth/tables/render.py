@@ -20,8 +20,8 @@ NOT_REPORTED = "not reported"
 NOT_MEASURED = "not measured in this study"
 
 
-def format_cell(value, digits: int = 3) -> str:
-    """Numbers rounded for reading (``digits`` decimals, integers as is); text unchanged; NaN -> ``-``."""
+def format_cell(value, digits: int = 4) -> str:
+    """Numbers rounded for reading (``digits`` significant digits, integers as is); text unchanged; NaN -> ``-``."""
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -33,12 +33,12 @@ def format_cell(value, digits: int = 3) -> str:
             return "-"
         if math.isinf(value):
             return "inf"
-        return f"{value:.{digits}f}"
+        return f"{value:.{digits}g}"
     return str(value)
 
 
 def write_table(table: pd.DataFrame, csv_path: str | Path, md_path: str | Path, title: str,
-                notes: Sequence[str] = (), digits: int = 3) -> None:
+                notes: Sequence[str] = (), digits: int = 4) -> None:
     """Write ``table`` as CSV and as a Markdown section (title, table, notes)."""
     write_csv_atomic(table, csv_path)
     shown = table.astype(object).map(lambda v: format_cell(v, digits))
