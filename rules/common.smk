@@ -35,7 +35,7 @@ wildcard_constraints:
     variant="|".join(re.escape(v) for v in VARIANTS) or "(?!)",
     model="|".join(re.escape(m) for m in MODELS),
     run=r"(euler|heun|tweedie|ddpm|ddim)-\d+|dopri5-auto",
-    setting=r"real|real_aug|(real_synth|synth_only)-(" + "|".join(re.escape(m) for m in MODELS) + ")",
+    setting=r"real|real_aug|(real_synth|synth_only|real_synth_mg|real_synth_mgf)-(" + "|".join(re.escape(m) for m in MODELS) + ")",
     conditions="|".join(re.escape(c) for c in CONDITION_SETS),
 
 
@@ -112,9 +112,18 @@ EXTRACTOR_SETTING = METRICS.get("extractor_setting", "real")
 
 
 def downstream_inputs(wildcards):
-    """Synthetic slices a downstream setting needs: <kind>-<model> -> that model's default run on `train`."""
+    """Synthetic slices a downstream setting needs: <kind>-<model> -> that model's default run on `train`
+    (MedDiff-FT kinds: on the stochastic-mask condition set; the filter also needs the feature extractor)."""
     kind, _, model = wildcards.setting.partition("-")
-    return {"synthetic": samples(model, DEFAULT_RUN, "train")} if model else {}
+    if not model:
+        return {}
+    if kind in ("real_synth_mg", "real_synth_mgf"):
+        inputs = {"synthetic": samples(model, DEFAULT_RUN, (DOWNSTREAM.get("meddiff") or {}).get(
+            "condition_set", "train_stochastic"))}
+        if kind == "real_synth_mgf":
+            inputs["extractor"] = f"{RESULTS}/downstream/{EXTRACTOR_SETTING}/segmenter"
+        return inputs
+    return {"synthetic": samples(model, DEFAULT_RUN, "train")}
 
 
 def metrics_json(model, run=None):
@@ -139,7 +148,7 @@ def train_threads(section):
 
 #: one rule per paper table (rules/tables.smk), each writing tables/<name>.csv and .md
 TABLE_RULES = ["victr_table2", "victr_table3", "victr_table4", "medsyn2_table1", "medsyn2_table5",
-               "medsyn2_table6", "medsyn2_table7", "maisi_steps", "maisi_main", "maisi_contrastive", "maisi_hu_qc"]
+               "medsyn2_table6", "medsyn2_table7", "maisi_steps", "maisi_main", "maisi_contrastive", "maisi_hu_qc", "meddiff_ft"]
 
 
 #: (model, run) pairs of the sample grid: each default variant with the default run, then ViCTr's samplers

@@ -253,3 +253,27 @@ rule maisi_hu_qc:
         "../envs/data.yaml"
     script:
         "../scripts/table.py"
+
+
+rule meddiff_ft:
+    """MedDiff-FT: downstream Dice with synthetic data from the stochastic mask generator, with / without the filter."""
+    input:
+        real=downstream_json("real"),
+        **{s: downstream_json(s) for s in DOWNSTREAM.get("settings", [])
+           if s.split("-")[0] in ("real_synth_mg", "real_synth_mgf")
+           or s == f"real_synth-{TABLES.get('meddiff_model', 'victr')}"},
+    output:
+        csv=report(f"{RESULTS}/tables/meddiff_ft.csv", caption="../report/tables.rst", category="Tables",
+                   labels={"table": "meddiff_ft", "format": "csv"}),
+        md=f"{RESULTS}/tables/meddiff_ft.md",
+    log:
+        f"{RESULTS}/logs/tables/meddiff_ft.log",
+    params:
+        table="meddiff_ft",
+        tables=TABLES,
+        paper_dir=os.path.join(BASEDIR, TABLES.get("paper_reported", "config/paper_reported")),
+    localrule: True
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../scripts/table.py"

@@ -17,4 +17,4 @@ from medsynth.evaluation import run_downstream
 with tracked(snakemake, seed=snakemake.params.downstream.get("seed")):
     run_downstream(snakemake.input.shards, snakemake.input.get("synthetic"), snakemake.wildcards.setting,
                    snakemake.params.downstream, Path(snakemake.output.final).parent, snakemake.output.evaluation,
-                   snakemake.params.grid, snakemake.params.slice_size)
+                   snakemake.params.grid, snakemake.params.slice_size, extractor=snakemake.input.get("extractor"))

@@ -364,3 +364,24 @@ def test_hu_quality_check_resamples_failures_and_records_pass_rates(trained, sha
     assert three["pass_rate"] >= three["first_pass_rate"] and 1.0 <= three["mean_tries"] <= 3.0
     assert three["regenerated"] == round((1 - three["first_pass_rate"]) * three["n"])
     assert 0.0 <= three["real_pass_rate"] <= 1.0
+
+
+def test_stochastic_mask_conditions_relabel_prompts_and_masks(trained, shards, text_encoder, tmp_path):
+    from medsynth.generator.sampling import load_generated, sample_condition_set
+
+    root, _, _ = trained
+    select = {"split": ["train"], "modality": ["CT"], "stochastic_masks": {"seed": 3, "p_perturb": 1.0}}
+    out = [tmp_path / f"s.{ext}" for ext in ("safetensors", "csv", "json")]
+    sample_condition_set(shards, root / "vae" / "final", root / "vae" / "latent_stats.json",
+                         root / "stage2" / "vanilla" / "final", None, *out, GEN,
+                         variant_config(STAGE2, VARIANTS, "vanilla"), SAMPLING, "euler-2", select,
+                         text_encoder=text_encoder)
+    images, masks, _ = load_generated(out[0])
+    index, _, real, _ = load_slices(shards)
+    rows = ((index["split"] == "train") & (index["modality"] == "CT")).to_numpy()
+    assert images.shape[0] == rows.sum() and masks.shape == real[rows].shape
+    assert not np.array_equal(masks, (real[rows] > 0).astype(np.uint8))  # new masks, not the real ones
+    sampled = pd.read_csv(out[1])
+    for organs, mask in zip(sampled["organs"], masks):  # the prompt names what the new mask holds
+        assert json.loads(organs) == [n for c, n in enumerate(NAMES) if mask[c].any()]
+    assert sampled["prompt"].str.contains("liver involvement").all()

@@ -92,3 +92,18 @@ def test_make_table_from_files(tmp_path):
     assert list(out["method"]) == ["vanilla", "victr"] and out.loc[0, "paper FID"] == 25.43  # AMOS row
     with pytest.raises(KeyError):
         build_table("no_such_table", {}, params)
+
+
+def test_meddiff_table_gains_over_real_and_filter_counts():
+    from medsynth.tables.builders import meddiff_ft
+
+    def ev(mdsc, filt=None):
+        return {"mdsc": mdsc, "mhd95": 10.0, "hd95_unit": "mm", "n_train_real": 10, "n_train_synthetic": 3,
+                "steps": 5, "n_test": 4, "meddiff_filter": filt}
+
+    table = meddiff_ft({"real": ev(0.30), "real_synth-victr": ev(0.32), "real_synth_mg-victr": ev(0.33),
+                        "real_synth_mgf-victr": ev(0.35, {"kept": 7, "of": 14})}, PAPER).set_index("setting")
+    assert table.loc["real", "gain over real (points)"] == ""
+    assert abs(table.loc["real_synth_mgf-victr", "gain over real (points)"] - 5.0) < 1e-9
+    assert table.loc["real_synth_mgf-victr", "synthetic kept by the filter"] == "7 of 14"
+    assert table.loc["real_synth_mgf-victr", "paper mean Dice gain (%)"] == 1.0

@@ -334,6 +334,23 @@ def test_signal_checkpoints_and_returns_preempted(ct_slices, uninterrupted, tmp_
     assert [int(r["step"]) for r in read_curve(tmp_path / "loss_curve.csv")] == list(range(1, 13))
 
 
+def test_resume_restores_a_deleted_loss_curve_from_the_checkpoint(ct_slices, uninterrupted, tmp_path):
+    """Snakemake deletes a preempted job's declared outputs (loss_curve.csv); the rerun still logs every step."""
+    inner = RectifiedFlowStep()
+
+    def step_with_signal(model, batch, step, gen):
+        if step == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return inner(model, batch, step, gen)
+
+    assert train(tiny_unet(), step_with_signal, ct_slices, cfg(tmp_path)).status == "preempted"
+    (tmp_path / "loss_curve.csv").unlink()
+    train(tiny_unet(), inner, ct_slices, cfg(tmp_path))
+    rows = read_curve(tmp_path / "loss_curve.csv")
+    assert [int(r["step"]) for r in rows] == list(range(1, 13))
+    assert rows == read_curve(uninterrupted[1].output_dir / "loss_curve.csv")
+
+
 @pytest.mark.parametrize("change", [{"lr": 1e-3}, {"fingerprint": "other inputs"}])
 def test_checkpoints_of_other_settings_are_not_resumed(ct_slices, uninterrupted, tmp_path, change):
     """A rerun with other settings (or regenerated inputs) trains from step 0 instead of continuing."""

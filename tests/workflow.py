@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_snakemake(workdir: Path, config: dict, *targets: str, extra: tuple[str, ...] = (), check: bool = True,
-                  timeout: int = 1200) -> subprocess.CompletedProcess:
+                  timeout: int = 3600) -> subprocess.CompletedProcess:
     """Write ``config`` to ``workdir/config.yaml`` and run snakemake there with the repository's Snakefile."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_file = workdir / "config.yaml"

@@ -183,7 +183,7 @@ def train_segmenter(images: torch.Tensor | np.ndarray, labels: torch.Tensor | np
     model.eval()
     if result.status == "completed":
         meta = {"n_train": int(len(x)), "augment": bool(augment), "steps": result.step,
-                "train": json.loads(json.dumps(c, default=str))}
+                "train": json.loads(json.dumps({k: v for k, v in c.items() if k != "fingerprint"}, default=str))}
         result.final_dir = save_segmenter(model, c["model"], out / "segmenter", meta=meta)
     return model, result
 

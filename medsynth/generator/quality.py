@@ -40,8 +40,12 @@ def subset(data: LatentData, indices: Sequence[int]) -> LatentData:
 def hu_quality_check(model: nn.Module, objective: str, data: LatentData, vae: nn.Module, stats: dict, spec,
                      first: np.ndarray, masks: np.ndarray, names: Sequence[str], reference_images: np.ndarray,
                      reference_masks: np.ndarray, real_images: np.ndarray, hu_range: Sequence[float],
-                     qc_cfg: Mapping) -> tuple[np.ndarray, dict]:
-    """Check ``first`` (generated, [-1, 1]) and regenerate failures; returns ``(images, report)``."""
+                     qc_cfg: Mapping, real_masks: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    """Check ``first`` (generated, [-1, 1]) and regenerate failures; returns ``(images, report)``.
+
+    ``real_images`` (with ``real_masks``, default ``masks``) are the condition set's real slices,
+    checked once as the yardstick.
+    """
     from dataclasses import replace
 
     from medsynth.generator.sampling import generate
@@ -67,7 +71,9 @@ def hu_quality_check(model: nn.Module, objective: str, data: LatentData, vae: nn
     n = len(first)
     first_pass = check(torch.from_numpy(first), torch.arange(n))[0]
     images, passed, tries, rate = regenerate_until_pass(regenerate, check, n, int(qc_cfg.get("max_tries", 3)))
-    real_pass = check(torch.from_numpy(real_images.astype(np.float32)), torch.arange(n))[0]
+    real_cond = torch.from_numpy(np.ascontiguousarray(real_masks if real_masks is not None else masks))
+    real_pass = hu_check(model_to_hu(torch.from_numpy(real_images.astype(np.float32)), hu), real_cond, bounds,
+                         list(names))[0]
     report = {"enabled": True, "bounds": {k: [float(a), float(b)] for k, (a, b) in bounds.items()},
               "method": str(qc_cfg.get("method", "sigma")), "max_tries": int(qc_cfg.get("max_tries", 3)),
               "first_pass_rate": float(first_pass.float().mean()), "pass_rate": float(rate),

@@ -277,14 +277,23 @@ def sample_condition_set(shards, vae_dir: str | Path, stats_path: str | Path, mo
 
     from medsynth.fsutil import atomic_path, write_csv_atomic
     from medsynth.generator.data import load_slices, select_rows
-    from medsynth.generator.stages import _data, _load_vae, _threads
+    from medsynth.generator.stages import _data, _load_vae, _text_encoder, _threads
 
     _threads(gen_cfg)
     spec = SamplingSpec.from_config(sampling_cfg, run)
-    data = _data(shards, vae_dir, stats_path, gen_cfg, {**dict(model_cfg), "select": dict(select)}, text_encoder)
+    select = dict(select)
+    stochastic = select.pop("stochastic_masks", None)  # MedDiff-FT: generated masks instead of the real ones
+    text_encoder = text_encoder or _text_encoder(gen_cfg, None)
+    data = _data(shards, vae_dir, stats_path, gen_cfg, {**dict(model_cfg), "select": select}, text_encoder)
     index, real_images, all_masks, names = load_slices(shards)
     rows = select_rows(index, select)
     masks = all_masks[rows]
+    if stochastic:
+        from medsynth.generator.mask_generator import stochastic_conditions
+
+        data, new_masks = stochastic_conditions(data, masks > 0, names, stochastic, gen_cfg,
+                                                bool(model_cfg.get("severity_prompt", False)), text_encoder)
+        masks = new_masks.astype(np.float32) - 0.5
     vae, stats = _load_vae(vae_dir, stats_path)
     model = load_trained_generator(gen_cfg, model_dir, init_dir)
     objective = str(model_cfg.get("objective", "flow"))
@@ -300,14 +309,15 @@ def sample_condition_set(shards, vae_dir: str | Path, stats_path: str | Path, mo
             ref = select_rows(index, qc_cfg.get("reference") or {"split": ["train"], "modality": ["CT"]})
             images, hu_qc = hu_quality_check(model, objective, data, vae, stats, spec, generated.images, masks > 0,
                                              names, real_images[ref], all_masks[ref] > 0, real_images[rows],
-                                             sampling_cfg.get("hu_range", (-1024, 1024)), qc_cfg)
+                                             sampling_cfg.get("hu_range", (-1024, 1024)), qc_cfg,
+                                             real_masks=all_masks[rows] > 0)
             generated.images = images
     with atomic_path(out_tensors, suffix=".safetensors") as tmp:
         save_file({"image": np.ascontiguousarray(generated.images),
                    "masks": np.ascontiguousarray((masks > 0).astype(np.uint8))}, str(tmp),
                   metadata={"medsynth": json.dumps({"conditions": list(names), "run": run})})
-    cols = [c for c in ("case_id", "patient_id", "modality", "split", "slice", "severity_fraction", "severity", "prompt")
-            if c in data.index]
+    cols = [c for c in ("case_id", "patient_id", "modality", "split", "slice", "organs", "severity_fraction", "severity",
+                        "prompt") if c in data.index]
     write_csv_atomic(data.index[cols].assign(sample=range(len(data.index))), out_index)
     write_summary(generated, out_summary, run=run, model=str(model_dir), conditions=list(names),
                   objective=objective, hu_qc=hu_qc)

@@ -48,7 +48,7 @@ from medsynth.objectives import (
     temporal_consistency_loss,
     tweedie_corrected_velocity,
 )
-from medsynth.train.loop import run_fingerprint
+from medsynth.train.loop import derive_seed, run_fingerprint
 from medsynth.train import (
     EWCTerm,
     TrainConfig,
@@ -318,6 +318,7 @@ def run_vae(shards: Sequence[str], out_dir: str | Path, vae_cfg: Mapping, recons
         fit = np.concatenate([train_images, _mask_images(masks[train_rows])])
     tune_keys = {f.name for f in fields(TuneConfig)}
     tune_cfg = {k: v for k, v in vae_cfg.items() if k in tune_keys}
+    torch.manual_seed(derive_seed(int(vae_cfg.get("seed", 0)), "init"))  # the weights' initialisation is seeded too
     model = build_autoencoder(dict(vae_cfg.get("model") or {}))
     summary = tune_vae(model, fit, tune_cfg, out_dir)
     # z-norm statistics of the *image* latents (the generator's data), not of the mask images
@@ -349,6 +350,7 @@ def run_base(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Path,
     _threads(gen_cfg)
     out_dir = Path(out_dir)
     data = _data(shards, vae_dir, stats_path, gen_cfg, stage_cfg, text_encoder)
+    torch.manual_seed(derive_seed(int(stage_cfg.get("seed", 0)), "init"))  # seeded initialisation
     model = build_backbone(dict(gen_cfg["backbone"]), key="generator.backbone")
     _check_channels(model, data)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -456,6 +458,7 @@ def run_stage2(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Pat
         _, _, selected = load_ewc(ewc_path)
         targets = lora_targets(model, selected)
         lora = dict(stage_cfg.get("lora") or {})
+        torch.manual_seed(derive_seed(int(stage_cfg.get("seed", 0)), "lora-init"))  # seeded adapter initialisation
         add_lora(model, targets, int(lora.get("rank", 4)), float(lora.get("alpha", lora.get("rank", 4))),
                  float(lora.get("dropout", 0.0)))
     elif method == "full":

@@ -36,6 +36,7 @@ __all__ = [
     "maisi_main",
     "maisi_contrastive",
     "maisi_hu_qc",
+    "meddiff_ft",
 ]
 
 #: Backbone type of the config -> the name ViCTr Table 2 uses for it.
@@ -325,4 +326,28 @@ def maisi_hu_qc(metrics: Mapping[str, Mapping], paper_dir: str | Path) -> pd.Dat
                      "paper pass rate (final model)": reported(settings, "value",
                                                                item="hu_quality_check_pass_rate_final_model"),
                      "scale": fd_scale(m)})
+    return pd.DataFrame(rows)
+
+
+def meddiff_ft(evaluations: Mapping[str, Mapping], paper_dir: str | Path) -> pd.DataFrame:
+    """MedDiff-FT: downstream Dice with synthetic data from real masks, from the stochastic mask generator,
+    and with the feature-space quality filter + label erosion; gain over training on real slices."""
+    summary = load_reported(paper_dir, "meddiff_ft_summary")
+    base = evaluations.get("real", {}).get("mdsc")
+    labels = {"real": "real only", "real_synth": "+ synthetic (real masks)",
+              "real_synth_mg": "+ synthetic (stochastic mask generator)",
+              "real_synth_mgf": "+ synthetic (mask generator, quality filter, mask erosion)"}
+    rows = []
+    for setting, e in evaluations.items():
+        kind = setting.split("-")[0]
+        filt = e.get("meddiff_filter") or {}
+        rows.append({"setting": setting, "what": labels.get(kind, kind),
+                     "mDSC (%)": _cell(e, "mdsc", 100.0),
+                     "gain over real (points)": 100.0 * (e["mdsc"] - base) if base is not None and e.get("mdsc")
+                     is not None and kind != "real" else "",
+                     f"mHD95 ({e.get('hd95_unit', 'mm')})": _cell(e, "mhd95"),
+                     "synthetic kept by the filter": f"{filt['kept']} of {filt['of']}" if filt else "",
+                     "paper mean Dice gain (%)": reported(summary, "value", item="mean_dice_gain_over_5_datasets_percent")
+                     if kind == "real_synth_mgf" else "",
+                     "scale": _downstream_scale(e)})
     return pd.DataFrame(rows)

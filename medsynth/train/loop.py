@@ -321,10 +321,21 @@ class _SignalFlag:
         self._old.clear()
 
 
-class _LossCurve:
-    """``loss_curve.csv``: one row per optimizer step, rewritten up to ``start`` on resume."""
+def _curve_rows(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with path.open(newline="") as fh:
+        return max(0, sum(1 for _ in fh) - 1)
 
-    def __init__(self, path: Path, start: int, enabled: bool):
+
+class _LossCurve:
+    """``loss_curve.csv``: one row per optimizer step, rewritten up to ``start`` on resume.
+
+    Every checkpoint keeps a copy of the curve, so a resumed run whose ``loss_curve.csv`` was removed
+    meanwhile (Snakemake deletes a failed or preempted job's declared outputs) still writes every step.
+    """
+
+    def __init__(self, path: Path, start: int, enabled: bool, checkpoint: Path | None = None):
         self.path = path
         self.enabled = enabled
         self.fieldnames: list[str] | None = None
@@ -332,6 +343,9 @@ class _LossCurve:
         self._writer: csv.DictWriter | None = None
         if not enabled:
             return
+        saved = checkpoint / LOSS_CURVE if checkpoint is not None else None
+        if saved is not None and saved.exists() and _curve_rows(path) < _curve_rows(saved):
+            shutil.copyfile(saved, path)
         kept: list[dict[str, str]] = []
         if path.exists() and start > 0:
             with path.open(newline="") as fh:
@@ -474,10 +488,11 @@ def train(
     main = accelerator.is_main_process
     rank, world = accelerator.process_index, accelerator.num_processes
     device = accelerator.device
-    curve = _LossCurve(out / LOSS_CURVE, start, enabled=main)
+    curve = _LossCurve(out / LOSS_CURVE, start, enabled=main, checkpoint=resumed_from)
     writer = SummaryWriter(str(out / "tensorboard"), purge_step=start + 1) if main else None
     if main:
-        (out / "train_config.json").write_text(json.dumps(config.to_json(), indent=2) + "\n")
+        record = {k: v for k, v in config.to_json().items() if k != "fingerprint"}  # mtimes: not an output
+        (out / "train_config.json").write_text(json.dumps(record, indent=2) + "\n")
 
     def checkpoint() -> Path:
         root = out / "checkpoints"
@@ -488,6 +503,8 @@ def train(
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp))
         if main:
+            if (out / LOSS_CURVE).exists():
+                shutil.copyfile(out / LOSS_CURVE, tmp / LOSS_CURVE)
             (tmp / "trainer_state.json").write_text(json.dumps(
                 {"step": state.step, "seed": config.seed, "data_scheme": DATA_SCHEME,
                  "config": config.to_json()}, indent=2) + "\n")

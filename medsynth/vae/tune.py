@@ -124,6 +124,9 @@ def _save_checkpoint(root: Path, step: int, model: nn.Module, disc: nn.Module | 
             state["disc_optimizer"] = opt_d.state_dict()
         torch.save(state, tmp / "state.pt")
         (tmp / "fingerprint.txt").write_text(fingerprint + "\n")
+        curve = root.parent / "loss_curve.csv"
+        if curve.exists():  # restored on resume if Snakemake deleted the output meanwhile
+            shutil.copyfile(curve, tmp / "loss_curve.csv")
     for _, old in _checkpoint_dirs(root)[:-max(1, keep)]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -231,6 +234,9 @@ def tune_vae(model: nn.Module, images: torch.Tensor | np.ndarray, cfg: dict, out
             latest = None
     if latest is not None:
         start = _load_checkpoint(latest, model, disc, opt, opt_d, gen)
+        saved_curve = latest / "loss_curve.csv"
+        if saved_curve.exists() and not (output_dir / "loss_curve.csv").exists():
+            shutil.copyfile(saved_curve, output_dir / "loss_curve.csv")
     curve = _LossCurve(output_dir / "loss_curve.csv", keep_until=start)
 
     model.train()

@@ -1,0 +1,65 @@
+"""New conditions from MedDiff-FT's stochastic mask generator (:func:`medsynth.sample.meddiff.stochastic_masks`).
+
+A condition set whose selection carries ``stochastic_masks: {seed, max_union, p_perturb, max_shift,
+max_dilate}`` keeps its real slices' prompt fields (modality, region, phase) but replaces every mask
+by a generated one (weighted random unions of real masks with random shifts and dilations/erosions);
+the organ list and the severity grade of the compound prompt are recomputed from the new mask, so the
+prompt describes what the model is asked to draw. The synthetic images sampled from these
+conditions are labelled with the new masks (the downstream segmentation's MedDiff-FT settings).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medsynth.generator.data import (
+    DEFAULT_SEVERITY,
+    LatentData,
+    severity_fractions,
+    severity_grades,
+    slice_prompts,
+)
+from medsynth.models.prompts import SEVERITY_WORDS
+from medsynth.train.data import TensorDictDataset
+
+__all__ = ["stochastic_conditions"]
+
+_OPTIONS = ("max_union", "p_perturb", "max_shift", "max_dilate")
+
+
+def stochastic_conditions(data: LatentData, masks: np.ndarray, names: Sequence[str], cfg: Mapping,
+                          gen_cfg: Mapping, severity_prompt: bool, text_encoder) -> tuple[LatentData, np.ndarray]:
+    """``data`` with every mask replaced by a stochastic one (module docstring); returns ``(data, masks)``.
+
+    ``masks``: the selected real slices' binary masks ``(N, C, H, W)``; the result has as many
+    conditions as ``data``.
+    """
+    from medsynth.sample.meddiff import stochastic_masks
+
+    real = torch.from_numpy(np.ascontiguousarray(masks > 0))
+    gen = torch.Generator().manual_seed(int(cfg.get("seed", 0)))
+    new = stochastic_masks(real, len(real), gen, **{k: cfg[k] for k in _OPTIONS if k in cfg}).numpy().astype(bool)
+    index = data.index.copy()
+    index["organs"] = [json.dumps([n for c, n in enumerate(names) if new[i, c].any()]) for i in range(len(new))]
+    grades = None
+    severity = {**DEFAULT_SEVERITY, **dict(gen_cfg.get("severity") or {})}
+    if severity_prompt:
+        fractions = severity_fractions(new.astype(np.float32), names, severity["organ"])
+        grades = severity_grades(fractions, severity["thresholds"])
+        index["severity_fraction"] = fractions
+        index["severity"] = [SEVERITY_WORDS[g] for g in grades]
+    prompts = slice_prompts(index, grades, severity["pathology"])
+    unique = list(dict.fromkeys(prompts))
+    ids = {p: i for i, p in enumerate(unique)}
+    tokens, keep = text_encoder.encode(unique + [""], int(gen_cfg.get("max_length", 32)))
+    latent = data.dataset.tensors["latent"]
+    mask = F.interpolate(torch.from_numpy(new.astype(np.float32) - 0.5), size=tuple(latent.shape[2:]), mode="area")
+    dataset = TensorDictDataset({"latent": latent, "mask": mask.contiguous(),
+                                 "prompt": torch.as_tensor([ids[p] for p in prompts], dtype=torch.long)})
+    index = index.assign(prompt=prompts)
+    return LatentData(dataset, unique, tokens.float().contiguous(), keep.contiguous(), index), new
