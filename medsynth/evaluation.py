@@ -146,7 +146,7 @@ def run_downstream(shards: Sequence[str], synthetic: str | None, setting: str, c
 
     train_cfg = {k: v for k, v in cfg.items() if k in DEFAULT_TRAIN}
     train_cfg["fingerprint"] = run_fingerprint(dict(cfg), setting, files=[*shards, *([synthetic] if synthetic else [])])
-    model, result = train_segmenter(x, y, train_cfg, out_dir, augment=setting_augments(kind))
+    model, result = train_segmenter(x, y, train_cfg, out_dir, augment=setting_augments("real_synth" if meddiff else kind))
     if result.status != "completed":
         raise SystemExit(result.exit_code)  # preempted: checkpoint written, rerun resumes
     spacing = pixel_spacing(grid_cfg, slice_size)
