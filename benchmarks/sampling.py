@@ -82,7 +82,7 @@ def main() -> int:
           f"{args.threads} thread(s); FD on the self-trained encoder ({segmenter_dir})")
     print(f"{'sampler':<12}{'NFE':>6}{'seconds':>10}{'s/sample':>11}{'FD':>10}")
     for label, r in rows.items():
-        print(f"{label:<12}{r['nfe']:>6}{r['seconds']:>10.3f}{r['s/sample']:>11.5f}{r['fd']:>10.3f}")
+        print(f"{label:<12}{r['nfe']:>6}{r['seconds']:>10.3f}{r['s/sample']:>11.5f}{r['fd']:>10.5f}")
     names = list(rows)
     print("ratios (row / column): seconds | FD")
     for a in names:
