@@ -202,13 +202,13 @@ def regenerate_until_pass(
     passed = run_check(images, idx)
     tries = torch.ones(int(n), dtype=torch.long)
     for attempt in range(1, int(max_tries)):
-        todo = torch.nonzero(~passed).flatten()
-        if todo.numel() == 0:
+        pending = torch.nonzero(~passed).flatten()
+        if pending.numel() == 0:
             break
-        new = generate_fn(todo, attempt)
-        if new.shape[0] != todo.numel():
-            raise ValueError(f"generate_fn returned {new.shape[0]} images for {todo.numel()} indices")
-        images[todo.to(images.device)] = new.to(device=images.device, dtype=images.dtype)
-        passed[todo] = run_check(new, todo)
-        tries[todo] += 1
+        new = generate_fn(pending, attempt)
+        if new.shape[0] != pending.numel():
+            raise ValueError(f"generate_fn returned {new.shape[0]} images for {pending.numel()} indices")
+        images[pending.to(images.device)] = new.to(device=images.device, dtype=images.dtype)
+        passed[pending] = run_check(new, pending)
+        tries[pending] += 1
     return images, passed, tries, float(passed.float().mean())
