@@ -127,7 +127,7 @@ def save_lora(model: nn.Module, out_dir: str | Path, adapter_name: str = "defaul
     config = dict(getattr(base, "medsynth_lora_config", {}))
     config.setdefault("adapter_name", adapter_name)
     save_file(lora_state_dict(base, adapter_name), str(out / ADAPTER_WEIGHTS),
-              metadata={"format": "pt", "r": str(config.get("r", "")), "lora_alpha": str(config.get("lora_alpha", ""))})
+              metadata={"format": "pt"})  # one key: safetensors writes a metadata map in random order
     (out / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     return out
 
