@@ -89,7 +89,7 @@ def _channel_means(channels: Mapping[str, Mapping]) -> dict:
 
 # ------------------------------------------------------------------------------------------------ downstream
 #: MedDiff-FT settings: synthetic slices from stochastic masks (mg), + feature-space filter and label erosion (mgf)
-MEDDIFF_KINDS = ("real_synth_mg", "real_synth_mgf")
+MEDDIFF_KINDS = ("real_synth_mg", "real_synth_mgf", "real_synth_gm")
 
 
 def _meddiff_filter(images: np.ndarray, masks: np.ndarray, real_images: np.ndarray, extractor: str | Path | None,

@@ -35,7 +35,7 @@ wildcard_constraints:
     variant="|".join(re.escape(v) for v in VARIANTS) or "(?!)",
     model="|".join(re.escape(m) for m in MODELS),
     run=r"(euler|heun|tweedie|ddpm|ddim)-\d+|dopri5-auto",
-    setting=r"real|real_aug|(real_synth|synth_only|real_synth_mg|real_synth_mgf)-(" + "|".join(re.escape(m) for m in MODELS) + ")",
+    setting=r"real|real_aug|(real_synth|synth_only|real_synth_mg|real_synth_mgf|real_synth_gm)-(" + "|".join(re.escape(m) for m in MODELS) + ")",
     conditions="|".join(re.escape(c) for c in CONDITION_SETS),
 
 
@@ -87,6 +87,12 @@ def model_config(model):
     return variant_config(config["stage2"], config["variants"], model)
 
 
+def model_sampling(model):
+    """`sampling` settings of a model: the section, with the model's own `sampling` overrides (one-step students)."""
+    own = model_config(model).get("sampling") or {}
+    return {**SAMPLING, **own, "hu_range": config["intensity"]["ct_hu_range"]}
+
+
 def model_inputs(wildcards):
     """Trained weights of ``wildcards.model`` (+ the stage-1 model a LoRA variant adapts)."""
     if wildcards.model in ("base", "stage1"):
@@ -113,10 +119,14 @@ EXTRACTOR_SETTING = METRICS.get("extractor_setting", "real")
 
 def downstream_inputs(wildcards):
     """Synthetic slices a downstream setting needs: <kind>-<model> -> that model's default run on `train`
-    (MedDiff-FT kinds: on the stochastic-mask condition set; the filter also needs the feature extractor)."""
+    (MedDiff-FT kinds: on the stochastic-mask condition set - the filter also needs the feature extractor -
+    or, for real_synth_gm, on the guiding-mask condition set)."""
     kind, _, model = wildcards.setting.partition("-")
     if not model:
         return {}
+    if kind == "real_synth_gm":
+        return {"synthetic": samples(model, DEFAULT_RUN, (DOWNSTREAM.get("meddiff") or {}).get(
+            "inpaint_condition_set", "train_inpaint"))}
     if kind in ("real_synth_mg", "real_synth_mgf"):
         inputs = {"synthetic": samples(model, DEFAULT_RUN, (DOWNSTREAM.get("meddiff") or {}).get(
             "condition_set", "train_stochastic"))}

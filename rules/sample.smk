@@ -21,7 +21,7 @@ rule sample:
     params:
         generator=config["generator"],
         model_cfg=lambda wc: model_config(wc.model),
-        sampling={**SAMPLING, "hu_range": config["intensity"]["ct_hu_range"]},
+        sampling=lambda wc: model_sampling(wc.model),
         select=lambda wc: SAMPLING["condition_sets"][wc.conditions],
     threads: train_threads("generator")
     resources:

@@ -52,7 +52,7 @@ rule victr_table3:
 rule victr_table4:
     """ViCTr Table 4: ablations (Tweedie, loss terms, LoRA rank, ...) - FD of each variant."""
     input:
-        **{row["model"]: metrics_json(row["model"]) for row in TABLES.get("victr_t4", [])},
+        **{row["model"]: metrics_json(row["model"], row.get("run")) for row in TABLES.get("victr_t4", [])},
     output:
         csv=report(f"{RESULTS}/tables/victr_table4.csv", caption="../report/tables.rst", category="Tables",
                    labels={"table": "victr_table4", "format": "csv"}),
@@ -256,11 +256,11 @@ rule maisi_hu_qc:
 
 
 rule meddiff_ft:
-    """MedDiff-FT: downstream Dice with synthetic data from the stochastic mask generator, with / without the filter."""
+    """MedDiff-FT: downstream Dice with synthetic data from the guiding mask and the stochastic mask generator, with / without the filter."""
     input:
         real=downstream_json("real"),
         **{s: downstream_json(s) for s in DOWNSTREAM.get("settings", [])
-           if s.split("-")[0] in ("real_synth_mg", "real_synth_mgf")
+           if s.split("-")[0] in ("real_synth_mg", "real_synth_mgf", "real_synth_gm")
            or s == f"real_synth-{TABLES.get('meddiff_model', 'victr')}"},
     output:
         csv=report(f"{RESULTS}/tables/meddiff_ft.csv", caption="../report/tables.rst", category="Tables",

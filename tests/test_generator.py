@@ -285,6 +285,10 @@ ABLATIONS = {
     "reflow": {"objective": "flow", "reflow": {"enabled": True, "run": "euler-2", "guidance_scale": 1.0, "seed": 1}},
     "ddpm": {"method": "full", "objective": "ddpm", "consistency": {"temporal_weight": 0.0, "spatial_weight": 0.0}},
     "contrastive": {"contrastive": {"enabled": True, "roi": "liver"}},
+    "fsf": {"objective": "flow", "cond_dropout": 0.0, "consistency": {"temporal_weight": 0.0, "spatial_weight": 0.0},
+            "reflow": {"enabled": True, "distill": True, "run": "euler-2", "guidance_scale": 1.0, "seed": 1}},
+    "dmd": {"objective": "flow", "cond_dropout": 0.0, "consistency": {"temporal_weight": 0.0, "spatial_weight": 0.0},
+            "dmd": {"enabled": True, "guidance_scale": 2.0, "pairs": {"run": "euler-2", "guidance_scale": 2.0, "seed": 1}}},
 }
 DDPM = {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.0015, "beta_end": 0.0195}
 
@@ -307,6 +311,13 @@ def test_ablation_variants_train_through_stage2(trained, shards, text_encoder, t
     if variant == "contrastive":
         assert {"contrastive", "contrastive_weight"} <= set(curve.columns)
         assert np.allclose(curve["contrastive_weight"], [0.01, 0.01, 0.001, 0.001])  # 50 % of the steps at each
+    if variant in ("fsf", "dmd"):
+        assert meta["one_step"]
+        # the student is a LoRA adapter on stage 1 (DMD's fake-score model is not saved with it)
+        assert sorted(p.name for p in Path(result.final_dir).iterdir()) == [
+            "adapter_config.json", "adapter_model.safetensors", "medsynth_stage2.json"]
+    if variant == "dmd":
+        assert {"dm", "regression", "fake_flow", "dm_gap"} <= set(curve.columns)
 
 
 def test_reflow_pairs_replace_latents_with_the_models_own_samples(trained, shards, text_encoder):
@@ -385,3 +396,57 @@ def test_stochastic_mask_conditions_relabel_prompts_and_masks(trained, shards, t
     for organs, mask in zip(sampled["organs"], masks):  # the prompt names what the new mask holds
         assert json.loads(organs) == [n for c, n in enumerate(NAMES) if mask[c].any()]
     assert sampled["prompt"].str.contains("liver involvement").all()
+
+
+def test_fsf_distillation_trains_only_at_the_noise_end():
+    from medsynth.generator.stages import GeneratorStep
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x, t, *args, **kwargs):
+            seen.append(t.clone())
+            return torch.zeros_like(x[:, :4])
+
+    step = GeneratorStep(torch.zeros(2, 3, 8), torch.ones(2, 3, dtype=torch.bool), 1, distribution="one_step")
+    batch = {"latent": torch.randn(5, 4, 8, 8), "noise": torch.randn(5, 4, 8, 8), "mask": torch.zeros(5, 5, 8, 8),
+             "prompt": torch.zeros(5, dtype=torch.long)}
+    from unittest import mock
+
+    with mock.patch("medsynth.generator.stages.predict", lambda m, x, t, *a, **k: m(x, t)):
+        terms = step(Probe(), batch, 0, torch.Generator().manual_seed(0))
+    assert torch.equal(seen[0], torch.ones(5))
+    # v = 0 at t = 1: the loss is the full coupling velocity noise - latent
+    assert torch.isclose(terms["flow"], (batch["noise"] - batch["latent"]).pow(2).mean())
+
+
+def test_guiding_mask_keeps_the_real_latent_outside_the_roi(trained, shards, text_encoder, tmp_path):
+    from dataclasses import replace
+
+    from medsynth.generator.sampling import (SamplingSpec, inpaint_keep_mask, integrate_latents,
+                                             load_trained_generator, sample_condition_set)
+    from medsynth.generator.stages import _data
+
+    root, _, _ = trained
+    model = load_trained_generator(GEN, root / "stage1" / "final")
+    data = _data(shards, root / "vae" / "final", root / "vae" / "latent_stats.json", GEN, STAGE2, text_encoder)
+    spec = replace(SamplingSpec.from_config({"seed": 2}, "euler-3"), inpaint={"channels": ["liver"], "dilate": 0})
+    keep = inpaint_keep_mask(data.dataset.tensors["mask"], data.names, ["liver"], 0)
+    assert 0 < float(keep.mean()) < 1  # some latent pixels are liver, some are not
+    x0, _, nfe, _ = integrate_latents(model, "flow", data, spec)
+    real = data.dataset.tensors["latent"]
+    outside = keep.expand_as(real) > 0.5
+    assert nfe == 3 and torch.allclose(x0[outside], real[outside], atol=1e-6)
+    assert not torch.allclose(x0[~outside], real[~outside], atol=1e-3)
+    with pytest.raises(ValueError, match="euler"):
+        integrate_latents(model, "flow", data, replace(spec, sampler="heun", steps=2))
+    with pytest.raises(KeyError, match="not condition channels"):
+        inpaint_keep_mask(data.dataset.tensors["mask"], data.names, ["tumour"], 0)
+    # through the rule's entry point: a condition set with `inpaint`
+    args = (shards, root / "vae" / "final", root / "vae" / "latent_stats.json", root / "stage1" / "final", None)
+    outs = [tmp_path / f"gm.{e}" for e in ("safetensors", "csv", "json")]
+    generated = sample_condition_set(*args, *outs, GEN, STAGE2, {"seed": 2, "guidance_scale": 1.0}, "euler-2",
+                                     {"split": ["train"], "modality": ["MR"], "inpaint": {"channels": ["liver"]}},
+                                     text_encoder=text_encoder)
+    assert json.loads(outs[2].read_text())["spec"]["inpaint"] == {"channels": ["liver"]}
+    assert generated.nfe == 2 and np.isfinite(generated.images).all()

@@ -8,7 +8,11 @@ sigmoid channel per condition mask):
   ``strides [2, 2]``, ``num_res_units 1``);
 * ``unetr``: :class:`monai.networks.nets.UNETR` (``spatial_dims=2``; small defaults ``img_size 64``,
   ``feature_size 16``, ``hidden_size 192``, ``mlp_dim 384``, ``num_heads 4``);
-* ``swinunetr``: :class:`monai.networks.nets.SwinUNETR` (``spatial_dims=2``; ``feature_size 12``).
+* ``swinunetr``: :class:`monai.networks.nets.SwinUNETR` (``spatial_dims=2``; ``feature_size 12``);
+* ``nnunetv2``: nnU-Net v2 plans, preprocesses and trains its own network (:mod:`.nnunet`; ``params``:
+  :data:`medsynth.downstream.nnunet.DEFAULT_NNUNET_PARAMS`). It cannot be built untrained:
+  :func:`medsynth.downstream.train.train_segmenter` trains it and :func:`load_segmenter` returns a
+  :class:`~medsynth.downstream.nnunet.NnUNetSegmenter` (same logits contract as the MONAI networks).
 
 ``cfg = {"type": ..., "params": {...}}``; ``params`` override the defaults and are passed to the MONAI
 class unchanged.
@@ -26,6 +30,7 @@ encoder's deepest module and returns that output as a ``(B, D)`` vector:
 * ``unetr``: the ViT (``model.vit``), its token sequence averaged over tokens: ``D = hidden_size``.
 * ``swinunetr``: the Swin transformer (``model.swinViT``), its last (deepest) feature map
   global-average-pooled: ``D = 16 * feature_size``.
+* ``nnunetv2``: the nnU-Net network's ``encoder``, its deepest skip global-average-pooled.
 
 Nothing in these paths is random in eval mode (dropout off, instance norm without running statistics),
 so features are deterministic for fixed weights.
@@ -53,11 +58,12 @@ __all__ = [
     "load_segmenter",
 ]
 
-SEGMENTER_TYPES = ("unet", "unetr", "swinunetr")
+SEGMENTER_TYPES = ("unet", "unetr", "swinunetr", "nnunetv2")
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "unet": {"channels": [16, 32, 64], "strides": [2, 2], "num_res_units": 1},
     "unetr": {"img_size": [64, 64], "feature_size": 16, "hidden_size": 192, "mlp_dim": 384, "num_heads": 4},
     "swinunetr": {"feature_size": 12},
+    "nnunetv2": {},  # defaults applied by medsynth.downstream.nnunet.nnunet_params
 }
 WEIGHTS = "model.safetensors"
 CONFIG = "segmenter.json"
@@ -82,6 +88,9 @@ def build_segmenter(cfg: Mapping[str, Any], in_channels: int, out_channels: int)
     from monai.networks.nets import UNETR, SwinUNETR, UNet
 
     kind, params = _model_cfg(cfg)
+    if kind == "nnunetv2":
+        raise ValueError("nnunetv2 segmenters are planned and built by nnU-Net: train them with train_segmenter "
+                         "and load them with load_segmenter")
     common = {"spatial_dims": 2, "in_channels": int(in_channels), "out_channels": int(out_channels)}
     cls = {"unet": UNet, "unetr": UNETR, "swinunetr": SwinUNETR}[kind]
     model = cls(**common, **params)
@@ -118,6 +127,10 @@ def encoder_module(model: nn.Module) -> tuple[nn.Module, Callable[[Any], torch.T
     """The module whose output is the encoder feature, and how to reduce that output to ``(B, D)``."""
     from monai.networks.nets import UNETR, SwinUNETR, UNet
 
+    from medsynth.downstream.nnunet import NnUNetSegmenter
+
+    if isinstance(model, NnUNetSegmenter):
+        return model.encoder, _pool_map
     if isinstance(model, UNet):
         return unet_bottom(model), _pool_map
     if isinstance(model, UNETR):
@@ -162,6 +175,8 @@ def save_segmenter(model: nn.Module, cfg: Mapping[str, Any], folder: str | Path,
     from safetensors.torch import save_model
 
     kind, params = _model_cfg(cfg)
+    if kind == "nnunetv2":
+        raise ValueError("nnunetv2 segmenters are written by train_segmenter (nnU-Net's model folder)")
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     in_ch, out_ch = _channels(model)
@@ -188,6 +203,10 @@ def load_segmenter(folder: str | Path, device: str | torch.device = "cpu") -> nn
 
     folder = Path(folder)
     record = json.loads((folder / CONFIG).read_text())
+    if record["model"]["type"] == "nnunetv2":
+        from medsynth.downstream.nnunet import load_nnunet_segmenter
+
+        return load_nnunet_segmenter(folder, device=device)
     model = build_segmenter(record["model"], record["in_channels"], record["out_channels"])
     load_model(model, str(folder / WEIGHTS), strict=True, device=str(device))
     model.to(device).eval()

@@ -166,12 +166,19 @@ def train_segmenter(images: torch.Tensor | np.ndarray, labels: torch.Tensor | np
     ``dice_weight``, ``bce_weight``. Weights are initialised from ``derive_seed(seed, "init")``; an
     ``out_dir`` holding a checkpoint resumes. On completion the model (eval mode) is written with
     :func:`save_segmenter` to ``out_dir/segmenter`` (``result.final_dir``); a preempted run writes only
-    its checkpoint.
+    its checkpoint. ``model.type: nnunetv2`` trains through nnU-Net instead
+    (:func:`medsynth.downstream.nnunet.train_nnunet_segmenter`: same folder contract, ``result.step`` in
+    epochs; the loop keys ``steps``, ``lr``, ... do not apply).
     """
     c = _merged(cfg)
     x, y = as_images(images), as_labels(labels)
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"need equally many (> 0) images and labels, got {len(x)} and {len(y)}")
+    if str((c["model"] or {}).get("type", "unet")).lower() == "nnunetv2":
+        from medsynth.downstream.nnunet import train_nnunet_segmenter
+
+        with _torch_threads(c["threads"]):
+            return train_nnunet_segmenter(x, y, c, out_dir, augment=augment)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with _torch_threads(c["threads"]):

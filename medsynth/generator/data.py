@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -141,6 +141,7 @@ class LatentData:
     tokens: torch.Tensor  # (P + 1, L, D); row P is the empty prompt
     keep: torch.Tensor  # (P + 1, L) bool
     index: pd.DataFrame  # the selected rows, with prompt, severity columns
+    names: list[str] = field(default_factory=list)  # the condition channels of ``mask``
 
     @property
     def null_id(self) -> int:
@@ -183,4 +184,4 @@ def build_latent_data(shards: Sequence[str | Path], vae: torch.nn.Module, stats:
     index = index.assign(prompt=prompts)
     dataset = TensorDictDataset({"latent": latent, "mask": mask.contiguous(),
                                  "prompt": torch.as_tensor([ids[p] for p in prompts], dtype=torch.long)})
-    return LatentData(dataset, unique, tokens.float().contiguous(), keep.contiguous(), index)
+    return LatentData(dataset, unique, tokens.float().contiguous(), keep.contiguous(), index, list(names))

@@ -62,4 +62,4 @@ def stochastic_conditions(data: LatentData, masks: np.ndarray, names: Sequence[s
     dataset = TensorDictDataset({"latent": latent, "mask": mask.contiguous(),
                                  "prompt": torch.as_tensor([ids[p] for p in prompts], dtype=torch.long)})
     index = index.assign(prompt=prompts)
-    return LatentData(dataset, unique, tokens.float().contiguous(), keep.contiguous(), index), new
+    return LatentData(dataset, unique, tokens.float().contiguous(), keep.contiguous(), index, list(names)), new

@@ -23,6 +23,11 @@ Classifier-free guidance mixes the conditional and the null condition (empty pro
 mask: the training-time dropout) as ``v_u + w (v_c - v_u)``, both evaluated in one batched call;
 ``nfe`` counts solver evaluations of the guided field, ``network_evals`` the backbone passes per
 sample (``2 nfe`` with guidance, ``nfe`` without).
+
+MedDiff-FT's guiding mask (a condition set with ``inpaint: {channels, dilate, schedule, max_dilate,
+renoise}``): the real slice's own latent is kept outside the region of interest (the union of the
+named condition channels at latent resolution, dilated by ``dilate`` latent pixels) and only the ROI
+is synthesised, by :func:`medsynth.sample.meddiff.guided_inpaint_euler` (Euler runs only).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +93,7 @@ class SamplingSpec:
     max_num_steps: int = 1000
     tweedie_mapping: str = "variance"
     ddpm: dict = field(default_factory=dict)
+    inpaint: dict = field(default_factory=dict)  # MedDiff-FT guiding mask (module docstring); {} = off
 
     @classmethod
     def from_config(cls, sampling_cfg: Mapping, run: str) -> "SamplingSpec":
@@ -201,6 +207,26 @@ def _solve_batch(field_fn: _ConditionedField, x1: torch.Tensor, spec: SamplingSp
     return result.x0, result.nfe, result.seconds
 
 
+INPAINT_DEFAULTS = {"channels": None, "dilate": 1, "schedule": "shrink", "max_dilate": 2, "renoise": False}
+
+
+def inpaint_keep_mask(mask: torch.Tensor, names: list[str], channels, dilate: int) -> torch.Tensor:
+    """``(N, 1, h, w)`` 1 where the real latent is kept: outside the (dilated) union of ``channels``.
+
+    ``mask``: the conditions at latent resolution in [-0.5, 0.5] (area-resized); a latent pixel any
+    part of which the channel covers belongs to the ROI. ``channels`` None = every channel.
+    """
+    chosen = list(names) if channels is None else list(channels)
+    missing = [c for c in chosen if c not in names]
+    if missing:
+        raise KeyError(f"inpaint.channels {missing} are not condition channels ({list(names)})")
+    idx = [list(names).index(c) for c in chosen]
+    roi = (mask[:, idx] > ABSENT_MASK_VALUE + 1e-6).any(dim=1, keepdim=True).float()
+    if dilate > 0:
+        roi = torch.nn.functional.max_pool2d(roi, 2 * int(dilate) + 1, stride=1, padding=int(dilate))
+    return 1.0 - roi
+
+
 @torch.no_grad()
 def integrate_latents(model: nn.Module, objective: str, data: LatentData, spec: SamplingSpec,
                       ) -> tuple[torch.Tensor, torch.Tensor, int, float]:
@@ -218,14 +244,29 @@ def integrate_latents(model: nn.Module, objective: str, data: LatentData, spec: 
     noise = torch.randn(latent.shape, generator=gen)
     null_tokens, null_keep = data.tokens[data.null_id:data.null_id + 1], data.keep[data.null_id:data.null_id + 1]
     corrected_field = objective == "tweedie" and spec.sampler != "tweedie"
+    inpaint = {**INPAINT_DEFAULTS, **spec.inpaint} if spec.inpaint else None
+    keep = None
+    if inpaint:
+        if spec.sampler != "euler" or objective == "ddpm":
+            raise ValueError(f"the guiding mask (inpaint) samples with euler-<steps> on a flow model, not {spec.sampler!r}")
+        keep = inpaint_keep_mask(masks, list(data.names), inpaint["channels"], int(inpaint["dilate"]))
     out, nfe, seconds = [], 0, 0.0
     for start in range(0, len(latent), spec.batch_size):
         sl = slice(start, start + spec.batch_size)
         pid = prompt_ids[sl]
         field_fn = _ConditionedField(model, masks[sl], data.tokens[pid], data.keep[pid], null_tokens, null_keep,
                                      spec.guidance_scale, corrected_field, spec.tweedie_mapping)
-        x0, batch_nfe, batch_seconds = _solve_batch(field_fn, noise[sl], spec, objective,
-                                                    torch.Generator().manual_seed(spec.seed + 1 + start))
+        gen = torch.Generator().manual_seed(spec.seed + 1 + start)
+        if keep is not None:
+            from medsynth.sample.meddiff import guided_inpaint_euler
+
+            tic = time.perf_counter()
+            x0 = guided_inpaint_euler(field_fn, noise[sl], latent[sl], keep[sl], int(spec.steps), spec.shift,
+                                      gen if inpaint["renoise"] else None, schedule=inpaint["schedule"],
+                                      max_dilate=int(inpaint["max_dilate"]))
+            batch_nfe, batch_seconds = int(spec.steps), time.perf_counter() - tic
+        else:
+            x0, batch_nfe, batch_seconds = _solve_batch(field_fn, noise[sl], spec, objective, gen)
         out.append(x0.float())
         seconds += batch_seconds
         nfe = max(nfe, int(batch_nfe))
@@ -283,6 +324,12 @@ def sample_condition_set(shards, vae_dir: str | Path, stats_path: str | Path, mo
     spec = SamplingSpec.from_config(sampling_cfg, run)
     select = dict(select)
     stochastic = select.pop("stochastic_masks", None)  # MedDiff-FT: generated masks instead of the real ones
+    inpaint = select.pop("inpaint", None)  # MedDiff-FT: the guiding mask (regenerate the ROI only)
+    if inpaint:
+        if stochastic:
+            raise ValueError("a condition set takes either stochastic_masks or inpaint: the guiding mask keeps the "
+                             "real slice outside the ROI, which must agree with the conditioning mask")
+        spec = replace(spec, inpaint=dict(inpaint))
     text_encoder = text_encoder or _text_encoder(gen_cfg, None)
     data = _data(shards, vae_dir, stats_path, gen_cfg, {**dict(model_cfg), "select": select}, text_encoder)
     index, real_images, all_masks, names = load_slices(shards)

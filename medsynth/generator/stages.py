@@ -227,7 +227,10 @@ class GeneratorStep:
                  generator: torch.Generator) -> dict[str, torch.Tensor]:
         x0, mask, pid = batch["latent"], batch["mask"], batch["prompt"]
         b, device = x0.shape[0], x0.device
-        t = sample_timesteps(b, generator, self.distribution, device=device, dtype=x0.dtype)
+        if self.distribution == "one_step":  # distillation into the one-step map x0 = x1 - v(x1, 1)
+            t = torch.ones(b, device=device, dtype=x0.dtype)
+        else:
+            t = sample_timesteps(b, generator, self.distribution, device=device, dtype=x0.dtype)
         x1 = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(device)
         if "noise" in batch:  # reflow: the noise this latent was generated from (a coupled pair)
             x1 = batch["noise"]
@@ -441,13 +444,26 @@ def run_stage2(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Pat
     model = _load_backbone(gen_cfg, init_dir)
     data = _data(shards, vae_dir, stats_path, gen_cfg, stage_cfg, text_encoder)
     reflow = dict(stage_cfg.get("reflow") or {})
+    dmd = dict(stage_cfg.get("dmd") or {})
+    cons = dict(stage_cfg.get("consistency") or {})
+    consistency = bool(float(cons.get("temporal_weight", 0.0)) or float(cons.get("spatial_weight", 0.0)))
+    if reflow.get("enabled") and dmd.get("enabled"):
+        raise ValueError("stage2.reflow and stage2.dmd exclude each other (dmd makes its own pairs: dmd.pairs)")
     if reflow.get("enabled"):
         if objective == "ddpm":
             raise ValueError("reflow trains a flow: it cannot be combined with the ddpm objective")
         _reflow_pairs(model, data, reflow, str(reflow.get("teacher_objective", "flow")))
-    cons = dict(stage_cfg.get("consistency") or {})
+        if reflow.get("distill"):  # Flow Straight and Fast: distil the coupling into the one-step map
+            stage_cfg = {**stage_cfg, "timesteps": "one_step"}
+    teacher = fake = None
+    if dmd.get("enabled"):
+        if objective != "flow" or consistency:
+            raise ValueError("dmd distils a flow teacher: set objective: flow and the consistency weights to 0")
+        _reflow_pairs(model, data, dict(dmd.get("pairs") or {}), str(dmd.get("teacher_objective", "flow")))
+        teacher = copy.deepcopy(model).eval().requires_grad_(False)
+        fake = copy.deepcopy(model).train().requires_grad_(True)
     extra = {}
-    if float(cons.get("temporal_weight", 0.0)) or float(cons.get("spatial_weight", 0.0)):
+    if consistency:
         if objective == "ddpm":
             raise ValueError("the consistency losses compare velocity fields: set them to 0 for the ddpm objective")
         reference = copy.deepcopy(model).eval().requires_grad_(False)
@@ -469,10 +485,24 @@ def run_stage2(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Pat
     _write_prompts(data, out_dir)
     names = shard_condition_names(next(str(p) for p in shards if str(p).endswith(".safetensors")))
     fp = run_fingerprint(gen_cfg, stage_cfg, ddpm_cfg, files=[*shards, vae_dir, stats_path, init_dir, ewc_path])
-    result = train(model, _step(data, stage_cfg, names, ddpm_cfg, **extra), data.dataset,
-                   train_config(stage_cfg, out_dir, fp))
+    if dmd.get("enabled"):
+        from medsynth.generator.distill import DistillationPair, DistributionMatchingStep
+
+        pair = DistillationPair(model, fake)
+        step = DistributionMatchingStep(data.tokens, data.keep, data.null_id, teacher,
+                                        guidance_scale=float(dmd.get("guidance_scale", 2.0)),
+                                        regression_weight=float(dmd.get("regression_weight", 0.25)),
+                                        fake_weight=float(dmd.get("fake_weight", 1.0)),
+                                        t_range=tuple(float(v) for v in dmd.get("t_range", (0.02, 0.98))))
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad]},
+                  {"params": list(fake.parameters()), "lr": float(dmd.get("fake_lr", stage_cfg.get("lr", 1e-4)))}]
+        result = train(pair, step, data.dataset, train_config(stage_cfg, out_dir, fp), trainable_params=groups)
+    else:
+        result = train(model, _step(data, stage_cfg, names, ddpm_cfg, **extra), data.dataset,
+                       train_config(stage_cfg, out_dir, fp))
     _finish(result, out_dir)
     meta = {"method": method, "objective": objective, "init": str(init_dir),
+            "one_step": bool(dmd.get("enabled") or reflow.get("distill")),
             "format": "lora adapter on the init model (medsynth.train.load_lora)" if method == "lora"
             else "diffusers save_pretrained"}
     write_text_atomic(Path(result.final_dir) / "medsynth_stage2.json", json.dumps(meta, indent=2) + "\n")

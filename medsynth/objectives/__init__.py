@@ -5,6 +5,7 @@ velocity ``x1 - x0`` (see :mod:`.rectified_flow`).
 """
 
 from .composite import DEFAULT_COMPOSITE_WEIGHTS, CompositeLoss, composite_loss, ssim_loss
+from .dmd import distribution_matching_loss, one_step_sample, regression_loss
 from .consistency import spatial_consistency_loss, spatial_gradients, temporal_consistency_loss
 from .contrastive import (
     MAISI_V2_DELTA,
@@ -52,6 +53,9 @@ __all__ = [
     "composite_loss",
     "contrastive_lambda",
     "dilate_mask",
+    "distribution_matching_loss",
+    "one_step_sample",
+    "regression_loss",
     "euler_step",
     "expand_t",
     "interpolate",

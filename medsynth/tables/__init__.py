@@ -26,7 +26,9 @@ TABLES = {
         "mDSC / mHD95: means over the condition channels present in the real test slices (MONAI metrics).",
     ]),
     "victr_table4": ("ViCTr Table 4 - ablations", [
-        "Each row is one stage-2 variant (config `variants`), sampled with the study's default run.",
+        "Each row is one stage-2 variant (config `variants`), sampled with the study's default run; the one-step",
+        "students (fsf: reflow couplings distilled into the one-step map; dmd: distribution matching",
+        "distillation) with their one Euler step (column run).",
     ]),
     "medsyn2_table1": ("MedSyn2 Table 1 - Frechet distance per CT window and plane", [
         "2D studies have only the axial (XY) plane; the paper's extractor is RadImageNet ResNet-50.",

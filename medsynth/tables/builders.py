@@ -135,13 +135,13 @@ def victr_table3(evaluations: Mapping[str, Mapping], segmenter: str, paper_dir: 
 
 
 def victr_table4(rows_cfg: Sequence[Mapping], metrics: Mapping[str, Mapping], paper_dir: str | Path) -> pd.DataFrame:
-    """ViCTr Table 4 ablations: one row per ``{group, setting, model}`` of config; FD of the model's run."""
+    """ViCTr Table 4 ablations: one row per ``{group, setting, model[, run]}`` of config; FD of the model's run."""
     paper = load_reported(paper_dir, "victr_table4")
     fd_name = _fd_self_name(list(metrics.values()))
     rows = []
     for row in rows_cfg:
         m = metrics[row["model"]]
-        rows.append({"group": row["group"], "setting": row["setting"], "model": row["model"],
+        rows.append({"group": row["group"], "setting": row["setting"], "model": row["model"], "run": m.get("run"),
                      "FID (InceptionV3)": _fd_value(m, "fid"), fd_name: _fd_value(m, "fd_self"),
                      "paper FID": reported(paper, "FID", group=row["group"], setting=row["setting"]),
                      "scale": fd_scale(m)})
@@ -336,7 +336,8 @@ def meddiff_ft(evaluations: Mapping[str, Mapping], paper_dir: str | Path) -> pd.
     base = evaluations.get("real", {}).get("mdsc")
     labels = {"real": "real only", "real_synth": "+ synthetic (real masks)",
               "real_synth_mg": "+ synthetic (stochastic mask generator)",
-              "real_synth_mgf": "+ synthetic (mask generator, quality filter, mask erosion)"}
+              "real_synth_mgf": "+ synthetic (mask generator, quality filter, mask erosion)",
+              "real_synth_gm": "+ synthetic (guiding mask: ROI resynthesised in real slices)"}
     rows = []
     for setting, e in evaluations.items():
         kind = setting.split("-")[0]

@@ -262,7 +262,7 @@ def _has_lora(model: nn.Module) -> bool:
 
 
 def save_model(model: nn.Module, out_dir: str | Path) -> Path:
-    """Save a trained model to ``out_dir``.
+    """Save a trained model to ``out_dir`` (a model with ``saved_module()`` saves that module instead).
 
     * model with LoRA adapters: the adapter only (``adapter_model.safetensors`` +
       ``adapter_config.json``, :func:`medsynth.train.lora.save_lora`); the base is the stage-1 model.
@@ -272,6 +272,8 @@ def save_model(model: nn.Module, out_dir: str | Path) -> Path:
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if hasattr(model, "saved_module"):  # a container of several trained players (DMD): save the one it names
+        model = model.saved_module()
     if _has_lora(model):
         from medsynth.train.lora import save_lora
 
