@@ -22,6 +22,13 @@
   - ``controllability`` (models trained with graded prompts): the severity grade measured on the
     re-segmented generated image (liver fraction, :mod:`medsynth.generator.data`) against the
     prompted grade; accuracy and confusion counts; the real images' accuracy beside it.
+* :func:`evaluate_volume_run` (3D studies): the same record for a sampling run of volumes
+  ``(N, 1, X, Y, Z)`` against the real volumes of its condition set, with the 2D self-trained
+  extractor applied to slices: ``windowed`` holds MedSyn2 Table 1's FD per CT window x plane (XY / YZ /
+  ZX central 40 % slices, :func:`medsynth.metrics.per_plane_windowed_fd`) with per-window and overall
+  means; ``fd_self`` is the unwindowed 2.5D FD (mean over the planes, each plane beside it); slices
+  are resized to the extractor's input size; ``mask_fidelity`` re-segments the volumes axial slice by
+  axial slice and scores them in 3D.
 """
 
 from __future__ import annotations
@@ -39,7 +46,8 @@ from torch import nn
 from medsynth.fsutil import write_text_atomic
 from medsynth.generator.data import load_slices, select_rows
 
-__all__ = ["pixel_spacing", "run_downstream", "evaluate_run", "SELF_EXTRACTOR"]
+__all__ = ["pixel_spacing", "voxel_spacing", "extractor_input_size", "run_downstream", "evaluate_run",
+           "evaluate_volume_run", "SELF_EXTRACTOR"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +59,12 @@ def pixel_spacing(grid_cfg: Mapping, slice_size: int) -> list[float]:
     """In-plane spacing (mm) of the 2D slices: the registration grid's x/y extent over the slice size."""
     spacing, size = grid_cfg["spacing_mm"], grid_cfg["size"]
     return [float(spacing[i]) * float(size[i]) / float(slice_size) for i in (0, 1)]
+
+
+def voxel_spacing(grid_cfg: Mapping, volume_size: Sequence[int]) -> list[float]:
+    """Voxel spacing (mm) of the 3D training volumes: the registration grid's extent over the volume size."""
+    spacing, size = grid_cfg["spacing_mm"], grid_cfg["size"]
+    return [float(spacing[i]) * float(size[i]) / float(volume_size[i]) for i in range(len(volume_size))]
 
 
 def _finite(value):
@@ -165,16 +179,44 @@ def run_downstream(shards: Sequence[str], synthetic: str | None, setting: str, c
 
 # ------------------------------------------------------------------------------------------------ metrics
 class _SegmenterEncoder(nn.Module):
-    """``forward(x) -> (B, D)``: pooled deepest features of a downstream segmenter (for torch-fidelity)."""
+    """``forward(x) -> (B, D)``: pooled deepest features of a downstream segmenter (for torch-fidelity).
 
-    def __init__(self, segmenter: nn.Module):
+    ``size``: ``(H, W)`` the images are resized to first (bilinear, antialiased) when they differ.
+    """
+
+    def __init__(self, segmenter: nn.Module, size: Sequence[int] | None = None):
         super().__init__()
         self.segmenter = segmenter
+        self.size = tuple(int(v) for v in size) if size else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from medsynth.downstream import encoder_features
 
-        return encoder_features(self.segmenter, x)
+        return encoder_features(self.segmenter, _resize_slices(x, self.size))
+
+
+def _resize_slices(x: torch.Tensor, size: Sequence[int] | None, mode: str = "bilinear") -> torch.Tensor:
+    """``(B, C, H, W)`` resized to ``size`` (unchanged when ``None`` or equal)."""
+    if size is None or tuple(x.shape[2:]) == tuple(size):
+        return x
+    if mode == "nearest":
+        return torch.nn.functional.interpolate(x.float(), size=tuple(size), mode="nearest")
+    return torch.nn.functional.interpolate(x, size=tuple(size), mode=mode, align_corners=False, antialias=True)
+
+
+def extractor_input_size(segmenter: nn.Module, metrics_cfg: Mapping) -> list[int] | None:
+    """``(H, W)`` the self-trained extractor takes: ``metrics.extractor_size``, else the segmenter's own
+    ``params.img_size`` (UNETR / SwinUNETR), else ``None`` (any size: slices go in as they are)."""
+    size = metrics_cfg.get("extractor_size")
+    if size is None:
+        size = ((getattr(segmenter, "segmenter_record", None) or {}).get("model", {}).get("params", {})
+                .get("img_size"))
+    if size is None:
+        return None
+    size = [int(size)] * 2 if isinstance(size, (int, float)) else [int(v) for v in size]
+    if len(size) != 2:
+        raise ValueError(f"metrics.extractor_size must be one number or [H, W], got {size}")
+    return size
 
 
 def _controllability(pred: torch.Tensor, names: Sequence[str], prompted: Sequence[str], severity_cfg: Mapping) -> dict:
@@ -272,4 +314,131 @@ def evaluate_run(generated_path: str | Path, index_csv: str | Path, summary_json
         record["controllability"] = {"status": "not applicable: the model was trained without graded prompts"}
     _write_json(out_json, record)
     log.info("metrics %s/%s: FD %.4f (%s), FID %s", model, run, fd["fd"], extractor_label, inception["status"])
+    return record
+
+
+# ------------------------------------------------------------------------------------------------ volume metrics
+def _resegment_volumes(segmenter: nn.Module, volumes: np.ndarray, size: Sequence[int] | None,
+                       batch_size: int) -> torch.Tensor:
+    """Binary masks ``(N, C, X, Y, Z)`` of 2D segmenter predictions on every axial (XY) slice of the volumes."""
+    from medsynth.downstream import predict_masks
+
+    x = torch.from_numpy(np.ascontiguousarray(volumes, dtype=np.float32))
+    n, _, sx, sy, sz = x.shape
+    slices = x.permute(0, 4, 1, 2, 3).reshape(n * sz, 1, sx, sy)  # axial slices along z
+    pred = predict_masks(segmenter, _resize_slices(slices, size), batch_size=batch_size)
+    pred = _resize_slices(pred.float(), (sx, sy), mode="nearest") > 0.5
+    return pred.reshape(n, sz, -1, sx, sy).permute(0, 2, 3, 4, 1).contiguous()
+
+
+def evaluate_volume_run(generated_path: str | Path, index_csv: str | Path, summary_json: str | Path,
+                        shards: Sequence[str], extractor_dir: str | Path, out_json: str | Path, metrics_cfg: Mapping,
+                        intensity_cfg: Mapping, select: Mapping, model: str, run: str,
+                        grid_cfg: Mapping | None = None) -> dict:
+    """Metrics of one sampling run of volumes (module docstring) in :func:`evaluate_run`'s JSON layout.
+
+    ``shards``: the 3D training-set shards (``trainsets/volumes``); ``select`` the condition set the
+    run was sampled for (one generated volume per real volume, same masks). ``metrics_cfg`` keys:
+    ``batch_size``, ``kid_subset_size``, ``central_fraction`` (of the slices per axis, MAISI 2.5D: 0.4),
+    ``extractor_size`` (optional ``[H, W]`` of the extractor's input), ``inception_weights``;
+    ``intensity_cfg``: ``ct_hu_range`` and ``windows`` (``{name: [level, width]}``). ``grid_cfg``
+    (``spacing_mm``, ``size`` of the registration grid) gives mm distances; without it they are in voxels.
+    ``windowed`` rows ``{"window", "plane", "fd", "status"}`` use MedSyn2 Table 1's plane labels XY / YZ /
+    ZX (``plane: "mean"``: mean over the planes of a window; ``window: "mean"``: over all cells).
+    """
+    from medsynth.downstream import load_segmenter
+    from medsynth.generator.sampling import load_generated
+    from medsynth.metrics import (
+        frechet_metrics,
+        image_metrics,
+        inception_fid,
+        mask_metrics,
+        per_plane_windowed_fd,
+        register_module_extractor,
+    )
+    from medsynth.metrics.frechet import PLANE_LABELS, PLANES, central_slices
+
+    torch.set_num_threads(1)
+    index, images, masks, names = load_slices(shards)
+    rows = select_rows(index, select)
+    real, real_masks = images[rows].astype(np.float32), masks[rows] > 0
+    if real.ndim != 5:
+        raise ValueError(f"{list(shards)}: expected volumes (N, 1, X, Y, Z), got {real.shape}; 2D runs: evaluate_run")
+    fake, fake_masks, fake_names = load_generated(generated_path)
+    if fake.shape != real.shape or (fake_names and list(fake_names) != list(names)):
+        raise ValueError(f"{generated_path}: volumes {fake.shape} / channels {fake_names} do not match the real "
+                         f"volumes {real.shape} / channels {names} of the condition set")
+    if not np.array_equal(fake_masks.astype(bool), real_masks):
+        raise ValueError(f"{generated_path} was conditioned on other masks than the real volumes of {dict(select)}")
+    summary = json.loads(Path(summary_json).read_text())
+    import pandas as pd
+
+    sampled_rows = len(pd.read_csv(index_csv, keep_default_na=False))
+    if sampled_rows != len(fake):
+        raise ValueError(f"{index_csv}: {sampled_rows} rows for {len(fake)} generated volumes")
+    segmenter = load_segmenter(extractor_dir)
+    size = extractor_input_size(segmenter, metrics_cfg)
+    extractor_name = register_module_extractor(SELF_EXTRACTOR, _SegmenterEncoder(segmenter, size))
+    setting = Path(extractor_dir).parent.name
+    extractor_label = f"self-trained {segmenter.segmenter_record['model']['type']} encoder, downstream '{setting}'"
+    batch = int(metrics_cfg.get("batch_size", 64))
+    fraction = float(metrics_cfg.get("central_fraction", 0.4))
+    real_t, fake_t = torch.from_numpy(real), torch.from_numpy(fake)
+
+    # unwindowed 2.5D FD (+ KID) per plane on the central slices, and its mean over the planes
+    per_plane, n_slices = {}, None
+    for plane, axis in PLANES.items():
+        r01 = (central_slices(real_t, axis, fraction) + 1.0) / 2.0
+        f01 = (central_slices(fake_t, axis, fraction) + 1.0) / 2.0
+        n_slices = min(len(r01), len(f01)) if n_slices is None else min(n_slices, len(r01), len(f01))
+        kid_size = max(2, min(int(metrics_cfg.get("kid_subset_size", 50)), len(r01), len(f01)))
+        res = frechet_metrics(r01, f01, extractor_name, kid=True, kid_subset_size=kid_size, batch_size=batch)
+        per_plane[PLANE_LABELS[plane]] = {k: res[k] for k in ("fd", "kid_mean", "kid_std", "n_real", "n_fake")}
+    fd_mean = {k: float(np.mean([p[k] for p in per_plane.values()])) for k in ("fd", "kid_mean", "kid_std")}
+    axial = PLANES["axial"]
+    inception = inception_fid((central_slices(real_t, axial, fraction) + 1.0) / 2.0,
+                              (central_slices(fake_t, axial, fraction) + 1.0) / 2.0,
+                              metrics_cfg.get("inception_weights"), kid_subset_size=max(2, min(
+                                  int(metrics_cfg.get("kid_subset_size", 50)), n_slices)), batch_size=batch)
+
+    modalities = set(index.iloc[rows]["modality"].astype(str))
+    windowed: list[dict] = []
+    if modalities == {"CT"}:
+        windows = {k: tuple(v) for k, v in (intensity_cfg.get("windows") or {}).items()}
+        for row in per_plane_windowed_fd(real_t, fake_t, tuple(intensity_cfg["ct_hu_range"]), windows, extractor_name,
+                                         central_fraction=fraction, kid=False, batch_size=batch):
+            windowed.append({"window": row["window"], "plane": PLANE_LABELS.get(row["plane"], row["plane"]),
+                             "fd": row.get("fd"), "n_real": row.get("n_real"), "n_fake": row.get("n_fake"),
+                             "status": row.get("status")})
+    pairs = image_metrics(fake_t, real_t)
+    spacing = voxel_spacing(grid_cfg, real.shape[2:]) if grid_cfg else None
+    pred_fake = _resegment_volumes(segmenter, fake, size, batch)
+    pred_real = _resegment_volumes(segmenter, real, size, batch)
+    ref = torch.from_numpy(real_masks)
+    record = {
+        "model": model, "run": run, "n_real": int(len(real)), "n_generated": int(len(fake)),
+        "image_size": list(real.shape[2:]), "spatial_dims": 3, "modalities": sorted(modalities),
+        "sampling": {k: summary.get(k) for k in ("sampler", "steps", "nfe", "network_evals", "seconds",
+                                                  "seconds_per_sample")},
+        "hu_qc": summary.get("hu_qc", {"enabled": False}),
+        "fid": {"value": inception.get("fid"), "status": inception["status"], "plane": "XY"},
+        "kid": {"mean": inception.get("kid_mean"), "std": inception.get("kid_std"), "status": inception["status"],
+                "plane": "XY"},
+        "fd_self": {"value": fd_mean["fd"], "kid_mean": fd_mean["kid_mean"], "kid_std": fd_mean["kid_std"],
+                    "per_plane": per_plane, "central_fraction": fraction, "extractor_input_size": size,
+                    "extractor": extractor_label},
+        "windowed": windowed,
+        "windowed_status": "ok" if windowed else f"not applicable: modalities {sorted(modalities)} (CT windows)",
+        "pairs": {"ssim": pairs["ssim"], "psnr": pairs["psnr"], "l1": pairs["l1"]},
+        "mask_fidelity": {"segmenter": f"{extractor_label}, axial slice by slice",
+                          "distance_unit": "mm" if spacing else "voxel", "spacing_mm": spacing,
+                          "generated_vs_gt": mask_metrics(pred_fake, ref, list(names), spacing=spacing),
+                          "real_vs_gt": mask_metrics(pred_real, ref, list(names), spacing=spacing)},
+        "controllability": {"status": "not applicable: graded prompts are measured on 2D slices"},
+    }
+    record["mask_fidelity"]["mean_generated_vs_gt"] = _channel_means(record["mask_fidelity"]["generated_vs_gt"])
+    record["mask_fidelity"]["mean_real_vs_gt"] = _channel_means(record["mask_fidelity"]["real_vs_gt"])
+    _write_json(out_json, record)
+    log.info("volume metrics %s/%s: 2.5D FD %.4f (%s), FID %s", model, run, fd_mean["fd"], extractor_label,
+             inception["status"])
     return record

@@ -131,6 +131,11 @@ def tracked(smk, seed: int | None = None) -> Iterator[Provenance]:
     The yielded ``Provenance`` lets the rule add facts only it knows (the download rule lists the
     raw files with their checksums).
     """
+    from medsynth.launch import in_worker
+
+    if in_worker():  # a worker of a multi-process launch: the launching process records the job
+        yield Provenance()
+        return
     outputs = _files(smk.output)
     for out in outputs:  # a sidecar never outlives the output it describes
         sidecar_of(out).unlink(missing_ok=True)

@@ -22,8 +22,14 @@ VARIANTS = list(config.get("variants") or {})  # stage-2 variants: named overrid
 DEFAULT_VARIANTS = [v for v in config.get("default_variants", VARIANTS) if v in VARIANTS]
 
 
-# generators that can be sampled: the base model, the stage-1 model and every stage-2 variant
-MODELS = ["base", "stage1", *VARIANTS]
+# MedSyn2 architecture ablations: base generators trained from scratch with another backbone
+ARCHITECTURES = config.get("architectures") or {}
+_clash = set(ARCHITECTURES) & {"base", "stage1", *VARIANTS}
+if _clash:
+    raise ValueError(f"config architectures {sorted(_clash)} clash with base / stage1 / variant names")
+
+# generators that can be sampled: the base model, the stage-1 model, every stage-2 variant and architecture
+MODELS = ["base", "stage1", *VARIANTS, *ARCHITECTURES]
 CONDITION_SETS = list((config.get("sampling") or {}).get("condition_sets") or {"eval": {}, "train": {}})
 SAMPLING = config.get("sampling") or {}
 DEFAULT_RUN = SAMPLING.get("default_run", "euler-30")
@@ -33,6 +39,7 @@ wildcard_constraints:
     dataset="|".join(DATASETS),
     shard=r"\d+",
     variant="|".join(re.escape(v) for v in VARIANTS) or "(?!)",
+    arch="|".join(re.escape(a) for a in ARCHITECTURES) or "(?!)",
     model="|".join(re.escape(m) for m in MODELS),
     run=r"(euler|heun|tweedie|ddpm|ddim)-\d+|dopri5-auto",
     setting=r"real|real_aug|(real_synth|synth_only|real_synth_mg|real_synth_mgf|real_synth_gm)-(" + "|".join(re.escape(m) for m in MODELS) + ")",
@@ -78,10 +85,38 @@ def stage2_config(wildcards):
     return variant_config(config["stage2"], config["variants"], wildcards.variant)
 
 
-def model_config(model):
-    """Config section a model was trained with: `base`, `stage1` or the variant's merged `stage2`."""
+def architecture_backbone(name):
+    """`generator.backbone` of architecture `name`: its entry, deep-merged onto the one it `extends`."""
     from medsynth.generator.stages import variant_config
 
+    entry = dict(ARCHITECTURES[name])
+    parent = entry.pop("extends", None)
+    if parent is None:
+        return entry
+    if parent not in ARCHITECTURES:
+        raise ValueError(f"architectures.{name}.extends = {parent!r} is not an architecture")
+    return variant_config(architecture_backbone(parent), {name: entry}, name)
+
+
+def model_generator(model):
+    """`generator` section of a model: an architecture's own backbone, else the study's."""
+    if model in ARCHITECTURES:
+        return {**config["generator"], "backbone": architecture_backbone(model)}
+    return config["generator"]
+
+
+def architecture_stage():
+    """Training recipe of the architecture ablations: config `base` with `architecture_training` overrides."""
+    return {**config["base"], **(config.get("architecture_training") or {})}
+
+
+def model_config(model):
+    """Config section a model was trained with: `base`, `stage1`, the variant's merged `stage2` or an
+    architecture's training recipe."""
+    from medsynth.generator.stages import variant_config
+
+    if model in ARCHITECTURES:
+        return architecture_stage()
     if model in ("base", "stage1"):
         return config[model]
     return variant_config(config["stage2"], config["variants"], model)
@@ -97,6 +132,8 @@ def model_inputs(wildcards):
     """Trained weights of ``wildcards.model`` (+ the stage-1 model a LoRA variant adapts)."""
     if wildcards.model in ("base", "stage1"):
         return {"model": f"{RESULTS}/{wildcards.model}/final"}
+    if wildcards.model in ARCHITECTURES:
+        return {"model": f"{RESULTS}/architectures/{wildcards.model}/final"}
     inputs = {"model": f"{RESULTS}/stage2/{wildcards.model}/final"}
     if model_config(wildcards.model).get("method", "lora") == "lora":
         inputs["init"] = stage2_init(wildcards.model)
@@ -158,7 +195,7 @@ def train_threads(section):
 
 #: one rule per paper table (rules/tables.smk), each writing tables/<name>.csv and .md
 TABLE_RULES = ["victr_table2", "victr_table3", "victr_table4", "medsyn2_table1", "medsyn2_table5",
-               "medsyn2_table6", "medsyn2_table7", "maisi_steps", "maisi_main", "maisi_contrastive", "maisi_hu_qc", "meddiff_ft"]
+               "medsyn2_table6", "medsyn2_table7", *(["medsyn2_ablation"] if ARCHITECTURES else []), "maisi_steps", "maisi_main", "maisi_contrastive", "maisi_hu_qc", "meddiff_ft"]
 
 
 #: (model, run) pairs of the sample grid: each default variant with the default run, then ViCTr's samplers

@@ -88,3 +88,31 @@ rule stage2:
         "../envs/train.yaml"
     script:
         "../scripts/stage2.py"
+
+
+rule architecture:
+    """MedSyn2 Supp. 7.5 ablations: a generator trained from scratch like the base model (config `base`
+    + `architecture_training`) with backbone `architectures.<arch>` (e.g. the MedSyn2 DiT without its
+    depthwise convolution or gated attention)."""
+    input:
+        shards=slice_shards,
+        vae=f"{RESULTS}/vae/final",
+        stats=f"{RESULTS}/vae/latent_stats.json",
+    output:
+        final=directory(f"{RESULTS}/architectures/{{arch}}/final"),
+        curve=f"{RESULTS}/architectures/{{arch}}/loss_curve.csv",
+        train_config=f"{RESULTS}/architectures/{{arch}}/train_config.json",
+    log:
+        f"{RESULTS}/logs/architectures/{{arch}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/architectures/{{arch}}.tsv"
+    params:
+        generator=lambda wc: model_generator(wc.arch),
+        stage=architecture_stage(),
+    threads: train_threads("generator")
+    resources:
+        **rule_resources("architecture", mem_mb=4000, gpu=0),
+    conda:
+        "../envs/train.yaml"
+    script:
+        "../scripts/base.py"

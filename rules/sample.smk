@@ -19,7 +19,7 @@ rule sample:
     benchmark:
         f"{RESULTS}/benchmarks/sample/{{model}}/{{run}}/{{conditions}}.tsv"
     params:
-        generator=config["generator"],
+        generator=lambda wc: model_generator(wc.model),
         model_cfg=lambda wc: model_config(wc.model),
         sampling=lambda wc: model_sampling(wc.model),
         select=lambda wc: SAMPLING["condition_sets"][wc.conditions],

@@ -277,3 +277,25 @@ rule meddiff_ft:
         "../envs/data.yaml"
     script:
         "../scripts/table.py"
+
+
+rule medsyn2_ablation:
+    """MedSyn2 Supp. 7.5: the DiT with / without its depthwise convolution and gated attention."""
+    input:
+        **{arch: metrics_json(arch) for arch in ARCHITECTURES},
+    output:
+        csv=report(f"{RESULTS}/tables/medsyn2_ablation.csv", caption="../report/tables.rst", category="Tables",
+                   labels={"table": "medsyn2_ablation", "format": "csv"}),
+        md=f"{RESULTS}/tables/medsyn2_ablation.md",
+    log:
+        f"{RESULTS}/logs/tables/medsyn2_ablation.log",
+    params:
+        table="medsyn2_ablation",
+        tables=TABLES,
+        paper_dir=os.path.join(BASEDIR, TABLES.get("paper_reported", "config/paper_reported")),
+        architectures=ARCHITECTURES,
+    localrule: True
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../scripts/table.py"

@@ -10,10 +10,14 @@ from medsynth.logutil import log_to_file
 
 log_to_file(snakemake.log[0])
 
+from medsynth.launch import launch_processes, relaunch
 from medsynth.provenance import tracked
 
 from medsynth.generator.stages import run_base
 
-with tracked(snakemake, seed=snakemake.params.stage.get("seed")):
-    run_base(snakemake.input.shards, snakemake.input.vae, snakemake.input.stats, Path(snakemake.output.final).parent,
-             snakemake.params.generator, snakemake.params.stage)
+stage = snakemake.params.stage
+with tracked(snakemake, seed=stage.get("seed")):
+    # more than one process (stage `processes` or the job's GPUs): accelerate workers do the work
+    if not relaunch(launch_processes(stage, snakemake.resources), mixed_precision=stage.get("mixed_precision", "no")):
+        run_base(snakemake.input.shards, snakemake.input.vae, snakemake.input.stats, Path(snakemake.output.final).parent,
+                 snakemake.params.generator, snakemake.params.stage)

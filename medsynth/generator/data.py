@@ -1,6 +1,7 @@
 """Latent training data of the generator: shards -> z-normalised VAE latents + masks + text tokens.
 
-One sample = one 2D slice of a training-set shard (:mod:`medsynth.preprocess.trainsets`):
+One sample = one 2D slice, or one 3D volume, of a training-set shard (:mod:`medsynth.preprocess.trainsets`:
+``trainsets/slices`` or ``trainsets/volumes``; every function here works on ``(N, C, *spatial)``):
 
 * ``latent``: posterior mean of the slice under the tuned VAE, z-normalised per channel with the
   VAE's ``latent_stats.json`` (MedSyn2 Sec. 3);
@@ -63,9 +64,10 @@ def shard_condition_names(tensors_path: str | Path) -> list[str]:
 
 
 def load_slices(shards: Sequence[str | Path]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, list[str]]:
-    """All samples of the 2D shards (``.safetensors``; the index is the same stem ``.csv``).
+    """All samples of the shards (``.safetensors``; the index is the same stem ``.csv``), slices or volumes.
 
-    Returns ``(index, images (N, 1, H, W) in [-1, 1], masks (N, C, H, W) in [-0.5, 0.5], names)``.
+    Returns ``(index, images (N, 1, *spatial) in [-1, 1], masks (N, C, *spatial) in [-0.5, 0.5], names)``;
+    ``spatial`` is ``(H, W)`` for slice shards and ``(X, Y, Z)`` for volume shards (``slice = -1``).
     """
     tables, images, masks, names = [], [], [], None
     for path in sorted(str(p) for p in shards if str(p).endswith(".safetensors")):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from medsynth.models.backbones import predict
+from medsynth.models.backbones import as_velocity, predict
 from medsynth.models.prompts import ABSENT_MASK_VALUE
 from medsynth.objectives import (
     distribution_matching_loss,
@@ -53,8 +53,9 @@ class DistillationPair(nn.Module):
         return self.generator
 
     def forward(self, which: str, *args, **kwargs) -> torch.Tensor:
-        """``predict`` of one player (``"generator"`` or ``"fake"``) - one entry point for wrappers (DDP)."""
-        return predict(getattr(self, which), *args, **kwargs)
+        """``predict`` of one player (``"generator"`` or ``"fake"``) as a velocity; one entry point for DDP."""
+        model = getattr(self, which)
+        return as_velocity(model, predict(model, *args, **kwargs), args[0], args[1])
 
 
 @dataclass
@@ -77,13 +78,14 @@ class DistributionMatchingStep:
     def _teacher_x0(self, x_t: torch.Tensor, t: torch.Tensor, text, keep, mask) -> torch.Tensor:
         teacher = self.teacher.to(x_t.device)
         if self.guidance_scale == 1.0:
-            v = predict(teacher, x_t, t, text, keep, mask=mask).float()
+            v = as_velocity(teacher, predict(teacher, x_t, t, text, keep, mask=mask), x_t, t)
         else:
             null_text = self.tokens.to(x_t.device)[self.null_id].expand_as(text)
             null_keep = self.keep.to(x_t.device)[self.null_id].expand_as(keep)
             out = predict(teacher, torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([text, null_text]),
                           torch.cat([keep, null_keep]),
-                          mask=torch.cat([mask, torch.full_like(mask, ABSENT_MASK_VALUE)])).float()
+                          mask=torch.cat([mask, torch.full_like(mask, ABSENT_MASK_VALUE)]))
+            out = as_velocity(teacher, out, torch.cat([x_t, x_t]), torch.cat([t, t]))
             cond, uncond = out.chunk(2)
             v = uncond + self.guidance_scale * (cond - uncond)
         return x0_from_velocity(v, x_t.float(), t.float())

@@ -1,4 +1,11 @@
-"""Sampling from a trained generator: conditions of real slices in, decoded synthetic slices out.
+"""Sampling from a trained generator: conditions of real slices (or volumes) in, decoded synthetic ones out.
+
+Everything here works on ``(N, C, *spatial)``: 2D slices with a 2D backbone and VAE, or 3D volumes
+(MAISI-v2 / MedSyn2 3D studies: ``trainsets/volumes`` shards, the 3D MAISI VAE, ``maisi_unet3d`` or the
+3D ``medsyn2_dit``) with the same functions and the same three output files. An x0-predicting
+backbone (MedSyn2) is integrated through its implied velocity
+(:func:`medsynth.models.backbones.predict_velocity`). MAISI's HU quality check works per organ on
+either.
 
 A *sampling run* is one trained model (``base``, ``stage1`` or a stage-2 variant) x one sampler
 setting (``euler``, ``heun``, ``dopri5``, ``tweedie``, ``ddpm``, ``ddim`` with a step count) x one
@@ -44,7 +51,7 @@ import torch
 from torch import nn
 
 from medsynth.generator.data import LatentData
-from medsynth.models.backbones import build_backbone, predict
+from medsynth.models.backbones import as_velocity, build_backbone, predict
 from medsynth.models.prompts import ABSENT_MASK_VALUE
 
 __all__ = [
@@ -110,7 +117,7 @@ class SamplingSpec:
 
 @dataclass
 class GeneratedSet:
-    """Decoded synthetic slices ``(N, 1, H, W)`` in [-1, 1] and the cost of making them."""
+    """Decoded synthetic slices / volumes ``(N, 1, *spatial)`` in [-1, 1] and the cost of making them."""
 
     images: np.ndarray
     nfe: int
@@ -140,10 +147,23 @@ def load_trained_generator(gen_cfg: Mapping, model_dir: str | Path, init_dir: st
         if init_dir is None:
             raise ValueError(f"{model_dir} holds a LoRA adapter: the stage-1 model it adapts is needed")
         model = build_backbone({**cfg, "pretrained": str(init_dir)}, key="generator.backbone")
-        model = merge_lora(load_lora(model, model_dir))
+        model = load_lora(model, model_dir)
+        if _pointwise_conv3d_adapters(model):
+            # peft's merge treats a 1x1x1 Conv3d as a 1x1 Conv2d and fails: keep those adapters unmerged
+            log.info("%s: LoRA on 1x1x1 Conv3d layers kept as adapters (not merged)", model_dir)
+        else:
+            model = merge_lora(model)
     else:
         model = build_backbone({**cfg, "pretrained": str(model_dir)}, key="generator.backbone")
     return model.eval().requires_grad_(False)
+
+
+def _pointwise_conv3d_adapters(model: nn.Module) -> bool:
+    """Whether a LoRA adapter wraps a Conv3d with a 1x1x1 kernel (peft's merge cannot fold those)."""
+    from peft.tuners.lora import LoraLayer
+
+    return any(isinstance(m, LoraLayer) and isinstance(m.get_base_layer(), nn.Conv3d)
+               and tuple(m.get_base_layer().kernel_size) == (1, 1, 1) for m in model.modules())
 
 
 # ------------------------------------------------------------------------------------------------ sampling
@@ -163,10 +183,15 @@ class _ConditionedField:
             self.mask, self.tokens, self.keep = mask, tokens, keep
 
     def raw(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Guided network output (velocity, or noise for a ddpm model) at ``x``, per-sample ``t``."""
+        """Guided network output (velocity, or noise for a ddpm model) at ``x``, per-sample ``t``.
+
+        An x0-predicting backbone's output is turned into its implied velocity
+        (:func:`medsynth.models.backbones.as_velocity`).
+        """
         if self.guidance == 1.0:
-            return predict(self.model, x, t, self.tokens, self.keep, mask=self.mask).float()
-        out = predict(self.model, torch.cat([x, x]), torch.cat([t, t]), self.tokens, self.keep, mask=self.mask).float()
+            return as_velocity(self.model, predict(self.model, x, t, self.tokens, self.keep, mask=self.mask), x, t)
+        xx, tt = torch.cat([x, x]), torch.cat([t, t])
+        out = as_velocity(self.model, predict(self.model, xx, tt, self.tokens, self.keep, mask=self.mask), xx, tt)
         cond, uncond = out.chunk(2)
         return uncond + self.guidance * (cond - uncond)
 
@@ -211,7 +236,7 @@ INPAINT_DEFAULTS = {"channels": None, "dilate": 1, "schedule": "shrink", "max_di
 
 
 def inpaint_keep_mask(mask: torch.Tensor, names: list[str], channels, dilate: int) -> torch.Tensor:
-    """``(N, 1, h, w)`` 1 where the real latent is kept: outside the (dilated) union of ``channels``.
+    """``(N, 1, *latent_spatial)`` 1 where the real latent is kept: outside the (dilated) union of ``channels``.
 
     ``mask``: the conditions at latent resolution in [-0.5, 0.5] (area-resized); a latent pixel any
     part of which the channel covers belongs to the ROI. ``channels`` None = every channel.
@@ -223,7 +248,8 @@ def inpaint_keep_mask(mask: torch.Tensor, names: list[str], channels, dilate: in
     idx = [list(names).index(c) for c in chosen]
     roi = (mask[:, idx] > ABSENT_MASK_VALUE + 1e-6).any(dim=1, keepdim=True).float()
     if dilate > 0:
-        roi = torch.nn.functional.max_pool2d(roi, 2 * int(dilate) + 1, stride=1, padding=int(dilate))
+        pool = torch.nn.functional.max_pool3d if roi.ndim == 5 else torch.nn.functional.max_pool2d
+        roi = pool(roi, 2 * int(dilate) + 1, stride=1, padding=int(dilate))
     return 1.0 - roi
 
 
@@ -310,9 +336,10 @@ def sample_condition_set(shards, vae_dir: str | Path, stats_path: str | Path, mo
     ``model_cfg`` is the config section the model was trained with (``base``, ``stage1`` or the
     variant's merged ``stage2``): its ``objective`` picks the field and its ``severity_prompt`` whether
     the prompts carry the severity grade. Writes ``out_tensors`` (safetensors: ``image`` float32
-    ``(N, 1, H, W)`` in [-1, 1], ``masks`` uint8 ``(N, C, H, W)`` = the conditioning masks at image
+    ``(N, 1, *spatial)`` in [-1, 1], ``masks`` uint8 ``(N, C, *spatial)`` = the conditioning masks at image
     resolution), ``out_index`` (CSV: one row per sample with case, slice, split, prompt, severity) and
-    ``out_summary`` (JSON: NFE, seconds, settings).
+    ``out_summary`` (JSON: NFE, seconds, settings). ``shards`` may be slice or volume shards (``spatial``
+    ``(H, W)`` or ``(X, Y, Z)``); the VAE and ``gen_cfg["backbone"]`` must have the same dimensionality.
     """
     from safetensors.numpy import save_file
 
@@ -374,7 +401,7 @@ def sample_condition_set(shards, vae_dir: str | Path, stats_path: str | Path, mo
 
 
 def load_generated(path: str | Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """``(images (N, 1, H, W) in [-1, 1], masks (N, C, H, W) uint8, condition names)`` of a sampled set."""
+    """``(images (N, 1, *spatial) in [-1, 1], masks (N, C, *spatial) uint8, condition names)`` of a sampled set."""
     from safetensors import safe_open
     from safetensors.numpy import load_file
 

@@ -13,6 +13,15 @@
   stage-1 model and trains LoRA adapters only inside the layers stage 1 unfroze; ``objective: tweedie``
   uses the Tweedie-corrected loss, and ``consistency`` weights add the temporal/spatial consistency
   losses against the frozen stage-1 model. ``method: full`` fine-tunes every weight (vanilla).
+  ``reflow`` trains on the init model's own (noise, sample) couplings (with ``reflow.distill``: only at
+  ``t = 1``, Flow Straight and Fast's one-step distillation); ``dmd`` distils the init model into a
+  one-step generator (:mod:`medsynth.generator.distill`).
+
+Volumes (MAISI-v2 / MedSyn2 3D studies): the same functions take the ``trainsets/volumes`` shards; with
+``vae.model`` the 3D MAISI config (``spatial_dims: 3``) :func:`run_vae` tunes it on whole volumes (and
+mask channels), and the stages train a 3D backbone (``maisi_unet3d``: ``params.mask_input`` routes the
+mask to the ControlNet and/or the input channels; ``medsyn2_dit`` with ``spatial_dims: 3``,
+``prediction: x0``: MedSyn2's x-prediction v-loss, see :class:`GeneratorStep`) on the volume latents.
 
 Every stage trains with :func:`medsynth.train.train` (checkpoints every ``checkpoint_every`` steps,
 automatic resume from the newest one, SIGTERM -> checkpoint + exit code 75) and writes ``final/``,
@@ -36,8 +45,16 @@ import torch
 from torch import nn
 
 from medsynth.fsutil import write_csv_atomic, write_text_atomic
+from medsynth.launch import is_main_process
 from medsynth.generator.data import LatentData, build_latent_data, load_slices, select_rows, shard_condition_names
-from medsynth.models.backbones import build_backbone, predict
+from medsynth.models.backbones import (
+    as_velocity,
+    build_backbone,
+    input_channels,
+    mask_routing,
+    predict,
+    predicts_x0,
+)
 from medsynth.models.prompts import ABSENT_MASK_VALUE
 from medsynth.objectives import (
     euler_step,
@@ -47,6 +64,8 @@ from medsynth.objectives import (
     spatial_consistency_loss,
     temporal_consistency_loss,
     tweedie_corrected_velocity,
+    velocity_from_x0,
+    x_prediction_v_loss,
 )
 from medsynth.train.loop import derive_seed, run_fingerprint
 from medsynth.train import (
@@ -126,10 +145,27 @@ def _data(shards, vae_dir, stats_path, gen_cfg, stage_cfg, text_encoder, severit
 
 
 def _check_channels(model: nn.Module, data: LatentData) -> None:
-    want = int(model.config.in_channels)
-    have = data.dataset.tensors["latent"].shape[1] + data.dataset.tensors["mask"].shape[1]
+    """The backbone's input (and ControlNet conditioning) channels against the data's latent + mask channels."""
+    latent, mask = data.dataset.tensors["latent"], data.dataset.tensors["mask"]
+    concat, control = mask_routing(model)
+    want, have = input_channels(model), latent.shape[1] + (mask.shape[1] if concat else 0)
     if want != have:
-        raise ValueError(f"generator.backbone.params.in_channels = {want}, but latent + mask channels = {have}")
+        what = "latent + mask" if concat else "latent (the mask goes to the ControlNet)"
+        raise ValueError(f"generator.backbone in_channels = {want}, but {what} channels = {have}")
+    if control:
+        cond = int(model.config.controlnet_params["conditioning_embedding_in_channels"])
+        if cond != mask.shape[1]:
+            raise ValueError(f"generator.backbone.params.controlnet_params.conditioning_embedding_in_channels = "
+                             f"{cond}, but the data has {mask.shape[1]} mask channels")
+    if latent.ndim - 2 != _backbone_dims(model):
+        raise ValueError(f"generator.backbone works on {_backbone_dims(model)}D inputs, the latents are "
+                         f"{latent.ndim - 2}D (2D slices need a 2D backbone, volumes a 3D one)")
+
+
+def _backbone_dims(model: nn.Module) -> int:
+    from medsynth.models.backbones import spatial_dims
+
+    return spatial_dims(model)
 
 
 def _load_backbone(gen_cfg: Mapping, folder: str | Path) -> nn.Module:
@@ -139,6 +175,8 @@ def _load_backbone(gen_cfg: Mapping, folder: str | Path) -> nn.Module:
 
 
 def _write_prompts(data: LatentData, out_dir: Path) -> None:
+    if not is_main_process():  # one writer in a multi-process launch
+        return
     counts = data.index["prompt"].value_counts()
     table = pd.DataFrame({"prompt_id": range(len(data.prompts)), "prompt": data.prompts,
                           "slices": [int(counts.get(p, 0)) for p in data.prompts]})
@@ -167,6 +205,11 @@ class GeneratorStep:
     (one Euler step ``Z_{t-dt}`` of each, values + spatial gradients) consistency terms are added with
     their weights; both compare the fields the samplers integrate (``u`` of the adapted model, the
     plain velocity of the reference). ``ewc``: the stage-1 penalty.
+
+    An x0-predicting backbone (``medsyn2_dit`` with ``prediction: x0``) trains with MedSyn2's
+    x-prediction v-loss (eq. 4, :func:`medsynth.objectives.x_prediction_v_loss`, logged as ``flow``)
+    under the ``flow`` objective; every field (Tweedie, consistency, contrastive) uses its implied
+    velocity. It cannot train under ``ddpm`` (noise prediction).
     """
 
     tokens: torch.Tensor
@@ -200,6 +243,9 @@ class GeneratorStep:
         timesteps = sample_ddpm_timesteps(x0.shape[0], generator, steps)
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
         x_t = ddpm_add_noise(x0, noise, timesteps.to(x0.device), self.scheduler)
+        if predicts_x0(model):
+            raise ValueError("the ddpm objective trains noise prediction: an x0-predicting backbone "
+                             "(medsyn2_dit prediction: x0) needs objective flow (MedSyn2 x-prediction v-loss)")
         eps = predict(model, x_t, ddpm_model_time(timesteps, steps).to(x0.device), text, keep, mask=mask).float()
         loss = noise_prediction_loss(eps, noise.float())
         return {"ddpm": loss, "loss": loss}
@@ -213,7 +259,7 @@ class GeneratorStep:
         roi = (mask[:, channel:channel + 1] > 0).float()
         perturbed = mask.clone()
         perturbed[:, channel] = ABSENT_MASK_VALUE
-        other = predict(model, x_t, t, text, keep, mask=perturbed).float()
+        other = as_velocity(model, predict(model, x_t, t, text, keep, mask=perturbed), x_t, t)
         if self.objective == "tweedie":
             other = tweedie_corrected_velocity(other, x_t.float(), t.float(), detach_score=self.detach_score,
                                                mapping=self.abar_mapping)
@@ -243,12 +289,17 @@ class GeneratorStep:
         if self.objective == "ddpm":
             return self._ddpm(model, x0, mask, text, keep, generator)
         x_t = interpolate(x0, x1, t)
-        v = predict(model, x_t, t, text, keep, mask=mask).float()
-        field = v
-        if self.objective == "tweedie":
-            field = tweedie_corrected_velocity(v, x_t.float(), t.float(), detach_score=self.detach_score,
-                                               mapping=self.abar_mapping)
-        main = rectified_flow_loss(field, x0.float(), x1.float())
+        if predicts_x0(model) and self.objective == "flow":  # MedSyn2 eq. 4: x-prediction, v-loss
+            x0_hat = predict(model, x_t, t, text, keep, mask=mask).float()
+            field = velocity_from_x0(x0_hat, x_t.float(), t.float())
+            main = x_prediction_v_loss(x0_hat, x0.float(), x1.float(), t.float())
+        else:
+            v = as_velocity(model, predict(model, x_t, t, text, keep, mask=mask), x_t, t)
+            field = v
+            if self.objective == "tweedie":
+                field = tweedie_corrected_velocity(v, x_t.float(), t.float(), detach_score=self.detach_score,
+                                                   mapping=self.abar_mapping)
+            main = rectified_flow_loss(field, x0.float(), x1.float())
         terms = {"flow": main}
         loss = main
         if self.ewc is not None:
@@ -256,7 +307,7 @@ class GeneratorStep:
             loss = loss + terms["ewc"]
         if self.reference is not None and (self.temporal_weight or self.spatial_weight):
             with torch.no_grad():
-                v_ref = predict(self.reference, x_t, t, text, keep, mask=mask).float()
+                v_ref = as_velocity(self.reference, predict(self.reference, x_t, t, text, keep, mask=mask), x_t, t)
             if self.temporal_weight:
                 terms["temporal"] = temporal_consistency_loss(field, v_ref)
                 loss = loss + self.temporal_weight * terms["temporal"]
@@ -397,11 +448,12 @@ def run_stage1(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Pat
     trainable = unfreeze(model, selected)
     anchor = anchor_parameters(model, trainable)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_ewc(out_dir / "ewc.safetensors", {n: fisher[n] for n in trainable}, anchor, selected)
-    write_text_atomic(out_dir / "selected_layers.json", json.dumps(
-        {"selected": selected, "trainable_parameters": trainable,
-         "n_trainable": int(sum(anchor[n].numel() for n in trainable)),
-         "n_total": int(sum(p.numel() for p in model.parameters()))}, indent=2) + "\n")
+    if is_main_process():  # every worker computes the same selection; one writes it
+        save_ewc(out_dir / "ewc.safetensors", {n: fisher[n] for n in trainable}, anchor, selected)
+        write_text_atomic(out_dir / "selected_layers.json", json.dumps(
+            {"selected": selected, "trainable_parameters": trainable,
+             "n_trainable": int(sum(anchor[n].numel() for n in trainable)),
+             "n_total": int(sum(p.numel() for p in model.parameters()))}, indent=2) + "\n")
     ewc = EWCTerm(anchor, {n: fisher[n] for n in trainable}, float(ewc_cfg.get("lambda", 1.0)))
     data = _data(shards, vae_dir, stats_path, gen_cfg, stage_cfg, text_encoder)
     _write_prompts(data, out_dir)
@@ -505,5 +557,6 @@ def run_stage2(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Pat
             "one_step": bool(dmd.get("enabled") or reflow.get("distill")),
             "format": "lora adapter on the init model (medsynth.train.load_lora)" if method == "lora"
             else "diffusers save_pretrained"}
-    write_text_atomic(Path(result.final_dir) / "medsynth_stage2.json", json.dumps(meta, indent=2) + "\n")
+    if result.final_dir is not None:  # the main process saved the model
+        write_text_atomic(Path(result.final_dir) / "medsynth_stage2.json", json.dumps(meta, indent=2) + "\n")
     return result, model

@@ -23,7 +23,7 @@ _EXPORTS = {
     "MODULE_FEATURE": "features", "MODULE_REGISTRY": "features", "ModuleFeatureExtractor": "features",
     "inception_weights": "features", "register_module_extractor": "features",
     "unregister_module_extractor": "features",
-    "PLANES": "frechet", "UInt8ImageDataset": "frechet", "central_slices": "frechet",
+    "PLANES": "frechet", "PLANE_LABELS": "frechet", "UInt8ImageDataset": "frechet", "central_slices": "frechet",
     "frechet_metrics": "frechet", "inception_fid": "frechet", "per_plane_windowed_fd": "frechet",
     "per_window_fd": "frechet", "to_uint8_rgb": "frechet",
     "image_metrics": "masks", "mask_metrics": "masks", "mean_over_channels": "masks",

@@ -31,6 +31,7 @@ from medsynth.metrics.windows import windowed
 
 __all__ = [
     "PLANES",
+    "PLANE_LABELS",
     "UInt8ImageDataset",
     "central_slices",
     "frechet_metrics",
@@ -42,6 +43,8 @@ __all__ = [
 
 PLANES: dict[str, int] = {"axial": 4, "sagittal": 2, "coronal": 3}
 """Plane name -> array axis of an ``[N, 1, X, Y, Z]`` volume that the slices are taken along."""
+PLANE_LABELS: dict[str, str] = {"axial": "XY", "sagittal": "YZ", "coronal": "ZX"}
+"""Plane name -> the in-plane axes, MedSyn2 Table 1's plane labels."""
 
 
 def _tensor(x: torch.Tensor | np.ndarray) -> torch.Tensor:

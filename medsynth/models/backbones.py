@@ -19,7 +19,14 @@ A backbone config (``model.backbone`` in a study config)::
 
 Masks enter by channel concatenation (ViCTr Sec. 3.3 ``[Z_t, Z_s]``, MedSyn2 eq. 1): ``in_channels``
 is latent + mask channels and ``out_channels`` the latent channels (Flux: both times 4, its 2x2
-packing). MAISI's ControlNet takes a mask through ``control`` as well.
+packing). MAISI's ControlNet takes a mask through ``control`` as well; ``maisi_unet3d``'s
+``params.mask_input`` says where ``predict(..., mask=)`` routes the mask: ``concat`` (default, input
+channels only), ``control`` (ControlNet only, MAISI-v2; ``unet_params.in_channels`` = latent channels)
+or ``both``.
+
+What a backbone predicts: velocity for every type except a ``medsyn2_dit`` with ``prediction: x0``
+(MedSyn2's x-prediction); :func:`predict_velocity` turns either into the velocity the flow losses
+and samplers use (``v = (x_t - x0_hat) / max(t, t_min)``, :mod:`medsynth.objectives.x_prediction`).
 
 With ``pretrained`` set and ``params.in_channels`` larger than the checkpoint's, the input layer is
 widened with zero weights for the extra (mask) channels, so the loaded model's output is unchanged
@@ -76,6 +83,11 @@ __all__ = [
     "backbone_type",
     "spatial_dims",
     "supports_text_mask",
+    "input_channels",
+    "mask_routing",
+    "predicts_x0",
+    "predict_velocity",
+    "as_velocity",
     "expand_input_channels",
     "pooled_text",
     "pack_latents",
@@ -88,6 +100,9 @@ __all__ = [
 class BackbonePretrainedError(RuntimeError):
     """A ``pretrained`` backbone could not be loaded (offline, missing, or not matching ``params``)."""
 
+
+#: Where ``predict(..., mask=)`` sends the mask of a ``maisi_unet3d`` (``params.mask_input``).
+MASK_INPUTS = ("concat", "control", "both")
 
 _UNET_SHARED_WITH_CONTROLNET = (
     "spatial_dims", "in_channels", "num_res_blocks", "num_channels", "attention_levels", "norm_num_groups",
@@ -107,11 +122,18 @@ class MaisiBackbone(ModelMixin, ConfigMixin, PeftAdapterMixin):
     As in MAISI's training scripts the ControlNet starts as a copy of the UNet's encoder
     (``controlnet_from_unet``); its output convolutions start at zero (MONAI), so it has no effect until
     trained. ``forward`` takes timesteps on MONAI's ``RFlowScheduler`` scale (``t * 1000``).
+    ``mask_input``: where :func:`predict` puts a ``mask=``: ``concat`` (input channels), ``control``
+    (the ControlNet's conditioning only) or ``both``.
     """
 
     @register_to_config
-    def __init__(self, unet_params: dict, controlnet_params: dict | None = None, controlnet_from_unet: bool = True):
+    def __init__(self, unet_params: dict, controlnet_params: dict | None = None, controlnet_from_unet: bool = True,
+                 mask_input: str = "concat"):
         super().__init__()
+        if mask_input not in MASK_INPUTS:
+            raise ValueError(f"maisi_unet3d mask_input must be one of {MASK_INPUTS}, got {mask_input!r}")
+        if mask_input != "concat" and controlnet_params is None:
+            raise ValueError(f"maisi_unet3d mask_input {mask_input!r} needs a ControlNet (controlnet_params)")
         from monai.apps.generation.maisi.networks.controlnet_maisi import ControlNetMaisi
         from monai.apps.generation.maisi.networks.diffusion_model_unet_maisi import DiffusionModelUNetMaisi
 
@@ -147,12 +169,25 @@ class MaisiBackbone(ModelMixin, ConfigMixin, PeftAdapterMixin):
             down, mid = self.controlnet(
                 x, timesteps, control, conditioning_scale=conditioning_scale, context=context, class_labels=class_labels
             )
-        return self.unet(
-            x, timesteps, context=context, class_labels=class_labels,
-            down_block_additional_residuals=down, mid_block_additional_residual=mid,
-            top_region_index_tensor=top_region_index, bottom_region_index_tensor=bottom_region_index,
-            spacing_tensor=spacing,
-        )
+        if down is None:
+            return self.unet(
+                x, timesteps, context=context, class_labels=class_labels,
+                top_region_index_tensor=top_region_index, bottom_region_index_tensor=bottom_region_index,
+                spacing_tensor=spacing,
+            )
+        # DiffusionModelUNetMaisi.forward with the ControlNet residuals added out of place: MONAI adds them
+        # in place (``+=``) to tensors the next layers saved for backward, which breaks training. Same
+        # values: where the deepest skip tensor *is* the middle block's input (no downsampler on the last
+        # level), MONAI's in-place add reaches the middle block too, and so does it here.
+        unet = self.unet
+        emb = unet._get_time_and_class_embedding(x, timesteps, class_labels)
+        emb = unet._get_input_embeddings(emb, top_region_index, bottom_region_index, spacing)
+        h, skips = unet._apply_down_blocks(unet.conv_in(x), emb, context, None)
+        added = [s + r for s, r in zip(skips, down)]
+        h = next((a for s, a in zip(skips, added) if s is h), h)
+        h = unet.middle_block(h, emb, context) + mid
+        skips = added
+        return unet.out(unet._apply_up_blocks(h, emb, context, skips))
 
 
 BACKBONE_TYPES: dict[str, type[ModelMixin]] = {
@@ -302,6 +337,25 @@ def _in_channels(model: nn.Module) -> int:
     if isinstance(model, MaisiBackbone):
         return int(model.config.unet_params["in_channels"])
     return int(model.config.in_channels)
+
+
+def input_channels(model: nn.Module) -> int:
+    """Channels the backbone's input layer takes (latent + concatenated mask; Flux: packed, 4 per channel)."""
+    return _in_channels(model)
+
+
+def mask_routing(model: nn.Module) -> tuple[bool, bool]:
+    """``(concatenated, control)``: whether ``predict(..., mask=)`` concatenates the mask to the input
+    and whether it feeds it to the ControlNet (``maisi_unet3d`` ``params.mask_input``)."""
+    if isinstance(model, MaisiBackbone):
+        how = str(getattr(model.config, "mask_input", "concat") or "concat")
+        return how in ("concat", "both"), how in ("control", "both")
+    return True, False
+
+
+def predicts_x0(model: nn.Module) -> bool:
+    """Whether the backbone outputs a clean-data estimate (``medsyn2_dit`` with ``prediction: x0``)."""
+    return isinstance(model, MedSyn2DiT) and str(model.config.prediction) == "x0"
 
 
 def expand_input_channels(model: nn.Module, in_channels: int) -> nn.Module:
@@ -480,19 +534,26 @@ def predict(
         guidance: Flux guidance-distilled models only (``guidance_embeds``).
         spacing: MAISI ``include_spacing_input`` models only, ``(B, 3)`` voxel spacing.
 
+        mask: the condition mask on the latent grid; concatenated to ``x_t`` and/or (``maisi_unet3d``
+            with ``params.mask_input`` ``control`` / ``both``, when ``control`` is not given) resized to
+            the ControlNet's conditioning grid and passed as ``control``.
+
     Returns:
         ``(B, out_channels, *spatial)``: whatever the backbone predicts (velocity, or ``x0`` for a
         ``medsyn2_dit`` with ``prediction: x0``), with the latent's channels, not the mask's.
     """
-    x = x_t if mask is None else torch.cat([x_t, mask.to(x_t.dtype)], dim=1)
+    kind = backbone_type(model)
+    concat, as_control = mask_routing(model) if mask is not None else (True, False)
+    if as_control and control is None:
+        control = _control_grid(model, mask.to(x_t.dtype), x_t.shape[2:])
+    x = x_t if mask is None or not concat else torch.cat([x_t, mask.to(x_t.dtype)], dim=1)
     b = x.shape[0]
     want = _in_channels(model)
-    kind = backbone_type(model)
     got = x.shape[1] * (4 if kind == "flux" else 1)
     if got != want:
         raise ValueError(
             f"{kind} expects {want} input channels{' (packed: 4 per latent channel)' if kind == 'flux' else ''} "
-            f"(latent + mask), got {x.shape[1]}"
+            f"({'latent + mask' if concat else 'latent; the mask goes to the ControlNet'}), got {x.shape[1]}"
         )
     if control is not None and kind != "maisi_unet3d":
         raise ValueError(f"control is only for maisi_unet3d (ControlNet); {kind} takes the mask on channels (mask=)")
@@ -556,3 +617,37 @@ def predict(
     return model(
         x, tt * 1000, context=context, control=control, conditioning_scale=conditioning_scale, spacing=spacing
     )
+
+
+def _control_grid(model: nn.Module, mask: torch.Tensor, latent_spatial) -> torch.Tensor:
+    """The mask resized to the ControlNet's conditioning grid: latent size x ``2 ** (levels - 1)``."""
+    import torch.nn.functional as F
+
+    if model.controlnet is None:
+        raise ValueError("maisi_unet3d mask_input routes the mask to the ControlNet, but there is none")
+    levels = len(model.config.controlnet_params["conditioning_embedding_num_channels"])
+    size = tuple(int(s) * 2 ** (levels - 1) for s in latent_spatial)
+    if tuple(mask.shape[2:]) == size:
+        return mask
+    shrink = all(s <= m for s, m in zip(size, mask.shape[2:]))
+    return F.interpolate(mask, size=size, mode="area" if shrink else "trilinear",
+                         **({} if shrink else {"align_corners": False}))
+
+
+def predict_velocity(model: nn.Module, x_t: torch.Tensor, t: torch.Tensor | float, text_tokens: torch.Tensor,
+                     text_mask: torch.Tensor | None = None, control: torch.Tensor | None = None,
+                     **kwargs) -> torch.Tensor:
+    """:func:`predict` as a velocity (float32): an x0-predicting backbone's output ``x0_hat`` becomes
+    ``(x_t - x0_hat) / max(t, t_min)`` (MedSyn2 eq. 4, :func:`medsynth.objectives.velocity_from_x0`)."""
+    return as_velocity(model, predict(model, x_t, t, text_tokens, text_mask, control, **kwargs), x_t, t)
+
+
+def as_velocity(model: nn.Module, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+    """A :func:`predict` output of ``model`` at ``(x_t, t)`` as a float32 velocity (see :func:`predict_velocity`)."""
+    out = out.float()
+    if not predicts_x0(model):
+        return out
+    from medsynth.objectives.x_prediction import velocity_from_x0
+
+    x_t = x_t[:, :out.shape[1]]  # x_t may carry concatenated mask channels
+    return velocity_from_x0(out, x_t.float(), _as_batch_t(t, x_t.shape[0], x_t.device))

@@ -41,6 +41,10 @@ TABLES = {
         "generated_vs_gt: the re-segmenter on generated images vs the masks they were conditioned on;"
         " real_resegmented_vs_gt: the same re-segmenter on the real images (its own error floor).",
     ]),
+    "medsyn2_ablation": ("MedSyn2 Supp. 7.5 - DiT depthwise convolution and gated attention on / off", [
+        "Each row is a generator trained from scratch with the same recipe (config `base` +"
+        " `architecture_training`) and the backbone of config `architectures.<name>`.",
+    ]),
     "maisi_steps": ("MAISI-v2 steps ablation - Frechet distance vs sampler steps (FD-vs-NFE)", []),
     "maisi_contrastive": ("MAISI-v2 region-specific contrastive loss - off vs on", [
         "ROI = config stage2.contrastive.roi; its Dice / HD95 come from re-segmenting the generated held-out samples.",
@@ -71,6 +75,8 @@ def build_table(name: str, inputs: Mapping[str, str], params: Mapping) -> pd.Dat
         return builders.victr_table2(loaded, params["backbone"], paper_dir, dataset)
     if name == "victr_table3":
         return builders.victr_table3(loaded, params.get("downstream_name", "UNet"), paper_dir, dataset)
+    if name == "medsyn2_ablation":
+        return builders.medsyn2_ablation(loaded, params.get("architectures") or {})
     if name == "victr_table4":
         return builders.victr_table4(tables_cfg.get("victr_t4", []), loaded, paper_dir)
     if name == "medsyn2_table1":

@@ -251,6 +251,27 @@ def medsyn2_table7(m: Mapping, reconstruction: pd.DataFrame, paper_dir: str | Pa
     return pd.DataFrame(rows)
 
 
+def medsyn2_ablation(metrics: Mapping[str, Mapping], architectures: Mapping[str, Mapping]) -> pd.DataFrame:
+    """MedSyn2 Supp. 7.5: one row per architecture (backbone switches, FD, mask fidelity, prompt control).
+
+    The paper shows these ablations as figures only (Supp. Fig. 13-15), so the paper column says so.
+    """
+    fd_name = _fd_self_name(list(metrics.values()))
+    rows = []
+    for arch, m in metrics.items():
+        params = dict((architectures.get(arch) or {}).get("params") or {})
+        fidelity = (m.get("mask_fidelity") or {}).get("mean_generated_vs_gt") or {}
+        control = (m.get("controllability") or {}).get("generated", {})
+        rows.append({"architecture": arch, "extends": (architectures.get(arch) or {}).get("extends", ""),
+                     "depthwise_conv": params.get("depthwise_conv", "as extended"),
+                     "gated_attention": params.get("gated_attention", "as extended"),
+                     "run": m.get("run"), fd_name: _fd_value(m, "fd_self"),
+                     "mean Dice of re-segmented samples (%)": _cell(fidelity, "dice", 100.0),
+                     "severity control accuracy": control.get("accuracy", NOT_MEASURED),
+                     "paper": "qualitative only (Supp. Fig. 13-15)", "scale": fd_scale(m)})
+    return pd.DataFrame(rows)
+
+
 # ------------------------------------------------------------------------------------------------ MAISI-v2
 def maisi_steps(metrics: Sequence[Mapping], paper_dir: str | Path) -> pd.DataFrame:
     """MAISI-v2 steps ablation: FD vs sampler steps / NFE (every run of the sweep), paper FID_avg beside."""

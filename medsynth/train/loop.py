@@ -494,6 +494,7 @@ def train(
     writer = SummaryWriter(str(out / "tensorboard"), purge_step=start + 1) if main else None
     if main:
         record = {k: v for k, v in config.to_json().items() if k != "fingerprint"}  # mtimes: not an output
+        record["processes"] = world  # accelerate workers (medsynth.launch); batch_size is per process
         (out / "train_config.json").write_text(json.dumps(record, indent=2) + "\n")
 
     def checkpoint() -> Path:

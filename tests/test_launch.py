@@ -1,0 +1,77 @@
+"""Multi-process training through `accelerate launch` (medsynth.launch) - two CPU workers, gloo backend."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from medsynth.launch import accelerate_command, in_worker, launch_processes, relaunch
+
+REPO = Path(__file__).resolve().parents[1]
+
+WORKER = textwrap.dedent('''
+    import json, os, sys
+    sys.path.insert(0, {repo!r})
+    import torch
+    from torch import nn
+    from medsynth.launch import relaunch, is_main_process
+    from medsynth.train import TrainConfig, train
+
+    out = sys.argv[1]
+    if relaunch(2):                       # the launching process: the workers did the work
+        print("launcher done", flush=True)
+        raise SystemExit(0)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    x = torch.randn(64, 3); y = x @ torch.tensor([[1.0], [-2.0], [0.5]])
+
+    def step(m, batch, s, g):
+        return {{"loss": ((m(batch["x"]) - batch["y"]) ** 2).mean()}}
+
+    result = train(model, step, {{"x": x, "y": y}}, TrainConfig(output_dir=out, steps=30, batch_size=8, lr=0.3,
+                   checkpoint_every=0, progress=False, seed=1))
+    weights = torch.cat([p.detach().flatten() for p in model.parameters()]).tolist()
+    with open(os.path.join(out, f"rank{{os.environ['RANK']}}.json"), "w") as fh:
+        json.dump({{"weights": weights, "main": is_main_process(), "status": result.status}}, fh)
+''')
+
+
+def test_processes_come_from_the_stage_or_the_jobs_gpus():
+    assert launch_processes({}, {"gpu": 4}) == 4
+    assert launch_processes({"processes": 2}, {"gpu": 4}) == 2
+    assert launch_processes({}, {}) == 1 and launch_processes(None, {"gpu": 0}) == 1
+    cmd = accelerate_command("train.py", 3, mixed_precision="bf16", port=1234)
+    assert cmd[1:3] == ["-m", "accelerate.commands.launch"] and cmd[-1] == "train.py"
+    assert cmd[cmd.index("--num_processes") + 1] == "3" and cmd[cmd.index("--mixed_precision") + 1] == "bf16"
+
+
+def test_one_process_or_a_worker_does_not_relaunch(monkeypatch):
+    assert relaunch(1) is False
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert in_worker() and relaunch(4) is False
+
+
+def test_two_workers_train_one_synchronised_model(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER.format(repo=str(REPO)))
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE")}
+    proc = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, timeout=600,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "launcher done" in proc.stdout
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["main"] for r in ranks] == [True, False]
+    assert ranks[0]["weights"] == ranks[1]["weights"]  # DDP kept the replicas identical
+    assert json.loads((out / "train_config.json").read_text())["processes"] == 2
+    curve = pd.read_csv(out / "loss_curve.csv")
+    assert len(curve) == 30 and curve["loss"].iloc[-1] < 0.2 * curve["loss"].iloc[0]
+    assert (out / "final" / "model.safetensors").exists()
