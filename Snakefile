@@ -22,6 +22,7 @@ include: "rules/generator.smk"
 include: "rules/sample.smk"
 include: "rules/downstream.smk"
 include: "rules/metrics.smk"
+include: "rules/volumes.smk"
 include: "rules/tables.smk"
 include: "rules/report.smk"
 

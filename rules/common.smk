@@ -78,6 +78,35 @@ def slice_shards(wildcards):
     return expand(f"{RESULTS}/trainsets/slices/shard-{{shard}}.{{ext}}", shard=shards(), ext=["safetensors", "csv"])
 
 
+def volume_shards(wildcards):
+    """Every 3D training-set shard (safetensors + index CSV) of the study."""
+    return expand(f"{RESULTS}/trainsets/volumes/shard-{{shard}}.{{ext}}", shard=shards(), ext=["safetensors", "csv"])
+
+
+VOLUMES = config.get("volumes") or {}
+
+
+def volume_generator_config():
+    """`generator` section of the 3D generator: the study's, with the keys of `volumes.generator` replaced."""
+    return {**config["generator"], **(VOLUMES.get("generator") or {})}
+
+
+def volume_condition_set(name):
+    """`volumes.condition_sets.<name>` (default: the slices' condition set of that name without its
+    slice-only options)."""
+    own = (VOLUMES.get("condition_sets") or {}).get(name)
+    if own is not None:
+        return own
+    return {k: v for k, v in SAMPLING["condition_sets"][name].items() if k not in ("stochastic_masks", "inpaint")}
+
+
+def volume_metrics_json():
+    """Metrics of the 3D generator's default run (MedSyn2 Table 1 rows XY / YZ / ZX), if the study is 3D."""
+    if not VOLUMES.get("enabled"):
+        return {}
+    return {"volumes": f"{RESULTS}/volumes/metrics/{VOLUMES.get('run', 'euler-10')}.json"}
+
+
 def stage2_config(wildcards):
     """Config `stage2` with the overrides of variant ``wildcards.variant`` merged in."""
     from medsynth.generator.stages import variant_config

@@ -73,9 +73,11 @@ rule victr_table4:
 
 
 rule medsyn2_table1:
-    """MedSyn2 Table 1: FD per CT window (x plane for 3D studies) of the ViCTr model."""
+    """MedSyn2 Table 1: FD per CT window of the ViCTr model's slices and, for a 3D study, per window x
+    plane (XY, YZ, ZX) of the volume generator."""
     input:
         victr=metrics_json("victr"),
+        **volume_metrics_json(),
     output:
         csv=report(f"{RESULTS}/tables/medsyn2_table1.csv", caption="../report/tables.rst", category="Tables",
                    labels={"table": "medsyn2_table1", "format": "csv"}),
@@ -293,7 +295,7 @@ rule medsyn2_ablation:
         table="medsyn2_ablation",
         tables=TABLES,
         paper_dir=os.path.join(BASEDIR, TABLES.get("paper_reported", "config/paper_reported")),
-        architectures=ARCHITECTURES,
+        architectures={arch: architecture_backbone(arch) for arch in ARCHITECTURES},
     localrule: True
     conda:
         "../envs/data.yaml"

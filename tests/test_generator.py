@@ -285,6 +285,7 @@ ABLATIONS = {
     "reflow": {"objective": "flow", "reflow": {"enabled": True, "run": "euler-2", "guidance_scale": 1.0, "seed": 1}},
     "ddpm": {"method": "full", "objective": "ddpm", "consistency": {"temporal_weight": 0.0, "spatial_weight": 0.0}},
     "contrastive": {"contrastive": {"enabled": True, "roi": "liver"}},
+    "adversarial": {"adversarial": {"enabled": True, "weight": 0.1, "channels": 8, "layers": 1}},
     "fsf": {"objective": "flow", "cond_dropout": 0.0, "consistency": {"temporal_weight": 0.0, "spatial_weight": 0.0},
             "reflow": {"enabled": True, "distill": True, "run": "euler-2", "guidance_scale": 1.0, "seed": 1}},
     "dmd": {"objective": "flow", "cond_dropout": 0.0, "consistency": {"temporal_weight": 0.0, "spatial_weight": 0.0},
@@ -311,6 +312,11 @@ def test_ablation_variants_train_through_stage2(trained, shards, text_encoder, t
     if variant == "contrastive":
         assert {"contrastive", "contrastive_weight"} <= set(curve.columns)
         assert np.allclose(curve["contrastive_weight"], [0.01, 0.01, 0.001, 0.001])  # 50 % of the steps at each
+    if variant == "adversarial":  # both players learn; only the LoRA generator is saved
+        assert {"adversarial", "discriminator"} <= set(curve.columns) and np.isfinite(curve["discriminator"]).all()
+        assert (Path(result.final_dir) / "adapter_model.safetensors").exists()
+        assert sorted(load_file(str(Path(result.final_dir) / "adapter_model.safetensors"))) == sorted(
+            k for k in load_file(str(root / "stage2" / "victr" / "final" / "adapter_model.safetensors")))
     if variant in ("fsf", "dmd"):
         assert meta["one_step"]
         # the student is a LoRA adapter on stage 1 (DMD's fake-score model is not saved with it)
@@ -450,3 +456,21 @@ def test_guiding_mask_keeps_the_real_latent_outside_the_roi(trained, shards, tex
                                      text_encoder=text_encoder)
     assert json.loads(outs[2].read_text())["spec"]["inpaint"] == {"channels": ["liver"]}
     assert generated.nfe == 2 and np.isfinite(generated.images).all()
+
+
+def test_adversarial_terms_reach_only_their_player():
+    from medsynth.generator.stages import AdversarialPair, build_discriminator
+
+    torch.manual_seed(0)
+    gen_param = torch.nn.Parameter(torch.ones(1))
+    pair = AdversarialPair(torch.nn.Linear(1, 1), build_discriminator({"channels": 4, "layers": 1}, 3, 2))
+    real, mask = torch.randn(2, 2, 8, 8), torch.zeros(2, 1, 8, 8)
+    fake = torch.randn(2, 2, 8, 8) * gen_param
+    terms = pair.adversarial_terms(real, fake, mask)
+    terms["adversarial"].backward(retain_graph=True)
+    assert gen_param.grad is not None and float(gen_param.grad.abs()) > 0
+    assert all(p.grad is None for p in pair.discriminator.parameters())
+    gen_param.grad = None
+    terms["discriminator"].backward()
+    assert gen_param.grad is None
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in pair.discriminator.parameters())

@@ -115,9 +115,12 @@ def test_full_embedded_study_produces_registered_masks_training_sets_and_figures
         if stage in ("vae", "base"):
             assert loss.tail(10).mean() < loss.head(10).mean(), stage
     # sampling, metrics, downstream segmentation, every paper table and the report
+    import json
+
     tables = results / "tables"
     for name in ("victr_table2", "victr_table3", "victr_table4", "medsyn2_table1", "medsyn2_table5", "medsyn2_table6",
-                 "medsyn2_table7", "maisi_steps", "maisi_main", "maisi_contrastive", "maisi_hu_qc", "meddiff_ft"):
+                 "medsyn2_table7", "medsyn2_ablation", "maisi_steps", "maisi_main", "maisi_contrastive", "maisi_hu_qc",
+                 "meddiff_ft"):
         table = pd.read_csv(tables / f"{name}.csv")
         published = any(c.startswith("paper") for c in table.columns) or (table.get("source") == "paper").any()
         assert len(table) and published, name
@@ -128,11 +131,18 @@ def test_full_embedded_study_produces_registered_masks_training_sets_and_figures
     assert t2["FID (InceptionV3)"].str.startswith("unavailable: no Inception weights").all()  # none on this machine
     t3 = pd.read_csv(tables / "victr_table3.csv")
     assert list(t3["setting"]) == ["real", "real_aug", "real_synth-vanilla", "real_synth-victr", "synth_only-victr",
-                                   "real_synth_mg-victr", "real_synth_mgf-victr"]
+                                   "real_synth_mg-victr", "real_synth_mgf-victr", "real_synth_gm-victr"]
     assert t3["mDSC (%)"].between(0, 100).all()
+    t4 = pd.read_csv(tables / "victr_table4.csv").set_index("model")
+    assert t4.loc["fsf", "run"] == "euler-1" and t4.loc["dmd", "run"] == "euler-1"  # the one-step students
+    assert json.loads((results / "stage2" / "dmd" / "final" / "medsynth_stage2.json").read_text())["one_step"]
+    t1 = pd.read_csv(tables / "medsyn2_table1.csv")  # 2D slices (XY) and the 3D path's XY / YZ / ZX
+    assert {"XY", "YZ", "ZX"} <= set(t1.loc[t1["data"] == "3D volumes", "plane"])
+    assert set(t1.loc[t1["data"] == "2D slices (victr)", "plane"]) == {"XY"}
+    volumes = load_shard(results / "volumes" / "samples" / "euler-10" / "eval.safetensors")
+    assert volumes["image"].shape[1:] == (1, 64, 64, 64)
     steps = pd.read_csv(tables / "maisi_steps.csv")
     assert {"euler", "heun", "tweedie", "dopri5"} <= set(steps["sampler"])
-    import json
 
     victr = json.loads((results / "metrics" / "victr" / "euler-30.json").read_text())
     assert 0 <= victr["controllability"]["generated"]["accuracy"] <= 1 and victr["pairs"]["ssim"] > 0

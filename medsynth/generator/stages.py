@@ -15,7 +15,8 @@
   losses against the frozen stage-1 model. ``method: full`` fine-tunes every weight (vanilla).
   ``reflow`` trains on the init model's own (noise, sample) couplings (with ``reflow.distill``: only at
   ``t = 1``, Flow Straight and Fast's one-step distillation); ``dmd`` distils the init model into a
-  one-step generator (:mod:`medsynth.generator.distill`).
+  one-step generator (:mod:`medsynth.generator.distill`); ``adversarial`` adds a latent patch
+  discriminator's term (:class:`AdversarialPair`).
 
 Volumes (MAISI-v2 / MedSyn2 3D studies): the same functions take the ``trainsets/volumes`` shards; with
 ``vae.model`` the 3D MAISI config (``spatial_dims: 3``) :func:`run_vae` tunes it on whole volumes (and
@@ -82,7 +83,7 @@ from medsynth.train import (
     unfreeze,
 )
 
-__all__ = ["GeneratorStep", "run_vae", "run_base", "run_stage1", "run_stage2", "variant_config", "train_config"]
+__all__ = ["AdversarialPair", "GeneratorStep", "run_vae", "run_base", "run_stage1", "run_stage2", "variant_config", "train_config"]
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +230,7 @@ class GeneratorStep:
     scheduler: object | None = None  # diffusers DDPMScheduler of the ddpm objective
     contrastive: Mapping | None = None  # MAISI-v2 region contrastive term: roi_channel, delta, dilation, schedule
     total_steps: int = 1
+    adversarial_weight: float = 0.0  # > 0: the model is an AdversarialPair (stage 2's optional adversarial term)
 
     def __post_init__(self) -> None:
         if self.objective not in ("flow", "tweedie", "ddpm"):
@@ -271,6 +273,9 @@ class GeneratorStep:
 
     def __call__(self, model: nn.Module, batch: Mapping[str, torch.Tensor], step: int,
                  generator: torch.Generator) -> dict[str, torch.Tensor]:
+        pair = model if isinstance(model, AdversarialPair) else None
+        if pair is not None:
+            model = pair.generator
         x0, mask, pid = batch["latent"], batch["mask"], batch["prompt"]
         b, device = x0.shape[0], x0.device
         if self.distribution == "one_step":  # distillation into the one-step map x0 = x1 - v(x1, 1)
@@ -320,8 +325,60 @@ class GeneratorStep:
             extra = self._contrastive(model, x_t, t, text, keep, mask, field, step)
             terms.update(extra)
             loss = loss + extra["contrastive_weight"] * extra["contrastive"]
+        if pair is not None and self.adversarial_weight > 0:
+            from medsynth.objectives import x0_from_velocity
+
+            adv = pair.adversarial_terms(x0.float(), x0_from_velocity(field, x_t.float(), t.float()), mask.float())
+            terms.update(adv)
+            loss = loss + self.adversarial_weight * adv["adversarial"] + adv["discriminator"]
         terms["loss"] = loss
         return terms
+
+
+class AdversarialPair(nn.Module):
+    """Stage 2's optional adversarial term (ViCTr calls its fine-tuning adversarial): the generator and
+    a conditional latent patch discriminator (MONAI ``PatchDiscriminator`` on ``[latent; mask]``).
+
+    The discriminator learns real training latents from the generator's one-step clean estimates
+    ``x0_hat = x_t - t u`` (non-saturating logistic loss, generator input detached); the generator's
+    term ``softplus(-D(x0_hat))`` is evaluated with the discriminator's parameters detached, so each
+    term reaches only its own player and one optimizer step updates both. Checkpoints hold both; the
+    final folder holds the generator (:meth:`saved_module`).
+    """
+
+    def __init__(self, generator: nn.Module, discriminator: nn.Module):
+        super().__init__()
+        self.generator = generator
+        self.discriminator = discriminator
+
+    def saved_module(self) -> nn.Module:
+        return self.generator
+
+    def _logits(self, x: torch.Tensor, detached: bool = False) -> torch.Tensor:
+        if not detached:
+            return self.discriminator(x)[-1]
+        state = {k: v.detach() for k, v in (*self.discriminator.named_parameters(),
+                                            *self.discriminator.named_buffers())}
+        return torch.func.functional_call(self.discriminator, state, (x,))[-1]
+
+    def adversarial_terms(self, real: torch.Tensor, fake: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"adversarial": generator term, "discriminator": discriminator loss}`` for one batch."""
+        import torch.nn.functional as F
+
+        d_real = self._logits(torch.cat([real, mask], dim=1))
+        d_fake = self._logits(torch.cat([fake.detach(), mask], dim=1))
+        disc = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+        gen = F.softplus(-self._logits(torch.cat([fake, mask], dim=1), detached=True)).mean()
+        return {"adversarial": gen, "discriminator": disc}
+
+
+def build_discriminator(cfg: Mapping, in_channels: int, spatial_dims: int) -> nn.Module:
+    """MONAI ``PatchDiscriminator`` from ``stage2.adversarial`` (``channels``, ``layers``, ``norm``)."""
+    from monai.networks.nets import PatchDiscriminator
+
+    return PatchDiscriminator(spatial_dims=spatial_dims, channels=int(cfg.get("channels", 16)),
+                              in_channels=in_channels, out_channels=1, num_layers_d=int(cfg.get("layers", 2)),
+                              norm=str(cfg.get("norm", "INSTANCE")))
 
 
 def _step(data: LatentData, stage_cfg: Mapping, names: Sequence[str] = (), ddpm_cfg: Mapping | None = None,
@@ -537,7 +594,21 @@ def run_stage2(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Pat
     _write_prompts(data, out_dir)
     names = shard_condition_names(next(str(p) for p in shards if str(p).endswith(".safetensors")))
     fp = run_fingerprint(gen_cfg, stage_cfg, ddpm_cfg, files=[*shards, vae_dir, stats_path, init_dir, ewc_path])
-    if dmd.get("enabled"):
+    adversarial = dict(stage_cfg.get("adversarial") or {})
+    if adversarial.get("enabled"):
+        if dmd.get("enabled") or objective == "ddpm":
+            raise ValueError("stage2.adversarial applies to the flow / tweedie objectives, not to dmd or ddpm")
+        latent = data.dataset.tensors["latent"]
+        torch.manual_seed(derive_seed(int(stage_cfg.get("seed", 0)), "discriminator-init"))
+        disc = build_discriminator(adversarial, latent.shape[1] + data.dataset.tensors["mask"].shape[1],
+                                   latent.ndim - 2)
+        step = _step(data, stage_cfg, names, ddpm_cfg, adversarial_weight=float(adversarial.get("weight", 0.05)),
+                     **extra)
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad]},
+                  {"params": list(disc.parameters()), "lr": float(adversarial.get("lr", stage_cfg.get("lr", 1e-4)))}]
+        result = train(AdversarialPair(model, disc), step, data.dataset, train_config(stage_cfg, out_dir, fp),
+                       trainable_params=groups)
+    elif dmd.get("enabled"):
         from medsynth.generator.distill import DistillationPair, DistributionMatchingStep
 
         pair = DistillationPair(model, fake)

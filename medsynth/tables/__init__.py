@@ -26,12 +26,13 @@ TABLES = {
         "mDSC / mHD95: means over the condition channels present in the real test slices (MONAI metrics).",
     ]),
     "victr_table4": ("ViCTr Table 4 - ablations", [
-        "Each row is one stage-2 variant (config `variants`), sampled with the study's default run; the one-step",
-        "students (fsf: reflow couplings distilled into the one-step map; dmd: distribution matching",
-        "distillation) with their one Euler step (column run).",
+        "Each row is one stage-2 variant (config `variants`), sampled with the study's default run; the one-step"
+        " students (fsf: reflow couplings distilled into the one-step map; dmd: distribution matching"
+        " distillation) with their one Euler step (column run).",
     ]),
     "medsyn2_table1": ("MedSyn2 Table 1 - Frechet distance per CT window and plane", [
-        "2D studies have only the axial (XY) plane; the paper's extractor is RadImageNet ResNet-50.",
+        "2D slices have only the axial (XY) plane; volumes (config `volumes`) have XY / YZ / ZX: the central 40 %"
+        " of the slices along each axis (MAISI's 2.5D FID). The paper's extractor is RadImageNet ResNet-50.",
     ]),
     "medsyn2_table5": ("MedSyn2 Table 5 - segmentation with real / synthesized / combined training data", []),
     "medsyn2_table6": ("MedSyn2 Table 6 - masks reconstructed through the image tokenizer (VAE)", [
@@ -80,7 +81,12 @@ def build_table(name: str, inputs: Mapping[str, str], params: Mapping) -> pd.Dat
     if name == "victr_table4":
         return builders.victr_table4(tables_cfg.get("victr_t4", []), loaded, paper_dir)
     if name == "medsyn2_table1":
-        return builders.medsyn2_table1(loaded["victr"], paper_dir)
+        table = builders.medsyn2_table1(loaded["victr"], paper_dir)
+        if "volumes" in loaded:  # a 3D study: the volume generator's window x plane rows
+            table = pd.concat([table.assign(data="2D slices (victr)"),
+                               builders.medsyn2_table1(loaded["volumes"], paper_dir).assign(data="3D volumes")],
+                              ignore_index=True)
+        return table
     if name == "medsyn2_table5":
         return builders.medsyn2_table5(loaded, paper_dir)
     if name == "medsyn2_table6":

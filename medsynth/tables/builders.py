@@ -62,9 +62,10 @@ def load_json(path: str | Path) -> dict:
 
 
 def fd_scale(metrics: Mapping) -> str:
-    """``"94 real vs 94 generated 64x64 slices"`` from a metrics JSON."""
-    size = "x".join(str(s) for s in metrics.get("image_size", []))
-    return f"{metrics['n_real']} real vs {metrics['n_generated']} generated {size} slices"
+    """``"94 real vs 94 generated 64x64 slices"`` (or ``... 64x64x64 volumes``) from a metrics JSON."""
+    shape = list(metrics.get("image_size", []))
+    kind = "volumes" if len(shape) == 3 or metrics.get("spatial_dims") == 3 else "slices"
+    return f"{metrics['n_real']} real vs {metrics['n_generated']} generated {'x'.join(map(str, shape))} {kind}"
 
 
 def _fd_value(metrics: Mapping, key: str):
@@ -254,6 +255,8 @@ def medsyn2_table7(m: Mapping, reconstruction: pd.DataFrame, paper_dir: str | Pa
 def medsyn2_ablation(metrics: Mapping[str, Mapping], architectures: Mapping[str, Mapping]) -> pd.DataFrame:
     """MedSyn2 Supp. 7.5: one row per architecture (backbone switches, FD, mask fidelity, prompt control).
 
+    ``architectures``: name -> the resolved backbone config (``extends`` applied).
+
     The paper shows these ablations as figures only (Supp. Fig. 13-15), so the paper column says so.
     """
     fd_name = _fd_self_name(list(metrics.values()))
@@ -262,9 +265,9 @@ def medsyn2_ablation(metrics: Mapping[str, Mapping], architectures: Mapping[str,
         params = dict((architectures.get(arch) or {}).get("params") or {})
         fidelity = (m.get("mask_fidelity") or {}).get("mean_generated_vs_gt") or {}
         control = (m.get("controllability") or {}).get("generated", {})
-        rows.append({"architecture": arch, "extends": (architectures.get(arch) or {}).get("extends", ""),
-                     "depthwise_conv": params.get("depthwise_conv", "as extended"),
-                     "gated_attention": params.get("gated_attention", "as extended"),
+        rows.append({"architecture": arch, "backbone": (architectures.get(arch) or {}).get("type", ""),
+                     "depthwise_conv": params.get("depthwise_conv", ""),
+                     "gated_attention": params.get("gated_attention", ""),
                      "run": m.get("run"), fd_name: _fd_value(m, "fd_self"),
                      "mean Dice of re-segmented samples (%)": _cell(fidelity, "dice", 100.0),
                      "severity control accuracy": control.get("accuracy", NOT_MEASURED),

@@ -1,0 +1,110 @@
+# The 3D path (MAISI-v2, MedSyn2): a volume VAE, a generator trained on volume latents, volume sampling
+# and MAISI's 2.5D / MedSyn2 Table 1 metrics (Frechet distance per CT window x plane XY / YZ / ZX).
+# Config `volumes` (enabled: false leaves the study 2D); everything under results/<study>/volumes/.
+
+
+rule volume_vae:
+    """Tune the 3D VAE on the training volumes (+ mask channels); latent statistics; reconstruction table."""
+    input:
+        shards=volume_shards,
+    output:
+        final=directory(f"{RESULTS}/volumes/vae/final"),
+        stats=f"{RESULTS}/volumes/vae/latent_stats.json",
+        curve=f"{RESULTS}/volumes/vae/loss_curve.csv",
+        reconstruction=f"{RESULTS}/volumes/vae/reconstruction.csv",
+    log:
+        f"{RESULTS}/logs/volumes/vae.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/volumes/vae.tsv"
+    params:
+        vae=VOLUMES.get("vae", {}),
+    threads: train_threads("vae")
+    resources:
+        **rule_resources("volume_vae", mem_mb=6000, gpu=0),
+    conda:
+        "../envs/train.yaml"
+    script:
+        "../scripts/vae.py"
+
+
+rule volume_generator:
+    """The 3D generator (MAISI-v2's diffusion UNet + ControlNet, or MedSyn2's 3D DiT) on volume latents,
+    rectified flow with masks and compound prompts, trained from scratch like the base model."""
+    input:
+        shards=volume_shards,
+        vae=f"{RESULTS}/volumes/vae/final",
+        stats=f"{RESULTS}/volumes/vae/latent_stats.json",
+    output:
+        final=directory(f"{RESULTS}/volumes/generator/final"),
+        curve=f"{RESULTS}/volumes/generator/loss_curve.csv",
+        train_config=f"{RESULTS}/volumes/generator/train_config.json",
+    log:
+        f"{RESULTS}/logs/volumes/generator.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/volumes/generator.tsv"
+    params:
+        generator=volume_generator_config(),
+        stage=VOLUMES.get("training", {}),
+    threads: train_threads("generator")
+    resources:
+        **rule_resources("volume_generator", mem_mb=6000, gpu=0),
+    conda:
+        "../envs/train.yaml"
+    script:
+        "../scripts/base.py"
+
+
+rule volume_sample:
+    """One generated volume per real volume of a condition set (its masks and prompt)."""
+    input:
+        shards=volume_shards,
+        vae=f"{RESULTS}/volumes/vae/final",
+        stats=f"{RESULTS}/volumes/vae/latent_stats.json",
+        model=f"{RESULTS}/volumes/generator/final",
+    output:
+        tensors=f"{RESULTS}/volumes/samples/{{run}}/{{conditions}}.safetensors",
+        index=f"{RESULTS}/volumes/samples/{{run}}/{{conditions}}.csv",
+        summary=f"{RESULTS}/volumes/samples/{{run}}/{{conditions}}.json",
+    log:
+        f"{RESULTS}/logs/volumes/sample/{{run}}/{{conditions}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/volumes/sample/{{run}}/{{conditions}}.tsv"
+    params:
+        generator=volume_generator_config(),
+        model_cfg=VOLUMES.get("training", {}),
+        sampling={**SAMPLING, **(VOLUMES.get("sampling") or {}), "hu_range": config["intensity"]["ct_hu_range"]},
+        select=lambda wc: volume_condition_set(wc.conditions),
+    threads: train_threads("generator")
+    resources:
+        **rule_resources("volume_sample", mem_mb=4000, gpu=0),
+    conda:
+        "../envs/train.yaml"
+    script:
+        "../scripts/sample.py"
+
+
+rule volume_metrics:
+    """MedSyn2 Table 1 / MAISI 2.5D: FD per CT window x plane (XY, YZ, ZX; central 40 % of the slices),
+    through the self-trained 2D extractor; SSIM / PSNR; mask fidelity of re-segmented axial slices."""
+    input:
+        generated=f"{RESULTS}/volumes/samples/{{run}}/eval.safetensors",
+        index=f"{RESULTS}/volumes/samples/{{run}}/eval.csv",
+        summary=f"{RESULTS}/volumes/samples/{{run}}/eval.json",
+        shards=volume_shards,
+        extractor=f"{RESULTS}/downstream/{EXTRACTOR_SETTING}/segmenter",
+    output:
+        f"{RESULTS}/volumes/metrics/{{run}}.json",
+    log:
+        f"{RESULTS}/logs/volumes/metrics/{{run}}.log",
+    params:
+        metrics={**METRICS, "extractor_size": [config["trainsets"]["slices"]["size"]] * 2},
+        intensity=config["intensity"],
+        select=lambda wc: volume_condition_set("eval"),
+        grid=config["preprocess"]["grid"],
+    threads: 1
+    resources:
+        **rule_resources("volume_metrics", mem_mb=4000),
+    conda:
+        "../envs/train.yaml"
+    script:
+        "../scripts/volume_metrics.py"
