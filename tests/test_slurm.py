@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from workflow import REPO, embedded_config, run_snakemake
@@ -153,3 +154,20 @@ def test_data_stage_through_slurm_equals_local_run_and_gpu_rule_requests_a_gpu(s
     job = subprocess.run(["scontrol", "show", "job", jobid], capture_output=True, text=True, check=True).stdout
     assert re.search(r"TresPerJob=\S*gpu:1", job), job
     assert (slurm_dir / TARGETS[0]).read_bytes() == manifest_before
+
+
+def test_jobs_of_one_rule_go_out_as_a_job_array(slurm_cluster, tmp_path):
+    """`--slurm-array-jobs <rule>` (how an ablation sweep or per-shard work is submitted, docs/cluster.md):
+    the ingest shards of a shard_size-1 study (one per case) go out as one SLURM job array."""
+    profile = _test_profile(tmp_path / "profile")
+    out = _run_slurm(tmp_path / "array", profile, embedded_config(shard_size=1), "results/example/manifest.csv",
+                     extra=("--slurm-array-jobs", "ingest", "--verbose"))
+    arrays = re.findall(r"Submitted array job with Snakemake IDs (\S+) and SLURM job ID (\d+)\. "
+                        r"The individual task IDs are 1-(\d+)", out)
+    cases = pd.read_csv(tmp_path / "array" / "results" / "example" / "manifest.csv")
+    assert len(arrays) == 1 and int(arrays[0][2]) == len(cases) > 1, out[-4000:]
+    jobid = arrays[0][1]
+    tasks = [f"{jobid}_{i}" for i in range(1, len(cases) + 1)]
+    assert {state for state, _ in _squeue(tasks).values()} == {"COMPLETED"}
+    shards = [p for p in (tmp_path / "array" / "results" / "example" / "ingest").glob("shard-*") if p.is_dir()]
+    assert len(shards) == len(cases)
