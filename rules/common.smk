@@ -51,10 +51,17 @@ def dataset_entry(wildcards):
     return DATASETS[wildcards.dataset]
 
 
+_CASE_COUNTS = {}  # (sources table, mtime, size) -> cases: read once per DAG build, not once per job
+
+
 def shards(wildcards=None):
     """Shard ids of the study (known once the sources table exists; fixed from then on)."""
-    sources = pd.read_csv(checkpoints.discover_cases.get().output.sources, dtype=str, keep_default_na=False)
-    return _shard_ids(len(sources), config["shard_size"])
+    path = checkpoints.discover_cases.get().output.sources
+    stat = os.stat(path)
+    key = (path, stat.st_mtime_ns, stat.st_size)
+    if key not in _CASE_COUNTS:
+        _CASE_COUNTS[key] = len(pd.read_csv(path, dtype=str, keep_default_na=False))
+    return _shard_ids(_CASE_COUNTS[key], config["shard_size"])
 
 
 def per_shard(pattern):
@@ -109,14 +116,14 @@ def volume_metrics_json():
 
 def stage2_config(wildcards):
     """Config `stage2` with the overrides of variant ``wildcards.variant`` merged in."""
-    from medsynth.generator.stages import variant_config
+    from medsynth.configmerge import variant_config
 
     return variant_config(config["stage2"], config["variants"], wildcards.variant)
 
 
 def architecture_backbone(name):
     """`generator.backbone` of architecture `name`: its entry, deep-merged onto the one it `extends`."""
-    from medsynth.generator.stages import variant_config
+    from medsynth.configmerge import variant_config
 
     entry = dict(ARCHITECTURES[name])
     parent = entry.pop("extends", None)
@@ -142,7 +149,7 @@ def architecture_stage():
 def model_config(model):
     """Config section a model was trained with: `base`, `stage1`, the variant's merged `stage2` or an
     architecture's training recipe."""
-    from medsynth.generator.stages import variant_config
+    from medsynth.configmerge import variant_config
 
     if model in ARCHITECTURES:
         return architecture_stage()

@@ -251,16 +251,6 @@ def test_victr_stages_and_lora_sampling_on_volumes(kind, shards, vae3d, trained,
     assert images.shape == (len(TEST_VOLUMES), 1, SIZE, SIZE, SIZE) and np.isfinite(images).all()
 
 
-EXAMPLE_VOLUMES = REPO / "results" / "example" / "trainsets" / "volumes" / "shard-000.safetensors"
-
-
-@pytest.mark.skipif(not EXAMPLE_VOLUMES.exists(), reason="the example study's volume shard is not built here")
-def test_example_volume_shard_reads_as_3d_training_data():
-    index, images, masks, names = load_slices([str(EXAMPLE_VOLUMES), str(EXAMPLE_VOLUMES.with_suffix(".csv"))])
-    assert images.ndim == 5 and images.shape[1] == 1 and masks.shape[:2] == (len(index), len(names))
-    assert set(index["slice"]) == {-1} and np.abs(images).max() <= 1.0
-
-
 # ------------------------------------------------------------------------------------------------ sampling + metrics
 @pytest.fixture(scope="module")
 def sampled(tmp_path_factory, shards, vae3d, trained, text_encoder):

@@ -45,6 +45,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from medsynth.configmerge import variant_config
 from medsynth.fsutil import write_csv_atomic, write_text_atomic
 from medsynth.launch import is_main_process
 from medsynth.generator.data import LatentData, build_latent_data, load_slices, select_rows, shard_condition_names
@@ -91,18 +92,6 @@ _TRAIN_KEYS = {f.name for f in fields(TrainConfig)} - {"output_dir", "save_final
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def _deep_merge(base: Mapping, over: Mapping) -> dict:
-    out = copy.deepcopy(dict(base))
-    for k, v in (over or {}).items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else copy.deepcopy(v)
-    return out
-
-
-def variant_config(stage2_cfg: Mapping, variants: Mapping, variant: str) -> dict:
-    """The ``stage2`` section with the variant's overrides merged in (nested keys merge, others replace)."""
-    if variant not in variants:
-        raise KeyError(f"variant {variant!r} is not in config `variants` ({sorted(variants)})")
-    return _deep_merge(stage2_cfg, variants[variant] or {})
 
 
 def train_config(stage_cfg: Mapping, output_dir: str | Path, fingerprint: str = "") -> TrainConfig:
