@@ -45,6 +45,7 @@ from torch import nn
 
 from medsynth.fsutil import write_text_atomic
 from medsynth.generator.data import load_slices, select_rows
+from medsynth.launch import is_main_process
 
 __all__ = ["pixel_spacing", "voxel_spacing", "extractor_input_size", "run_downstream", "evaluate_run",
            "evaluate_volume_run", "SELF_EXTRACTOR"]
@@ -163,6 +164,8 @@ def run_downstream(shards: Sequence[str], synthetic: str | None, setting: str, c
     model, result = train_segmenter(x, y, train_cfg, out_dir, augment=setting_augments("real_synth" if meddiff else kind))
     if result.status != "completed":
         raise SystemExit(result.exit_code)  # preempted: checkpoint written, rerun resumes
+    if not is_main_process():
+        return {}  # a worker of a multi-process run: the main process scores and writes
     spacing = pixel_spacing(grid_cfg, slice_size)
     scores = evaluate_segmenter(model, images[test_rows], (masks[test_rows] > 0).astype(np.float32), names,
                                 spacing=spacing)

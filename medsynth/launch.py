@@ -12,12 +12,18 @@ params), finds ``LOCAL_RANK`` set by the launcher and does the work. The trainin
 (:mod:`medsynth.train.loop`) shards batches by rank, averages gradients (DDP) and writes checkpoints,
 the loss curve and the final model from the main process only. Without a GPU the workers run on the
 CPU (``ACCELERATE_USE_CPU``, gloo backend) - how the tests exercise this path on any machine.
+
+Preemption: SIGTERM / SIGUSR1 reaching the launching process (SLURM's ``--signal``, ``scancel``) are
+forwarded to the launcher, which hands them on to every worker (``PET_SIGNALS_TO_HANDLE``
+includes SIGUSR1); the workers agree on the step to stop after, checkpoint and exit, and the launching
+process exits with status 75 so the requeued / rerun job resumes.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +35,8 @@ log = logging.getLogger(__name__)
 
 #: set by torch.distributed.run (accelerate's launcher) in every worker
 WORKER_ENV = "LOCAL_RANK"
+#: signals the launcher passes on to its workers (torch.distributed.elastic's default plus SIGUSR1)
+FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
 
 
 def in_worker() -> bool:
@@ -78,14 +86,47 @@ def relaunch(processes: int, *, mixed_precision: str = "no", script: str | None 
         return False
     import torch
 
+    from medsynth.train.loop import PREEMPTED_EXIT_CODE
+
     env = dict(os.environ)
+    env["PET_SIGNALS_TO_HANDLE"] = FORWARDED_SIGNALS  # torch.distributed.run --signals-to-handle
     if not torch.cuda.is_available():
         env["ACCELERATE_USE_CPU"] = "true"  # CPU workers with the gloo backend
     cmd = accelerate_command(script or sys.argv[0], processes, mixed_precision=mixed_precision,
                              args=() if script else sys.argv[1:])
     log.info("launching %d processes: %s", processes, " ".join(cmd))
     sys.stderr.flush()
-    code = subprocess.run(cmd, env=env, stdout=sys.stderr, stderr=sys.stderr, check=False).returncode
+    proc = subprocess.Popen(cmd, env=env, stdout=sys.stderr, stderr=sys.stderr)
+    with _forward_signals(proc) as received:
+        code = proc.wait()
+    if received:
+        log.warning("signal %d received: the workers checkpointed and stopped (launcher exit %d)", received[0], code)
+        raise SystemExit(PREEMPTED_EXIT_CODE)
     if code != 0:
         raise SystemExit(code)
     return True
+
+
+class _forward_signals:
+    """Pass SIGTERM / SIGUSR1 on to ``proc`` while it runs (main thread only); records what arrived."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc, self.received, self._old = proc, [], {}
+
+    def _handle(self, signum: int, frame) -> None:  # noqa: ARG002 - signal API
+        self.received.append(signum)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+
+    def __enter__(self) -> list[int]:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
+                if s is not None:
+                    self._old[s] = signal.signal(s, self._handle)
+        return self.received
+
+    def __exit__(self, *exc) -> None:
+        for s, old in self._old.items():
+            signal.signal(s, old)

@@ -10,10 +10,13 @@ from medsynth.logutil import log_to_file
 
 log_to_file(snakemake.log[0])
 
+from medsynth.launch import launch_processes, relaunch
 from medsynth.provenance import tracked
 
 from medsynth.generator.stages import run_vae
 
-with tracked(snakemake, seed=snakemake.params.vae.get("seed")):
-    run_vae(snakemake.input.shards, Path(snakemake.output.final).parent, snakemake.params.vae,
-            snakemake.output.reconstruction)
+vae = snakemake.params.vae
+with tracked(snakemake, seed=vae.get("seed")):
+    # more than one process (vae `processes` or the job's GPUs): accelerate workers do the work
+    if not relaunch(launch_processes(vae, snakemake.resources)):
+        run_vae(snakemake.input.shards, Path(snakemake.output.final).parent, vae, snakemake.output.reconstruction)

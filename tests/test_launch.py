@@ -75,3 +75,70 @@ def test_two_workers_train_one_synchronised_model(tmp_path):
     curve = pd.read_csv(out / "loss_curve.csv")
     assert len(curve) == 30 and curve["loss"].iloc[-1] < 0.2 * curve["loss"].iloc[0]
     assert (out / "final" / "model.safetensors").exists()
+
+
+PREEMPT_WORKER = textwrap.dedent('''
+    import json, os, sys, time
+    sys.path.insert(0, {repo!r})
+    import torch
+    from torch import nn
+    from medsynth.launch import relaunch
+    from medsynth.train import TrainConfig, train
+
+    out, marker = sys.argv[1], sys.argv[2]
+    if relaunch(2):
+        raise SystemExit(0)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    x = torch.randn(64, 3); y = x @ torch.tensor([[1.0], [-2.0], [0.5]])
+
+    def step(m, batch, s, g):
+        return {{"loss": ((m(batch["x"]) - batch["y"]) ** 2).mean()}}
+
+    def slow(step, row):
+        if marker != "-" and step == 3 and os.environ["RANK"] == "0":
+            open(marker, "w").close()      # the test signals the launching process now
+        if marker != "-":
+            time.sleep(0.1)
+
+    result = train(model, step, {{"x": x, "y": y}}, TrainConfig(output_dir=out, steps=200, batch_size=8, lr=0.05,
+                   checkpoint_every=0, progress=False, seed=1), on_step_end=slow)
+    weights = torch.cat([p.detach().flatten() for p in model.parameters()]).tolist()
+    with open(os.path.join(out, f"rank{{os.environ['RANK']}}.json"), "w") as fh:
+        json.dump({{"weights": weights, "status": result.status, "step": result.step}}, fh)
+    raise SystemExit(result.exit_code)
+''')
+
+
+def test_a_signal_to_the_launcher_stops_every_worker_at_one_checkpoint(tmp_path):
+    """SIGUSR1 to the launching process: forwarded to both workers, which agree on one step, checkpoint and
+    stop; the launcher exits 75 and the rerun resumes to the same weights as an uninterrupted run."""
+    import signal
+    import time
+
+    script = tmp_path / "worker.py"
+    script.write_text(PREEMPT_WORKER.format(repo=str(REPO)))
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE")}
+    marker = tmp_path / "marker"
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "run"), str(marker)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert marker.exists(), proc.communicate()[1][-3000:]
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75, err[-3000:]
+    ranks = [json.loads((tmp_path / "run" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["status"] for r in ranks] == ["preempted", "preempted"]
+    assert ranks[0]["step"] == ranks[1]["step"] < 200  # both stopped after the same step
+    assert (tmp_path / "run" / "checkpoints" / f"step-{ranks[0]['step']:06d}").is_dir()
+
+    for name in ("run", "ref"):  # resume, and an uninterrupted reference run
+        done = subprocess.run([sys.executable, str(script), str(tmp_path / name), "-"], env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    resumed, ref = (json.loads((tmp_path / n / "rank0.json").read_text()) for n in ("run", "ref"))
+    assert resumed["status"] == "completed" and resumed["weights"] == ref["weights"]
+    assert len(pd.read_csv(tmp_path / "run" / "loss_curve.csv")) == 200

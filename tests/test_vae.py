@@ -10,8 +10,10 @@ import csv
 import json
 import math
 import time
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -373,3 +375,86 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     rows = list(csv.DictReader((tmp_path / "run" / "loss_curve.csv").open()))
     assert [r["adv_g"] != "" for r in rows] == [False, False, True, True, True, True, True]
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_00000007"]
+
+
+def test_signal_checkpoints_and_the_rerun_finishes_the_same_model(tmp_path):
+    """SIGUSR1 (SLURM's warning before a time limit) at step 3: checkpoint at 3, no final/; rerun == uninterrupted."""
+    import os
+    import signal
+
+    g = torch.Generator().manual_seed(4)
+    images = torch.rand(4, 1, 32, 32, generator=g) * 2 - 1
+    cfg = {"steps": 6, "batch_size": 2, "lr": 1e-3, "seed": 2, "checkpoint_every": 0, "progress": False}
+
+    def fresh():
+        torch.manual_seed(0)
+        return build_autoencoder(TINY_VAE_CONFIGS["2d"])
+
+    ref = fresh()
+    tune_vae(ref, images, cfg, tmp_path / "ref")
+
+    def signal_at_3(step, terms):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGUSR1)  # handled by the loop: it stops after the next step
+
+    out = tune_vae(fresh(), images, cfg, tmp_path / "run", on_step=signal_at_3)
+    assert out["status"] == "preempted" and out["final_dir"] is None
+    assert latest_checkpoint(tmp_path / "run").name == "step_00000003"
+    assert not (tmp_path / "run" / "final").exists()
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # handlers restored
+    resumed = fresh()
+    out = tune_vae(resumed, images, cfg, tmp_path / "run")
+    assert out["status"] == "completed" and out["start_step"] == 3
+    a, b = ref.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "ref" / "loss_curve.csv").read_text() == (tmp_path / "run" / "loss_curve.csv").read_text()
+
+
+VAE_WORKER = '''
+import json, os, sys
+sys.path.insert(0, {repo!r})
+import torch
+from medsynth.launch import relaunch
+from medsynth.vae import TINY_VAE_CONFIGS, build_autoencoder, tune_vae
+
+out, processes = sys.argv[1], int(sys.argv[2])
+if relaunch(processes):
+    raise SystemExit(0)
+torch.set_num_threads(1)
+images = torch.rand(8, 1, 32, 32, generator=torch.Generator().manual_seed(4)) * 2 - 1
+torch.manual_seed(0)
+model = build_autoencoder(TINY_VAE_CONFIGS["2d"])
+cfg = {{"steps": 4, "batch_size": 4, "lr": 1e-3, "seed": 2, "patch_size": 16, "checkpoint_every": 2,
+       "progress": False, "losses": {{"ssim_weight": 0.2}}}}
+summary = tune_vae(model, images, cfg, out)
+weights = torch.cat([p.detach().flatten() for p in model.parameters()])
+torch.save(weights, os.path.join(out, f"weights_rank{{os.environ.get('RANK', '0')}}.pt"))
+json.dump({{k: summary[k] for k in ("status", "processes", "final_dir")}},
+          open(os.path.join(out, f"summary_rank{{os.environ.get('RANK', '0')}}.json"), "w"))
+'''
+
+
+def test_two_processes_reproduce_the_one_process_run(tmp_path):
+    """Two accelerate workers (CPU, gloo) split each global batch: same curve and weights as one process."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "vae_worker.py"
+    script.write_text(VAE_WORKER.format(repo=str(Path(__file__).resolve().parents[1])))
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE")}
+    for name, n in (("one", 1), ("two", 2)):
+        proc = subprocess.run([sys.executable, str(script), str(tmp_path / name), str(n)], capture_output=True,
+                              text=True, timeout=600, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    one = torch.load(tmp_path / "one" / "weights_rank0.pt")
+    w0, w1 = (torch.load(tmp_path / "two" / f"weights_rank{r}.pt") for r in (0, 1))
+    assert torch.equal(w0, w1)  # the replicas stay identical
+    assert torch.allclose(one, w0, atol=1e-5, rtol=1e-4) and not torch.equal(one, torch.zeros_like(one))
+    s0, s1 = (json.loads((tmp_path / "two" / f"summary_rank{r}.json").read_text()) for r in (0, 1))
+    assert s0["processes"] == 2 and s0["final_dir"] and s1["final_dir"] is None  # only rank 0 writes
+    a = pd.read_csv(tmp_path / "one" / "loss_curve.csv")
+    b = pd.read_csv(tmp_path / "two" / "loss_curve.csv")
+    assert len(a) == len(b) == 4
+    assert np.allclose(a["l1"], b["l1"], rtol=1e-4) and np.allclose(a["ssim"], b["ssim"], rtol=1e-4)
+    assert (tmp_path / "two" / "final").is_dir() and (tmp_path / "two" / "latent_stats.json").is_file()

@@ -43,6 +43,7 @@ from torch import nn
 
 from medsynth.downstream.data import apply_augmentation, augmentation, as_images, as_labels
 from medsynth.downstream.model import build_segmenter, save_segmenter
+from medsynth.launch import is_main_process
 from medsynth.train.data import TensorDictDataset
 from medsynth.train.loop import TrainConfig, TrainResult, derive_seed, train
 
@@ -188,7 +189,7 @@ def train_segmenter(images: torch.Tensor | np.ndarray, labels: torch.Tensor | np
                                 dice_weight=c["dice_weight"], bce_weight=c["bce_weight"])
         result = train(model, step, TensorDictDataset({"image": x, "label": y}), train_config(c, out))
     model.eval()
-    if result.status == "completed":
+    if result.status == "completed" and is_main_process():  # one writer in a multi-process launch
         meta = {"n_train": int(len(x)), "augment": bool(augment), "steps": result.step,
                 "train": json.loads(json.dumps({k: v for k, v in c.items() if k != "fingerprint"}, default=str))}
         result.final_dir = save_segmenter(model, c["model"], out / "segmenter", meta=meta)

@@ -69,7 +69,7 @@ from medsynth.objectives import (
     velocity_from_x0,
     x_prediction_v_loss,
 )
-from medsynth.train.loop import derive_seed, run_fingerprint
+from medsynth.train.loop import PREEMPTED_EXIT_CODE, derive_seed, run_fingerprint
 from medsynth.train import (
     EWCTerm,
     TrainConfig,
@@ -402,9 +402,7 @@ def run_vae(shards: Sequence[str], out_dir: str | Path, vae_cfg: Mapping, recons
     from medsynth.vae import (
         TuneConfig,
         build_autoencoder,
-        latent_statistics,
         reconstruction_metrics,
-        save_latent_statistics,
         tune_vae,
     )
 
@@ -420,11 +418,12 @@ def run_vae(shards: Sequence[str], out_dir: str | Path, vae_cfg: Mapping, recons
     tune_cfg = {k: v for k, v in vae_cfg.items() if k in tune_keys}
     torch.manual_seed(derive_seed(int(vae_cfg.get("seed", 0)), "init"))  # the weights' initialisation is seeded too
     model = build_autoencoder(dict(vae_cfg.get("model") or {}))
-    summary = tune_vae(model, fit, tune_cfg, out_dir)
     # z-norm statistics of the *image* latents (the generator's data), not of the mask images
-    stats = latent_statistics(model, train_images, int(vae_cfg.get("stats_batch_size", 8)))
-    save_latent_statistics(stats, out_dir / "latent_stats.json")
-    summary["latent_stats"] = stats
+    summary = tune_vae(model, fit, tune_cfg, out_dir, stats_images=train_images)
+    if summary["status"] != "completed":
+        raise SystemExit(PREEMPTED_EXIT_CODE)  # checkpoint written, the job is requeued / rerun
+    if not is_main_process():
+        return summary  # a worker of a multi-process run: the main process writes the outputs
 
     eval_rows = select_rows(index, {"split": [vae_cfg.get("eval_split", "test")]})
     if not len(eval_rows):

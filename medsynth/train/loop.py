@@ -58,6 +58,7 @@ from medsynth.train.data import TensorDictDataset
 
 __all__ = [
     "PREEMPTED_EXIT_CODE",
+    "SignalFlag",
     "CHECKPOINT_PATTERN",
     "TrainConfig",
     "TrainResult",
@@ -67,6 +68,7 @@ __all__ = [
     "stream_indices",
     "latest_checkpoint",
     "list_checkpoints",
+    "make_accelerator",
     "save_model",
     "train",
 ]
@@ -298,8 +300,13 @@ def save_model(model: nn.Module, out_dir: str | Path) -> Path:
     return out
 
 
-class _SignalFlag:
-    """Install SIGTERM/SIGUSR1 handlers that only record the signal; restore the old ones on exit."""
+class SignalFlag:
+    """Install SIGTERM/SIGUSR1 handlers that only record the signal; restore the old ones on exit.
+
+    In a multi-process run the ranks may see the signal at different steps (or only some of them see
+    it): :meth:`agreed` makes every rank stop after the same step, so no rank waits forever in a
+    collective its peers have left.
+    """
 
     SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s is not None)
 
@@ -311,7 +318,15 @@ class _SignalFlag:
     def _handle(self, signum: int, frame: Any) -> None:  # noqa: ARG002 - signal API
         self.received = signum
 
-    def __enter__(self) -> "_SignalFlag":
+    def agreed(self, accelerator: Any = None) -> bool:
+        """True when any process received a signal (one all-reduce per call when there are several)."""
+        stop = self.received is not None
+        if accelerator is None or accelerator.num_processes == 1:
+            return stop
+        seen = accelerator.reduce(torch.tensor([1.0 if stop else 0.0], device=accelerator.device), reduction="sum")
+        return bool(seen.item() > 0)
+
+    def __enter__(self) -> "SignalFlag":
         if self.enabled:
             for s in self.SIGNALS:
                 self._old[s] = signal.signal(s, self._handle)
@@ -407,8 +422,8 @@ def _param_list(trainable: Iterable[Any]) -> list[nn.Parameter]:
     return out
 
 
-def _make_accelerator(config: TrainConfig):
-    """An Accelerator for ``config``.
+def make_accelerator(mixed_precision: str = "no"):
+    """An Accelerator with ``mixed_precision`` (``"no"``, ``"bf16"``, ``"fp16"``).
 
     accelerate keeps one process-wide ``AcceleratorState`` and refuses a second Accelerator with another
     ``mixed_precision``. For sequential runs in one non-distributed process (a notebook, the tests:
@@ -421,9 +436,9 @@ def _make_accelerator(config: TrainConfig):
     shared = AcceleratorState._shared_state
     if shared and PartialState().num_processes == 1:
         current = shared.get("_mixed_precision", shared.get("mixed_precision"))
-        if current is not None and str(current) != config.mixed_precision:
+        if current is not None and str(current) != mixed_precision:
             AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(mixed_precision=config.mixed_precision, step_scheduler_with_optimizer=False)
+    return Accelerator(mixed_precision=mixed_precision, step_scheduler_with_optimizer=False)
 
 
 def train(
@@ -459,7 +474,7 @@ def train(
         raise ValueError("empty dataset")
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    accelerator = accelerator or _make_accelerator(config)
+    accelerator = accelerator or make_accelerator(config.mixed_precision)
     from diffusers.optimization import get_cosine_schedule_with_warmup
     from torch.utils.tensorboard import SummaryWriter
     from tqdm.auto import tqdm
@@ -525,7 +540,7 @@ def train(
     micro_size = config.batch_size * world
     pbar = tqdm(total=config.steps, initial=start, disable=not (main and config.progress), desc="train",
                 dynamic_ncols=True)
-    flag = _SignalFlag(config.handle_signals)
+    flag = SignalFlag(config.handle_signals)
     try:
         with flag:
             for step in range(start, config.steps):
@@ -578,9 +593,10 @@ def train(
                 if on_step_end is not None:
                     on_step_end(state.step, row)
 
-                if flag.received is not None:
+                if flag.agreed(accelerator):
                     status = "preempted"
-                    log.warning("signal %d received: checkpointing at step %d and stopping", flag.received, state.step)
+                    log.warning("signal %s received: checkpointing at step %d and stopping", flag.received or "(by a peer)",
+                                state.step)
                     last_ckpt = checkpoint()
                     break
                 if state.step == config.steps or (config.checkpoint_every > 0 and state.step % config.checkpoint_every == 0):

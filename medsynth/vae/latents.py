@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medsynth.vae.models import encode
+from medsynth.vae.models import encode, model_device
 
 __all__ = ["latent_statistics", "normalise_latents", "denormalise_latents", "save_latent_statistics",
            "load_latent_statistics"]
@@ -38,7 +38,7 @@ def latent_statistics(model: nn.Module, images: torch.Tensor | np.ndarray, batch
     count = 0
     try:
         for start in range(0, len(images), batch_size):
-            mean, _ = encode(model, images[start:start + batch_size])
+            mean, _ = encode(model, images[start:start + batch_size].to(model_device(model)))
             z = mean.double().transpose(0, 1).reshape(mean.shape[1], -1)  # (C, B * spatial)
             total = z.sum(1) if total is None else total + z.sum(1)
             sq = (z * z).sum(1) if sq is None else sq + (z * z).sum(1)

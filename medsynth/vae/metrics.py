@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from medsynth.metrics.masks import image_metrics, mask_metrics
-from medsynth.vae.models import reconstruct
+from medsynth.vae.models import model_device, reconstruct
 
 __all__ = ["reconstruct_batched", "reconstruction_metrics"]
 
@@ -38,7 +38,8 @@ def reconstruct_batched(model: nn.Module, x: torch.Tensor, batch_size: int = 8) 
     was_training = model.training
     model.eval()
     try:
-        return torch.cat([reconstruct(model, x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+        device = model_device(model)
+        return torch.cat([reconstruct(model, x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
     finally:
         model.train(was_training)
 

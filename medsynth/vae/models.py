@@ -36,6 +36,7 @@ __all__ = [
     "PretrainedUnavailableError",
     "build_autoencoder",
     "encode",
+    "model_device",
     "decode",
     "reconstruct",
     "downsample_factor",
@@ -230,6 +231,11 @@ def _is_monai(model: nn.Module) -> bool:
     from monai.networks.nets import AutoencoderKL
 
     return isinstance(model, AutoencoderKL)  # AutoencoderKlMaisi subclasses it
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s weights are (CPU for a parameterless stand-in)."""
+    return next(model.parameters(), torch.empty(0)).device
 
 
 def encode(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,7 +11,14 @@ patches (Adam, lr 1e-5); this loop does the same with AdamW at a configurable sc
   ``torch.load(weights_only=True)``; a rerun resumes from the latest and reproduces the
   uninterrupted run exactly (CPU);
 * at the end ``final/`` (diffusers ``save_pretrained`` folder, or MONAI ``model.safetensors`` +
-  ``config.json``) and ``latent_stats.json`` (per-channel z-norm statistics, MedSyn2 Sec. 3).
+  ``config.json``) and ``latent_stats.json`` (per-channel z-norm statistics, MedSyn2 Sec. 3);
+* SIGTERM / SIGUSR1 (SLURM before a time limit): the step in progress finishes, a checkpoint is
+  written and the summary's ``status`` is ``"preempted"`` (no ``final/``); the rerun resumes;
+* the model trains on the accelerator's device. Under ``accelerate launch`` (:mod:`medsynth.launch`)
+  each of the ``W`` processes takes its ``batch_size / W`` share of the same global batch (every
+  process draws the same indices, patches and posterior noise from the shared generator) and the
+  gradients are averaged, so ``W`` processes reproduce the single-process run; the main process writes
+  the curve, checkpoints and final model.
 
 Tune config keys: ``steps``, ``batch_size``, ``lr``, ``weight_decay``, ``seed``, ``patch_size``
 (int or list; ``null`` = whole images), ``checkpoint_every``, ``keep_checkpoints``, ``resume``,
@@ -37,6 +44,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from medsynth.fsutil import atomic_dir, atomic_path
+from medsynth.train.loop import SignalFlag, make_accelerator
 from medsynth.vae.latents import latent_statistics, save_latent_statistics
 from medsynth.vae.losses import LossConfig, VAELoss
 from medsynth.vae.metrics import reconstruction_metrics
@@ -107,7 +115,50 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 
 
 def _state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
+    return {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+
+
+class _PosteriorSample(nn.Module):
+    """``forward(batch, generator, global_batch, offset) -> (recon, mean, logvar)`` with one posterior sample.
+
+    The noise is drawn for the whole global batch from the shared CPU generator (so every process
+    keeps the same generator state) and this process's rows ``offset:offset + len(batch)`` are used.
+    """
+
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, batch: torch.Tensor, gen: torch.Generator, global_batch: int,
+                offset: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mean, logvar = encode(self.vae, batch)
+        noise = torch.randn((global_batch, *mean.shape[1:]), generator=gen, dtype=mean.dtype)
+        noise = noise[offset:offset + len(batch)].to(mean.device)
+        return decode(self.vae, mean + torch.exp(0.5 * logvar) * noise), mean, logvar
+
+
+def _average_gradients(module: nn.Module, accelerator) -> None:
+    """Mean of every gradient over the processes (one all-reduce; nothing to do for one process)."""
+    if accelerator.num_processes == 1:
+        return
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return
+    flat = accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="mean")
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def _mean_terms(terms: dict[str, float], accelerator) -> dict[str, float]:
+    """The loss terms averaged over the processes (each computed them on its share of the batch)."""
+    if accelerator.num_processes == 1 or not terms:
+        return terms
+    keys = sorted(terms)
+    values = accelerator.reduce(torch.tensor([terms[k] for k in keys], dtype=torch.float64,
+                                             device=accelerator.device), reduction="mean")
+    return {k: float(v) for k, v in zip(keys, values.cpu())}
 
 
 def _save_checkpoint(root: Path, step: int, model: nn.Module, disc: nn.Module | None, opt: torch.optim.Optimizer,
@@ -188,12 +239,16 @@ def _check_images(model: nn.Module, images: torch.Tensor, patch: list[int] | Non
 
 
 def tune_vae(model: nn.Module, images: torch.Tensor | np.ndarray, cfg: dict, output_dir: str | Path, *,
-             on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict:
+             on_step: Callable[[int, dict[str, float]], None] | None = None,
+             stats_images: torch.Tensor | np.ndarray | None = None) -> dict:
     """Tune ``model`` on ``images`` (``[N, C, *spatial]`` in [-1, 1]); see the module docstring.
 
     ``on_step(step, terms)`` is called after every completed step (1-based; e.g. for monitoring, or
-    to interrupt a run in tests). Returns ``{"steps", "start_step", "seconds_per_step", "last_terms",
-    "final_dir", "latent_stats", "latent_stats_path", "loss_curve", "checkpoint"}``.
+    to interrupt a run in tests). ``stats_images``: the images whose latents give ``latent_stats.json``
+    (default ``images``). Returns ``{"status", "steps", "start_step", "seconds_per_step", "last_terms",
+    "final_dir", "latent_stats", "latent_stats_path", "loss_curve", "checkpoint", "processes"}``; a
+    preempted run and the non-main processes of a multi-process run return no final model or
+    statistics (``None``).
     """
     opts = TuneConfig.from_config(cfg)
     output_dir = Path(output_dir)
@@ -210,11 +265,19 @@ def tune_vae(model: nn.Module, images: torch.Tensor | np.ndarray, cfg: dict, out
         patch = [int(p) for p in opts.patch_size]
     _check_images(model, images, patch)
 
+    accelerator = make_accelerator()  # fp32: the VAE losses are precision-sensitive
+    rank, world, main, device = (accelerator.process_index, accelerator.num_processes, accelerator.is_main_process,
+                                 accelerator.device)
+    if opts.batch_size % world:
+        raise ValueError(f"vae batch_size {opts.batch_size} must be divisible by the {world} training processes")
+    local = opts.batch_size // world
     torch.manual_seed(opts.seed)
     gen = torch.Generator().manual_seed(opts.seed)
     loss_cfg = LossConfig.from_config(opts.losses)
-    losses = VAELoss(loss_cfg, spatial_dims, in_channels=images.shape[1])
+    losses = VAELoss(loss_cfg, spatial_dims, in_channels=images.shape[1]).to(device)
     disc = losses.discriminator
+    model.to(device)
+    sampler = _PosteriorSample(model)
     opt = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     opt_d = (torch.optim.AdamW(disc.parameters(), lr=loss_cfg.disc_lr or opts.lr, weight_decay=opts.weight_decay)
              if disc is not None else None)
@@ -230,64 +293,85 @@ def tune_vae(model: nn.Module, images: torch.Tensor | np.ndarray, cfg: dict, out
         if saved != fingerprint:
             log.warning("not resuming %s: written by a run with other settings or images; starting from step 0",
                         latest)
-            shutil.rmtree(ckpt_root, ignore_errors=True)
+            accelerator.wait_for_everyone()
+            if main:
+                shutil.rmtree(ckpt_root, ignore_errors=True)
             latest = None
     if latest is not None:
         start = _load_checkpoint(latest, model, disc, opt, opt_d, gen)
         saved_curve = latest / "loss_curve.csv"
-        if saved_curve.exists() and not (output_dir / "loss_curve.csv").exists():
+        if main and saved_curve.exists() and not (output_dir / "loss_curve.csv").exists():
             shutil.copyfile(saved_curve, output_dir / "loss_curve.csv")
-    curve = _LossCurve(output_dir / "loss_curve.csv", keep_until=start)
+    curve = _LossCurve(output_dir / "loss_curve.csv", keep_until=start) if main else None
 
     model.train()
     if disc is not None:
         disc.train()
-    compute_s, terms, last_ckpt = 0.0, {}, latest
+    compute_s, terms, last_ckpt, status, ran = 0.0, {}, latest, "completed", 0
+    flag = SignalFlag(True)
     try:
         progress = tqdm(range(start, opts.steps), initial=start, total=opts.steps, desc="vae",
-                        disable=not opts.progress)
-        for step in progress:
-            t0 = time.perf_counter()
-            idx = torch.randint(0, len(images), (opts.batch_size,), generator=gen)
-            batch = _random_patches(images[idx], patch, gen)
-            mean, logvar = encode(model, batch)
-            noise = torch.randn(mean.shape, generator=gen, dtype=mean.dtype)
-            recon = decode(model, mean + torch.exp(0.5 * logvar) * noise)
-            total, terms = losses.generator_loss(recon, batch, mean, logvar, step)
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            opt.step()
-            if disc is not None and "adv_g" in terms:
-                d_loss = losses.discriminator_loss(recon, batch)
-                opt_d.zero_grad(set_to_none=True)
-                d_loss.backward()
-                opt_d.step()
-                terms["adv_d"] = float(d_loss.detach())
-            compute_s += time.perf_counter() - t0
-            curve.append(step + 1, terms)
-            if opts.checkpoint_every > 0 and ((step + 1) % opts.checkpoint_every == 0 or step + 1 == opts.steps):
-                last_ckpt = _save_checkpoint(ckpt_root, step + 1, model, disc, opt, opt_d, gen, opts.keep_checkpoints,
-                                             fingerprint)
-            if on_step is not None:
-                on_step(step + 1, terms)
+                        disable=not (opts.progress and main))
+        with flag:
+            for step in progress:
+                t0 = time.perf_counter()
+                idx = torch.randint(0, len(images), (opts.batch_size,), generator=gen)
+                batch = _random_patches(images[idx], patch, gen)[rank * local:(rank + 1) * local].to(device)
+                recon, mean, logvar = sampler(batch, gen, opts.batch_size, rank * local)
+                total, terms = losses.generator_loss(recon, batch, mean, logvar, step)
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                _average_gradients(model, accelerator)
+                opt.step()
+                if disc is not None and "adv_g" in terms:
+                    d_loss = losses.discriminator_loss(recon, batch)
+                    opt_d.zero_grad(set_to_none=True)
+                    d_loss.backward()
+                    _average_gradients(disc, accelerator)
+                    opt_d.step()
+                    terms["adv_d"] = float(d_loss.detach())
+                terms = _mean_terms(terms, accelerator)
+                compute_s += time.perf_counter() - t0
+                ran += 1
+                if main:
+                    curve.append(step + 1, terms)
+                stop = flag.agreed(accelerator)
+                if stop or (opts.checkpoint_every > 0 and ((step + 1) % opts.checkpoint_every == 0
+                                                           or step + 1 == opts.steps)):
+                    if main:
+                        last_ckpt = _save_checkpoint(ckpt_root, step + 1, model, disc, opt, opt_d, gen,
+                                                     opts.keep_checkpoints, fingerprint)
+                    accelerator.wait_for_everyone()
+                if on_step is not None:
+                    on_step(step + 1, terms)
+                if stop:
+                    status = "preempted"
+                    log.warning("signal %s received: checkpointed at step %d, stopping", flag.received or "(by a peer)",
+                                step + 1)
+                    break
     finally:
-        curve.close()
+        if curve is not None:
+            curve.close()
 
     model.eval()
-    final_dir = output_dir / "final"
-    with atomic_dir(final_dir) as tmp:
-        save_autoencoder(model, tmp)
-    stats = latent_statistics(model, images, opts.stats_batch_size)
-    stats_path = save_latent_statistics(stats, output_dir / "latent_stats.json")
-    ran = opts.steps - start
+    final_dir = stats = stats_path = None
+    if status == "completed" and main:
+        final_dir = output_dir / "final"
+        with atomic_dir(final_dir) as tmp:
+            save_autoencoder(model, tmp)
+        stats = latent_statistics(model, images if stats_images is None else stats_images, opts.stats_batch_size)
+        stats_path = save_latent_statistics(stats, output_dir / "latent_stats.json")
+    accelerator.wait_for_everyone()
     return {
+        "status": status,
+        "processes": world,
         "steps": opts.steps,
         "start_step": start,
         "seconds_per_step": compute_s / ran if ran > 0 else float("nan"),
         "last_terms": terms,
-        "final_dir": str(final_dir),
+        "final_dir": str(final_dir) if final_dir is not None else None,
         "latent_stats": stats,
-        "latent_stats_path": str(stats_path),
+        "latent_stats_path": str(stats_path) if stats_path is not None else None,
         "loss_curve": str(output_dir / "loss_curve.csv"),
         "checkpoint": str(last_ckpt) if last_ckpt is not None else None,
     }
