@@ -279,6 +279,58 @@ def test_sampling_is_reproducible_and_rejects_diffusion_samplers_on_flow_models(
                              text_encoder=text_encoder)
 
 
+def test_preempted_sampling_keeps_finished_batches_and_the_rerun_completes_them(trained, shards, text_encoder,
+                                                                                tmp_path, monkeypatch):
+    """SIGUSR1 after the first batch: exit 75, that batch kept; the rerun samples only the rest and writes
+    the same set as an uninterrupted run; the kept batches are removed once the set is written."""
+    import os
+    import signal
+
+    from medsynth.generator import sampling
+    from medsynth.sample.batches import BatchStore
+
+    root, _, _ = trained
+    args = (shards, root / "vae" / "final", root / "vae" / "latent_stats.json", root / "stage2" / "vanilla" / "final",
+            None)
+    cfg = {**SAMPLING, "batch_size": 2, "hu_qc": {"enabled": False}}
+    model_cfg = variant_config(STAGE2, VARIANTS, "vanilla")
+
+    def run(name):
+        out = [tmp_path / f"{name}.{ext}" for ext in ("safetensors", "csv", "json")]
+        return out, sample_condition_set(*args, *out, GEN, model_cfg, cfg, "euler-2", {"split": ["test"]},
+                                         text_encoder=text_encoder)
+
+    from medsynth.generator.sampling import load_generated, sample_condition_set
+
+    ref_out, _ = run("ref")
+    assert not Path(str(ref_out[0]) + ".batches").exists()  # removed once the set is written
+    saved = BatchStore.save
+    calls = {"saved": 0}
+
+    def save_then_signal(self, start, x0, nfe, seconds):
+        saved(self, start, x0, nfe, seconds)
+        calls["saved"] += 1
+        if calls["saved"] == 1:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    monkeypatch.setattr(BatchStore, "save", save_then_signal)
+    with pytest.raises(SystemExit) as stopped:
+        run("run")
+    assert stopped.value.code == 75 and calls["saved"] == 1
+    kept = Path(str(tmp_path / "run.safetensors") + ".batches")
+    assert sorted(p.name for p in kept.glob("batch_*")) == ["batch_00000000.safetensors"]
+    assert not (tmp_path / "run.safetensors").exists()
+
+    loaded = []
+    original_load = BatchStore.load
+    monkeypatch.setattr(BatchStore, "load", lambda self, start: loaded.append(r := original_load(self, start)) or r)
+    out, _ = run("run")
+    assert sum(r is not None for r in loaded) == 1 and len(loaded) > 1  # only the first batch came from disk
+    assert np.array_equal(load_generated(out[0])[0], load_generated(ref_out[0])[0])
+    assert not kept.exists()
+    assert sampling.sampling_device("cpu").type == "cpu" and sampling.sampling_device("auto").type in ("cpu", "cuda")
+
+
 # ------------------------------------------------------------------------------------------------ ablation variants
 ABLATIONS = {
     "no_stage1": {"init": "base"},

@@ -35,6 +35,12 @@ MedDiff-FT's guiding mask (a condition set with ``inpaint: {channels, dilate, sc
 renoise}``): the real slice's own latent is kept outside the region of interest (the union of the
 named condition channels at latent resolution, dilated by ``dilate`` latent pixels) and only the ROI
 is synthesised, by :func:`medsynth.sample.meddiff.guided_inpaint_euler` (Euler runs only).
+
+Device and preemption: the generator and the VAE run on ``sampling.device`` (``auto``: the GPU when
+there is one). Every finished batch is kept in ``<output>.batches/``
+(:class:`medsynth.sample.batches.BatchStore`, config ``sampling.keep_batches``); SIGTERM / SIGUSR1
+stop the job after the batch in progress (exit status 75) and the rerun samples only the missing
+batches - with the same result, since each batch's noise depends only on the seed and its rows.
 """
 
 from __future__ import annotations
@@ -53,6 +59,9 @@ from torch import nn
 from medsynth.generator.data import LatentData
 from medsynth.models.backbones import as_velocity, build_backbone, predict
 from medsynth.models.prompts import ABSENT_MASK_VALUE
+from medsynth.sample.batches import BatchStore
+from medsynth.train.loop import PREEMPTED_EXIT_CODE, SignalFlag
+from medsynth.vae.models import model_device
 
 __all__ = [
     "FLOW_SAMPLERS",
@@ -63,6 +72,8 @@ __all__ = [
     "load_trained_generator",
     "generate",
     "integrate_latents",
+    "sampling_device",
+    "SamplingPreempted",
 ]
 
 log = logging.getLogger(__name__)
@@ -253,19 +264,26 @@ def inpaint_keep_mask(mask: torch.Tensor, names: list[str], channels, dilate: in
     return 1.0 - roi
 
 
+class SamplingPreempted(RuntimeError):
+    """A preemption signal arrived during sampling; the finished batches are kept for the rerun."""
+
+
 @torch.no_grad()
-def integrate_latents(model: nn.Module, objective: str, data: LatentData, spec: SamplingSpec,
+def integrate_latents(model: nn.Module, objective: str, data: LatentData, spec: SamplingSpec, *,
+                      store: BatchStore | None = None, stop: SignalFlag | None = None,
                       ) -> tuple[torch.Tensor, torch.Tensor, int, float]:
     """Sample the (z-normalised) latents of every condition of ``data``: ``(x0, noise, nfe, seconds)``.
 
     ``noise`` is the ``x1`` each ``x0`` was integrated from (drawn once from ``spec.seed``), so the
-    pairs are the couplings 2-rectified flow (reflow) trains on.
+    pairs are the couplings 2-rectified flow (reflow) trains on. The batches run on the model's device
+    (results on the CPU). ``store``: finished batches are taken from it and new ones kept in it
+    (:class:`medsynth.sample.batches.BatchStore`); ``stop``: when its signal has arrived after a batch,
+    :class:`SamplingPreempted` is raised.
     """
     if objective not in ("flow", "tweedie", "ddpm"):
         raise ValueError(f"objective must be flow, tweedie or ddpm, got {objective!r}")
     latent = data.dataset.tensors["latent"]
     masks = data.dataset.tensors["mask"]
-    prompt_ids = data.dataset.tensors["prompt"]
     gen = torch.Generator().manual_seed(spec.seed)
     noise = torch.randn(latent.shape, generator=gen)
     null_tokens, null_keep = data.tokens[data.null_id:data.null_id + 1], data.keep[data.null_id:data.null_id + 1]
@@ -276,43 +294,70 @@ def integrate_latents(model: nn.Module, objective: str, data: LatentData, spec: 
         if spec.sampler != "euler" or objective == "ddpm":
             raise ValueError(f"the guiding mask (inpaint) samples with euler-<steps> on a flow model, not {spec.sampler!r}")
         keep = inpaint_keep_mask(masks, list(data.names), inpaint["channels"], int(inpaint["dilate"]))
+    device = model_device(model)
+    null_tokens, null_keep = null_tokens.to(device), null_keep.to(device)
     out, nfe, seconds = [], 0, 0.0
     for start in range(0, len(latent), spec.batch_size):
         sl = slice(start, start + spec.batch_size)
-        pid = prompt_ids[sl]
-        field_fn = _ConditionedField(model, masks[sl], data.tokens[pid], data.keep[pid], null_tokens, null_keep,
-                                     spec.guidance_scale, corrected_field, spec.tweedie_mapping)
-        gen = torch.Generator().manual_seed(spec.seed + 1 + start)
-        if keep is not None:
-            from medsynth.sample.meddiff import guided_inpaint_euler
-
-            tic = time.perf_counter()
-            x0 = guided_inpaint_euler(field_fn, noise[sl], latent[sl], keep[sl], int(spec.steps), spec.shift,
-                                      gen if inpaint["renoise"] else None, schedule=inpaint["schedule"],
-                                      max_dilate=int(inpaint["max_dilate"]))
-            batch_nfe, batch_seconds = int(spec.steps), time.perf_counter() - tic
+        done = store.load(start) if store is not None else None
+        if done is not None:
+            x0, batch_nfe, batch_seconds = done
+            log.info("batch at row %d: taken from %s", start, store.folder)
         else:
-            x0, batch_nfe, batch_seconds = _solve_batch(field_fn, noise[sl], spec, objective, gen)
-        out.append(x0.float())
+            x0, batch_nfe, batch_seconds = _sample_batch(model, objective, data, spec, sl, noise, keep, inpaint,
+                                                         null_tokens, null_keep, corrected_field, device)
+            if store is not None:
+                store.save(start, x0, batch_nfe, batch_seconds)
+        out.append(x0.float().cpu())
         seconds += batch_seconds
         nfe = max(nfe, int(batch_nfe))
         log.info("sampled %d/%d (%s, %s steps, %d NFE)", min(start + spec.batch_size, len(latent)), len(latent),
                  spec.sampler, spec.steps, batch_nfe)
+        if stop is not None and stop.received is not None and start + spec.batch_size < len(latent):
+            raise SamplingPreempted(f"signal {stop.received} after {min(start + spec.batch_size, len(latent))} of "
+                                    f"{len(latent)} samples")
     return torch.cat(out), noise, nfe, seconds
+
+
+def _sample_batch(model: nn.Module, objective: str, data: LatentData, spec: SamplingSpec, sl: slice,
+                  noise: torch.Tensor, keep: torch.Tensor | None, inpaint: dict | None, null_tokens: torch.Tensor,
+                  null_keep: torch.Tensor, corrected_field: bool, device: torch.device
+                  ) -> tuple[torch.Tensor, int, float]:
+    """One batch of :func:`integrate_latents` on ``device``: ``(x0, nfe, seconds)``."""
+    tensors = data.dataset.tensors
+    pid = tensors["prompt"][sl]
+    field_fn = _ConditionedField(model, tensors["mask"][sl].to(device), data.tokens[pid].to(device),
+                                 data.keep[pid].to(device), null_tokens, null_keep, spec.guidance_scale,
+                                 corrected_field, spec.tweedie_mapping)
+    gen = torch.Generator().manual_seed(spec.seed + 1 + sl.start)
+    x1 = noise[sl].to(device)
+    if keep is not None:
+        from medsynth.sample.meddiff import guided_inpaint_euler
+
+        tic = time.perf_counter()
+        x0 = guided_inpaint_euler(field_fn, x1, tensors["latent"][sl].to(device), keep[sl].to(device),
+                                  int(spec.steps), spec.shift, gen if inpaint["renoise"] else None,
+                                  schedule=inpaint["schedule"], max_dilate=int(inpaint["max_dilate"]))
+        return x0, int(spec.steps), time.perf_counter() - tic
+    return _solve_batch(field_fn, x1, spec, objective, gen)
 
 
 @torch.no_grad()
 def generate(model: nn.Module, objective: str, data: LatentData, vae: nn.Module, stats: dict,
-             spec: SamplingSpec) -> GeneratedSet:
-    """Sample one image per condition of ``data`` (module docstring) and decode it with ``vae``."""
+             spec: SamplingSpec, *, store: BatchStore | None = None, stop: SignalFlag | None = None) -> GeneratedSet:
+    """Sample one image per condition of ``data`` (module docstring) and decode it with ``vae``.
+
+    ``store`` / ``stop``: see :func:`integrate_latents`.
+    """
     from medsynth.vae.latents import denormalise_latents
     from medsynth.vae.models import decode
 
-    latents, _, nfe, seconds = integrate_latents(model, objective, data, spec)
-    images = []
+    latents, _, nfe, seconds = integrate_latents(model, objective, data, spec, store=store, stop=stop)
+    images, device = [], model_device(vae)
     for start in range(0, len(latents), spec.batch_size):
         tic = time.perf_counter()
-        decoded = decode(vae, denormalise_latents(latents[start:start + spec.batch_size], stats)).clamp(-1.0, 1.0)
+        z = denormalise_latents(latents[start:start + spec.batch_size].to(device), stats)
+        decoded = decode(vae, z).clamp(-1.0, 1.0).cpu()
         seconds += time.perf_counter() - tic
         images.append(decoded.numpy().astype(np.float32))
     evals = nfe * (2 if spec.guidance_scale != 1.0 else 1)
@@ -368,10 +413,25 @@ def sample_condition_set(shards, vae_dir: str | Path, stats_path: str | Path, mo
         data, new_masks = stochastic_conditions(data, masks > 0, names, stochastic, gen_cfg,
                                                 bool(model_cfg.get("severity_prompt", False)), text_encoder)
         masks = new_masks.astype(np.float32) - 0.5
+    device = sampling_device(sampling_cfg.get("device", "auto"))
     vae, stats = _load_vae(vae_dir, stats_path)
-    model = load_trained_generator(gen_cfg, model_dir, init_dir)
+    vae.to(device)
+    model = load_trained_generator(gen_cfg, model_dir, init_dir).to(device)
     objective = str(model_cfg.get("objective", "flow"))
-    generated = generate(model, objective, data, vae, stats, spec)
+    store = None
+    if sampling_cfg.get("keep_batches", True):
+        from medsynth.train.loop import run_fingerprint
+
+        store = BatchStore(Path(str(out_tensors) + ".batches"),
+                           run_fingerprint(asdict(spec), run, dict(select), stochastic, dict(gen_cfg), dict(model_cfg),
+                                           files=[*shards, vae_dir, stats_path, model_dir, *([init_dir] if init_dir else [])]))
+    try:
+        with SignalFlag(True) as stop:
+            generated = generate(model, objective, data, vae, stats, spec, store=store, stop=stop)
+    except SamplingPreempted as err:
+        log.warning("%s: %s; the finished batches are in %s, a rerun samples the rest", out_tensors, err,
+                    store.folder if store is not None else "(not kept: sampling.keep_batches is off)")
+        raise SystemExit(PREEMPTED_EXIT_CODE) from None
     qc_cfg = dict(sampling_cfg.get("hu_qc") or {})
     hu_qc: dict = {"enabled": False}
     if qc_cfg.get("enabled"):
@@ -395,9 +455,22 @@ def sample_condition_set(shards, vae_dir: str | Path, stats_path: str | Path, mo
     write_csv_atomic(data.index[cols].assign(sample=range(len(data.index))), out_index)
     write_summary(generated, out_summary, run=run, model=str(model_dir), conditions=list(names),
                   objective=objective, hu_qc=hu_qc)
+    if store is not None:
+        store.clear()
     log.info("%s: %d samples, %.4f s/sample, %d NFE", out_tensors, len(generated.images),
              generated.seconds_per_sample, generated.nfe)
     return generated
+
+
+def sampling_device(name: str = "auto") -> torch.device:
+    """``sampling.device``: ``auto`` (the GPU when CUDA is available, else the CPU), ``cpu``, ``cuda[:i]``."""
+    name = str(name or "auto")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"sampling.device is {name!r} but CUDA is not available on this machine")
+    return device
 
 
 def load_generated(path: str | Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
