@@ -236,6 +236,26 @@ def _controllability(pred: torch.Tensor, names: Sequence[str], prompted: Sequenc
             "thresholds": list(sev["thresholds"]), "confusion_prompted_to_measured": confusion}
 
 
+def _paired_sets(shards: Sequence[str], select: Mapping, generated_path: str | Path):
+    """The real condition set and the run generated for it: ``(index, rows, names, real, real_masks, fake)``.
+
+    Raises ``ValueError`` when the generated set does not pair with the real one (count, shape,
+    condition channels, or the masks it was conditioned on).
+    """
+    from medsynth.generator.sampling import load_generated
+
+    index, images, masks, names = load_slices(shards)
+    rows = select_rows(index, select)
+    real, real_masks = images[rows].astype(np.float32), masks[rows] > 0
+    fake, fake_masks, fake_names = load_generated(generated_path)
+    if fake.shape != real.shape or (fake_names and list(fake_names) != list(names)):
+        raise ValueError(f"{generated_path}: samples {fake.shape} / channels {fake_names} do not match the real set "
+                         f"{real.shape} / channels {names} of the condition set")
+    if not np.array_equal(fake_masks.astype(bool), real_masks):
+        raise ValueError(f"{generated_path} was conditioned on other masks than the real set of {dict(select)}")
+    return index, rows, names, real, real_masks, fake
+
+
 def evaluate_run(generated_path: str | Path, index_csv: str | Path, summary_json: str | Path, shards: Sequence[str],
                  extractor_dir: str | Path, out_json: str | Path, metrics_cfg: Mapping, intensity_cfg: Mapping,
                  select: Mapping, severity_cfg: Mapping | None, severity_prompt: bool, grid_cfg: Mapping,
@@ -244,7 +264,6 @@ def evaluate_run(generated_path: str | Path, index_csv: str | Path, summary_json
     import pandas as pd
 
     from medsynth.downstream import load_segmenter, predict_masks
-    from medsynth.generator.sampling import load_generated
     from medsynth.metrics import (
         frechet_metrics,
         image_metrics,
@@ -255,15 +274,7 @@ def evaluate_run(generated_path: str | Path, index_csv: str | Path, summary_json
     )
 
     torch.set_num_threads(1)
-    index, images, masks, names = load_slices(shards)
-    rows = select_rows(index, select)
-    real, real_masks = images[rows].astype(np.float32), masks[rows] > 0
-    fake, fake_masks, fake_names = load_generated(generated_path)
-    if len(fake) != len(real) or (fake_names and list(fake_names) != list(names)):
-        raise ValueError(f"{generated_path}: {len(fake)} samples / channels {fake_names} do not match the "
-                         f"{len(real)} real slices / channels {names} of the condition set")
-    if not np.array_equal(fake_masks.astype(bool), real_masks):
-        raise ValueError(f"{generated_path} was conditioned on other masks than the real slices of {dict(select)}")
+    index, rows, names, real, real_masks, fake = _paired_sets(shards, select, generated_path)
     sampled = pd.read_csv(index_csv, keep_default_na=False)
     summary = json.loads(Path(summary_json).read_text())
     segmenter = load_segmenter(extractor_dir)
@@ -350,7 +361,6 @@ def evaluate_volume_run(generated_path: str | Path, index_csv: str | Path, summa
     ZX (``plane: "mean"``: mean over the planes of a window; ``window: "mean"``: over all cells).
     """
     from medsynth.downstream import load_segmenter
-    from medsynth.generator.sampling import load_generated
     from medsynth.metrics import (
         frechet_metrics,
         image_metrics,
@@ -362,17 +372,9 @@ def evaluate_volume_run(generated_path: str | Path, index_csv: str | Path, summa
     from medsynth.metrics.frechet import PLANE_LABELS, PLANES, central_slices
 
     torch.set_num_threads(1)
-    index, images, masks, names = load_slices(shards)
-    rows = select_rows(index, select)
-    real, real_masks = images[rows].astype(np.float32), masks[rows] > 0
+    index, rows, names, real, real_masks, fake = _paired_sets(shards, select, generated_path)
     if real.ndim != 5:
         raise ValueError(f"{list(shards)}: expected volumes (N, 1, X, Y, Z), got {real.shape}; 2D runs: evaluate_run")
-    fake, fake_masks, fake_names = load_generated(generated_path)
-    if fake.shape != real.shape or (fake_names and list(fake_names) != list(names)):
-        raise ValueError(f"{generated_path}: volumes {fake.shape} / channels {fake_names} do not match the real "
-                         f"volumes {real.shape} / channels {names} of the condition set")
-    if not np.array_equal(fake_masks.astype(bool), real_masks):
-        raise ValueError(f"{generated_path} was conditioned on other masks than the real volumes of {dict(select)}")
     summary = json.loads(Path(summary_json).read_text())
     import pandas as pd
 

@@ -29,7 +29,8 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 
-__all__ = ["WORKER_ENV", "in_worker", "is_main_process", "launch_processes", "accelerate_command", "relaunch"]
+__all__ = ["WORKER_ENV", "in_worker", "is_main_process", "job_device", "launch_processes", "accelerate_command",
+           "relaunch"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,15 @@ def in_worker() -> bool:
 def is_main_process() -> bool:
     """True outside a launch and in the rank-0 worker of one (for files only one process may write)."""
     return int(os.environ.get("RANK", "0") or 0) == 0
+
+
+def job_device():
+    """The device of this process: its own GPU (``cuda:LOCAL_RANK``) when CUDA is available, else the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get(WORKER_ENV, "0") or 0))
+    return torch.device("cpu")
 
 
 def launch_processes(stage_cfg: Mapping | None, resources: Mapping | None) -> int:

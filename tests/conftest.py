@@ -6,11 +6,27 @@ import sys
 from pathlib import Path
 
 import nibabel as nib
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "resources" / "example_data"
 sys.path.insert(0, str(Path(__file__).parent))  # test helpers (dicom_writer, ...)
+
+
+def threshold_masks(hu: np.ndarray) -> np.ndarray:
+    """Five uint8 condition channels of a CT from HU thresholds (soft tissue, lung, bone, contrast, empty):
+    stand-ins for organ masks in tests that need masks shaped like the pipeline's, not anatomy."""
+    return np.stack([(hu > 40) & (hu < 120), hu < -500, hu > 250, (hu > 150) & (hu < 250),
+                     np.zeros_like(hu, bool)]).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def text_encoder():
+    """The MiniLM text encoder of the generator tests (built from the locally made tokenizer and weights)."""
+    from medsynth.models.text import build_text_encoder
+
+    return build_text_encoder({"type": "minilm"})
 
 
 @pytest.fixture(scope="module")

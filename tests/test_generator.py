@@ -37,6 +37,8 @@ from medsynth.preprocess.intensity import hu_to_unit
 from medsynth.preprocess.trainsets import SliceOptions, axial_slices, write_shard
 from medsynth.vae import TINY_VAE_CONFIGS
 
+from conftest import threshold_masks
+
 CT = Path(__file__).resolve().parents[1] / "resources" / "example_data" / "ct" / "upper_abdomen_ct_3mm.nii.gz"
 NAMES = ["liver", "lungs", "bone", "kidneys", "spleen"]
 
@@ -49,8 +51,7 @@ def shards(tmp_path_factory) -> list[str]:
     root = tmp_path_factory.mktemp("shards")
     hu = np.asarray(nib.load(str(CT)).dataobj, dtype=np.float32)
     image = hu_to_unit(hu)
-    masks = np.stack([(hu > 40) & (hu < 120), hu < -500, hu > 250, (hu > 150) & (hu < 250),
-                      np.zeros_like(hu, bool)]).astype(np.uint8)
+    masks = threshold_masks(hu)
     samples = []
     for i, (z, img, msk) in enumerate(axial_slices(image, masks, np.ones(hu.shape), SliceOptions(size=32))):
         if i >= 24:
@@ -63,13 +64,6 @@ def shards(tmp_path_factory) -> list[str]:
         samples.append((row, img, msk))
     write_shard(samples, NAMES, root / "shard-000.safetensors", root / "shard-000.csv")
     return [str(root / "shard-000.safetensors"), str(root / "shard-000.csv")]
-
-
-@pytest.fixture(scope="module")
-def text_encoder():
-    from medsynth.models.text import build_text_encoder
-
-    return build_text_encoder({"type": "minilm"})
 
 
 GEN = {

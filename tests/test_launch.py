@@ -10,7 +10,6 @@ import textwrap
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from medsynth.launch import accelerate_command, in_worker, launch_processes, relaunch
 

@@ -31,6 +31,8 @@ from medsynth.preprocess.intensity import hu_to_unit
 from medsynth.preprocess.trainsets import volume_sample, write_shard
 from medsynth.vae import TINY_VAE_CONFIGS, load_autoencoder, load_latent_statistics
 
+from conftest import threshold_masks
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,8 +78,7 @@ def shards(tmp_path_factory) -> list[str]:
         half = N_VOLUMES // 2
         source = hu_full if i < half else hu_full[:, ::-1]
         hu = np.ascontiguousarray(source[(i % half) * CROP_STEP:])
-        masks = np.stack([(hu > 40) & (hu < 120), hu < -500, hu > 250, (hu > 150) & (hu < 250),
-                          np.zeros_like(hu, bool)]).astype(np.uint8)
+        masks = threshold_masks(hu)
         image, mask = volume_sample(hu_to_unit(hu), masks, (SIZE,) * 3)
         row = {"case_id": f"vol{i}", "patient_id": f"p{i}", "dataset": "t", "modality": "CT",
                "split": "test" if i in TEST_VOLUMES else "train", "prompt_contrast": "portal venous",
@@ -86,13 +87,6 @@ def shards(tmp_path_factory) -> list[str]:
         samples.append((row, image, mask))
     write_shard(samples, NAMES, root / "shard-000.safetensors", root / "shard-000.csv")
     return [str(root / "shard-000.safetensors"), str(root / "shard-000.csv")]
-
-
-@pytest.fixture(scope="module")
-def text_encoder():
-    from medsynth.models.text import build_text_encoder
-
-    return build_text_encoder({"type": "minilm"})
 
 
 @pytest.fixture(scope="module")

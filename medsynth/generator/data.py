@@ -35,7 +35,7 @@ from medsynth.models.prompts import SEVERITY_WORDS, compound_prompt, mask_prepro
 from medsynth.preprocess.trainsets import load_shard
 from medsynth.train.data import TensorDictDataset
 from medsynth.vae.latents import normalise_latents
-from medsynth.vae.models import encode
+from medsynth.vae.models import encode, model_device
 
 __all__ = [
     "DEFAULT_SEVERITY",
@@ -153,8 +153,8 @@ class LatentData:
 @torch.no_grad()
 def _latents(vae: torch.nn.Module, images: np.ndarray, stats: dict, batch_size: int) -> torch.Tensor:
     vae.eval()
-    x = torch.as_tensor(images, dtype=torch.float32)
-    out = [encode(vae, x[i:i + batch_size])[0] for i in range(0, len(x), batch_size)]
+    x, device = torch.as_tensor(images, dtype=torch.float32), model_device(vae)
+    out = [encode(vae, x[i:i + batch_size].to(device))[0].cpu() for i in range(0, len(x), batch_size)]
     return normalise_latents(torch.cat(out), stats).contiguous()
 
 

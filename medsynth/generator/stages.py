@@ -32,10 +32,8 @@ automatic resume from the newest one, SIGTERM -> checkpoint + exit code 75) and 
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -47,7 +45,7 @@ from torch import nn
 
 from medsynth.configmerge import variant_config
 from medsynth.fsutil import write_csv_atomic, write_text_atomic
-from medsynth.launch import is_main_process
+from medsynth.launch import is_main_process, job_device
 from medsynth.generator.data import LatentData, build_latent_data, load_slices, select_rows, shard_condition_names
 from medsynth.models.backbones import (
     as_velocity,
@@ -122,7 +120,7 @@ def _text_encoder(gen_cfg: Mapping, text_encoder):
 def _load_vae(vae_dir: str | Path, stats_path: str | Path):
     from medsynth.vae import load_autoencoder, load_latent_statistics
 
-    vae = load_autoencoder(vae_dir).eval().requires_grad_(False)
+    vae = load_autoencoder(vae_dir).eval().requires_grad_(False).to(job_device())  # encodes the training latents
     return vae, load_latent_statistics(stats_path)
 
 
