@@ -45,7 +45,7 @@ from torch import nn
 
 from medsynth.fsutil import write_text_atomic
 from medsynth.generator.data import load_slices, select_rows
-from medsynth.launch import is_main_process
+from medsynth.launch import is_main_process, resolve_device
 
 __all__ = ["pixel_spacing", "voxel_spacing", "extractor_input_size", "run_downstream", "evaluate_run",
            "evaluate_volume_run", "SELF_EXTRACTOR"]
@@ -277,7 +277,9 @@ def evaluate_run(generated_path: str | Path, index_csv: str | Path, summary_json
     index, rows, names, real, real_masks, fake = _paired_sets(shards, select, generated_path)
     sampled = pd.read_csv(index_csv, keep_default_na=False)
     summary = json.loads(Path(summary_json).read_text())
-    segmenter = load_segmenter(extractor_dir)
+    device = resolve_device(metrics_cfg.get("device", "auto"), "metrics.device")
+    cuda = device.type == "cuda"  # torch-fidelity's feature extraction on the GPU
+    segmenter = load_segmenter(extractor_dir).to(device)
     extractor_name = register_module_extractor(SELF_EXTRACTOR, _SegmenterEncoder(segmenter))
     real01, fake01 = torch.from_numpy((real + 1.0) / 2.0), torch.from_numpy((fake + 1.0) / 2.0)
     n = len(real)
@@ -286,15 +288,15 @@ def evaluate_run(generated_path: str | Path, index_csv: str | Path, summary_json
     setting = Path(extractor_dir).parent.name
     extractor_label = f"self-trained {segmenter.segmenter_record['model']['type']} encoder, downstream '{setting}'"
 
-    fd = frechet_metrics(real01, fake01, extractor_name, kid=True, kid_subset_size=kid_size, batch_size=batch)
+    fd = frechet_metrics(real01, fake01, extractor_name, kid=True, kid_subset_size=kid_size, batch_size=batch, cuda=cuda)
     inception = inception_fid(real01, fake01, metrics_cfg.get("inception_weights"), kid_subset_size=kid_size,
-                              batch_size=batch)
+                              batch_size=batch, cuda=cuda)
     modalities = set(index.iloc[rows]["modality"].astype(str))
     windowed: list[dict] = []
     if modalities == {"CT"}:
         windows = {k: tuple(v) for k, v in (intensity_cfg.get("windows") or {}).items()}
         for row in per_window_fd(real, fake, tuple(intensity_cfg["ct_hu_range"]), windows, extractor_name,
-                                 kid=False, batch_size=batch):
+                                 kid=False, batch_size=batch, cuda=cuda):
             windowed.append({"window": row["window"], "plane": "XY", "fd": row.get("fd"), "status": row.get("status")})
     pairs = image_metrics(torch.from_numpy(fake), torch.from_numpy(real))
     spacing = pixel_spacing(grid_cfg, slice_size)
@@ -381,7 +383,9 @@ def evaluate_volume_run(generated_path: str | Path, index_csv: str | Path, summa
     sampled_rows = len(pd.read_csv(index_csv, keep_default_na=False))
     if sampled_rows != len(fake):
         raise ValueError(f"{index_csv}: {sampled_rows} rows for {len(fake)} generated volumes")
-    segmenter = load_segmenter(extractor_dir)
+    device = resolve_device(metrics_cfg.get("device", "auto"), "metrics.device")
+    cuda = device.type == "cuda"  # torch-fidelity's feature extraction on the GPU
+    segmenter = load_segmenter(extractor_dir).to(device)
     size = extractor_input_size(segmenter, metrics_cfg)
     extractor_name = register_module_extractor(SELF_EXTRACTOR, _SegmenterEncoder(segmenter, size))
     setting = Path(extractor_dir).parent.name
@@ -397,21 +401,21 @@ def evaluate_volume_run(generated_path: str | Path, index_csv: str | Path, summa
         f01 = (central_slices(fake_t, axis, fraction) + 1.0) / 2.0
         n_slices = min(len(r01), len(f01)) if n_slices is None else min(n_slices, len(r01), len(f01))
         kid_size = max(2, min(int(metrics_cfg.get("kid_subset_size", 50)), len(r01), len(f01)))
-        res = frechet_metrics(r01, f01, extractor_name, kid=True, kid_subset_size=kid_size, batch_size=batch)
+        res = frechet_metrics(r01, f01, extractor_name, kid=True, kid_subset_size=kid_size, batch_size=batch, cuda=cuda)
         per_plane[PLANE_LABELS[plane]] = {k: res[k] for k in ("fd", "kid_mean", "kid_std", "n_real", "n_fake")}
     fd_mean = {k: float(np.mean([p[k] for p in per_plane.values()])) for k in ("fd", "kid_mean", "kid_std")}
     axial = PLANES["axial"]
     inception = inception_fid((central_slices(real_t, axial, fraction) + 1.0) / 2.0,
                               (central_slices(fake_t, axial, fraction) + 1.0) / 2.0,
                               metrics_cfg.get("inception_weights"), kid_subset_size=max(2, min(
-                                  int(metrics_cfg.get("kid_subset_size", 50)), n_slices)), batch_size=batch)
+                                  int(metrics_cfg.get("kid_subset_size", 50)), n_slices)), batch_size=batch, cuda=cuda)
 
     modalities = set(index.iloc[rows]["modality"].astype(str))
     windowed: list[dict] = []
     if modalities == {"CT"}:
         windows = {k: tuple(v) for k, v in (intensity_cfg.get("windows") or {}).items()}
         for row in per_plane_windowed_fd(real_t, fake_t, tuple(intensity_cfg["ct_hu_range"]), windows, extractor_name,
-                                         central_fraction=fraction, kid=False, batch_size=batch):
+                                         central_fraction=fraction, kid=False, batch_size=batch, cuda=cuda):
             windowed.append({"window": row["window"], "plane": PLANE_LABELS.get(row["plane"], row["plane"]),
                              "fd": row.get("fd"), "n_real": row.get("n_real"), "n_fake": row.get("n_fake"),
                              "status": row.get("status")})

@@ -29,7 +29,7 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 
-__all__ = ["WORKER_ENV", "in_worker", "is_main_process", "job_device", "launch_processes", "accelerate_command",
+__all__ = ["WORKER_ENV", "in_worker", "is_main_process", "job_device", "resolve_device", "launch_processes", "accelerate_command",
            "relaunch"]
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,19 @@ def job_device():
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get(WORKER_ENV, "0") or 0))
     return torch.device("cpu")
+
+
+def resolve_device(name: str | None = "auto", key: str = "device"):
+    """A config device name: ``auto`` (:func:`job_device`), ``cpu`` or ``cuda[:i]`` (refused without CUDA)."""
+    import torch
+
+    name = str(name or "auto")
+    if name == "auto":
+        return job_device()
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{key} is {name!r} but CUDA is not available on this machine")
+    return device
 
 
 def launch_processes(stage_cfg: Mapping | None, resources: Mapping | None) -> int:

@@ -280,7 +280,6 @@ def test_preempted_sampling_keeps_finished_batches_and_the_rerun_completes_them(
     import os
     import signal
 
-    from medsynth.generator import sampling
     from medsynth.sample.batches import BatchStore
 
     root, _, _ = trained
@@ -322,7 +321,6 @@ def test_preempted_sampling_keeps_finished_batches_and_the_rerun_completes_them(
     assert sum(r is not None for r in loaded) == 1 and len(loaded) > 1  # only the first batch came from disk
     assert np.array_equal(load_generated(out[0])[0], load_generated(ref_out[0])[0])
     assert not kept.exists()
-    assert sampling.sampling_device("cpu").type == "cpu" and sampling.sampling_device("auto").type in ("cpu", "cuda")
 
 
 # ------------------------------------------------------------------------------------------------ ablation variants

@@ -10,8 +10,9 @@ import textwrap
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
-from medsynth.launch import accelerate_command, in_worker, launch_processes, relaunch
+from medsynth.launch import accelerate_command, in_worker, launch_processes, relaunch, resolve_device
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,6 +51,16 @@ def test_processes_come_from_the_stage_or_the_jobs_gpus():
     cmd = accelerate_command("train.py", 3, mixed_precision="bf16", port=1234)
     assert cmd[1:3] == ["-m", "accelerate.commands.launch"] and cmd[-1] == "train.py"
     assert cmd[cmd.index("--num_processes") + 1] == "3" and cmd[cmd.index("--mixed_precision") + 1] == "bf16"
+
+
+def test_config_device_names():
+    import torch
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="sampling.device is 'cuda'"):
+            resolve_device("cuda", "sampling.device")
 
 
 def test_one_process_or_a_worker_does_not_relaunch(monkeypatch):

@@ -58,6 +58,7 @@ from torch import nn
 
 from medsynth.generator.data import LatentData
 from medsynth.models.backbones import as_velocity, build_backbone, predict
+from medsynth.launch import resolve_device
 from medsynth.models.prompts import ABSENT_MASK_VALUE
 from medsynth.sample.batches import BatchStore
 from medsynth.train.loop import PREEMPTED_EXIT_CODE, SignalFlag
@@ -72,7 +73,6 @@ __all__ = [
     "load_trained_generator",
     "generate",
     "integrate_latents",
-    "sampling_device",
     "SamplingPreempted",
 ]
 
@@ -413,7 +413,7 @@ def sample_condition_set(shards, vae_dir: str | Path, stats_path: str | Path, mo
         data, new_masks = stochastic_conditions(data, masks > 0, names, stochastic, gen_cfg,
                                                 bool(model_cfg.get("severity_prompt", False)), text_encoder)
         masks = new_masks.astype(np.float32) - 0.5
-    device = sampling_device(sampling_cfg.get("device", "auto"))
+    device = resolve_device(sampling_cfg.get("device", "auto"), "sampling.device")
     vae, stats = _load_vae(vae_dir, stats_path)
     vae.to(device)
     model = load_trained_generator(gen_cfg, model_dir, init_dir).to(device)
@@ -461,16 +461,6 @@ def sample_condition_set(shards, vae_dir: str | Path, stats_path: str | Path, mo
              generated.seconds_per_sample, generated.nfe)
     return generated
 
-
-def sampling_device(name: str = "auto") -> torch.device:
-    """``sampling.device``: ``auto`` (the GPU when CUDA is available, else the CPU), ``cpu``, ``cuda[:i]``."""
-    name = str(name or "auto")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"sampling.device is {name!r} but CUDA is not available on this machine")
-    return device
 
 
 def load_generated(path: str | Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
