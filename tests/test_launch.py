@@ -140,6 +140,7 @@ def test_a_signal_to_the_launcher_stops_every_worker_at_one_checkpoint(tmp_path)
     proc.send_signal(signal.SIGUSR1)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 75, err[-3000:]
+    assert all((tmp_path / "run" / f"rank{r}.json").exists() for r in (0, 1)), err[-5000:]
     ranks = [json.loads((tmp_path / "run" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["status"] for r in ranks] == ["preempted", "preempted"]
     assert ranks[0]["step"] == ranks[1]["step"] < 200  # both stopped after the same step
