@@ -15,8 +15,9 @@ CPU (``ACCELERATE_USE_CPU``, gloo backend) - how the tests exercise this path on
 
 Preemption: SIGTERM / SIGUSR1 reaching the launching process (SLURM's ``--signal``, ``scancel``) are
 forwarded to the launcher, which hands them on to every worker (``PET_SIGNALS_TO_HANDLE``
-includes SIGUSR1); the workers agree on the step to stop after, checkpoint and exit, and the launching
-process exits with status 75 so the requeued / rerun job resumes.
+includes SIGUSR1) and gives them :data:`SHUTDOWN_TIMEOUT_S` to finish; the workers agree on the step to
+stop after, checkpoint and exit, and the launching process exits with status 75 so the requeued /
+rerun job resumes.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ log = logging.getLogger(__name__)
 WORKER_ENV = "LOCAL_RANK"
 #: signals the launcher passes on to its workers (torch.distributed.elastic's default plus SIGUSR1)
 FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+#: default grace the launcher gives signalled workers before SIGKILL (``TORCH_ELASTIC_SHUTDOWN_TIMEOUT``
+#: overrides): the checkpoint of a large model with its optimizer state can take longer than torch's 30 s;
+#: ask SLURM for the warning signal at least this long before the time limit (``--signal=USR1@300``)
+SHUTDOWN_TIMEOUT_S = 300
 
 
 def in_worker() -> bool:
@@ -113,6 +118,8 @@ def relaunch(processes: int, *, mixed_precision: str = "no", script: str | None 
 
     env = dict(os.environ)
     env["PET_SIGNALS_TO_HANDLE"] = FORWARDED_SIGNALS  # torch.distributed.run --signals-to-handle
+    # seconds the launcher gives signalled workers to checkpoint before it kills them (torch: 30)
+    env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(SHUTDOWN_TIMEOUT_S))
     if not torch.cuda.is_available():
         env["ACCELERATE_USE_CPU"] = "true"  # CPU workers with the gloo backend
     cmd = accelerate_command(script or sys.argv[0], processes, mixed_precision=mixed_precision,

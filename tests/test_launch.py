@@ -12,7 +12,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from medsynth.launch import accelerate_command, in_worker, launch_processes, relaunch, resolve_device
+from medsynth.launch import (
+    SHUTDOWN_TIMEOUT_S,
+    accelerate_command,
+    in_worker,
+    launch_processes,
+    relaunch,
+    resolve_device,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,7 +123,8 @@ PREEMPT_WORKER = textwrap.dedent('''
                    checkpoint_every=0, progress=False, seed=1), on_step_end=slow)
     weights = torch.cat([p.detach().flatten() for p in model.parameters()]).tolist()
     with open(os.path.join(out, f"rank{{os.environ['RANK']}}.json"), "w") as fh:
-        json.dump({{"weights": weights, "status": result.status, "step": result.step}}, fh)
+        json.dump({{"weights": weights, "status": result.status, "step": result.step,
+                   "grace": os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT")}}, fh)
     raise SystemExit(result.exit_code)
 ''')
 
@@ -144,6 +152,7 @@ def test_a_signal_to_the_launcher_stops_every_worker_at_one_checkpoint(tmp_path)
     ranks = [json.loads((tmp_path / "run" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["status"] for r in ranks] == ["preempted", "preempted"]
     assert ranks[0]["step"] == ranks[1]["step"] < 200  # both stopped after the same step
+    assert ranks[0]["grace"] == str(SHUTDOWN_TIMEOUT_S)  # the launcher waits this long before SIGKILL
     assert (tmp_path / "run" / "checkpoints" / f"step-{ranks[0]['step']:06d}").is_dir()
 
     for name in ("run", "ref"):  # resume, and an uninterrupted reference run
