@@ -23,6 +23,16 @@ from medsynth.launch import (
 
 REPO = Path(__file__).resolve().parents[1]
 
+#: what every worker trains: a linear least-squares problem (pasted into the worker scripts below)
+LINEAR_PROBLEM = """torch.set_num_threads(1)
+torch.manual_seed(0)
+model = nn.Linear(3, 1)
+x = torch.randn(64, 3); y = x @ torch.tensor([[1.0], [-2.0], [0.5]])
+
+def step(m, batch, s, g):
+    return {"loss": ((m(batch["x"]) - batch["y"]) ** 2).mean()}
+"""
+
 WORKER = textwrap.dedent('''
     import json, os, sys
     sys.path.insert(0, {repo!r})
@@ -35,13 +45,7 @@ WORKER = textwrap.dedent('''
     if relaunch(2):                       # the launching process: the workers did the work
         print("launcher done", flush=True)
         raise SystemExit(0)
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model = nn.Linear(3, 1)
-    x = torch.randn(64, 3); y = x @ torch.tensor([[1.0], [-2.0], [0.5]])
-
-    def step(m, batch, s, g):
-        return {{"loss": ((m(batch["x"]) - batch["y"]) ** 2).mean()}}
+    {linear_problem}
 
     result = train(model, step, {{"x": x, "y": y}}, TrainConfig(output_dir=out, steps=30, batch_size=8, lr=0.3,
                    checkpoint_every=0, progress=False, seed=1))
@@ -78,7 +82,7 @@ def test_one_process_or_a_worker_does_not_relaunch(monkeypatch):
 
 def test_two_workers_train_one_synchronised_model(tmp_path):
     script = tmp_path / "worker.py"
-    script.write_text(WORKER.format(repo=str(REPO)))
+    script.write_text(WORKER.format(repo=str(REPO), linear_problem=LINEAR_PROBLEM))
     out = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE")}
     proc = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, timeout=600,
@@ -105,13 +109,7 @@ PREEMPT_WORKER = textwrap.dedent('''
     out, marker = sys.argv[1], sys.argv[2]
     if relaunch(2):
         raise SystemExit(0)
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model = nn.Linear(3, 1)
-    x = torch.randn(64, 3); y = x @ torch.tensor([[1.0], [-2.0], [0.5]])
-
-    def step(m, batch, s, g):
-        return {{"loss": ((m(batch["x"]) - batch["y"]) ** 2).mean()}}
+    {linear_problem}
 
     def slow(step, row):
         if marker != "-" and step == 3 and os.environ["RANK"] == "0":
@@ -136,7 +134,7 @@ def test_a_signal_to_the_launcher_stops_every_worker_at_one_checkpoint(tmp_path)
     import time
 
     script = tmp_path / "worker.py"
-    script.write_text(PREEMPT_WORKER.format(repo=str(REPO)))
+    script.write_text(PREEMPT_WORKER.format(repo=str(REPO), linear_problem=LINEAR_PROBLEM))
     env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE")}
     marker = tmp_path / "marker"
     proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "run"), str(marker)], env=env,

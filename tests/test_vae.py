@@ -333,6 +333,12 @@ def test_tune_tiny_3d_maisi_runs_and_saves(tmp_path):
                               reconstruct(model.eval(), vols), atol=1e-5)
 
 
+def _tiny_vae() -> nn.Module:
+    """The tiny 2D VAE with the same seeded initial weights every call."""
+    torch.manual_seed(0)
+    return build_autoencoder(TINY_VAE_CONFIGS["2d"])
+
+
 class Interrupt(RuntimeError):
     pass
 
@@ -346,11 +352,7 @@ def test_resume_matches_uninterrupted_run(tmp_path):
            "losses": {"kl_weight": 1e-4, "ssim_weight": 0.2, "adv_weight": 0.1, "adv_warmup_steps": 2,
                       "adv_criterion": "hinge", "disc_channels": 8, "disc_layers": 1}}
 
-    def fresh():
-        torch.manual_seed(0)
-        return build_autoencoder(TINY_VAE_CONFIGS["2d"])
-
-    ref = fresh()
+    ref = _tiny_vae()
     tune_vae(ref, images, cfg, tmp_path / "ref")
 
     def stop_at_5(step, terms):
@@ -358,10 +360,10 @@ def test_resume_matches_uninterrupted_run(tmp_path):
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        tune_vae(fresh(), images, cfg, tmp_path / "run", on_step=stop_at_5)
+        tune_vae(_tiny_vae(), images, cfg, tmp_path / "run", on_step=stop_at_5)
     assert latest_checkpoint(tmp_path / "run").name == "step_00000004"
     torch.manual_seed(123)  # a different global RNG state before resuming must not matter
-    resumed = fresh()
+    resumed = _tiny_vae()
     out = tune_vae(resumed, images, cfg, tmp_path / "run")
     assert out["start_step"] == 4
     a, b = ref.state_dict(), resumed.state_dict()
@@ -386,23 +388,19 @@ def test_signal_checkpoints_and_the_rerun_finishes_the_same_model(tmp_path):
     images = torch.rand(4, 1, 32, 32, generator=g) * 2 - 1
     cfg = {"steps": 6, "batch_size": 2, "lr": 1e-3, "seed": 2, "checkpoint_every": 0, "progress": False}
 
-    def fresh():
-        torch.manual_seed(0)
-        return build_autoencoder(TINY_VAE_CONFIGS["2d"])
-
-    ref = fresh()
+    ref = _tiny_vae()
     tune_vae(ref, images, cfg, tmp_path / "ref")
 
     def signal_at_3(step, terms):
         if step == 2:
             os.kill(os.getpid(), signal.SIGUSR1)  # handled by the loop: it stops after the next step
 
-    out = tune_vae(fresh(), images, cfg, tmp_path / "run", on_step=signal_at_3)
+    out = tune_vae(_tiny_vae(), images, cfg, tmp_path / "run", on_step=signal_at_3)
     assert out["status"] == "preempted" and out["final_dir"] is None
     assert latest_checkpoint(tmp_path / "run").name == "step_00000003"
     assert not (tmp_path / "run" / "final").exists()
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # handlers restored
-    resumed = fresh()
+    resumed = _tiny_vae()
     out = tune_vae(resumed, images, cfg, tmp_path / "run")
     assert out["status"] == "completed" and out["start_step"] == 3
     a, b = ref.state_dict(), resumed.state_dict()

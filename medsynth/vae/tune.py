@@ -118,23 +118,17 @@ def _state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
 
 
-class _PosteriorSample(nn.Module):
-    """``forward(batch, generator, global_batch, offset) -> (recon, mean, logvar)`` with one posterior sample.
+def _posterior_sample(vae: nn.Module, batch: torch.Tensor, gen: torch.Generator, global_batch: int,
+                      offset: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(recon, mean, logvar)`` of ``batch`` with one posterior sample per image.
 
     The noise is drawn for the whole global batch from the shared CPU generator (so every process
     keeps the same generator state) and this process's rows ``offset:offset + len(batch)`` are used.
     """
-
-    def __init__(self, vae: nn.Module) -> None:
-        super().__init__()
-        self.vae = vae
-
-    def forward(self, batch: torch.Tensor, gen: torch.Generator, global_batch: int,
-                offset: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mean, logvar = encode(self.vae, batch)
-        noise = torch.randn((global_batch, *mean.shape[1:]), generator=gen, dtype=mean.dtype)
-        noise = noise[offset:offset + len(batch)].to(mean.device)
-        return decode(self.vae, mean + torch.exp(0.5 * logvar) * noise), mean, logvar
+    mean, logvar = encode(vae, batch)
+    noise = torch.randn((global_batch, *mean.shape[1:]), generator=gen, dtype=mean.dtype)
+    noise = noise[offset:offset + len(batch)].to(mean.device)
+    return decode(vae, mean + torch.exp(0.5 * logvar) * noise), mean, logvar
 
 
 def _average_gradients(module: nn.Module, accelerator) -> None:
@@ -277,7 +271,6 @@ def tune_vae(model: nn.Module, images: torch.Tensor | np.ndarray, cfg: dict, out
     losses = VAELoss(loss_cfg, spatial_dims, in_channels=images.shape[1]).to(device)
     disc = losses.discriminator
     model.to(device)
-    sampler = _PosteriorSample(model)
     opt = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     opt_d = (torch.optim.AdamW(disc.parameters(), lr=loss_cfg.disc_lr or opts.lr, weight_decay=opts.weight_decay)
              if disc is not None else None)
@@ -317,7 +310,7 @@ def tune_vae(model: nn.Module, images: torch.Tensor | np.ndarray, cfg: dict, out
                 t0 = time.perf_counter()
                 idx = torch.randint(0, len(images), (opts.batch_size,), generator=gen)
                 batch = _random_patches(images[idx], patch, gen)[rank * local:(rank + 1) * local].to(device)
-                recon, mean, logvar = sampler(batch, gen, opts.batch_size, rank * local)
+                recon, mean, logvar = _posterior_sample(model, batch, gen, opts.batch_size, rank * local)
                 total, terms = losses.generator_loss(recon, batch, mean, logvar, step)
                 opt.zero_grad(set_to_none=True)
                 total.backward()
