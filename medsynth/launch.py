@@ -16,8 +16,10 @@ CPU (``ACCELERATE_USE_CPU``, gloo backend) - how the tests exercise this path on
 Preemption: SIGTERM / SIGUSR1 reaching the launching process (SLURM's ``--signal``, ``scancel``) are
 forwarded to the launcher, which hands them on to every worker (``PET_SIGNALS_TO_HANDLE``
 includes SIGUSR1) and gives them :data:`SHUTDOWN_TIMEOUT_S` to finish; the workers agree on the step to
-stop after, checkpoint and exit, and the launching process exits with status 75 so the requeued /
-rerun job resumes.
+stop after, checkpoint and exit 75. The launcher itself exits 1 after a signal whatever its workers did,
+so each worker runs through :mod:`medsynth.launch_worker`, which records its exit status: the
+launching process exits 75 (the requeued / rerun job resumes) only when every worker stopped with 75,
+and with the failed worker's status otherwise.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
 #: overrides): the checkpoint of a large model with its optimizer state can take longer than torch's 30 s;
 #: ask SLURM for the warning signal at least this long before the time limit (``--signal=USR1@300``)
 SHUTDOWN_TIMEOUT_S = 300
+#: the folder holding the medsynth package (put on the workers' PYTHONPATH)
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def in_worker() -> bool:
@@ -97,44 +101,68 @@ def _free_port() -> int:
 
 
 def accelerate_command(script: str, processes: int, *, mixed_precision: str = "no", port: int | None = None,
-                       args: Sequence[str] = ()) -> list[str]:
-    """The ``accelerate launch`` command line that runs ``script`` in ``processes`` workers on this node."""
+                       args: Sequence[str] = (), status_dir: str | None = None) -> list[str]:
+    """The ``accelerate launch`` command line that runs ``script`` in ``processes`` workers on this node.
+
+    With ``status_dir`` every worker runs the script through :mod:`medsynth.launch_worker`, which records
+    the worker's exit status there.
+    """
+    target = [str(script), *map(str, args)]
+    if status_dir is not None:
+        target = ["--module", "medsynth.launch_worker", str(status_dir), *target]
     return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(int(processes)),
             "--num_machines", "1", "--main_process_port", str(port or _free_port()),
-            "--mixed_precision", str(mixed_precision), "--dynamo_backend", "no", str(script), *map(str, args)]
+            "--mixed_precision", str(mixed_precision), "--dynamo_backend", "no", *target]
 
 
 def relaunch(processes: int, *, mixed_precision: str = "no", script: str | None = None) -> bool:
     """Run this script in ``processes`` accelerate workers; True when they did the work (the caller skips it).
 
-    Returns False (the caller works itself) for one process or when already inside a worker. A failed
-    launch raises ``SystemExit`` with the workers' exit code (75 = preempted, checkpoint written).
+    Returns False (the caller works itself) for one process or when already inside a worker. Otherwise
+    it raises ``SystemExit``: 75 when every worker stopped with 75 (preempted, checkpoint written),
+    else the first failed worker's status (or the launcher's when no worker recorded one).
     """
     if processes <= 1 or in_worker():
         return False
+    import shutil
+    import tempfile
+
     import torch
 
+    from medsynth.launch_worker import read_statuses
     from medsynth.train.loop import PREEMPTED_EXIT_CODE
 
     env = dict(os.environ)
     env["PET_SIGNALS_TO_HANDLE"] = FORWARDED_SIGNALS  # torch.distributed.run --signals-to-handle
     # seconds the launcher gives signalled workers to checkpoint before it kills them (torch: 30)
     env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(SHUTDOWN_TIMEOUT_S))
+    # the workers import medsynth.launch_worker from this checkout (conda envs do not install the package)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
     if not torch.cuda.is_available():
         env["ACCELERATE_USE_CPU"] = "true"  # CPU workers with the gloo backend
-    cmd = accelerate_command(script or sys.argv[0], processes, mixed_precision=mixed_precision,
-                             args=() if script else sys.argv[1:])
-    log.info("launching %d processes: %s", processes, " ".join(cmd))
-    sys.stderr.flush()
-    proc = subprocess.Popen(cmd, env=env, stdout=sys.stderr, stderr=sys.stderr)
-    with _forward_signals(proc) as received:
-        code = proc.wait()
-    if received:
-        log.warning("signal %d received: the workers checkpointed and stopped (launcher exit %d)", received[0], code)
+    status_dir = tempfile.mkdtemp(prefix="medsynth-launch-")
+    try:
+        cmd = accelerate_command(script or sys.argv[0], processes, mixed_precision=mixed_precision,
+                                 args=() if script else sys.argv[1:], status_dir=status_dir)
+        log.info("launching %d processes: %s", processes, " ".join(cmd))
+        sys.stderr.flush()
+        proc = subprocess.Popen(cmd, env=env, stdout=sys.stderr, stderr=sys.stderr)
+        with _forward_signals(proc) as received:
+            code = proc.wait()
+        statuses = read_statuses(status_dir)
+    finally:
+        shutil.rmtree(status_dir, ignore_errors=True)
+    if code == 0:
+        return True
+    if sorted(statuses) == list(range(processes)) and set(statuses.values()) == {PREEMPTED_EXIT_CODE}:
+        log.warning("%s: every worker checkpointed and stopped (launcher exit %d)",
+                    f"signal {received[0]} received" if received else "workers signalled", code)
         raise SystemExit(PREEMPTED_EXIT_CODE)
-    if code != 0:
-        raise SystemExit(code)
-    return True
+    failed = {r: s for r, s in sorted(statuses.items()) if s not in (0, PREEMPTED_EXIT_CODE)}
+    silent = [r for r in range(processes) if r not in statuses]
+    log.error("workers failed (launcher exit %d): exit status by rank %s%s", code, dict(sorted(statuses.items())),
+              f"; killed before recording one: ranks {silent}" if silent else "")
+    raise SystemExit(next(iter(failed.values()), code if code not in (0, PREEMPTED_EXIT_CODE) else 1))
 
 
 class _forward_signals:

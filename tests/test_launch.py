@@ -46,6 +46,16 @@ WORKER = textwrap.dedent('''
         print("launcher done", flush=True)
         raise SystemExit(0)
     {linear_problem}
+    import time
+    import accelerate.accelerator
+    _save_state_files = accelerate.accelerator.save_accelerator_state
+
+    def late_rank1(*args, **kwargs):      # rank 1 writes its part of a checkpoint a second after rank 0
+        if os.environ["RANK"] == "1":
+            time.sleep(1.0)
+        return _save_state_files(*args, **kwargs)
+
+    accelerate.accelerator.save_accelerator_state = late_rank1
 
     result = train(model, step, {{"x": x, "y": y}}, TrainConfig(output_dir=out, steps=30, batch_size=8, lr=0.3,
                    checkpoint_every=0, progress=False, seed=1))
@@ -96,6 +106,9 @@ def test_two_workers_train_one_synchronised_model(tmp_path):
     curve = pd.read_csv(out / "loss_curve.csv")
     assert len(curve) == 30 and curve["loss"].iloc[-1] < 0.2 * curve["loss"].iloc[0]
     assert (out / "final" / "model.safetensors").exists()
+    # the final checkpoint holds both ranks' RNG states although rank 1 wrote its own last
+    assert {p.name for p in (out / "checkpoints").iterdir()} == {"step-000030"}
+    assert (out / "checkpoints" / "step-000030" / "random_states_1.pkl").exists()
 
 
 PREEMPT_WORKER = textwrap.dedent('''
@@ -160,3 +173,56 @@ def test_a_signal_to_the_launcher_stops_every_worker_at_one_checkpoint(tmp_path)
     resumed, ref = (json.loads((tmp_path / n / "rank0.json").read_text()) for n in ("run", "ref"))
     assert resumed["status"] == "completed" and resumed["weights"] == ref["weights"]
     assert len(pd.read_csv(tmp_path / "run" / "loss_curve.csv")) == 200
+
+
+SPLIT_WORKER = textwrap.dedent('''
+    import os, signal, sys, time
+    sys.path.insert(0, {repo!r})
+    from medsynth.launch import relaunch
+
+    if relaunch(2):
+        raise SystemExit(0)
+    got = []
+    signal.signal(signal.SIGUSR1, lambda signum, frame: got.append(signum))
+    open(sys.argv[1] + os.environ["RANK"], "w").close()
+    while not got:
+        time.sleep(0.05)
+    raise SystemExit(75 if os.environ["RANK"] == "0" else 3)   # rank 1 fails instead of checkpointing
+''')
+
+
+def test_a_worker_that_fails_after_a_signal_is_not_reported_as_preempted(tmp_path):
+    """The launcher exits 1 after any forwarded signal; the launching process asks the workers: exit 3, not 75."""
+    import signal
+    import time
+
+    script = tmp_path / "split.py"
+    script.write_text(SPLIT_WORKER.format(repo=str(REPO)))
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE")}
+    marker = tmp_path / "ready"
+    proc = subprocess.Popen([sys.executable, str(script), str(marker)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not all(Path(f"{marker}{r}").exists() for r in (0, 1)) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(Path(f"{marker}{r}").exists() for r in (0, 1)), proc.communicate()[1][-3000:]
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 3, err[-3000:]
+    assert "exit status by rank {0: 75, 1: 3}" in err
+
+
+def test_the_worker_entry_records_how_the_script_ended(tmp_path):
+    from medsynth.launch_worker import read_statuses
+
+    cases = {"done": "x = 1", "preempted": "raise SystemExit(75)", "message": "raise SystemExit('bad input')",
+             "crash": "raise RuntimeError('boom')"}
+    expected = {"done": 0, "preempted": 75, "message": 1, "crash": 1}
+    for rank, (name, body) in enumerate(cases.items()):
+        script = tmp_path / f"{name}.py"
+        script.write_text(f"import sys\nassert sys.argv[1:] == ['a', 'b'] and sys.argv[0] == __file__\n{body}\n")
+        env = {**os.environ, "RANK": str(rank), "PYTHONPATH": str(REPO)}
+        done = subprocess.run([sys.executable, "-m", "medsynth.launch_worker", str(tmp_path), str(script), "a", "b"],
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == expected[name], done.stderr
+    assert read_statuses(tmp_path) == {r: expected[n] for r, n in enumerate(cases)}

@@ -494,9 +494,12 @@ def train(
     accelerator.register_for_checkpointing(state, *(extra_state or ()))
 
     resumed_from = latest_checkpoint(out)
-    if resumed_from is not None and (why := _resumable(resumed_from, config)):
+    why = _resumable(resumed_from, config) if resumed_from is not None else None
+    accelerator.wait_for_everyone()  # every rank has chosen before the main process deletes anything
+    if why:
         log.warning("not resuming %s: %s; starting from step 0", resumed_from, why)
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        if accelerator.is_main_process:
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
         resumed_from = None
     if resumed_from is not None:
         accelerator.load_state(str(resumed_from))
@@ -520,6 +523,7 @@ def train(
             shutil.rmtree(tmp, ignore_errors=True)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()  # every rank has written its RNG state into tmp before it is renamed
         if main:
             if (out / LOSS_CURVE).exists():
                 shutil.copyfile(out / LOSS_CURVE, tmp / LOSS_CURVE)
