@@ -160,12 +160,14 @@ def _latents(vae: torch.nn.Module, images: np.ndarray, stats: dict, batch_size: 
 
 def build_latent_data(shards: Sequence[str | Path], vae: torch.nn.Module, stats: dict, text_encoder,
                       select: Mapping[str, Sequence] | None = None, severity: Mapping | None = None,
-                      max_length: int = 32, batch_size: int = 32) -> LatentData:
+                      max_length: int = 32, batch_size: int = 32, *,
+                      slices: tuple[pd.DataFrame, np.ndarray, np.ndarray, list[str]] | None = None) -> LatentData:
     """Latent dataset of the selected slices (see module docstring).
 
-    ``severity``: ``None`` (no severity phrase) or ``{"organ", "thresholds", "pathology"}``.
+    ``severity``: ``None`` (no severity phrase) or ``{"organ", "thresholds", "pathology"}``. ``slices``:
+    what :func:`load_slices` returned for ``shards``, when the caller has read them already.
     """
-    index, images, masks, names = load_slices(shards)
+    index, images, masks, names = slices if slices is not None else load_slices(shards)
     rows = select_rows(index, select)
     if not len(rows):
         raise ValueError(f"select {dict(select or {})} keeps no slice of the training sets")

@@ -403,8 +403,11 @@ def sample_condition_set(shards, vae_dir: str | Path, stats_path: str | Path, mo
                              "real slice outside the ROI, which must agree with the conditioning mask")
         spec = replace(spec, inpaint=dict(inpaint))
     text_encoder = text_encoder or _text_encoder(gen_cfg, None)
-    data = _data(shards, vae_dir, stats_path, gen_cfg, {**dict(model_cfg), "select": select}, text_encoder)
-    index, real_images, all_masks, names = load_slices(shards)
+    vae, stats = _load_vae(vae_dir, stats_path)
+    slices = load_slices(shards)  # read once: the conditions and the real slices the QC compares against
+    data = _data(shards, vae_dir, stats_path, gen_cfg, {**dict(model_cfg), "select": select}, text_encoder,
+                 vae=(vae, stats), slices=slices)
+    index, real_images, all_masks, names = slices
     rows = select_rows(index, select)
     masks = all_masks[rows]
     if stochastic:
@@ -414,7 +417,6 @@ def sample_condition_set(shards, vae_dir: str | Path, stats_path: str | Path, mo
                                                 bool(model_cfg.get("severity_prompt", False)), text_encoder)
         masks = new_masks.astype(np.float32) - 0.5
     device = resolve_device(sampling_cfg.get("device", "auto"), "sampling.device")
-    vae, stats = _load_vae(vae_dir, stats_path)
     vae.to(device)
     model = load_trained_generator(gen_cfg, model_dir, init_dir).to(device)
     objective = str(model_cfg.get("objective", "flow"))
