@@ -162,7 +162,7 @@ def relaunch(processes: int, *, mixed_precision: str = "no", script: str | None 
     silent = [r for r in range(processes) if r not in statuses]
     log.error("workers failed (launcher exit %d): exit status by rank %s%s", code, dict(sorted(statuses.items())),
               f"; killed before recording one: ranks {silent}" if silent else "")
-    raise SystemExit(next(iter(failed.values()), code if code not in (0, PREEMPTED_EXIT_CODE) else 1))
+    raise SystemExit(next(iter(failed.values()), code if code != PREEMPTED_EXIT_CODE else 1))
 
 
 class _forward_signals:

@@ -111,6 +111,21 @@ def test_two_workers_train_one_synchronised_model(tmp_path):
     assert (out / "checkpoints" / "step-000030" / "random_states_1.pkl").exists()
 
 
+def _signal_when_ready(cmd: list[str], env: dict, markers: list[Path]) -> tuple[int, str]:
+    """Start ``cmd``, send it SIGUSR1 once every marker file exists; its exit status and stderr."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not all(m.exists() for m in markers) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(m.exists() for m in markers), proc.communicate()[1][-3000:]
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=300)
+    return proc.returncode, err
+
+
 PREEMPT_WORKER = textwrap.dedent('''
     import json, os, sys, time
     sys.path.insert(0, {repo!r})
@@ -143,22 +158,14 @@ PREEMPT_WORKER = textwrap.dedent('''
 def test_a_signal_to_the_launcher_stops_every_worker_at_one_checkpoint(tmp_path):
     """SIGUSR1 to the launching process: forwarded to both workers, which agree on one step, checkpoint and
     stop; the launcher exits 75 and the rerun resumes to the same weights as an uninterrupted run."""
-    import signal
-    import time
 
     script = tmp_path / "worker.py"
     script.write_text(PREEMPT_WORKER.format(repo=str(REPO), linear_problem=LINEAR_PROBLEM))
     env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE")}
     marker = tmp_path / "marker"
-    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "run"), str(marker)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert marker.exists(), proc.communicate()[1][-3000:]
-    proc.send_signal(signal.SIGUSR1)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 75, err[-3000:]
+    returncode, err = _signal_when_ready([sys.executable, str(script), str(tmp_path / "run"), str(marker)], env,
+                                         [marker])
+    assert returncode == 75, err[-3000:]
     assert all((tmp_path / "run" / f"rank{r}.json").exists() for r in (0, 1)), err[-5000:]
     ranks = [json.loads((tmp_path / "run" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["status"] for r in ranks] == ["preempted", "preempted"]
@@ -193,22 +200,14 @@ SPLIT_WORKER = textwrap.dedent('''
 
 def test_a_worker_that_fails_after_a_signal_is_not_reported_as_preempted(tmp_path):
     """The launcher exits 1 after any forwarded signal; the launching process asks the workers: exit 3, not 75."""
-    import signal
-    import time
 
     script = tmp_path / "split.py"
     script.write_text(SPLIT_WORKER.format(repo=str(REPO)))
     env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE")}
     marker = tmp_path / "ready"
-    proc = subprocess.Popen([sys.executable, str(script), str(marker)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while not all(Path(f"{marker}{r}").exists() for r in (0, 1)) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert all(Path(f"{marker}{r}").exists() for r in (0, 1)), proc.communicate()[1][-3000:]
-    proc.send_signal(signal.SIGUSR1)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 3, err[-3000:]
+    returncode, err = _signal_when_ready([sys.executable, str(script), str(marker)], env,
+                                         [Path(f"{marker}{r}") for r in (0, 1)])
+    assert returncode == 3, err[-3000:]
     assert "exit status by rank {0: 75, 1: 3}" in err
 
 

@@ -406,7 +406,7 @@ def sample_condition_set(shards, vae_dir: str | Path, stats_path: str | Path, mo
     vae, stats = _load_vae(vae_dir, stats_path)
     slices = load_slices(shards)  # read once: the conditions and the real slices the QC compares against
     data = _data(shards, vae_dir, stats_path, gen_cfg, {**dict(model_cfg), "select": select}, text_encoder,
-                 vae=(vae, stats), slices=slices)
+                 vae_stats=(vae, stats), slices=slices)
     index, real_images, all_masks, names = slices
     rows = select_rows(index, select)
     masks = all_masks[rows]

@@ -125,9 +125,9 @@ def _load_vae(vae_dir: str | Path, stats_path: str | Path):
 
 
 def _data(shards, vae_dir, stats_path, gen_cfg, stage_cfg, text_encoder, severity: bool | None = None, *,
-          vae=None, slices=None) -> LatentData:
-    """The stage's latent dataset; ``vae`` ((model, stats)) and ``slices`` when the caller has loaded them."""
-    vae, stats = vae if vae is not None else _load_vae(vae_dir, stats_path)
+          vae_stats=None, slices=None) -> LatentData:
+    """The stage's latent dataset; ``vae_stats`` (:func:`_load_vae`) and ``slices`` when already loaded."""
+    vae, stats = vae_stats if vae_stats is not None else _load_vae(vae_dir, stats_path)
     use_severity = bool(stage_cfg.get("severity_prompt", False)) if severity is None else severity
     return build_latent_data(shards, vae, stats, _text_encoder(gen_cfg, text_encoder), stage_cfg.get("select"),
                              gen_cfg.get("severity") if use_severity else None, int(gen_cfg.get("max_length", 32)),
@@ -483,9 +483,9 @@ def run_stage1(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Pat
     text_encoder = _text_encoder(gen_cfg, text_encoder)
     ewc_cfg = dict(stage_cfg.get("ewc") or {})
     model = _load_backbone(gen_cfg, base_dir)
-    vae, slices = _load_vae(vae_dir, stats_path), load_slices(shards)  # read once for both datasets
-    base_data = _data(shards, vae_dir, stats_path, gen_cfg, base_cfg, text_encoder, severity=False, vae=vae,
-                      slices=slices)
+    vae_stats, slices = _load_vae(vae_dir, stats_path), load_slices(shards)  # read once for both datasets
+    base_data = _data(shards, vae_dir, stats_path, gen_cfg, base_cfg, text_encoder, severity=False,
+                      vae_stats=vae_stats, slices=slices)
     fisher = _fisher(model, base_data, ewc_cfg, int(stage_cfg.get("seed", 0)))
     del base_data
     top_k = ewc_cfg.get("top_k")
@@ -502,8 +502,8 @@ def run_stage1(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Pat
              "n_trainable": int(sum(anchor[n].numel() for n in trainable)),
              "n_total": int(sum(p.numel() for p in model.parameters()))}, indent=2) + "\n")
     ewc = EWCTerm(anchor, {n: fisher[n] for n in trainable}, float(ewc_cfg.get("lambda", 1.0)))
-    data = _data(shards, vae_dir, stats_path, gen_cfg, stage_cfg, text_encoder, vae=vae, slices=slices)
-    del vae, slices
+    data = _data(shards, vae_dir, stats_path, gen_cfg, stage_cfg, text_encoder, vae_stats=vae_stats, slices=slices)
+    del vae_stats, slices
     _write_prompts(data, out_dir)
     fp = run_fingerprint(gen_cfg, stage_cfg, base_cfg, files=[*shards, vae_dir, stats_path, base_dir])
     result = train(model, _step(data, stage_cfg, ewc=ewc), data.dataset, train_config(stage_cfg, out_dir, fp))
