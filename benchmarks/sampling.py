@@ -38,8 +38,9 @@ def main() -> int:
     from medsynth.downstream import load_segmenter
     from medsynth.evaluation import SELF_EXTRACTOR, _SegmenterEncoder
     from medsynth.generator.data import load_slices, select_rows
-    from medsynth.generator.sampling import SamplingSpec, generate, load_trained_generator
-    from medsynth.generator.stages import _data, _load_vae, variant_config
+    from medsynth.generator.integrate import SamplingSpec, generate, load_trained_generator
+    from medsynth.generator.loaders import load_latent_data, load_vae
+    from medsynth.generator.stages import variant_config
     from medsynth.metrics import frechet_metrics, register_module_extractor
 
     config = yaml.safe_load(Path(args.config).read_text())
@@ -58,8 +59,8 @@ def main() -> int:
         return 2
     sampling = config.get("sampling") or {}
     select = sampling["condition_sets"]["eval"]
-    vae, stats = _load_vae(results / "vae" / "final", results / "vae" / "latent_stats.json")
-    data = _data(shards, results / "vae" / "final", results / "vae" / "latent_stats.json", config["generator"],
+    vae, stats = load_vae(results / "vae" / "final", results / "vae" / "latent_stats.json")
+    data = load_latent_data(shards, results / "vae" / "final", results / "vae" / "latent_stats.json", config["generator"],
                  {**model_cfg, "select": select}, None)
     model = load_trained_generator(config["generator"], model_dir, results / "stage1" / "final")
     index, images, _, _ = load_slices(shards)

@@ -133,7 +133,7 @@ def run_downstream(shards: Sequence[str], synthetic: str | None, setting: str, c
                    extractor: str | Path | None = None) -> dict:
     """Train and score one downstream setting (module docstring); returns the evaluation record."""
     from medsynth.downstream import compose_setting, evaluate_segmenter, setting_augments, train_segmenter
-    from medsynth.generator.sampling import load_generated
+    from medsynth.io.generated import load_generated
 
     kind, _, model_name = setting.partition("-")
     meddiff = kind in MEDDIFF_KINDS
@@ -242,7 +242,7 @@ def _paired_sets(shards: Sequence[str], select: Mapping, generated_path: str | P
     Raises ``ValueError`` when the generated set does not pair with the real one (count, shape,
     condition channels, or the masks it was conditioned on).
     """
-    from medsynth.generator.sampling import load_generated
+    from medsynth.io.generated import load_generated
 
     index, images, masks, names = load_slices(shards)
     rows = select_rows(index, select)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medsynth.figures import _save, plt, radiological
+from medsynth.figures import save_figure, plt, radiological
 
 __all__ = ["sample_grid", "sample_grid_from_files", "fd_vs_nfe", "loss_curves", "pick_conditions"]
 
@@ -63,7 +63,7 @@ def sample_grid(real: np.ndarray, masks: np.ndarray, generated: Mapping[str, np.
     handles = [plt.Line2D([], [], color=colours(c % 10), linewidth=5, label=n) for c, n in enumerate(names)]
     fig.legend(handles=handles, loc="lower center", ncol=len(names), fontsize=7, frameon=False)
     fig.subplots_adjust(bottom=0.08)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def fd_vs_nfe(metrics: Sequence[Mapping], path: str | Path) -> Path:
@@ -83,7 +83,7 @@ def fd_vs_nfe(metrics: Sequence[Mapping], path: str | Path) -> Path:
     ax.set_title(f"FD vs NFE - {', '.join(models)}\n({extractor})", fontsize=8)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def loss_curves(curves: Mapping[str, str | Path], path: str | Path, smooth: int = 10) -> Path:
@@ -100,14 +100,14 @@ def loss_curves(curves: Mapping[str, str | Path], path: str | Path, smooth: int 
     ax.set_yscale("log")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def sample_grid_from_files(shards: Sequence[str], select: Mapping, generated: Mapping[str, str | Path],
                            intensity_cfg: Mapping, window_name: str, count: int, path: str | Path) -> Path:
     """:func:`sample_grid` of sampled sets (``label -> .safetensors``) beside the real slices of ``select``."""
     from medsynth.generator.data import load_slices, select_rows
-    from medsynth.generator.sampling import load_generated
+    from medsynth.io.generated import load_generated
 
     index, images, masks, names = load_slices(shards)
     rows = select_rows(index, select)

@@ -46,7 +46,7 @@ def registration_overlay(rows: list[dict], path: str | Path) -> Path:
             axes[r, c].imshow(rgb, interpolation="nearest")
             axes[r, c].set_axis_off()
         axes[r, 0].set_title(f"{row['case_id']} ({row['modality']}) over template", fontsize=8, loc="left")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def mask_overlay(rows: list[dict], names: list[str], path: str | Path) -> Path:
@@ -69,10 +69,11 @@ def mask_overlay(rows: list[dict], names: list[str], path: str | Path) -> Path:
         ax.set_title(f"{row['case_id']} z={z}", fontsize=8)
         ax.legend(loc="lower right", fontsize=6, framealpha=0.6)
         ax.set_axis_off()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig, path: str | Path) -> Path:
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` as a PNG atomically and close it."""
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -130,7 +129,7 @@ def relaunch(processes: int, *, mixed_precision: str = "no", script: str | None 
     import torch
 
     from medsynth.launch_worker import read_statuses
-    from medsynth.train.loop import PREEMPTED_EXIT_CODE
+    from medsynth.train.signals import PREEMPTED_EXIT_CODE, forward_signals
 
     env = dict(os.environ)
     env["PET_SIGNALS_TO_HANDLE"] = FORWARDED_SIGNALS  # torch.distributed.run --signals-to-handle
@@ -147,7 +146,7 @@ def relaunch(processes: int, *, mixed_precision: str = "no", script: str | None 
         log.info("launching %d processes: %s", processes, " ".join(cmd))
         sys.stderr.flush()
         proc = subprocess.Popen(cmd, env=env, stdout=sys.stderr, stderr=sys.stderr)
-        with _forward_signals(proc) as received:
+        with forward_signals(proc) as received:
             code = proc.wait()
         statuses = read_statuses(status_dir)
     finally:
@@ -163,28 +162,3 @@ def relaunch(processes: int, *, mixed_precision: str = "no", script: str | None 
     log.error("workers failed (launcher exit %d): exit status by rank %s%s", code, dict(sorted(statuses.items())),
               f"; killed before recording one: ranks {silent}" if silent else "")
     raise SystemExit(next(iter(failed.values()), code if code != PREEMPTED_EXIT_CODE else 1))
-
-
-class _forward_signals:
-    """Pass SIGTERM / SIGUSR1 on to ``proc`` while it runs (main thread only); records what arrived."""
-
-    def __init__(self, proc: subprocess.Popen):
-        self.proc, self.received, self._old = proc, [], {}
-
-    def _handle(self, signum: int, frame) -> None:  # noqa: ARG002 - signal API
-        self.received.append(signum)
-        if self.proc.poll() is None:
-            self.proc.send_signal(signum)
-
-    def __enter__(self) -> list[int]:
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
-                if s is not None:
-                    self._old[s] = signal.signal(s, self._handle)
-        return self.received
-
-    def __exit__(self, *exc) -> None:
-        for s, old in self._old.items():
-            signal.signal(s, old)

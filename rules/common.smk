@@ -12,25 +12,35 @@ from medsynth.data.registry import load_registry, resolve_datasets
 
 STUDY = config["study"]
 RESULTS = f"{config['results_dir']}/{STUDY}"
-BASEDIR = workflow.basedir  # relative dataset roots and the registry are resolved against the workflow folder
+BASEDIR = (
+    workflow.basedir
+)  # relative dataset roots and the registry are resolved against the workflow folder
 REGISTRY = os.path.join(BASEDIR, config["registry"])
 DATASETS = resolve_datasets(config["datasets"], load_registry(REGISTRY))
 
 
-VARIANTS = list(config.get("variants") or {})  # stage-2 variants: named override sets of config `stage2`
+VARIANTS = list(
+    config.get("variants") or {}
+)  # stage-2 variants: named override sets of config `stage2`
 # the variants `snakemake` trains by default; the others are trained when an output asks for them
-DEFAULT_VARIANTS = [v for v in config.get("default_variants", VARIANTS) if v in VARIANTS]
+DEFAULT_VARIANTS = [
+    v for v in config.get("default_variants", VARIANTS) if v in VARIANTS
+]
 
 
 # MedSyn2 architecture ablations: base generators trained from scratch with another backbone
 ARCHITECTURES = config.get("architectures") or {}
 _clash = set(ARCHITECTURES) & {"base", "stage1", *VARIANTS}
 if _clash:
-    raise ValueError(f"config architectures {sorted(_clash)} clash with base / stage1 / variant names")
+    raise ValueError(
+        f"config architectures {sorted(_clash)} clash with base / stage1 / variant names"
+    )
 
 # generators that can be sampled: the base model, the stage-1 model, every stage-2 variant and architecture
 MODELS = ["base", "stage1", *VARIANTS, *ARCHITECTURES]
-CONDITION_SETS = list((config.get("sampling") or {}).get("condition_sets") or {"eval": {}, "train": {}})
+CONDITION_SETS = list(
+    (config.get("sampling") or {}).get("condition_sets") or {"eval": {}, "train": {}}
+)
 SAMPLING = config.get("sampling") or {}
 DEFAULT_RUN = SAMPLING.get("default_run", "euler-30")
 
@@ -42,7 +52,9 @@ wildcard_constraints:
     arch="|".join(re.escape(a) for a in ARCHITECTURES) or "(?!)",
     model="|".join(re.escape(m) for m in MODELS),
     run=r"(euler|heun|tweedie|ddpm|ddim)-\d+|dopri5-auto",
-    setting=r"real|real_aug|(real_synth|synth_only|real_synth_mg|real_synth_mgf|real_synth_gm)-(" + "|".join(re.escape(m) for m in MODELS) + ")",
+    setting=r"real|real_aug|(real_synth|synth_only|real_synth_mg|real_synth_mgf|real_synth_gm)-("
+    + "|".join(re.escape(m) for m in MODELS)
+    + ")",
     conditions="|".join(re.escape(c) for c in CONDITION_SETS),
 
 
@@ -51,7 +63,9 @@ def dataset_entry(wildcards):
     return DATASETS[wildcards.dataset]
 
 
-_CASE_COUNTS = {}  # (sources table, mtime, size) -> cases: read once per DAG build, not once per job
+_CASE_COUNTS = (
+    {}
+)  # (sources table, mtime, size) -> cases: read once per DAG build, not once per job
 
 
 def shards(wildcards=None):
@@ -76,18 +90,30 @@ masks_shards = per_shard(f"{RESULTS}/masks/shard-{{shard}}")
 
 def training_sets(wildcards):
     """Every training-set shard (2D slices and 3D volumes) of the study."""
-    return expand(f"{RESULTS}/trainsets/{{kind}}/shard-{{shard}}.{{ext}}", kind=["slices", "volumes"],
-                  shard=shards(), ext=["safetensors", "csv"])
+    return expand(
+        f"{RESULTS}/trainsets/{{kind}}/shard-{{shard}}.{{ext}}",
+        kind=["slices", "volumes"],
+        shard=shards(),
+        ext=["safetensors", "csv"],
+    )
 
 
 def slice_shards(wildcards):
     """Every 2D training-set shard (safetensors + index CSV) of the study."""
-    return expand(f"{RESULTS}/trainsets/slices/shard-{{shard}}.{{ext}}", shard=shards(), ext=["safetensors", "csv"])
+    return expand(
+        f"{RESULTS}/trainsets/slices/shard-{{shard}}.{{ext}}",
+        shard=shards(),
+        ext=["safetensors", "csv"],
+    )
 
 
 def volume_shards(wildcards):
     """Every 3D training-set shard (safetensors + index CSV) of the study."""
-    return expand(f"{RESULTS}/trainsets/volumes/shard-{{shard}}.{{ext}}", shard=shards(), ext=["safetensors", "csv"])
+    return expand(
+        f"{RESULTS}/trainsets/volumes/shard-{{shard}}.{{ext}}",
+        shard=shards(),
+        ext=["safetensors", "csv"],
+    )
 
 
 VOLUMES = config.get("volumes") or {}
@@ -104,14 +130,20 @@ def volume_condition_set(name):
     own = (VOLUMES.get("condition_sets") or {}).get(name)
     if own is not None:
         return own
-    return {k: v for k, v in SAMPLING["condition_sets"][name].items() if k not in ("stochastic_masks", "inpaint")}
+    return {
+        k: v
+        for k, v in SAMPLING["condition_sets"][name].items()
+        if k not in ("stochastic_masks", "inpaint")
+    }
 
 
 def volume_metrics_json():
     """Metrics of the 3D generator's default run (MedSyn2 Table 1 rows XY / YZ / ZX), if the study is 3D."""
     if not VOLUMES.get("enabled"):
         return {}
-    return {"volumes": f"{RESULTS}/volumes/metrics/{VOLUMES.get('run', 'euler-10')}.json"}
+    return {
+        "volumes": f"{RESULTS}/volumes/metrics/{VOLUMES.get('run', 'euler-10')}.json"
+    }
 
 
 def stage2_config(wildcards):
@@ -130,7 +162,9 @@ def architecture_backbone(name):
     if parent is None:
         return entry
     if parent not in ARCHITECTURES:
-        raise ValueError(f"architectures.{name}.extends = {parent!r} is not an architecture")
+        raise ValueError(
+            f"architectures.{name}.extends = {parent!r} is not an architecture"
+        )
     return variant_config(architecture_backbone(parent), {name: entry}, name)
 
 
@@ -180,7 +214,9 @@ def stage2_init(variant):
     """The model a stage-2 variant starts from (config `stage2.init`: stage1, or base for no_stage1)."""
     init = model_config(variant).get("init", "stage1")
     if init not in ("stage1", "base"):
-        raise ValueError(f"variant {variant}: stage2.init must be stage1 or base, got {init!r}")
+        raise ValueError(
+            f"variant {variant}: stage2.init must be stage1 or base, got {init!r}"
+        )
     return f"{RESULTS}/{init}/final"
 
 
@@ -198,11 +234,25 @@ def downstream_inputs(wildcards):
     if not model:
         return {}
     if kind == "real_synth_gm":
-        return {"synthetic": samples(model, DEFAULT_RUN, (DOWNSTREAM.get("meddiff") or {}).get(
-            "inpaint_condition_set", "train_inpaint"))}
+        return {
+            "synthetic": samples(
+                model,
+                DEFAULT_RUN,
+                (DOWNSTREAM.get("meddiff") or {}).get(
+                    "inpaint_condition_set", "train_inpaint"
+                ),
+            )
+        }
     if kind in ("real_synth_mg", "real_synth_mgf"):
-        inputs = {"synthetic": samples(model, DEFAULT_RUN, (DOWNSTREAM.get("meddiff") or {}).get(
-            "condition_set", "train_stochastic"))}
+        inputs = {
+            "synthetic": samples(
+                model,
+                DEFAULT_RUN,
+                (DOWNSTREAM.get("meddiff") or {}).get(
+                    "condition_set", "train_stochastic"
+                ),
+            )
+        }
         if kind == "real_synth_mgf":
             inputs["extractor"] = f"{RESULTS}/downstream/{EXTRACTOR_SETTING}/segmenter"
         return inputs
@@ -230,18 +280,41 @@ def train_threads(section):
 
 
 #: one rule per paper table (rules/tables.smk), each writing tables/<name>.csv and .md
-TABLE_RULES = ["victr_table2", "victr_table3", "victr_table4", "medsyn2_table1", "medsyn2_table5",
-               "medsyn2_table6", "medsyn2_table7", *(["medsyn2_ablation"] if ARCHITECTURES else []), "maisi_steps", "maisi_main", "maisi_contrastive", "maisi_hu_qc", "meddiff_ft"]
+TABLE_RULES = [
+    "victr_table2",
+    "victr_table3",
+    "victr_table4",
+    "medsyn2_table1",
+    "medsyn2_table5",
+    "medsyn2_table6",
+    "medsyn2_table7",
+    *(["medsyn2_ablation"] if ARCHITECTURES else []),
+    "maisi_steps",
+    "maisi_main",
+    "maisi_contrastive",
+    "maisi_hu_qc",
+    "meddiff_ft",
+]
 
 
 #: (model, run) pairs of the sample grid: each default variant with the default run, then ViCTr's samplers
-GRID_RUNS = list(dict.fromkeys([(v, DEFAULT_RUN) for v in DEFAULT_VARIANTS]
-                               + [(SAMPLING.get("steps_model", "victr"), r) for r in ("tweedie-2", "dopri5-auto")
-                                  if r in SAMPLING.get("steps_runs", [])]))
-LOSS_CURVES = {"vae": f"{RESULTS}/vae/loss_curve.csv", "base": f"{RESULTS}/base/loss_curve.csv",
-               "stage1": f"{RESULTS}/stage1/loss_curve.csv",
-               **{f"stage2 {v}": f"{RESULTS}/stage2/{v}/loss_curve.csv" for v in DEFAULT_VARIANTS},
-               f"downstream {EXTRACTOR_SETTING}": f"{RESULTS}/downstream/{EXTRACTOR_SETTING}/loss_curve.csv"}
+GRID_RUNS = list(
+    dict.fromkeys(
+        [(v, DEFAULT_RUN) for v in DEFAULT_VARIANTS]
+        + [
+            (SAMPLING.get("steps_model", "victr"), r)
+            for r in ("tweedie-2", "dopri5-auto")
+            if r in SAMPLING.get("steps_runs", [])
+        ]
+    )
+)
+LOSS_CURVES = {
+    "vae": f"{RESULTS}/vae/loss_curve.csv",
+    "base": f"{RESULTS}/base/loss_curve.csv",
+    "stage1": f"{RESULTS}/stage1/loss_curve.csv",
+    **{f"stage2 {v}": f"{RESULTS}/stage2/{v}/loss_curve.csv" for v in DEFAULT_VARIANTS},
+    f"downstream {EXTRACTOR_SETTING}": f"{RESULTS}/downstream/{EXTRACTOR_SETTING}/loss_curve.csv",
+}
 
 
 def report_inputs():
@@ -253,7 +326,9 @@ def report_inputs():
         f"{RESULTS}/figures/sample_grid.png",
         f"{RESULTS}/figures/fd_vs_nfe.png",
         f"{RESULTS}/figures/loss_curves.png",
-        *expand(f"{RESULTS}/tables/{{table}}.{{ext}}", table=TABLE_RULES, ext=["csv", "md"]),
+        *expand(
+            f"{RESULTS}/tables/{{table}}.{{ext}}", table=TABLE_RULES, ext=["csv", "md"]
+        ),
     ]
 
 
@@ -274,8 +349,17 @@ def final_outputs():
 
 
 # Resources of every rule (memory, wall time, GPUs, SLURM partition/account), from config `resources`.
-RESOURCE_KEYS = ("mem_mb", "runtime", "cpus_per_task", "gpu", "gpu_model", "cpus_per_gpu",
-                 "slurm_partition", "slurm_account", "slurm_extra")
+RESOURCE_KEYS = (
+    "mem_mb",
+    "runtime",
+    "cpus_per_task",
+    "gpu",
+    "gpu_model",
+    "cpus_per_gpu",
+    "slurm_partition",
+    "slurm_account",
+    "slurm_extra",
+)
 
 
 def _first_set(*values):
@@ -306,12 +390,28 @@ def rule_resources(name, **fallback):
     env = os.environ
     gpu_partition = None
     if res.get("gpu"):
-        gpu_partition = _first_set(env.get("MEDSYNTH_GPU_PARTITION"), default.get("gpu_partition"))
-    res["slurm_partition"] = _first_set(own.get("slurm_partition"), gpu_partition,
-                                        env.get("MEDSYNTH_SLURM_PARTITION"), default.get("slurm_partition"))
-    res["slurm_account"] = _first_set(own.get("slurm_account"), env.get("MEDSYNTH_SLURM_ACCOUNT"),
-                                      default.get("slurm_account"))
-    bad = set(fallback) - set(RESOURCE_KEYS) | set(fallback) & {"slurm_partition", "slurm_account"}
-    if bad:  # partitions and accounts are site settings: config or environment, never written in a rule
-        raise ValueError(f"rule_resources({name!r}): keys not allowed in a rule: {sorted(bad)}")
+        gpu_partition = _first_set(
+            env.get("MEDSYNTH_GPU_PARTITION"), default.get("gpu_partition")
+        )
+    res["slurm_partition"] = _first_set(
+        own.get("slurm_partition"),
+        gpu_partition,
+        env.get("MEDSYNTH_SLURM_PARTITION"),
+        default.get("slurm_partition"),
+    )
+    res["slurm_account"] = _first_set(
+        own.get("slurm_account"),
+        env.get("MEDSYNTH_SLURM_ACCOUNT"),
+        default.get("slurm_account"),
+    )
+    bad = set(fallback) - set(RESOURCE_KEYS) | set(fallback) & {
+        "slurm_partition",
+        "slurm_account",
+    }
+    if (
+        bad
+    ):  # partitions and accounts are site settings: config or environment, never written in a rule
+        raise ValueError(
+            f"rule_resources({name!r}): keys not allowed in a rule: {sorted(bad)}"
+        )
     return {k: v for k, v in res.items() if v is not None and v != "" and v != 0}

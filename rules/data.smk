@@ -7,16 +7,18 @@ rule download:
         inventory=f"{RESULTS}/raw/{{dataset}}/inventory.csv",
     log:
         f"{RESULTS}/logs/download/{{dataset}}.log",
-    params:
-        entry=dataset_entry,
-        download=config["download"],
-        raw_dir=lambda wildcards, output: os.path.dirname(os.path.dirname(output.inventory)),
-        base_dir=BASEDIR,
+    conda:
+        "../envs/data.yaml"
     threads: 1
     resources:
         **rule_resources("download", mem_mb=2000, runtime=720),
-    conda:
-        "../envs/data.yaml"
+    params:
+        entry=dataset_entry,
+        download=config["download"],
+        raw_dir=lambda wildcards, output: os.path.dirname(
+            os.path.dirname(output.inventory)
+        ),
+        base_dir=BASEDIR,
     script:
         "../scripts/download.py"
 
@@ -29,14 +31,16 @@ checkpoint discover_cases:
         sources=f"{RESULTS}/sources.csv",
     log:
         f"{RESULTS}/logs/discover_cases.log",
-    params:
-        entries=list(DATASETS.values()),
-        raw_dir=lambda wildcards, input: os.path.dirname(os.path.dirname(input.inventories[0])),
-        base_dir=BASEDIR,
-    resources:
-        **rule_resources("discover_cases"),
     conda:
         "../envs/data.yaml"
+    resources:
+        **rule_resources("discover_cases"),
+    params:
+        entries=list(DATASETS.values()),
+        raw_dir=lambda wildcards, input: os.path.dirname(
+            os.path.dirname(input.inventories[0])
+        ),
+        base_dir=BASEDIR,
     script:
         "../scripts/discover_cases.py"
 
@@ -49,14 +53,14 @@ rule ingest:
         shard=directory(f"{RESULTS}/ingest/shard-{{shard}}"),
     log:
         f"{RESULTS}/logs/ingest/shard-{{shard}}.log",
-    params:
-        shard_size=config["shard_size"],
-        ingest=config["ingest"],
+    conda:
+        "../envs/data.yaml"
     threads: 1
     resources:
         **rule_resources("ingest", mem_mb=4000),
-    conda:
-        "../envs/data.yaml"
+    params:
+        shard_size=config["shard_size"],
+        ingest=config["ingest"],
     script:
         "../scripts/ingest.py"
 
@@ -70,12 +74,12 @@ rule manifest:
         quarantine=f"{RESULTS}/qc/ingest_quarantine.csv",
     log:
         f"{RESULTS}/logs/manifest.log",
+    conda:
+        "../envs/data.yaml"
+    resources:
+        **rule_resources("manifest"),
     params:
         splits=config["splits"],
         seed=config["seed"],
-    resources:
-        **rule_resources("manifest"),
-    conda:
-        "../envs/data.yaml"
     script:
         "../scripts/manifest.py"

@@ -16,14 +16,14 @@ rule downstream:
         f"{RESULTS}/logs/downstream/{{setting}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/downstream/{{setting}}.tsv"
+    conda:
+        "../envs/train.yaml"
+    threads: train_threads("downstream")
+    resources:
+        **rule_resources("downstream", mem_mb=3000, gpu=0),
     params:
         downstream=DOWNSTREAM,
         grid=config["preprocess"]["grid"],
         slice_size=config["trainsets"]["slices"]["size"],
-    threads: train_threads("downstream")
-    resources:
-        **rule_resources("downstream", mem_mb=3000, gpu=0),
-    conda:
-        "../envs/train.yaml"
     script:
         "../scripts/downstream.py"

@@ -16,14 +16,14 @@ rule base:
         f"{RESULTS}/logs/base.log",
     benchmark:
         f"{RESULTS}/benchmarks/base.tsv"
-    params:
-        generator=config["generator"],
-        stage=config["base"],
+    conda:
+        "../envs/train.yaml"
     threads: train_threads("generator")
     resources:
         **rule_resources("base", mem_mb=4000, gpu=0),
-    conda:
-        "../envs/train.yaml"
+    params:
+        generator=config["generator"],
+        stage=config["base"],
     script:
         "../scripts/base.py"
 
@@ -44,15 +44,15 @@ rule stage1:
         f"{RESULTS}/logs/stage1.log",
     benchmark:
         f"{RESULTS}/benchmarks/stage1.tsv"
+    conda:
+        "../envs/train.yaml"
+    threads: train_threads("generator")
+    resources:
+        **rule_resources("stage1", mem_mb=4000, gpu=0),
     params:
         generator=config["generator"],
         stage=config["stage1"],
         base_stage=config["base"],
-    threads: train_threads("generator")
-    resources:
-        **rule_resources("stage1", mem_mb=4000, gpu=0),
-    conda:
-        "../envs/train.yaml"
     script:
         "../scripts/stage1.py"
 
@@ -77,15 +77,15 @@ rule stage2:
         f"{RESULTS}/logs/stage2/{{variant}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/stage2/{{variant}}.tsv"
+    conda:
+        "../envs/train.yaml"
+    threads: train_threads("generator")
+    resources:
+        **rule_resources("stage2", mem_mb=4000, gpu=0),
     params:
         generator=config["generator"],
         stage=stage2_config,
         ddpm=SAMPLING.get("ddpm", {}),
-    threads: train_threads("generator")
-    resources:
-        **rule_resources("stage2", mem_mb=4000, gpu=0),
-    conda:
-        "../envs/train.yaml"
     script:
         "../scripts/stage2.py"
 
@@ -106,13 +106,13 @@ rule architecture:
         f"{RESULTS}/logs/architectures/{{arch}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/architectures/{{arch}}.tsv"
-    params:
-        generator=lambda wc: model_generator(wc.arch),
-        stage=architecture_stage(),
+    conda:
+        "../envs/train.yaml"
     threads: train_threads("generator")
     resources:
         **rule_resources("architecture", mem_mb=4000, gpu=0),
-    conda:
-        "../envs/train.yaml"
+    params:
+        generator=lambda wc: model_generator(wc.arch),
+        stage=architecture_stage(),
     script:
         "../scripts/base.py"

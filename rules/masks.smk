@@ -11,13 +11,13 @@ rule masks:
         f"{RESULTS}/logs/masks/shard-{{shard}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/masks/shard-{{shard}}.tsv"
-    params:
-        masks=config["masks"],
+    conda:
+        "../envs/masks.yaml"
     threads: 2
     resources:
         **rule_resources("masks", mem_mb=8000),
-    conda:
-        "../envs/masks.yaml"
+    params:
+        masks=config["masks"],
     script:
         "../scripts/masks.py"
 
@@ -36,10 +36,10 @@ rule quarantine:
         ),
     log:
         f"{RESULTS}/logs/quarantine.log",
-    resources:
-        **rule_resources("quarantine"),
     conda:
         "../envs/data.yaml"
+    resources:
+        **rule_resources("quarantine"),
     script:
         "../scripts/quarantine.py"
 
@@ -57,12 +57,12 @@ rule mask_figure:
         ),
     log:
         f"{RESULTS}/logs/figures/mask_overlay.log",
+    conda:
+        "../envs/masks.yaml"
+    resources:
+        **rule_resources("mask_figure"),
     params:
         figures=config["figures"],
         intensity=config["intensity"],
-    resources:
-        **rule_resources("mask_figure"),
-    conda:
-        "../envs/masks.yaml"
     script:
         "../scripts/mask_figure.py"

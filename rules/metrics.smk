@@ -15,18 +15,20 @@ rule metrics:
         f"{RESULTS}/metrics/{{model}}/{{run}}.json",
     log:
         f"{RESULTS}/logs/metrics/{{model}}/{{run}}.log",
+    conda:
+        "../envs/train.yaml"
+    threads: 1
+    resources:
+        **rule_resources("metrics", mem_mb=3000),
     params:
         metrics=METRICS,
         intensity=config["intensity"],
         select=SAMPLING["condition_sets"]["eval"],
         severity=config["generator"].get("severity"),
-        severity_prompt=lambda wc: bool(model_config(wc.model).get("severity_prompt", False)),
+        severity_prompt=lambda wc: bool(
+            model_config(wc.model).get("severity_prompt", False)
+        ),
         grid=config["preprocess"]["grid"],
         slice_size=config["trainsets"]["slices"]["size"],
-    threads: 1
-    resources:
-        **rule_resources("metrics", mem_mb=3000),
-    conda:
-        "../envs/train.yaml"
     script:
         "../scripts/metrics.py"

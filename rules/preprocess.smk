@@ -12,13 +12,13 @@ rule templates:
         f"{RESULTS}/logs/templates.log",
     benchmark:
         f"{RESULTS}/benchmarks/templates.tsv"
-    params:
-        preprocess=config["preprocess"],
+    conda:
+        "../envs/preprocess.yaml"
     threads: 1
     resources:
         **rule_resources("templates", mem_mb=8000),
-    conda:
-        "../envs/preprocess.yaml"
+    params:
+        preprocess=config["preprocess"],
     script:
         "../scripts/templates.py"
 
@@ -35,13 +35,13 @@ rule register:
         f"{RESULTS}/logs/register/shard-{{shard}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/register/shard-{{shard}}.tsv"
-    params:
-        preprocess=config["preprocess"],
+    conda:
+        "../envs/preprocess.yaml"
     threads: 1
     resources:
         **rule_resources("register", mem_mb=8000),
-    conda:
-        "../envs/preprocess.yaml"
+    params:
+        preprocess=config["preprocess"],
     script:
         "../scripts/register.py"
 
@@ -59,14 +59,14 @@ rule training_sets:
         volumes_index=f"{RESULTS}/trainsets/volumes/shard-{{shard}}.csv",
     log:
         f"{RESULTS}/logs/training_sets/shard-{{shard}}.log",
-    params:
-        intensity=config["intensity"],
-        trainsets=config["trainsets"],
+    conda:
+        "../envs/preprocess.yaml"
     threads: 1
     resources:
         **rule_resources("training_sets", mem_mb=4000),
-    conda:
-        "../envs/preprocess.yaml"
+    params:
+        intensity=config["intensity"],
+        trainsets=config["trainsets"],
     script:
         "../scripts/training_sets.py"
 
@@ -84,12 +84,12 @@ rule registration_figure:
         ),
     log:
         f"{RESULTS}/logs/figures/registration_overlay.log",
+    conda:
+        "../envs/preprocess.yaml"
+    resources:
+        **rule_resources("registration_figure"),
     params:
         figures=config["figures"],
         intensity=config["intensity"],
-    resources:
-        **rule_resources("registration_figure"),
-    conda:
-        "../envs/preprocess.yaml"
     script:
         "../scripts/registration_figure.py"

@@ -5,20 +5,24 @@
 rule sample_grid:
     """Mask | real | generated (per model and sampler) for a few held-out conditions."""
     input:
-        shards=slice_shards,
         **{f"{m} {r}": samples(m, r, "eval") for m, r in GRID_RUNS},
+        shards=slice_shards,
     output:
-        report(f"{RESULTS}/figures/sample_grid.png", caption="../report/sample_grid.rst", category="Samples"),
+        report(
+            f"{RESULTS}/figures/sample_grid.png",
+            caption="../report/sample_grid.rst",
+            category="Samples",
+        ),
     log:
         f"{RESULTS}/logs/figures/sample_grid.log",
+    conda:
+        "../envs/train.yaml"
     params:
         labels=[f"{m} {r}" for m, r in GRID_RUNS],
         select=SAMPLING["condition_sets"]["eval"],
         intensity=config["intensity"],
         window=config["figures"].get("ct_window", "soft_tissue"),
         n_conditions=config["figures"].get("cases", 4),
-    conda:
-        "../envs/train.yaml"
     script:
         "../scripts/sample_grid.py"
 
@@ -26,9 +30,16 @@ rule sample_grid:
 rule fd_vs_nfe:
     """Frechet distance against NFE for every run of the steps sweep."""
     input:
-        [metrics_json(SAMPLING.get("steps_model", "victr"), run) for run in SAMPLING.get("steps_runs", [])],
+        [
+            metrics_json(SAMPLING.get("steps_model", "victr"), run)
+            for run in SAMPLING.get("steps_runs", [])
+        ],
     output:
-        report(f"{RESULTS}/figures/fd_vs_nfe.png", caption="../report/fd_vs_nfe.rst", category="Samples"),
+        report(
+            f"{RESULTS}/figures/fd_vs_nfe.png",
+            caption="../report/fd_vs_nfe.rst",
+            category="Samples",
+        ),
     log:
         f"{RESULTS}/logs/figures/fd_vs_nfe.log",
     conda:
@@ -42,7 +53,11 @@ rule loss_curves:
     input:
         **LOSS_CURVES,
     output:
-        report(f"{RESULTS}/figures/loss_curves.png", caption="../report/loss_curves.rst", category="Training"),
+        report(
+            f"{RESULTS}/figures/loss_curves.png",
+            caption="../report/loss_curves.rst",
+            category="Training",
+        ),
     log:
         f"{RESULTS}/logs/figures/loss_curves.log",
     conda:
@@ -65,13 +80,15 @@ rule report:
         f"{RESULTS}/report.html",
     log:
         f"{RESULTS}/logs/report.log",
-    params:
-        python=sys.executable,
-        snakefile=workflow.main_snakefile,
-        configfiles=" ".join(f"--configfile {f}" for f in workflow.overwrite_configfiles),
     localrule: True
     conda:
         "../envs/data.yaml"
+    params:
+        python=sys.executable,
+        snakefile=workflow.main_snakefile,
+        configfiles=" ".join(
+            f"--configfile {f}" for f in workflow.overwrite_configfiles
+        ),
     shell:
         "{params.python} -m snakemake --snakefile {params.snakefile} {params.configfiles} --nolock"
         " --report {output} report_inputs > {log} 2>&1"

@@ -18,15 +18,15 @@ rule sample:
         f"{RESULTS}/logs/sample/{{model}}/{{run}}/{{conditions}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/sample/{{model}}/{{run}}/{{conditions}}.tsv"
+    conda:
+        "../envs/train.yaml"
+    threads: train_threads("generator")
+    resources:
+        **rule_resources("sample", mem_mb=3000, gpu=0),
     params:
         generator=lambda wc: model_generator(wc.model),
         model_cfg=lambda wc: model_config(wc.model),
         sampling=lambda wc: model_sampling(wc.model),
         select=lambda wc: SAMPLING["condition_sets"][wc.conditions],
-    threads: train_threads("generator")
-    resources:
-        **rule_resources("sample", mem_mb=3000, gpu=0),
-    conda:
-        "../envs/train.yaml"
     script:
         "../scripts/sample.py"

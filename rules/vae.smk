@@ -14,12 +14,12 @@ rule vae:
         f"{RESULTS}/logs/vae.log",
     benchmark:
         f"{RESULTS}/benchmarks/vae.tsv"
-    params:
-        vae=config["vae"],
+    conda:
+        "../envs/train.yaml"
     threads: train_threads("vae")
     resources:
         **rule_resources("vae", mem_mb=4000, gpu=0),
-    conda:
-        "../envs/train.yaml"
+    params:
+        vae=config["vae"],
     script:
         "../scripts/vae.py"

@@ -16,20 +16,21 @@ rule volume_vae:
         f"{RESULTS}/logs/volumes/vae.log",
     benchmark:
         f"{RESULTS}/benchmarks/volumes/vae.tsv"
-    params:
-        vae=VOLUMES.get("vae", {}),
+    conda:
+        "../envs/train.yaml"
     threads: train_threads("vae")
     resources:
         **rule_resources("volume_vae", mem_mb=6000, gpu=0),
-    conda:
-        "../envs/train.yaml"
+    params:
+        vae=VOLUMES.get("vae", {}),
     script:
         "../scripts/vae.py"
 
 
 rule volume_generator:
     """The 3D generator (MAISI-v2's diffusion UNet + ControlNet, or MedSyn2's 3D DiT) on volume latents,
-    rectified flow with masks and compound prompts, trained from scratch like the base model."""
+    rectified flow with masks and compound prompts, trained from scratch like the base model.
+    """
     input:
         shards=volume_shards,
         vae=f"{RESULTS}/volumes/vae/final",
@@ -42,14 +43,14 @@ rule volume_generator:
         f"{RESULTS}/logs/volumes/generator.log",
     benchmark:
         f"{RESULTS}/benchmarks/volumes/generator.tsv"
-    params:
-        generator=volume_generator_config(),
-        stage=VOLUMES.get("training", {}),
+    conda:
+        "../envs/train.yaml"
     threads: train_threads("generator")
     resources:
         **rule_resources("volume_generator", mem_mb=6000, gpu=0),
-    conda:
-        "../envs/train.yaml"
+    params:
+        generator=volume_generator_config(),
+        stage=VOLUMES.get("training", {}),
     script:
         "../scripts/base.py"
 
@@ -69,23 +70,28 @@ rule volume_sample:
         f"{RESULTS}/logs/volumes/sample/{{run}}/{{conditions}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/volumes/sample/{{run}}/{{conditions}}.tsv"
-    params:
-        generator=volume_generator_config(),
-        model_cfg=VOLUMES.get("training", {}),
-        sampling={**SAMPLING, **(VOLUMES.get("sampling") or {}), "hu_range": config["intensity"]["ct_hu_range"]},
-        select=lambda wc: volume_condition_set(wc.conditions),
+    conda:
+        "../envs/train.yaml"
     threads: train_threads("generator")
     resources:
         **rule_resources("volume_sample", mem_mb=4000, gpu=0),
-    conda:
-        "../envs/train.yaml"
+    params:
+        generator=volume_generator_config(),
+        model_cfg=VOLUMES.get("training", {}),
+        sampling={
+            **SAMPLING,
+            **(VOLUMES.get("sampling") or {}),
+            "hu_range": config["intensity"]["ct_hu_range"],
+        },
+        select=lambda wc: volume_condition_set(wc.conditions),
     script:
         "../scripts/sample.py"
 
 
 rule volume_metrics:
     """MedSyn2 Table 1 / MAISI 2.5D: FD per CT window x plane (XY, YZ, ZX; central 40 % of the slices),
-    through the self-trained 2D extractor; SSIM / PSNR; mask fidelity of re-segmented axial slices."""
+    through the self-trained 2D extractor; SSIM / PSNR; mask fidelity of re-segmented axial slices.
+    """
     input:
         generated=f"{RESULTS}/volumes/samples/{{run}}/eval.safetensors",
         index=f"{RESULTS}/volumes/samples/{{run}}/eval.csv",
@@ -96,15 +102,18 @@ rule volume_metrics:
         f"{RESULTS}/volumes/metrics/{{run}}.json",
     log:
         f"{RESULTS}/logs/volumes/metrics/{{run}}.log",
-    params:
-        metrics={**METRICS, "extractor_size": [config["trainsets"]["slices"]["size"]] * 2},
-        intensity=config["intensity"],
-        select=lambda wc: volume_condition_set("eval"),
-        grid=config["preprocess"]["grid"],
+    conda:
+        "../envs/train.yaml"
     threads: 1
     resources:
         **rule_resources("volume_metrics", mem_mb=4000),
-    conda:
-        "../envs/train.yaml"
+    params:
+        metrics={
+            **METRICS,
+            "extractor_size": [config["trainsets"]["slices"]["size"]] * 2,
+        },
+        intensity=config["intensity"],
+        select=lambda wc: volume_condition_set("eval"),
+        grid=config["preprocess"]["grid"],
     script:
         "../scripts/volume_metrics.py"

@@ -58,8 +58,10 @@ def _step(teacher, guidance=1.0):
 @pytest.mark.parametrize("guidance", [1.0, 2.0])
 def test_each_term_reaches_only_its_player(guidance, monkeypatch):
     import medsynth.generator.distill as distill
+    import medsynth.generator.field as field
 
-    monkeypatch.setattr(distill, "predict", lambda m, x, t, *a, **k: m(x, t).sample)
+    for module in (distill, field):  # the players' and the guided teacher's backbone calls
+        monkeypatch.setattr(module, "predict", lambda m, x, t, *a, **k: m(x, t).sample)
     teacher = _Velocity(0.5, 0.1).requires_grad_(False)
     pair = DistillationPair(_Velocity(0.3, 0.0), _Velocity(0.7, -0.2))
     batch = {"noise": torch.randn(4, 1, 4, 4), "latent": torch.randn(4, 1, 4, 4), "mask": torch.zeros(4, 1, 4, 4),

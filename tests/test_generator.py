@@ -207,7 +207,7 @@ SAMPLING = {"guidance_scale": 2.0, "seed": 5, "batch_size": 4, "dopri5": {"rtol"
 
 
 def test_parse_run():
-    from medsynth.generator.sampling import parse_run
+    from medsynth.generator.integrate import parse_run
 
     assert parse_run("euler-30") == ("euler", 30) and parse_run("dopri5-auto") == ("dopri5", None)
     for bad in ("euler", "euler-0", "rk4-10", "heun-auto"):
@@ -216,7 +216,7 @@ def test_parse_run():
 
 
 def test_merged_lora_generator_predicts_like_the_trained_adapter(trained, shards, text_encoder):
-    from medsynth.generator.sampling import load_trained_generator
+    from medsynth.generator.integrate import load_trained_generator
     from medsynth.models.backbones import predict
 
     root, _, models = trained
@@ -232,7 +232,8 @@ def test_merged_lora_generator_predicts_like_the_trained_adapter(trained, shards
 
 @pytest.mark.parametrize("run, nfe", [("euler-3", 3), ("heun-2", 4), ("tweedie-1", 1), ("dopri5-auto", None)])
 def test_sample_condition_set_writes_images_masks_and_cost(trained, shards, text_encoder, tmp_path, run, nfe):
-    from medsynth.generator.sampling import load_generated, sample_condition_set
+    from medsynth.io.generated import load_generated
+    from medsynth.generator.sampling import sample_condition_set
 
     root, _, _ = trained
     select = {"split": ["test"]}
@@ -293,7 +294,8 @@ def test_preempted_sampling_keeps_finished_batches_and_the_rerun_completes_them(
         return out, sample_condition_set(*args, *out, GEN, model_cfg, cfg, "euler-2", {"split": ["test"]},
                                          text_encoder=text_encoder)
 
-    from medsynth.generator.sampling import load_generated, sample_condition_set
+    from medsynth.io.generated import load_generated
+    from medsynth.generator.sampling import sample_condition_set
 
     ref_out, _ = run("ref")
     assert not Path(str(ref_out[0]) + ".batches").exists()  # removed once the set is written
@@ -371,15 +373,16 @@ def test_ablation_variants_train_through_stage2(trained, shards, text_encoder, t
 
 
 def test_reflow_pairs_replace_latents_with_the_models_own_samples(trained, shards, text_encoder):
-    from medsynth.generator.sampling import SamplingSpec, integrate_latents, load_trained_generator
-    from medsynth.generator.stages import _data, _reflow_pairs
+    from medsynth.generator.integrate import SamplingSpec, integrate_latents, load_trained_generator
+    from medsynth.generator.loaders import load_latent_data
+    from medsynth.generator.stages import reflow_pairs
 
     root, _, _ = trained
     model = load_trained_generator(GEN, root / "stage1" / "final")
-    data = _data(shards, root / "vae" / "final", root / "vae" / "latent_stats.json", GEN, STAGE2, text_encoder)
+    data = load_latent_data(shards, root / "vae" / "final", root / "vae" / "latent_stats.json", GEN, STAGE2, text_encoder)
     real = data.dataset.tensors["latent"].clone()
     cfg = {"run": "euler-2", "guidance_scale": 1.0, "seed": 4}
-    _reflow_pairs(model, data, cfg, "flow")
+    reflow_pairs(model, data, cfg, "flow")
     x0, noise, nfe, _ = integrate_latents(model, "flow", data, SamplingSpec.from_config(cfg, "euler-2"))
     assert torch.equal(data.dataset.tensors["latent"], x0) and torch.equal(data.dataset.tensors["noise"], noise)
     assert not torch.equal(real, x0) and nfe == 2
@@ -428,7 +431,8 @@ def test_hu_quality_check_resamples_failures_and_records_pass_rates(trained, sha
 
 
 def test_stochastic_mask_conditions_relabel_prompts_and_masks(trained, shards, text_encoder, tmp_path):
-    from medsynth.generator.sampling import load_generated, sample_condition_set
+    from medsynth.io.generated import load_generated
+    from medsynth.generator.sampling import sample_condition_set
 
     root, _, _ = trained
     select = {"split": ["train"], "modality": ["CT"], "stochastic_masks": {"seed": 3, "p_perturb": 1.0}}
@@ -473,13 +477,13 @@ def test_fsf_distillation_trains_only_at_the_noise_end():
 def test_guiding_mask_keeps_the_real_latent_outside_the_roi(trained, shards, text_encoder, tmp_path):
     from dataclasses import replace
 
-    from medsynth.generator.sampling import (SamplingSpec, inpaint_keep_mask, integrate_latents,
-                                             load_trained_generator, sample_condition_set)
-    from medsynth.generator.stages import _data
+    from medsynth.generator.integrate import SamplingSpec, inpaint_keep_mask, integrate_latents, load_trained_generator
+    from medsynth.generator.sampling import sample_condition_set
+    from medsynth.generator.loaders import load_latent_data
 
     root, _, _ = trained
     model = load_trained_generator(GEN, root / "stage1" / "final")
-    data = _data(shards, root / "vae" / "final", root / "vae" / "latent_stats.json", GEN, STAGE2, text_encoder)
+    data = load_latent_data(shards, root / "vae" / "final", root / "vae" / "latent_stats.json", GEN, STAGE2, text_encoder)
     spec = replace(SamplingSpec.from_config({"seed": 2}, "euler-3"), inpaint={"channels": ["liver"], "dilate": 0})
     keep = inpaint_keep_mask(data.dataset.tensors["mask"], data.names, ["liver"], 0)
     assert 0 < float(keep.mean()) < 1  # some latent pixels are liver, some are not
@@ -503,7 +507,7 @@ def test_guiding_mask_keeps_the_real_latent_outside_the_roi(trained, shards, tex
 
 
 def test_adversarial_terms_reach_only_their_player():
-    from medsynth.generator.stages import AdversarialPair, build_discriminator
+    from medsynth.generator.players import AdversarialPair, build_discriminator
 
     torch.manual_seed(0)
     gen_param = torch.nn.Parameter(torch.ones(1))

@@ -29,7 +29,6 @@ from medsynth.sample import (
     diffusion_sample,
     dopri5,
     euler,
-    guided_field,
     heun,
     make_scheduler,
     solve,
@@ -197,25 +196,6 @@ def test_counting_field():
 
 
 # --------------------------------------------------------------------------- guidance
-
-
-def test_guided_field():
-    x = _noise(0)
-    t = torch.full((SHAPE[0],), 0.3, dtype=x.dtype)
-    cond = CountingField(lambda x, t: 2.0 * x + 1.0)
-    uncond = CountingField(lambda x, t: -x)
-
-    g1 = guided_field(cond, uncond, 1.0)
-    assert torch.equal(g1(x, t), 2.0 * x + 1.0)
-    assert (cond.nfe, uncond.nfe) == (1, 0)
-
-    g3 = guided_field(cond, uncond, 3.0)
-    assert torch.allclose(g3(x, t), -x + 3.0 * ((2.0 * x + 1.0) - (-x)))
-    assert (cond.nfe, uncond.nfe) == (2, 1)
-
-    # CountingField around the guided field counts the network evaluations.
-    assert solve("euler", g1, x, 5).nfe == 5
-    assert solve("euler", g3, x, 5).nfe == 10
 
 
 # --------------------------------------------------------------------------- DDPM / DDIM

@@ -24,7 +24,8 @@ from safetensors.numpy import load_file
 
 from medsynth.evaluation import evaluate_volume_run, extractor_input_size
 from medsynth.generator import GeneratorStep, build_latent_data, load_slices, run_base, run_vae
-from medsynth.generator.sampling import load_generated, sample_condition_set
+from medsynth.io.generated import load_generated
+from medsynth.generator.sampling import sample_condition_set
 from medsynth.models.backbones import TINY_CONFIGS, build_backbone, mask_routing, predict, predict_velocity
 from medsynth.objectives import interpolate, velocity_from_x0, x_prediction_v_loss
 from medsynth.preprocess.intensity import hu_to_unit
@@ -207,17 +208,17 @@ def test_maisi_v2_region_contrastive_term_on_volumes(latents):
 
 
 def test_dimension_mismatch_is_refused(latents):
-    from medsynth.generator.stages import _check_channels
+    from medsynth.generator.loaders import check_channels
 
     flat = copy.deepcopy(TINY_CONFIGS["unet2d_condition"])
     flat["params"]["in_channels"] = LATENT + len(NAMES)
     with pytest.raises(ValueError, match="3D"):
-        _check_channels(build_backbone(flat), latents)
-    _check_channels(build_backbone(GENERATORS["maisi_unet3d"]["backbone"]), latents)
+        check_channels(build_backbone(flat), latents)
+    check_channels(build_backbone(GENERATORS["maisi_unet3d"]["backbone"]), latents)
     wrong = _backbone("maisi_unet3d")
     wrong["params"]["controlnet_params"]["conditioning_embedding_in_channels"] = 2
     with pytest.raises(ValueError, match="conditioning_embedding_in_channels"):
-        _check_channels(build_backbone(wrong), latents)
+        check_channels(build_backbone(wrong), latents)
 
 
 @pytest.mark.parametrize("kind", list(GENERATORS))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -151,3 +152,12 @@ def test_full_embedded_study_produces_registered_masks_training_sets_and_figures
     html = report.read_text(errors="ignore")
     for figure in ("fd_vs_nfe.png", "sample_grid.png", "loss_curves.png", "maisi_steps.csv"):
         assert figure in html, figure
+
+
+def test_workflow_files_are_snakefmt_clean():
+    """``snakefmt --check`` (the formatter pinned in the lock) passes on the Snakefile and every rule file."""
+    snakefmt = shutil.which("snakefmt", path=str(Path(sys.executable).parent)) or shutil.which("snakefmt")
+    assert snakefmt, "snakefmt is not installed (it is pinned in requirements/lock.txt)"
+    files = [str(REPO / "Snakefile"), *sorted(str(p) for p in (REPO / "rules").glob("*.smk"))]
+    proc = subprocess.run([snakefmt, "--check", *files], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -77,7 +77,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -86,6 +85,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from medsynth.configmerge import deep_merge
+from medsynth.train.signals import PREEMPTION_SIGNALS, forward_signals
 
 __all__ = [
     "DEFAULT_NNUNET_PARAMS",
@@ -235,45 +237,24 @@ def entry_point(name: str) -> list[str]:
     return [sys.executable, "-c", f"import sys; sys.argv[0] = {name!r}; from {module} import {func}; {func}()"]
 
 
-@contextlib.contextmanager
-def _forward_signals(proc: subprocess.Popen, received: list[int]) -> Iterator[None]:
-    """Forward SIGTERM/SIGUSR1/SIGINT to ``proc`` (main thread only), recording them in ``received``."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    sigs = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None), signal.SIGINT) if s]
-
-    def handler(signum, _frame):
-        received.append(signum)
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM if signum != signal.SIGINT else signal.SIGINT)
-
-    old = {s: signal.signal(s, handler) for s in sigs}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
 def run_command(cmd: Sequence[str], log_path: str | Path, env: Mapping[str, str] | None = None,
                 name: str | None = None) -> int | None:
     """Run ``cmd``, appending stdout+stderr to ``log_path``.
 
     Returns ``None`` on success and the forwarded signal number when a preemption signal arrived (see
-    :func:`_forward_signals`); raises :class:`NnUNetCommandError` on any other non-zero exit.
+    :func:`medsynth.train.signals.forward_signals`); raises :class:`NnUNetCommandError` on any other non-zero exit.
     """
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
     shown = " ".join([name or cmd[0], *cmd[(3 if name else 1):]])
-    received: list[int] = []
     with log_path.open("a") as log:
         log.write(f"$ {shown}\n")
         log.flush()
         proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env=dict(env) if env is not None else None, bufsize=1, errors="replace")
-        with _forward_signals(proc, received):
+        with forward_signals(proc, (*PREEMPTION_SIGNALS, signal.SIGINT),
+                             translate={s: signal.SIGTERM for s in PREEMPTION_SIGNALS}) as received:
             assert proc.stdout is not None
             for line in proc.stdout:
                 log.write(line)
@@ -302,22 +283,14 @@ def _trainer(params: Mapping[str, Any], augment: bool) -> str:
     return str(params["trainer"] if augment else params["trainer_no_augmentation"])
 
 
-def _deep_update(target: dict[str, Any], update: Mapping[str, Any]) -> None:
-    """Merge ``update`` into ``target``: nested dicts recursively, everything else replaced."""
-    for k, v in update.items():
-        if isinstance(v, Mapping) and isinstance(target.get(k), dict):
-            _deep_update(target[k], v)
-        else:
-            target[k] = v
-
-
 def _apply_plans_overrides(plans_file: Path, configuration: str, overrides: Mapping[str, Any]) -> None:
     if not overrides:
         return
     plans = json.loads(plans_file.read_text())
     if configuration not in plans.get("configurations", {}):
         raise ValueError(f"{plans_file}: no configuration {configuration!r} to apply plans_overrides to")
-    _deep_update(plans["configurations"][configuration], json.loads(json.dumps(dict(overrides))))
+    configs = plans["configurations"]
+    configs[configuration] = deep_merge(configs[configuration], json.loads(json.dumps(dict(overrides))))
     plans_file.write_text(json.dumps(plans, indent=2) + "\n")
 
 

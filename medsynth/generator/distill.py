@@ -25,8 +25,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from medsynth.generator.field import ConditionedField
+from medsynth.generator.players import PlayerPair
 from medsynth.models.backbones import as_velocity, predict
-from medsynth.models.prompts import ABSENT_MASK_VALUE
 from medsynth.objectives import (
     distribution_matching_loss,
     interpolate,
@@ -40,17 +41,11 @@ from medsynth.objectives import (
 __all__ = ["DistillationPair", "DistributionMatchingStep"]
 
 
-class DistillationPair(nn.Module):
-    """The two trained players of DMD; :func:`medsynth.train.loop.save_model` saves :meth:`saved_module`."""
+class DistillationPair(PlayerPair):
+    """The two trained players of DMD: the one-step generator (saved as ``final/``) and the fake score."""
 
     def __init__(self, generator: nn.Module, fake: nn.Module):
-        super().__init__()
-        self.generator = generator
-        self.fake = fake
-
-    def saved_module(self) -> nn.Module:
-        """What the ``final/`` folder holds: the one-step generator."""
-        return self.generator
+        super().__init__(generator, fake=fake)
 
     def forward(self, which: str, *args, **kwargs) -> torch.Tensor:
         """``predict`` of one player (``"generator"`` or ``"fake"``) as a velocity; one entry point for DDP."""
@@ -77,18 +72,10 @@ class DistributionMatchingStep:
 
     def _teacher_x0(self, x_t: torch.Tensor, t: torch.Tensor, text, keep, mask) -> torch.Tensor:
         teacher = self.teacher.to(x_t.device)
-        if self.guidance_scale == 1.0:
-            v = as_velocity(teacher, predict(teacher, x_t, t, text, keep, mask=mask), x_t, t)
-        else:
-            null_text = self.tokens.to(x_t.device)[self.null_id].expand_as(text)
-            null_keep = self.keep.to(x_t.device)[self.null_id].expand_as(keep)
-            out = predict(teacher, torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([text, null_text]),
-                          torch.cat([keep, null_keep]),
-                          mask=torch.cat([mask, torch.full_like(mask, ABSENT_MASK_VALUE)]))
-            out = as_velocity(teacher, out, torch.cat([x_t, x_t]), torch.cat([t, t]))
-            cond, uncond = out.chunk(2)
-            v = uncond + self.guidance_scale * (cond - uncond)
-        return x0_from_velocity(v, x_t.float(), t.float())
+        nid = slice(self.null_id, self.null_id + 1)
+        field = ConditionedField(teacher, mask, text, keep, self.tokens.to(x_t.device)[nid],
+                                 self.keep.to(x_t.device)[nid], self.guidance_scale, corrected=False, mapping="variance")
+        return x0_from_velocity(field.raw(x_t, t), x_t.float(), t.float())
 
     def __call__(self, model: nn.Module, batch: Mapping[str, torch.Tensor], step: int,
                  generator: torch.Generator) -> dict[str, torch.Tensor]:

@@ -48,7 +48,7 @@ def hu_quality_check(model: nn.Module, objective: str, data: LatentData, vae: nn
     """
     from dataclasses import replace
 
-    from medsynth.generator.sampling import generate
+    from medsynth.generator.integrate import generate
     from medsynth.metrics.windows import model_to_hu
     from medsynth.sample.hu_qc import hu_check, organ_hu_bounds, regenerate_until_pass
 

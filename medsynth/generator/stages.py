@@ -45,13 +45,20 @@ from torch import nn
 
 from medsynth.configmerge import variant_config
 from medsynth.fsutil import write_csv_atomic, write_text_atomic
-from medsynth.launch import is_main_process, job_device
-from medsynth.generator.data import LatentData, build_latent_data, load_slices, select_rows, shard_condition_names
+from medsynth.launch import is_main_process
+from medsynth.generator.data import LatentData, load_slices, select_rows, shard_condition_names
+from medsynth.generator.players import AdversarialPair, build_discriminator
+from medsynth.generator.loaders import (
+    check_channels,
+    load_backbone,
+    load_latent_data,
+    load_vae,
+    resolve_text_encoder,
+    set_threads,
+)
 from medsynth.models.backbones import (
     as_velocity,
     build_backbone,
-    input_channels,
-    mask_routing,
     predict,
     predicts_x0,
 )
@@ -103,65 +110,6 @@ def train_config(stage_cfg: Mapping, output_dir: str | Path, fingerprint: str = 
     if "betas" in kwargs:
         kwargs["betas"] = tuple(kwargs["betas"])
     return TrainConfig(output_dir=str(output_dir), **kwargs)
-
-
-def _threads(cfg: Mapping) -> None:
-    torch.set_num_threads(max(1, int(cfg.get("threads", 1) or 1)))
-
-
-def _text_encoder(gen_cfg: Mapping, text_encoder):
-    if text_encoder is not None:
-        return text_encoder
-    from medsynth.models.text import build_text_encoder
-
-    return build_text_encoder(gen_cfg.get("text_encoder") or {}, key="generator.text_encoder")
-
-
-def _load_vae(vae_dir: str | Path, stats_path: str | Path):
-    from medsynth.vae import load_autoencoder, load_latent_statistics
-
-    vae = load_autoencoder(vae_dir).eval().requires_grad_(False).to(job_device())  # encodes the training latents
-    return vae, load_latent_statistics(stats_path)
-
-
-def _data(shards, vae_dir, stats_path, gen_cfg, stage_cfg, text_encoder, severity: bool | None = None, *,
-          vae_stats=None, slices=None) -> LatentData:
-    """The stage's latent dataset; ``vae_stats`` (:func:`_load_vae`) and ``slices`` when already loaded."""
-    vae, stats = vae_stats if vae_stats is not None else _load_vae(vae_dir, stats_path)
-    use_severity = bool(stage_cfg.get("severity_prompt", False)) if severity is None else severity
-    return build_latent_data(shards, vae, stats, _text_encoder(gen_cfg, text_encoder), stage_cfg.get("select"),
-                             gen_cfg.get("severity") if use_severity else None, int(gen_cfg.get("max_length", 32)),
-                             int(gen_cfg.get("encode_batch_size", 32)), slices=slices)
-
-
-def _check_channels(model: nn.Module, data: LatentData) -> None:
-    """The backbone's input (and ControlNet conditioning) channels against the data's latent + mask channels."""
-    latent, mask = data.dataset.tensors["latent"], data.dataset.tensors["mask"]
-    concat, control = mask_routing(model)
-    want, have = input_channels(model), latent.shape[1] + (mask.shape[1] if concat else 0)
-    if want != have:
-        what = "latent + mask" if concat else "latent (the mask goes to the ControlNet)"
-        raise ValueError(f"generator.backbone in_channels = {want}, but {what} channels = {have}")
-    if control:
-        cond = int(model.config.controlnet_params["conditioning_embedding_in_channels"])
-        if cond != mask.shape[1]:
-            raise ValueError(f"generator.backbone.params.controlnet_params.conditioning_embedding_in_channels = "
-                             f"{cond}, but the data has {mask.shape[1]} mask channels")
-    if latent.ndim - 2 != _backbone_dims(model):
-        raise ValueError(f"generator.backbone works on {_backbone_dims(model)}D inputs, the latents are "
-                         f"{latent.ndim - 2}D (2D slices need a 2D backbone, volumes a 3D one)")
-
-
-def _backbone_dims(model: nn.Module) -> int:
-    from medsynth.models.backbones import spatial_dims
-
-    return spatial_dims(model)
-
-
-def _load_backbone(gen_cfg: Mapping, folder: str | Path) -> nn.Module:
-    cfg = {**dict(gen_cfg["backbone"]), "pretrained": str(folder), "local_files_only": True}
-    cfg.pop("subfolder", None)
-    return build_backbone(cfg, key="generator.backbone")
 
 
 def _write_prompts(data: LatentData, out_dir: Path) -> None:
@@ -324,52 +272,6 @@ class GeneratorStep:
         return terms
 
 
-class AdversarialPair(nn.Module):
-    """Stage 2's optional adversarial term (ViCTr calls its fine-tuning adversarial): the generator and
-    a conditional latent patch discriminator (MONAI ``PatchDiscriminator`` on ``[latent; mask]``).
-
-    The discriminator learns real training latents from the generator's one-step clean estimates
-    ``x0_hat = x_t - t u`` (non-saturating logistic loss, generator input detached); the generator's
-    term ``softplus(-D(x0_hat))`` is evaluated with the discriminator's parameters detached, so each
-    term reaches only its own player and one optimizer step updates both. Checkpoints hold both; the
-    final folder holds the generator (:meth:`saved_module`).
-    """
-
-    def __init__(self, generator: nn.Module, discriminator: nn.Module):
-        super().__init__()
-        self.generator = generator
-        self.discriminator = discriminator
-
-    def saved_module(self) -> nn.Module:
-        return self.generator
-
-    def _logits(self, x: torch.Tensor, detached: bool = False) -> torch.Tensor:
-        if not detached:
-            return self.discriminator(x)[-1]
-        state = {k: v.detach() for k, v in (*self.discriminator.named_parameters(),
-                                            *self.discriminator.named_buffers())}
-        return torch.func.functional_call(self.discriminator, state, (x,))[-1]
-
-    def adversarial_terms(self, real: torch.Tensor, fake: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{"adversarial": generator term, "discriminator": discriminator loss}`` for one batch."""
-        import torch.nn.functional as F
-
-        d_real = self._logits(torch.cat([real, mask], dim=1))
-        d_fake = self._logits(torch.cat([fake.detach(), mask], dim=1))
-        disc = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
-        gen = F.softplus(-self._logits(torch.cat([fake, mask], dim=1), detached=True)).mean()
-        return {"adversarial": gen, "discriminator": disc}
-
-
-def build_discriminator(cfg: Mapping, in_channels: int, spatial_dims: int) -> nn.Module:
-    """MONAI ``PatchDiscriminator`` from ``stage2.adversarial`` (``channels``, ``layers``, ``norm``)."""
-    from monai.networks.nets import PatchDiscriminator
-
-    return PatchDiscriminator(spatial_dims=spatial_dims, channels=int(cfg.get("channels", 16)),
-                              in_channels=in_channels, out_channels=1, num_layers_d=int(cfg.get("layers", 2)),
-                              norm=str(cfg.get("norm", "INSTANCE")))
-
-
 def _step(data: LatentData, stage_cfg: Mapping, names: Sequence[str] = (), ddpm_cfg: Mapping | None = None,
           **extra) -> GeneratorStep:
     objective = str(stage_cfg.get("objective", "flow"))
@@ -406,7 +308,7 @@ def run_vae(shards: Sequence[str], out_dir: str | Path, vae_cfg: Mapping, recons
         tune_vae,
     )
 
-    _threads(vae_cfg)
+    set_threads(vae_cfg)
     out_dir = Path(out_dir)
     index, images, masks, names = load_slices(shards)
     train_rows = select_rows(index, {"split": [vae_cfg.get("train_split", "train")]})
@@ -446,12 +348,12 @@ def run_vae(shards: Sequence[str], out_dir: str | Path, vae_cfg: Mapping, recons
 def run_base(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Path, out_dir: str | Path,
              gen_cfg: Mapping, stage_cfg: Mapping, *, text_encoder=None):
     """Train the base generator from scratch (or from ``generator.backbone.pretrained``)."""
-    _threads(gen_cfg)
+    set_threads(gen_cfg)
     out_dir = Path(out_dir)
-    data = _data(shards, vae_dir, stats_path, gen_cfg, stage_cfg, text_encoder)
+    data = load_latent_data(shards, vae_dir, stats_path, gen_cfg, stage_cfg, text_encoder)
     torch.manual_seed(derive_seed(int(stage_cfg.get("seed", 0)), "init"))  # seeded initialisation
     model = build_backbone(dict(gen_cfg["backbone"]), key="generator.backbone")
-    _check_channels(model, data)
+    check_channels(model, data)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_prompts(data, out_dir)
     fp = run_fingerprint(gen_cfg, stage_cfg, files=[*shards, vae_dir, stats_path])
@@ -478,13 +380,13 @@ def _fisher(model: nn.Module, data: LatentData, ewc_cfg: Mapping, seed: int) -> 
 def run_stage1(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Path, base_dir: str | Path,
                out_dir: str | Path, gen_cfg: Mapping, stage_cfg: Mapping, base_cfg: Mapping, *, text_encoder=None):
     """ViCTr stage 1: EWC layer selection on the base's own data, then EWC-penalised fine-tuning."""
-    _threads(gen_cfg)
+    set_threads(gen_cfg)
     out_dir = Path(out_dir)
-    text_encoder = _text_encoder(gen_cfg, text_encoder)
+    text_encoder = resolve_text_encoder(gen_cfg, text_encoder)
     ewc_cfg = dict(stage_cfg.get("ewc") or {})
-    model = _load_backbone(gen_cfg, base_dir)
-    vae_stats, slices = _load_vae(vae_dir, stats_path), load_slices(shards)  # read once for both datasets
-    base_data = _data(shards, vae_dir, stats_path, gen_cfg, base_cfg, text_encoder, severity=False,
+    model = load_backbone(gen_cfg, base_dir)
+    vae_stats, slices = load_vae(vae_dir, stats_path), load_slices(shards)  # read once for both datasets
+    base_data = load_latent_data(shards, vae_dir, stats_path, gen_cfg, base_cfg, text_encoder, severity=False,
                       vae_stats=vae_stats, slices=slices)
     fisher = _fisher(model, base_data, ewc_cfg, int(stage_cfg.get("seed", 0)))
     del base_data
@@ -502,7 +404,7 @@ def run_stage1(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Pat
              "n_trainable": int(sum(anchor[n].numel() for n in trainable)),
              "n_total": int(sum(p.numel() for p in model.parameters()))}, indent=2) + "\n")
     ewc = EWCTerm(anchor, {n: fisher[n] for n in trainable}, float(ewc_cfg.get("lambda", 1.0)))
-    data = _data(shards, vae_dir, stats_path, gen_cfg, stage_cfg, text_encoder, vae_stats=vae_stats, slices=slices)
+    data = load_latent_data(shards, vae_dir, stats_path, gen_cfg, stage_cfg, text_encoder, vae_stats=vae_stats, slices=slices)
     del vae_stats, slices
     _write_prompts(data, out_dir)
     fp = run_fingerprint(gen_cfg, stage_cfg, base_cfg, files=[*shards, vae_dir, stats_path, base_dir])
@@ -511,14 +413,14 @@ def run_stage1(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Pat
     return result
 
 
-def _reflow_pairs(model: nn.Module, data: LatentData, reflow_cfg: Mapping, objective: str) -> None:
+def reflow_pairs(model: nn.Module, data: LatentData, reflow_cfg: Mapping, objective: str) -> None:
     """2-rectified flow (ViCTr Table 4 "ReFlow"): replace each training latent by the model's own sample.
 
     The model (the stage-2 starting point) integrates one noise draw per training condition with the
     configured sampler; the dataset's ``latent`` becomes that sample and ``noise`` the draw it came
     from, so stage 2 regresses the straight coupling ``noise - sample`` (Liu et al. 2023).
     """
-    from medsynth.generator.sampling import SamplingSpec, integrate_latents
+    from medsynth.generator.integrate import SamplingSpec, integrate_latents
 
     spec = SamplingSpec.from_config(reflow_cfg, str(reflow_cfg.get("run", "euler-20")))
     x0, noise, nfe, seconds = integrate_latents(model.eval(), objective, data, spec)
@@ -537,12 +439,12 @@ def run_stage2(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Pat
     (``ewc_path``). ``reflow.enabled`` trains on the init model's own (noise, sample) pairs.
     ``ddpm_cfg``: noise schedule of the ``ddpm`` objective (config ``sampling.ddpm``).
     """
-    _threads(gen_cfg)
+    set_threads(gen_cfg)
     out_dir = Path(out_dir)
     method = str(stage_cfg.get("method", "lora"))
     objective = str(stage_cfg.get("objective", "flow"))
-    model = _load_backbone(gen_cfg, init_dir)
-    data = _data(shards, vae_dir, stats_path, gen_cfg, stage_cfg, text_encoder)
+    model = load_backbone(gen_cfg, init_dir)
+    data = load_latent_data(shards, vae_dir, stats_path, gen_cfg, stage_cfg, text_encoder)
     reflow = dict(stage_cfg.get("reflow") or {})
     dmd = dict(stage_cfg.get("dmd") or {})
     cons = dict(stage_cfg.get("consistency") or {})
@@ -552,14 +454,14 @@ def run_stage2(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Pat
     if reflow.get("enabled"):
         if objective == "ddpm":
             raise ValueError("reflow trains a flow: it cannot be combined with the ddpm objective")
-        _reflow_pairs(model, data, reflow, str(reflow.get("teacher_objective", "flow")))
+        reflow_pairs(model, data, reflow, str(reflow.get("teacher_objective", "flow")))
         if reflow.get("distill"):  # Flow Straight and Fast: distil the coupling into the one-step map
             stage_cfg = {**stage_cfg, "timesteps": "one_step"}
     teacher = fake = None
     if dmd.get("enabled"):
         if objective != "flow" or consistency:
             raise ValueError("dmd distils a flow teacher: set objective: flow and the consistency weights to 0")
-        _reflow_pairs(model, data, dict(dmd.get("pairs") or {}), str(dmd.get("teacher_objective", "flow")))
+        reflow_pairs(model, data, dict(dmd.get("pairs") or {}), str(dmd.get("teacher_objective", "flow")))
         teacher = copy.deepcopy(model).eval().requires_grad_(False)
         fake = copy.deepcopy(model).train().requires_grad_(True)
     extra = {}

@@ -8,32 +8,9 @@ instead of reaching for the network.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from medsynth.masks.types import Segmentation, Segmenter, WeightsUnavailable
 
-import nibabel as nib
-
-
-class WeightsUnavailable(RuntimeError):
-    """A backend's pretrained weights are not on this machine (the message says how to get them)."""
-
-
-@dataclass
-class Segmentation:
-    """A label map on the input image's grid and what its label ids mean."""
-
-    labels: nib.Nifti1Image
-    names: dict[int, str]
-
-
-class Segmenter(Protocol):
-    """Anything that segments a canonical volume."""
-
-    name: str
-
-    def segment(self, image: nib.Nifti1Image, modality: str) -> Segmentation:
-        """Label map of ``image`` (same shape and affine) and the id -> structure-name mapping."""
-        ...
+__all__ = ["Segmentation", "Segmenter", "WeightsUnavailable", "make_segmenter"]
 
 
 def make_segmenter(cfg: dict) -> Segmenter:

@@ -26,7 +26,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
-from medsynth.masks.backend import Segmentation
+from medsynth.masks.types import Segmentation
 
 LABELS = {1: "body", 2: "lungs", 3: "airways", 4: "bone", 5: "fat", 6: "soft_tissue", 7: "liver"}
 

@@ -28,7 +28,7 @@ from urllib.parse import urlparse
 import nibabel as nib
 import numpy as np
 
-from medsynth.masks.backend import Segmentation, WeightsUnavailable
+from medsynth.masks.types import Segmentation, WeightsUnavailable
 
 CONFIG_KEY = "masks.segmenters[].lungmask.modelpath"
 FILL_CONFIG_KEY = "masks.segmenters[].lungmask.fillmodel_path"

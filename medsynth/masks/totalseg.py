@@ -40,7 +40,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from medsynth.masks.backend import Segmentation, WeightsUnavailable
+from medsynth.masks.types import Segmentation, WeightsUnavailable
 
 CONFIG_KEY = "masks.segmenters[].totalsegmentator.weights_dir"
 WEIGHTS_ENV = "TOTALSEG_WEIGHTS_PATH"

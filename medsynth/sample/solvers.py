@@ -24,8 +24,8 @@ name          update                                                          NF
               (ViCTr Sec. 3.2, :func:`medsynth.objectives.tweedie_corrected_velocity`)
 ============  ==============================================================  ==================
 
-:func:`guided_field` combines a conditional and an unconditional field by classifier-free guidance;
-it counts as 2 NFE per call (1 when ``scale == 1``, where only the conditional field runs).
+Classifier-free guidance is part of the field a solver is given
+(:class:`medsynth.generator.field.ConditionedField`, both branches in one batched pass: 1 NFE per call).
 
 Noise-prediction (DDPM, "epsilon") models are sampled with diffusers' schedulers by
 :func:`diffusion_sample` (``ddpm``: ancestral, stochastic; ``ddim``: deterministic for ``eta = 0``), one
@@ -53,14 +53,12 @@ __all__ = [
     "Field",
     "EpsFn",
     "CountingField",
-    "GuidedField",
     "SampleResult",
     "time_grid",
     "euler",
     "heun",
     "dopri5",
     "tweedie_sampler",
-    "guided_field",
     "solve",
     "make_scheduler",
     "diffusion_sample",
@@ -81,7 +79,7 @@ class CountingField:
     """Wrap a field and count its evaluations (NFE) in :attr:`nfe`.
 
     One call adds the wrapped field's ``nfe_per_call`` attribute (default ``1``: one network
-    evaluation, whatever the batch size); :class:`GuidedField` sets it to 2 when it runs two networks.
+    evaluation, whatever the batch size); a field that runs two networks per call sets it to 2.
     """
 
     def __init__(self, field: Field) -> None:
@@ -95,37 +93,6 @@ class CountingField:
     def reset(self) -> None:
         """Set the count back to zero."""
         self.nfe = 0
-
-
-class GuidedField:
-    """Classifier-free guidance ``v = v_u + scale (v_c - v_u)`` (Ho & Salimans 2022), see :func:`guided_field`."""
-
-    def __init__(self, field_cond: Field, field_uncond: Field, scale: float) -> None:
-        self.field_cond = field_cond
-        self.field_uncond = field_uncond
-        self.scale = float(scale)
-
-    @property
-    def nfe_per_call(self) -> int:
-        """Network evaluations per call: 1 when ``scale == 1`` (conditional only), else 2."""
-        return 1 if self.scale == 1.0 else 2
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        v_c = self.field_cond(x, t)
-        if self.scale == 1.0:
-            return v_c
-        v_u = self.field_uncond(x, t)
-        return v_u + self.scale * (v_c - v_u)
-
-
-def guided_field(field_cond: Field, field_uncond: Field, scale: float) -> GuidedField:
-    """Classifier-free guided field ``v = v_u + scale * (v_c - v_u)``.
-
-    ``scale = 1`` is the conditional field alone (the unconditional one is not evaluated: 1 NFE per
-    call); ``scale = 0`` is the unconditional field; otherwise both run (2 NFE per call, which
-    :class:`CountingField` picks up from ``nfe_per_call``).
-    """
-    return GuidedField(field_cond, field_uncond, scale)
 
 
 def time_grid(

@@ -42,8 +42,6 @@ import math
 import os
 import re
 import shutil
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -55,6 +53,7 @@ import torch
 from torch import nn
 
 from medsynth.train.data import TensorDictDataset
+from medsynth.train.signals import PREEMPTED_EXIT_CODE, SignalFlag
 
 __all__ = [
     "PREEMPTED_EXIT_CODE",
@@ -75,7 +74,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again later" - the job should be requeued
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d{6,})$")
 LOSS_CURVE = "loss_curve.csv"
 DATA_SCHEME = "concat-epoch-permutations/v1"
@@ -298,44 +296,6 @@ def save_model(model: nn.Module, out_dir: str | Path) -> Path:
     meta = {"class": f"{type(model).__module__}.{type(model).__qualname__}", "config": cfg_json}
     (out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out
-
-
-class SignalFlag:
-    """Install SIGTERM/SIGUSR1 handlers that only record the signal; restore the old ones on exit.
-
-    In a multi-process run the ranks may see the signal at different steps (or only some of them see
-    it): :meth:`agreed` makes every rank stop after the same step, so no rank waits forever in a
-    collective its peers have left.
-    """
-
-    SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s is not None)
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled and threading.current_thread() is threading.main_thread()
-        self.received: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:  # noqa: ARG002 - signal API
-        self.received = signum
-
-    def agreed(self, accelerator: Any = None) -> bool:
-        """True when any process received a signal (one all-reduce per call when there are several)."""
-        stop = self.received is not None
-        if accelerator is None or accelerator.num_processes == 1:
-            return stop
-        seen = accelerator.reduce(torch.tensor([1.0 if stop else 0.0], device=accelerator.device), reduction="sum")
-        return bool(seen.item() > 0)
-
-    def __enter__(self) -> "SignalFlag":
-        if self.enabled:
-            for s in self.SIGNALS:
-                self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for s, old in self._old.items():
-            signal.signal(s, old)
-        self._old.clear()
 
 
 def _curve_rows(path: Path) -> int:

@@ -1,0 +1,80 @@
+"""Loaders the generator's stages and sampling share: threads, text encoder, VAE, latent data, backbone."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from medsynth.generator.data import LatentData, build_latent_data
+from medsynth.launch import job_device
+from medsynth.models.backbones import build_backbone, input_channels, mask_routing
+
+__all__ = ["set_threads", "resolve_text_encoder", "load_vae", "load_latent_data", "check_channels", "backbone_dims",
+           "load_backbone"]
+
+
+def set_threads(cfg: Mapping) -> None:
+    """Torch intra-op threads from a section's ``threads`` key (at least 1)."""
+    torch.set_num_threads(max(1, int(cfg.get("threads", 1) or 1)))
+
+
+def resolve_text_encoder(gen_cfg: Mapping, text_encoder):
+    """``text_encoder`` when given, else the one ``generator.text_encoder`` configures."""
+    if text_encoder is not None:
+        return text_encoder
+    from medsynth.models.text import build_text_encoder
+
+    return build_text_encoder(gen_cfg.get("text_encoder") or {}, key="generator.text_encoder")
+
+
+def load_vae(vae_dir: str | Path, stats_path: str | Path):
+    """The tuned VAE (frozen, on the job's device) and its latent statistics: ``(vae, stats)``."""
+    from medsynth.vae import load_autoencoder, load_latent_statistics
+
+    vae = load_autoencoder(vae_dir).eval().requires_grad_(False).to(job_device())  # encodes the training latents
+    return vae, load_latent_statistics(stats_path)
+
+
+def load_latent_data(shards, vae_dir, stats_path, gen_cfg, stage_cfg, text_encoder, severity: bool | None = None, *,
+          vae_stats=None, slices=None) -> LatentData:
+    """The stage's latent dataset; ``vae_stats`` (:func:`_load_vae`) and ``slices`` when already loaded."""
+    vae, stats = vae_stats if vae_stats is not None else load_vae(vae_dir, stats_path)
+    use_severity = bool(stage_cfg.get("severity_prompt", False)) if severity is None else severity
+    return build_latent_data(shards, vae, stats, resolve_text_encoder(gen_cfg, text_encoder), stage_cfg.get("select"),
+                             gen_cfg.get("severity") if use_severity else None, int(gen_cfg.get("max_length", 32)),
+                             int(gen_cfg.get("encode_batch_size", 32)), slices=slices)
+
+
+def check_channels(model: nn.Module, data: LatentData) -> None:
+    """The backbone's input (and ControlNet conditioning) channels against the data's latent + mask channels."""
+    latent, mask = data.dataset.tensors["latent"], data.dataset.tensors["mask"]
+    concat, control = mask_routing(model)
+    want, have = input_channels(model), latent.shape[1] + (mask.shape[1] if concat else 0)
+    if want != have:
+        what = "latent + mask" if concat else "latent (the mask goes to the ControlNet)"
+        raise ValueError(f"generator.backbone in_channels = {want}, but {what} channels = {have}")
+    if control:
+        cond = int(model.config.controlnet_params["conditioning_embedding_in_channels"])
+        if cond != mask.shape[1]:
+            raise ValueError(f"generator.backbone.params.controlnet_params.conditioning_embedding_in_channels = "
+                             f"{cond}, but the data has {mask.shape[1]} mask channels")
+    if latent.ndim - 2 != backbone_dims(model):
+        raise ValueError(f"generator.backbone works on {backbone_dims(model)}D inputs, the latents are "
+                         f"{latent.ndim - 2}D (2D slices need a 2D backbone, volumes a 3D one)")
+
+
+def backbone_dims(model: nn.Module) -> int:
+    """1, 2 or 3: the spatial dimensionality the backbone works on."""
+    from medsynth.models.backbones import spatial_dims
+
+    return spatial_dims(model)
+
+
+def load_backbone(gen_cfg: Mapping, folder: str | Path) -> nn.Module:
+    """The ``generator.backbone`` saved in ``folder`` (a trained stage), offline."""
+    cfg = {**dict(gen_cfg["backbone"]), "pretrained": str(folder), "local_files_only": True}
+    cfg.pop("subfolder", None)
+    return build_backbone(cfg, key="generator.backbone")

@@ -1,0 +1,73 @@
+"""Two players trained by one optimizer step: the generator and a second network (a critic or a copy).
+
+:class:`PlayerPair` is what the training loop prepares, checkpoints (both players) and, through
+:meth:`PlayerPair.saved_module`, saves as ``final/`` (the generator alone). Its two kinds:
+:class:`AdversarialPair` (stage 2's adversarial term, here) and
+:class:`medsynth.generator.distill.DistillationPair` (DMD's online fake score).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+__all__ = ["PlayerPair", "AdversarialPair", "build_discriminator"]
+
+
+class PlayerPair(nn.Module):
+    """``generator`` and one other named player, registered in that order (the optimizer's order)."""
+
+    def __init__(self, generator: nn.Module, **other: nn.Module):
+        super().__init__()
+        if len(other) != 1:
+            raise TypeError(f"a PlayerPair takes the generator and exactly one other player, got {sorted(other)}")
+        self.generator = generator
+        for name, module in other.items():
+            setattr(self, name, module)
+
+    def saved_module(self) -> nn.Module:
+        """What the ``final/`` folder holds: the generator."""
+        return self.generator
+
+
+class AdversarialPair(PlayerPair):
+    """Stage 2's optional adversarial term (ViCTr calls its fine-tuning adversarial): the generator and
+    a conditional latent patch discriminator (MONAI ``PatchDiscriminator`` on ``[latent; mask]``).
+
+    The discriminator learns real training latents from the generator's one-step clean estimates
+    ``x0_hat = x_t - t u`` (non-saturating logistic loss, generator input detached); the generator's
+    term ``softplus(-D(x0_hat))`` is evaluated with the discriminator's parameters detached, so each
+    term reaches only its own player and one optimizer step updates both. Checkpoints hold both; the
+    final folder holds the generator (:meth:`saved_module`).
+    """
+
+    def __init__(self, generator: nn.Module, discriminator: nn.Module):
+        super().__init__(generator, discriminator=discriminator)
+
+    def _logits(self, x: torch.Tensor, detached: bool = False) -> torch.Tensor:
+        if not detached:
+            return self.discriminator(x)[-1]
+        state = {k: v.detach() for k, v in (*self.discriminator.named_parameters(),
+                                            *self.discriminator.named_buffers())}
+        return torch.func.functional_call(self.discriminator, state, (x,))[-1]
+
+    def adversarial_terms(self, real: torch.Tensor, fake: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"adversarial": generator term, "discriminator": discriminator loss}`` for one batch."""
+        import torch.nn.functional as F
+
+        d_real = self._logits(torch.cat([real, mask], dim=1))
+        d_fake = self._logits(torch.cat([fake.detach(), mask], dim=1))
+        disc = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+        gen = F.softplus(-self._logits(torch.cat([fake, mask], dim=1), detached=True)).mean()
+        return {"adversarial": gen, "discriminator": disc}
+
+
+def build_discriminator(cfg: Mapping, in_channels: int, spatial_dims: int) -> nn.Module:
+    """MONAI ``PatchDiscriminator`` from ``stage2.adversarial`` (``channels``, ``layers``, ``norm``)."""
+    from monai.networks.nets import PatchDiscriminator
+
+    return PatchDiscriminator(spatial_dims=spatial_dims, channels=int(cfg.get("channels", 16)),
+                              in_channels=in_channels, out_channels=1, num_layers_d=int(cfg.get("layers", 2)),
+                              norm=str(cfg.get("norm", "INSTANCE")))
