@@ -34,7 +34,7 @@ def setting():
 @torch.no_grad()
 def test_guidance_one_is_the_conditional_prediction_alone(setting):
     model, x, t, mask, tokens, keep, null_tokens, null_keep = setting
-    field = ConditionedField(model, mask, tokens, keep, null_tokens, null_keep, 1.0, corrected=False, mapping="variance")
+    field = ConditionedField(model, mask, tokens, keep, null_tokens, null_keep, 1.0)
     assert torch.equal(field.raw(x, t), predict(model, x, t, tokens, keep, mask=mask).float())
 
 
@@ -42,12 +42,12 @@ def test_guidance_one_is_the_conditional_prediction_alone(setting):
 def test_guided_field_mixes_conditional_and_null_predictions(setting):
     model, x, t, mask, tokens, keep, null_tokens, null_keep = setting
     w = 3.0
-    field = ConditionedField(model, mask, tokens, keep, null_tokens, null_keep, w, corrected=False, mapping="variance")
+    field = ConditionedField(model, mask, tokens, keep, null_tokens, null_keep, w)
     cond = predict(model, x, t, tokens, keep, mask=mask).float()
     uncond = predict(model, x, t, null_tokens.expand_as(tokens), null_keep.expand_as(keep),
                      mask=torch.full_like(mask, ABSENT_MASK_VALUE)).float()
     assert not torch.allclose(cond, uncond)  # the condition matters, so the check below can fail
     torch.testing.assert_close(field.raw(x, t), uncond + w * (cond - uncond), rtol=1e-4, atol=1e-5)
     # w = 0 is the null condition's prediction
-    zero = ConditionedField(model, mask, tokens, keep, null_tokens, null_keep, 0.0, corrected=False, mapping="variance")
+    zero = ConditionedField(model, mask, tokens, keep, null_tokens, null_keep, 0.0)
     torch.testing.assert_close(zero.raw(x, t), uncond, rtol=1e-4, atol=1e-5)

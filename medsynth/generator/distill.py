@@ -74,7 +74,7 @@ class DistributionMatchingStep:
         teacher = self.teacher.to(x_t.device)
         nid = slice(self.null_id, self.null_id + 1)
         field = ConditionedField(teacher, mask, text, keep, self.tokens.to(x_t.device)[nid],
-                                 self.keep.to(x_t.device)[nid], self.guidance_scale, corrected=False, mapping="variance")
+                                 self.keep.to(x_t.device)[nid], self.guidance_scale)
         return x0_from_velocity(field.raw(x_t, t), x_t.float(), t.float())
 
     def __call__(self, model: nn.Module, batch: Mapping[str, torch.Tensor], step: int,

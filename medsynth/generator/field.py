@@ -17,11 +17,15 @@ __all__ = ["ConditionedField"]
 
 
 class ConditionedField:
-    """``field(x, t)`` of one batch of conditions, with classifier-free guidance batched in one pass."""
+    """``field(x, t)`` of one batch of conditions, with classifier-free guidance batched in one pass.
+
+    ``corrected``: integrate the Tweedie-corrected field (``mapping`` of the time to ``abar``) instead of
+    the raw one; :meth:`raw` is always the guided network output.
+    """
 
     def __init__(self, model: nn.Module, mask: torch.Tensor, tokens: torch.Tensor, keep: torch.Tensor,
-                 null_tokens: torch.Tensor, null_keep: torch.Tensor, guidance: float, corrected: bool,
-                 mapping: str):
+                 null_tokens: torch.Tensor, null_keep: torch.Tensor, guidance: float, corrected: bool = False,
+                 mapping: str = "variance"):
         self.model, self.guidance, self.corrected, self.mapping = model, guidance, corrected, mapping
         b = mask.shape[0]
         if guidance != 1.0:
