@@ -40,7 +40,7 @@ def main() -> int:
     from medsynth.generator.data import load_slices, select_rows
     from medsynth.generator.integrate import SamplingSpec, generate, load_trained_generator
     from medsynth.generator.loaders import load_latent_data, load_vae
-    from medsynth.generator.stages import variant_config
+    from medsynth.configmerge import variant_config
     from medsynth.metrics import frechet_metrics, register_module_extractor
 
     config = yaml.safe_load(Path(args.config).read_text())
