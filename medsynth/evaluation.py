@@ -46,6 +46,7 @@ from torch import nn
 from medsynth.fsutil import write_text_atomic
 from medsynth.generator.data import load_slices, select_rows
 from medsynth.launch import is_main_process, resolve_device
+from medsynth.names import MEDDIFF_KINDS
 
 __all__ = ["pixel_spacing", "voxel_spacing", "extractor_input_size", "run_downstream", "evaluate_run",
            "evaluate_volume_run", "SELF_EXTRACTOR"]
@@ -103,8 +104,6 @@ def _channel_means(channels: Mapping[str, Mapping]) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ downstream
-#: MedDiff-FT settings: synthetic slices from stochastic masks (mg), + feature-space filter and label erosion (mgf)
-MEDDIFF_KINDS = ("real_synth_mg", "real_synth_mgf", "real_synth_gm")
 
 
 def _meddiff_filter(images: np.ndarray, masks: np.ndarray, real_images: np.ndarray, extractor: str | Path | None,

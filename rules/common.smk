@@ -2,60 +2,45 @@
 # Rules never parse config inline; they call what is defined here.
 
 import os
-import sys
-import re
 
 import pandas as pd
 
 from medsynth.data.manifest import shard_ids as _shard_ids
 from medsynth.data.registry import load_registry, resolve_datasets
+from medsynth.study import Study
+from medsynth.tables.registry import TABLES as TABLE_SPECS, table_names, table_params
 
-STUDY = config["study"]
-RESULTS = f"{config['results_dir']}/{STUDY}"
-BASEDIR = (
-    workflow.basedir
-)  # relative dataset roots and the registry are resolved against the workflow folder
+# relative dataset roots and the registry are resolved against the workflow folder
+BASEDIR = workflow.basedir
 REGISTRY = os.path.join(BASEDIR, config["registry"])
 DATASETS = resolve_datasets(config["datasets"], load_registry(REGISTRY))
-
-
-VARIANTS = list(
-    config.get("variants") or {}
-)  # stage-2 variants: named override sets of config `stage2`
-# the variants `snakemake` trains by default; the others are trained when an output asks for them
-DEFAULT_VARIANTS = [
-    v for v in config.get("default_variants", VARIANTS) if v in VARIANTS
-]
-
-
-# MedSyn2 architecture ablations: base generators trained from scratch with another backbone
-ARCHITECTURES = config.get("architectures") or {}
-_clash = set(ARCHITECTURES) & {"base", "stage1", *VARIANTS}
-if _clash:
-    raise ValueError(
-        f"config architectures {sorted(_clash)} clash with base / stage1 / variant names"
-    )
-
-# generators that can be sampled: the base model, the stage-1 model, every stage-2 variant and architecture
-MODELS = ["base", "stage1", *VARIANTS, *ARCHITECTURES]
-CONDITION_SETS = list(
-    (config.get("sampling") or {}).get("condition_sets") or {"eval": {}, "train": {}}
-)
-SAMPLING = config.get("sampling") or {}
-DEFAULT_RUN = SAMPLING.get("default_run", "euler-30")
+S = Study(config, BASEDIR)  # names, paths and per-model settings (medsynth/study.py)
+STUDY = S.name
+RESULTS = S.results
+# stage-2 variants (named override sets of config `stage2`), those trained by default, the MedSyn2
+# architecture ablations (base generators with another backbone), and every generator that can be sampled
+VARIANTS = S.variants
+DEFAULT_VARIANTS = S.default_variants
+ARCHITECTURES = S.architectures
+MODELS = S.models
+CONDITION_SETS = S.condition_sets
+SAMPLING = S.sampling
+DEFAULT_RUN = S.default_run
+VOLUMES = S.volumes
+DOWNSTREAM = S.downstream
+METRICS = S.metrics
+TABLES = S.tables
+EXTRACTOR_SETTING = S.extractor_setting
+EXTRACTOR = S.extractor()
+# the tables this study builds (medsynth/tables/registry.py); (model, run) pairs of the sample grid
+TABLE_NAMES = table_names(S)
+GRID_RUNS = S.grid_runs()
+LOSS_CURVES = S.loss_curves()
 
 
 wildcard_constraints:
-    dataset="|".join(DATASETS),
-    shard=r"\d+",
-    variant="|".join(re.escape(v) for v in VARIANTS) or "(?!)",
-    arch="|".join(re.escape(a) for a in ARCHITECTURES) or "(?!)",
-    model="|".join(re.escape(m) for m in MODELS),
-    run=r"(euler|heun|tweedie|ddpm|ddim)-\d+|dopri5-auto",
-    setting=r"real|real_aug|(real_synth|synth_only|real_synth_mg|real_synth_mgf|real_synth_gm)-("
-    + "|".join(re.escape(m) for m in MODELS)
-    + ")",
-    conditions="|".join(re.escape(c) for c in CONDITION_SETS),
+    **S.wildcard_constraints(DATASETS),
+    table="|".join(TABLE_NAMES),
 
 
 def dataset_entry(wildcards):
@@ -116,205 +101,45 @@ def volume_shards(wildcards):
     )
 
 
-VOLUMES = config.get("volumes") or {}
-
-
-def volume_generator_config():
-    """`generator` section of the 3D generator: the study's, with the keys of `volumes.generator` replaced."""
-    return {**config["generator"], **(VOLUMES.get("generator") or {})}
-
-
-def volume_condition_set(name):
-    """`volumes.condition_sets.<name>` (default: the slices' condition set of that name without its
-    slice-only options)."""
-    own = (VOLUMES.get("condition_sets") or {}).get(name)
-    if own is not None:
-        return own
-    return {
-        k: v
-        for k, v in SAMPLING["condition_sets"][name].items()
-        if k not in ("stochastic_masks", "inpaint")
-    }
-
-
-def volume_metrics_json():
-    """Metrics of the 3D generator's default run (MedSyn2 Table 1 rows XY / YZ / ZX), if the study is 3D."""
-    if not VOLUMES.get("enabled"):
-        return {}
-    return {
-        "volumes": f"{RESULTS}/volumes/metrics/{VOLUMES.get('run', 'euler-10')}.json"
-    }
+# Per-model settings and paths: the study object's (aliases that the rules read).
+volume_generator_config = S.volume_generator_config
+volume_condition_set = S.volume_condition_set
+volume_metrics_json = S.volume_metrics_json
+architecture_backbone = S.architecture_backbone
+model_generator = S.model_generator
+architecture_stage = S.architecture_stage
+model_config = S.model_config
+model_sampling = S.model_sampling
+stage2_init = S.stage2_init
+metrics_json = S.metrics_json
+downstream_json = S.downstream_json
+samples = S.samples
+train_threads = S.train_threads
 
 
 def stage2_config(wildcards):
     """Config `stage2` with the overrides of variant ``wildcards.variant`` merged in."""
-    from medsynth.configmerge import variant_config
-
-    return variant_config(config["stage2"], config["variants"], wildcards.variant)
-
-
-def architecture_backbone(name):
-    """`generator.backbone` of architecture `name`: its entry, deep-merged onto the one it `extends`."""
-    from medsynth.configmerge import variant_config
-
-    entry = dict(ARCHITECTURES[name])
-    parent = entry.pop("extends", None)
-    if parent is None:
-        return entry
-    if parent not in ARCHITECTURES:
-        raise ValueError(
-            f"architectures.{name}.extends = {parent!r} is not an architecture"
-        )
-    return variant_config(architecture_backbone(parent), {name: entry}, name)
-
-
-def model_generator(model):
-    """`generator` section of a model: an architecture's own backbone, else the study's."""
-    if model in ARCHITECTURES:
-        return {**config["generator"], "backbone": architecture_backbone(model)}
-    return config["generator"]
-
-
-def architecture_stage():
-    """Training recipe of the architecture ablations: config `base` with `architecture_training` overrides."""
-    return {**config["base"], **(config.get("architecture_training") or {})}
-
-
-def model_config(model):
-    """Config section a model was trained with: `base`, `stage1`, the variant's merged `stage2` or an
-    architecture's training recipe."""
-    from medsynth.configmerge import variant_config
-
-    if model in ARCHITECTURES:
-        return architecture_stage()
-    if model in ("base", "stage1"):
-        return config[model]
-    return variant_config(config["stage2"], config["variants"], model)
-
-
-def model_sampling(model):
-    """`sampling` settings of a model: the section, with the model's own `sampling` overrides (one-step students)."""
-    own = model_config(model).get("sampling") or {}
-    return {**SAMPLING, **own, "hu_range": config["intensity"]["ct_hu_range"]}
+    return S.stage2_config(wildcards.variant)
 
 
 def model_inputs(wildcards):
     """Trained weights of ``wildcards.model`` (+ the stage-1 model a LoRA variant adapts)."""
-    if wildcards.model in ("base", "stage1"):
-        return {"model": f"{RESULTS}/{wildcards.model}/final"}
-    if wildcards.model in ARCHITECTURES:
-        return {"model": f"{RESULTS}/architectures/{wildcards.model}/final"}
-    inputs = {"model": f"{RESULTS}/stage2/{wildcards.model}/final"}
-    if model_config(wildcards.model).get("method", "lora") == "lora":
-        inputs["init"] = stage2_init(wildcards.model)
-    return inputs
-
-
-def stage2_init(variant):
-    """The model a stage-2 variant starts from (config `stage2.init`: stage1, or base for no_stage1)."""
-    init = model_config(variant).get("init", "stage1")
-    if init not in ("stage1", "base"):
-        raise ValueError(
-            f"variant {variant}: stage2.init must be stage1 or base, got {init!r}"
-        )
-    return f"{RESULTS}/{init}/final"
-
-
-DOWNSTREAM = config.get("downstream") or {}
-METRICS = config.get("metrics") or {}
-TABLES = config.get("tables") or {}
-EXTRACTOR_SETTING = METRICS.get("extractor_setting", "real")
+    return S.model_inputs(wildcards.model)
 
 
 def downstream_inputs(wildcards):
-    """Synthetic slices a downstream setting needs: <kind>-<model> -> that model's default run on `train`
-    (MedDiff-FT kinds: on the stochastic-mask condition set - the filter also needs the feature extractor -
-    or, for real_synth_gm, on the guiding-mask condition set)."""
-    kind, _, model = wildcards.setting.partition("-")
-    if not model:
-        return {}
-    if kind == "real_synth_gm":
-        return {
-            "synthetic": samples(
-                model,
-                DEFAULT_RUN,
-                (DOWNSTREAM.get("meddiff") or {}).get(
-                    "inpaint_condition_set", "train_inpaint"
-                ),
-            )
-        }
-    if kind in ("real_synth_mg", "real_synth_mgf"):
-        inputs = {
-            "synthetic": samples(
-                model,
-                DEFAULT_RUN,
-                (DOWNSTREAM.get("meddiff") or {}).get(
-                    "condition_set", "train_stochastic"
-                ),
-            )
-        }
-        if kind == "real_synth_mgf":
-            inputs["extractor"] = f"{RESULTS}/downstream/{EXTRACTOR_SETTING}/segmenter"
-        return inputs
-    return {"synthetic": samples(model, DEFAULT_RUN, "train")}
+    """Synthetic slices (and the extractor) a downstream setting needs."""
+    return S.downstream_inputs(wildcards.setting)
 
 
-def metrics_json(model, run=None):
-    """Metrics file of one sampling run (default: the study's default run)."""
-    return f"{RESULTS}/metrics/{model}/{run or DEFAULT_RUN}.json"
+def table_inputs(wildcards):
+    """The named input files of table ``wildcards.table`` (its registry entry's)."""
+    return TABLE_SPECS[wildcards.table].inputs(S)
 
 
-def downstream_json(setting):
-    """Evaluation file of one downstream setting."""
-    return f"{RESULTS}/downstream/{setting}/evaluation.json"
-
-
-def samples(model, run, conditions, ext="safetensors"):
-    """Path of a sampled set."""
-    return f"{RESULTS}/samples/{model}/{run}/{conditions}.{ext}"
-
-
-def train_threads(section):
-    """Threads of a training rule (config ``<section>.threads``, default 1)."""
-    return int((config.get(section) or {}).get("threads", 1) or 1)
-
-
-#: one rule per paper table (rules/tables.smk), each writing tables/<name>.csv and .md
-TABLE_RULES = [
-    "victr_table2",
-    "victr_table3",
-    "victr_table4",
-    "medsyn2_table1",
-    "medsyn2_table5",
-    "medsyn2_table6",
-    "medsyn2_table7",
-    *(["medsyn2_ablation"] if ARCHITECTURES else []),
-    "maisi_steps",
-    "maisi_main",
-    "maisi_contrastive",
-    "maisi_hu_qc",
-    "meddiff_ft",
-]
-
-
-#: (model, run) pairs of the sample grid: each default variant with the default run, then ViCTr's samplers
-GRID_RUNS = list(
-    dict.fromkeys(
-        [(v, DEFAULT_RUN) for v in DEFAULT_VARIANTS]
-        + [
-            (SAMPLING.get("steps_model", "victr"), r)
-            for r in ("tweedie-2", "dopri5-auto")
-            if r in SAMPLING.get("steps_runs", [])
-        ]
-    )
-)
-LOSS_CURVES = {
-    "vae": f"{RESULTS}/vae/loss_curve.csv",
-    "base": f"{RESULTS}/base/loss_curve.csv",
-    "stage1": f"{RESULTS}/stage1/loss_curve.csv",
-    **{f"stage2 {v}": f"{RESULTS}/stage2/{v}/loss_curve.csv" for v in DEFAULT_VARIANTS},
-    f"downstream {EXTRACTOR_SETTING}": f"{RESULTS}/downstream/{EXTRACTOR_SETTING}/loss_curve.csv",
-}
+def table_settings(wildcards):
+    """What the builder of table ``wildcards.table`` reads beside its inputs."""
+    return table_params(wildcards.table, S)
 
 
 def report_inputs():
@@ -327,7 +152,7 @@ def report_inputs():
         f"{RESULTS}/figures/fd_vs_nfe.png",
         f"{RESULTS}/figures/loss_curves.png",
         *expand(
-            f"{RESULTS}/tables/{{table}}.{{ext}}", table=TABLE_RULES, ext=["csv", "md"]
+            f"{RESULTS}/tables/{{table}}.{{ext}}", table=TABLE_NAMES, ext=["csv", "md"]
         ),
     ]
 

@@ -10,7 +10,7 @@ rule metrics:
         index=samples("{model}", "{run}", "eval", "csv"),
         summary=samples("{model}", "{run}", "eval", "json"),
         shards=slice_shards,
-        extractor=f"{RESULTS}/downstream/{EXTRACTOR_SETTING}/segmenter",
+        extractor=EXTRACTOR,
     output:
         f"{RESULTS}/metrics/{{model}}/{{run}}.json",
     log:

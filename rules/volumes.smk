@@ -97,7 +97,7 @@ rule volume_metrics:
         index=f"{RESULTS}/volumes/samples/{{run}}/eval.csv",
         summary=f"{RESULTS}/volumes/samples/{{run}}/eval.json",
         shards=volume_shards,
-        extractor=f"{RESULTS}/downstream/{EXTRACTOR_SETTING}/segmenter",
+        extractor=EXTRACTOR,
     output:
         f"{RESULTS}/volumes/metrics/{{run}}.json",
     log:

@@ -14,5 +14,5 @@ from medsynth.provenance import tracked
 from medsynth.tables import make_table
 
 with tracked(snakemake):
-    make_table(snakemake.params.table, dict(snakemake.input.items()), dict(snakemake.params.items()),
+    make_table(snakemake.params.table, dict(snakemake.input.items()), snakemake.params.settings,
                snakemake.output.csv, snakemake.output.md)

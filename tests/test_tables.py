@@ -86,7 +86,7 @@ def test_make_table_from_files(tmp_path):
     for model in ("vanilla", "victr"):
         files[model] = tmp_path / f"{model}.json"
         files[model].write_text(json.dumps(metrics(model)))
-    params = {"paper_dir": str(PAPER), "tables": {"victr_dataset": "AMOS"}, "backbone": "unet2d_condition"}
+    params = {"paper_dir": str(PAPER), "dataset": "AMOS", "backbone": "unet2d_condition"}
     make_table("victr_table2", {k: str(v) for k, v in files.items()}, params, tmp_path / "t2.csv", tmp_path / "t2.md")
     out = pd.read_csv(tmp_path / "t2.csv")
     assert list(out["method"]) == ["vanilla", "victr"] and out.loc[0, "paper FID"] == 25.43  # AMOS row

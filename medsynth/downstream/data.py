@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medsynth.names import DOWNSTREAM_COMPOSITIONS
 from medsynth.train.data import TensorDictDataset
 
 __all__ = [
@@ -59,7 +60,7 @@ __all__ = [
     "apply_augmentation",
 ]
 
-SETTINGS = ("real", "real_aug", "real_synth", "synth_only")
+SETTINGS = DOWNSTREAM_COMPOSITIONS
 
 DEFAULT_AUGMENTATION: dict[str, Any] = {
     "prob": 0.4,

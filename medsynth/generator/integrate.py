@@ -24,6 +24,7 @@ from medsynth.generator.data import LatentData
 from medsynth.generator.field import ConditionedField
 from medsynth.models.backbones import build_backbone
 from medsynth.models.prompts import ABSENT_MASK_VALUE
+from medsynth.names import DIFFUSION_SAMPLERS, FLOW_SAMPLERS
 from medsynth.sample.batches import BatchStore
 from medsynth.train.signals import SignalFlag
 from medsynth.vae.models import model_device
@@ -47,8 +48,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-FLOW_SAMPLERS = ("euler", "heun", "dopri5", "tweedie")
-DIFFUSION_SAMPLERS = ("ddpm", "ddim")
 
 
 def parse_run(run: str) -> tuple[str, int | None]:

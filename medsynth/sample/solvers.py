@@ -44,6 +44,7 @@ import torch
 
 from medsynth.objectives.noise_prediction import DDPM_SCHEDULER_DEFAULTS
 from medsynth.objectives.rectified_flow import euler_step
+from medsynth.names import DIFFUSION_SAMPLERS, FLOW_SAMPLERS
 from medsynth.objectives.tweedie import AbarMapping, tweedie_corrected_velocity
 
 __all__ = [
@@ -68,9 +69,9 @@ Field = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 #: Names accepted by :func:`solve`.
-SOLVERS: tuple[str, ...] = ("euler", "heun", "dopri5", "tweedie")
+SOLVERS: tuple[str, ...] = FLOW_SAMPLERS
 #: Names accepted by :func:`make_scheduler` / :func:`diffusion_sample`.
-DIFFUSION_SCHEDULERS: tuple[str, ...] = ("ddpm", "ddim")
+DIFFUSION_SCHEDULERS: tuple[str, ...] = DIFFUSION_SAMPLERS
 #: Default cap on accepted + rejected dopri5 steps (a guard against a stiff or broken field).
 DOPRI5_MAX_NUM_STEPS: int = 10_000
 

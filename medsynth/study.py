@@ -1,0 +1,212 @@
+"""The study: everything the workflow derives from a validated config, without torch or Snakemake.
+
+``rules/common.smk`` makes one :class:`Study` and the rules ask it for paths, model names, the
+config section a model was trained with and the inputs of a table, so that what a rule needs is
+computed in one tested place and never parsed inline in a rule file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from medsynth.configmerge import variant_config
+from medsynth.names import DOWNSTREAM_KINDS, run_pattern
+
+__all__ = ["Study"]
+
+
+class Study:
+    """Names, paths and per-model settings of one study (a validated config)."""
+
+    def __init__(self, config: Mapping[str, Any], basedir: str | os.PathLike = "."):
+        self.config = config
+        self.basedir = str(basedir)
+        self.name = config["study"]
+        self.results = f"{config['results_dir']}/{self.name}"
+        #: stage-2 variants: named override sets of config `stage2`
+        self.variants = list(config.get("variants") or {})
+        #: the variants `snakemake` trains by default; the others when an output asks for them
+        self.default_variants = [v for v in config.get("default_variants", self.variants) if v in self.variants]
+        #: MedSyn2 architecture ablations: base generators trained from scratch with another backbone
+        self.architectures = dict(config.get("architectures") or {})
+        clash = set(self.architectures) & {"base", "stage1", *self.variants}
+        if clash:
+            raise ValueError(f"config architectures {sorted(clash)} clash with base / stage1 / variant names")
+        #: generators that can be sampled
+        self.models = ["base", "stage1", *self.variants, *self.architectures]
+        self.sampling = config.get("sampling") or {}
+        self.condition_sets = list(self.sampling.get("condition_sets") or {"eval": {}, "train": {}})
+        self.default_run = self.sampling.get("default_run", "euler-30")
+        self.volumes = config.get("volumes") or {}
+        self.downstream = config.get("downstream") or {}
+        self.metrics = config.get("metrics") or {}
+        self.tables = config.get("tables") or {}
+        self.extractor_setting = self.metrics.get("extractor_setting", "real")
+
+    # -- wildcards ---------------------------------------------------------------------------
+    def wildcard_constraints(self, datasets) -> dict[str, str]:
+        """Regular expressions of every wildcard of the workflow."""
+        def alternatives(names):
+            return "|".join(re.escape(n) for n in names) or "(?!)"
+
+        kinds = "|".join(k for k in DOWNSTREAM_KINDS if k not in ("real", "real_aug"))
+        return {
+            "dataset": "|".join(datasets),
+            "shard": r"\d+",
+            "variant": alternatives(self.variants),
+            "arch": alternatives(self.architectures),
+            "model": alternatives(self.models),
+            "run": run_pattern(),
+            "setting": rf"real|real_aug|({kinds})-(" + "|".join(re.escape(m) for m in self.models) + ")",
+            "conditions": alternatives(self.condition_sets),
+        }
+
+    # -- paths -------------------------------------------------------------------------------
+    def metrics_json(self, model: str, run: str | None = None) -> str:
+        """Metrics file of one sampling run (default: the study's default run)."""
+        return f"{self.results}/metrics/{model}/{run or self.default_run}.json"
+
+    def downstream_json(self, setting: str) -> str:
+        """Evaluation file of one downstream setting."""
+        return f"{self.results}/downstream/{setting}/evaluation.json"
+
+    def samples(self, model: str, run: str, conditions: str, ext: str = "safetensors") -> str:
+        """Path of a sampled set."""
+        return f"{self.results}/samples/{model}/{run}/{conditions}.{ext}"
+
+    def extractor(self) -> str:
+        """The self-trained feature extractor (the segmenter of the extractor setting)."""
+        return f"{self.results}/downstream/{self.extractor_setting}/segmenter"
+
+    def volume_metrics_json(self) -> dict[str, str]:
+        """Metrics of the 3D generator's default run (MedSyn2 Table 1 rows XY / YZ / ZX), if the study is 3D."""
+        if not self.volumes.get("enabled"):
+            return {}
+        return {"volumes": f"{self.results}/volumes/metrics/{self.volumes.get('run', 'euler-10')}.json"}
+
+    # -- what each model was trained with ----------------------------------------------------
+    def architecture_backbone(self, name: str) -> dict:
+        """`generator.backbone` of architecture `name`: its entry, deep-merged onto the one it `extends`."""
+        entry = dict(self.architectures[name])
+        parent = entry.pop("extends", None)
+        if parent is None:
+            return entry
+        if parent not in self.architectures:
+            raise ValueError(f"architectures.{name}.extends = {parent!r} is not an architecture")
+        return variant_config(self.architecture_backbone(parent), {name: entry}, name)
+
+    def model_generator(self, model: str) -> dict:
+        """`generator` section of a model: an architecture's own backbone, else the study's."""
+        if model in self.architectures:
+            return {**self.config["generator"], "backbone": self.architecture_backbone(model)}
+        return self.config["generator"]
+
+    def architecture_stage(self) -> dict:
+        """Training recipe of the architecture ablations: config `base` with `architecture_training` overrides."""
+        return {**self.config["base"], **(self.config.get("architecture_training") or {})}
+
+    def stage2_config(self, variant: str) -> dict:
+        """Config `stage2` with the overrides of ``variant`` merged in."""
+        return variant_config(self.config["stage2"], self.config["variants"], variant)
+
+    def model_config(self, model: str) -> dict:
+        """Config section a model was trained with: `base`, `stage1`, the variant's merged `stage2` or an
+        architecture's training recipe."""
+        if model in self.architectures:
+            return self.architecture_stage()
+        if model in ("base", "stage1"):
+            return self.config[model]
+        return self.stage2_config(model)
+
+    def model_sampling(self, model: str) -> dict:
+        """`sampling` settings of a model: the section, with the model's own `sampling` overrides (one-step students)."""
+        own = self.model_config(model).get("sampling") or {}
+        return {**self.sampling, **own, "hu_range": self.config["intensity"]["ct_hu_range"]}
+
+    def stage2_init(self, variant: str) -> str:
+        """The model a stage-2 variant starts from (config `stage2.init`: stage1, or base for no_stage1)."""
+        init = self.model_config(variant).get("init", "stage1")
+        if init not in ("stage1", "base"):
+            raise ValueError(f"variant {variant}: stage2.init must be stage1 or base, got {init!r}")
+        return f"{self.results}/{init}/final"
+
+    def model_inputs(self, model: str) -> dict[str, str]:
+        """Trained weights of ``model`` (+ the stage-1 model a LoRA variant adapts)."""
+        if model in ("base", "stage1"):
+            return {"model": f"{self.results}/{model}/final"}
+        if model in self.architectures:
+            return {"model": f"{self.results}/architectures/{model}/final"}
+        inputs = {"model": f"{self.results}/stage2/{model}/final"}
+        if self.model_config(model).get("method", "lora") == "lora":
+            inputs["init"] = self.stage2_init(model)
+        return inputs
+
+    # -- 3D path -----------------------------------------------------------------------------
+    def volume_generator_config(self) -> dict:
+        """`generator` section of the 3D generator: the study's, with the keys of `volumes.generator` replaced."""
+        return {**self.config["generator"], **(self.volumes.get("generator") or {})}
+
+    def volume_condition_set(self, name: str) -> dict:
+        """`volumes.condition_sets.<name>` (default: the slices' condition set of that name without its
+        slice-only options)."""
+        own = (self.volumes.get("condition_sets") or {}).get(name)
+        if own is not None:
+            return own
+        return {k: v for k, v in self.sampling["condition_sets"][name].items()
+                if k not in ("stochastic_masks", "inpaint")}
+
+    # -- downstream --------------------------------------------------------------------------
+    def downstream_settings(self, *kinds: str) -> list[str]:
+        """The study's downstream settings, or those of the given kinds (``real_synth`` of ``real_synth-victr``)."""
+        settings = list(self.downstream.get("settings", []))
+        return [s for s in settings if not kinds or s.split("-")[0] in kinds]
+
+    def downstream_inputs(self, setting: str) -> dict[str, str]:
+        """Synthetic slices a downstream setting needs: <kind>-<model> -> that model's default run on `train`
+        (MedDiff-FT kinds: on the stochastic-mask condition set - the filter also needs the feature
+        extractor - or, for real_synth_gm, on the guiding-mask condition set)."""
+        kind, _, model = setting.partition("-")
+        if not model:
+            return {}
+        meddiff = self.downstream.get("meddiff") or {}
+        if kind == "real_synth_gm":
+            return {"synthetic": self.samples(model, self.default_run,
+                                              meddiff.get("inpaint_condition_set", "train_inpaint"))}
+        if kind in ("real_synth_mg", "real_synth_mgf"):
+            inputs = {"synthetic": self.samples(model, self.default_run,
+                                                meddiff.get("condition_set", "train_stochastic"))}
+            if kind == "real_synth_mgf":
+                inputs["extractor"] = self.extractor()
+            return inputs
+        return {"synthetic": self.samples(model, self.default_run, "train")}
+
+    # -- resources ---------------------------------------------------------------------------
+    def train_threads(self, section: str) -> int:
+        """Threads of a training rule (config ``<section>.threads``, default 1)."""
+        return int((self.config.get(section) or {}).get("threads", 1) or 1)
+
+    # -- report ------------------------------------------------------------------------------
+    def steps_model(self) -> str:
+        """The model whose sampler sweep is MAISI's steps ablation (config `sampling.steps_model`)."""
+        return self.sampling.get("steps_model", "victr")
+
+    def grid_runs(self) -> list[tuple[str, str]]:
+        """(model, run) pairs of the sample grid: each default variant with the default run, then ViCTr's samplers."""
+        steps_runs = self.sampling.get("steps_runs", [])
+        return list(dict.fromkeys([(v, self.default_run) for v in self.default_variants]
+                                  + [(self.steps_model(), r) for r in ("tweedie-2", "dopri5-auto")
+                                     if r in steps_runs]))
+
+    def loss_curves(self) -> dict[str, str]:
+        """Loss curve of each training the report plots, by label."""
+        r = self.results
+        return {
+            "vae": f"{r}/vae/loss_curve.csv",
+            "base": f"{r}/base/loss_curve.csv",
+            "stage1": f"{r}/stage1/loss_curve.csv",
+            **{f"stage2 {v}": f"{r}/stage2/{v}/loss_curve.csv" for v in self.default_variants},
+            f"downstream {self.extractor_setting}": f"{r}/downstream/{self.extractor_setting}/loss_curve.csv",
+        }

@@ -1,0 +1,196 @@
+"""Every paper table, registered once: its title and notes, the files it is built from and how.
+
+The workflow has one table rule over a ``{table}`` wildcard (rules/tables.smk); its input function
+and params come from the :class:`TableSpec` of that name, so adding a table is one entry here (and
+its builder in :mod:`.builders`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from . import builders
+from .builders import load_json
+
+if TYPE_CHECKING:  # the study object is only passed in
+    from medsynth.study import Study
+
+__all__ = ["TableSpec", "TABLES", "table_names", "table_params"]
+
+Inputs = Callable[["Study"], dict[str, str]]
+Build = Callable[[dict, Mapping[str, str], Mapping], pd.DataFrame]
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One paper table: title and notes of its file, its inputs (named files) and its builder."""
+
+    title: str
+    notes: tuple[str, ...]
+    inputs: Inputs
+    #: (loaded JSON inputs by name, every input path by name, params) -> the table
+    build: Build
+    #: table-specific params (beside paper_dir) the builder reads, from the study
+    params: Callable[["Study"], dict] = field(default=lambda study: {})
+    #: whether the study has this table (the architecture ablation only with architectures)
+    enabled: Callable[["Study"], bool] = field(default=lambda study: True)
+
+
+def _victr_dataset(study: "Study") -> dict:
+    return {"dataset": study.tables.get("victr_dataset", "BTCV")}
+
+
+def _medsyn2_table1(loaded, inputs, params):
+    table = builders.medsyn2_table1(loaded["victr"], params["paper_dir"])
+    if "volumes" in loaded:  # a 3D study: the volume generator's window x plane rows
+        table = pd.concat([table.assign(data="2D slices (victr)"),
+                           builders.medsyn2_table1(loaded["volumes"], params["paper_dir"]).assign(data="3D volumes")],
+                          ignore_index=True)
+    return table
+
+
+def _contrastive_roi(study: "Study") -> dict:
+    on = study.model_config(study.tables.get("contrastive_on", "contrastive"))
+    return {"contrastive_roi": (on.get("contrastive") or {}).get("roi", "liver")}
+
+
+def _meddiff_inputs(study: "Study") -> dict[str, str]:
+    own = f"real_synth-{study.tables.get('meddiff_model', 'victr')}"
+    settings = [s for s in study.downstream_settings() if s.split("-")[0] in ("real_synth_mg", "real_synth_mgf",
+                                                                              "real_synth_gm") or s == own]
+    return {**{s: study.downstream_json(s) for s in settings}, "real": study.downstream_json("real")}
+
+
+#: Table name -> its spec. The name is also the file stem: tables/<name>.csv and .md.
+TABLES: dict[str, TableSpec] = {
+    "victr_table2": TableSpec(
+        "ViCTr Table 2 - image quality of vanilla fine-tuning vs ViCTr",
+        ("FID needs torch-fidelity's InceptionV3 weights (config metrics.inception_weights, or"
+         " weights-inception-2015-12-05-6726825d.pth in the torch hub cache); without them the cell says so.",
+         "The paper's MFID uses M3D-CLIP features; ours is the Frechet distance on the encoder named in the column.",
+         "seconds per sample: wall time of the sampler + VAE decoding on this run's device (not deterministic)."),
+        inputs=lambda s: {"vanilla": s.metrics_json("vanilla"), "victr": s.metrics_json("victr")},
+        build=lambda loaded, inputs, p: builders.victr_table2(loaded, p["backbone"], p["paper_dir"], p["dataset"]),
+        params=lambda s: {**_victr_dataset(s), "backbone": s.config["generator"]["backbone"]["type"]},
+    ),
+    "victr_table3": TableSpec(
+        "ViCTr Table 3 - downstream segmentation per training setting",
+        ("mDSC / mHD95: means over the condition channels present in the real test slices (MONAI metrics).",),
+        inputs=lambda s: {st: s.downstream_json(st) for st in s.downstream_settings()},
+        build=lambda loaded, inputs, p: builders.victr_table3(loaded, p["downstream_name"], p["paper_dir"],
+                                                              p["dataset"]),
+        params=lambda s: {**_victr_dataset(s), "downstream_name": s.downstream.get("name", "UNet")},
+    ),
+    "victr_table4": TableSpec(
+        "ViCTr Table 4 - ablations",
+        ("Each row is one stage-2 variant (config `variants`), sampled with the study's default run; the one-step"
+         " students (fsf: reflow couplings distilled into the one-step map; dmd: distribution matching"
+         " distillation) with their one Euler step (column run).",),
+        inputs=lambda s: {row["model"]: s.metrics_json(row["model"], row.get("run"))
+                          for row in s.tables.get("victr_t4", [])},
+        build=lambda loaded, inputs, p: builders.victr_table4(p["rows"], loaded, p["paper_dir"]),
+        params=lambda s: {"rows": list(s.tables.get("victr_t4", []))},
+    ),
+    "medsyn2_table1": TableSpec(
+        "MedSyn2 Table 1 - Frechet distance per CT window and plane",
+        ("2D slices have only the axial (XY) plane; volumes (config `volumes`) have XY / YZ / ZX: the central 40 %"
+         " of the slices along each axis (MAISI's 2.5D FID). The paper's extractor is RadImageNet ResNet-50.",),
+        inputs=lambda s: {**s.volume_metrics_json(), "victr": s.metrics_json("victr")},
+        build=_medsyn2_table1,
+    ),
+    "medsyn2_table5": TableSpec(
+        "MedSyn2 Table 5 - segmentation with real / synthesized / combined training data",
+        (),
+        inputs=lambda s: {st: s.downstream_json(st) for st in s.downstream_settings("real", "real_synth",
+                                                                                    "synth_only")},
+        build=lambda loaded, inputs, p: builders.medsyn2_table5(loaded, p["paper_dir"]),
+    ),
+    "medsyn2_table6": TableSpec(
+        "MedSyn2 Table 6 - masks reconstructed through the image tokenizer (VAE)",
+        ("Objects are the study's condition channels; the paper's objects are chest CT structures.",),
+        inputs=lambda s: {"reconstruction": f"{s.results}/vae/reconstruction.csv"},
+        build=lambda loaded, inputs, p: builders.medsyn2_table6(pd.read_csv(inputs["reconstruction"]),
+                                                                p["paper_dir"]),
+    ),
+    "medsyn2_table7": TableSpec(
+        "MedSyn2 Table 7 - masks re-segmented from generated images",
+        ("generated_vs_gt: the re-segmenter on generated images vs the masks they were conditioned on;"
+         " real_resegmented_vs_gt: the same re-segmenter on the real images (its own error floor).",),
+        inputs=lambda s: {"victr": s.metrics_json("victr"), "reconstruction": f"{s.results}/vae/reconstruction.csv"},
+        build=lambda loaded, inputs, p: builders.medsyn2_table7(loaded["victr"], pd.read_csv(inputs["reconstruction"]),
+                                                                p["paper_dir"]),
+    ),
+    "medsyn2_ablation": TableSpec(
+        "MedSyn2 Supp. 7.5 - DiT depthwise convolution and gated attention on / off",
+        ("Each row is a generator trained from scratch with the same recipe (config `base` +"
+         " `architecture_training`) and the backbone of config `architectures.<name>`.",),
+        inputs=lambda s: {arch: s.metrics_json(arch) for arch in s.architectures},
+        build=lambda loaded, inputs, p: builders.medsyn2_ablation(loaded, p["architectures"]),
+        params=lambda s: {"architectures": {a: s.architecture_backbone(a) for a in s.architectures}},
+        enabled=lambda s: bool(s.architectures),
+    ),
+    "maisi_steps": TableSpec(
+        "MAISI-v2 steps ablation - Frechet distance vs sampler steps (FD-vs-NFE)",
+        (),
+        inputs=lambda s: {run: s.metrics_json(s.steps_model(), run) for run in s.sampling.get("steps_runs", [])},
+        build=lambda loaded, inputs, p: builders.maisi_steps(list(loaded.values()), p["paper_dir"]),
+    ),
+    "maisi_main": TableSpec(
+        "MAISI-v2 main results - method x steps x seconds",
+        ("seconds per sample: wall time on this run's device (not deterministic); the paper's are on an A100"
+         " at 512^3.",),
+        inputs=lambda s: {f"{r['model']}/{r['run']}": s.metrics_json(r["model"], r["run"])
+                          for r in s.tables.get("maisi_main", [])},
+        build=lambda loaded, inputs, p: builders.maisi_main(list(loaded.values()), p["paper_dir"]),
+    ),
+    "maisi_contrastive": TableSpec(
+        "MAISI-v2 region-specific contrastive loss - off vs on",
+        ("ROI = config stage2.contrastive.roi; its Dice / HD95 come from re-segmenting the generated held-out"
+         " samples.",
+         "MAISI-v2 gives the loss's settings (delta 2, lambda 0.01 then 0.001) but no ablation number."),
+        inputs=lambda s: {"off": s.metrics_json(s.tables.get("contrastive_off", "victr")),
+                          "on": s.metrics_json(s.tables.get("contrastive_on", "contrastive"))},
+        build=lambda loaded, inputs, p: builders.maisi_contrastive({"off": loaded["off"], "on": loaded["on"]},
+                                                                   p["contrastive_roi"], p["paper_dir"]),
+        params=_contrastive_roi,
+    ),
+    "maisi_hu_qc": TableSpec(
+        "MAISI HU quality check - organ median HU within bounds from the real training slices",
+        ("A held-out sample passes when the median HU of every organ of its conditioning mask is inside that"
+         " organ's bounds; failures are resampled from fresh noise up to `max tries` attempts.",
+         "The real slices' pass rate is the same check on the real test slices (the bounds' own fit)."),
+        inputs=lambda s: {m: s.metrics_json(m) for m in s.tables.get("hu_qc_models", ["victr"])},
+        build=lambda loaded, inputs, p: builders.maisi_hu_qc(loaded, p["paper_dir"]),
+    ),
+    "meddiff_ft": TableSpec(
+        "MedDiff-FT - segmentation with synthetic data from generated masks, filtered",
+        ("The paper gives one number (abstract): +1.0 % mean Dice over five datasets, for its full pipeline.",
+         "Filter: Mahalanobis distance of the self-trained encoder's features to the real training slices'."),
+        inputs=_meddiff_inputs,
+        build=lambda loaded, inputs, p: builders.meddiff_ft(loaded, p["paper_dir"]),
+    ),
+}
+
+
+def table_names(study: "Study") -> list[str]:
+    """The tables this study builds, in registry order."""
+    return [name for name, spec in TABLES.items() if spec.enabled(study)]
+
+
+def table_params(name: str, study: "Study") -> dict:
+    """Params of the table rule for ``name``: where the published values are, and the spec's own."""
+    paper_dir = os.path.join(study.basedir, study.tables.get("paper_reported", "config/paper_reported"))
+    return {"paper_dir": paper_dir, **TABLES[name].params(study)}
+
+
+def build_table(name: str, inputs: Mapping[str, str], params: Mapping) -> pd.DataFrame:
+    """The table ``name`` from its input files (the rule's named inputs) and the rule's params."""
+    if name not in TABLES:
+        raise KeyError(f"unknown table {name!r}; known: {sorted(TABLES)}")
+    loaded = {k: load_json(v) for k, v in inputs.items() if str(v).endswith(".json")}
+    return TABLES[name].build(loaded, inputs, params)

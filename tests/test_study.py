@@ -1,0 +1,77 @@
+"""The study object (what the workflow derives from config), the table registry and the name lists."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from medsynth.names import DOWNSTREAM_KINDS, SAMPLERS, run_pattern
+from medsynth.study import Study
+from medsynth.tables import TABLES, build_table, table_names, table_params
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
+
+
+def _study(**overrides) -> Study:
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config.update(overrides)
+    validate(config, str(REPO / "config" / "schema.yaml"))
+    return Study(config, REPO)
+
+
+def test_schema_run_pattern_is_the_sampler_list():
+    pattern = SCHEMA["properties"]["sampling"]["properties"]["default_run"]["pattern"]
+    schema_samplers = re.match(r"\^\(([a-z0-9|]+)\)", pattern).group(1).split("|")
+    assert sorted(schema_samplers + ["dopri5"]) == sorted(SAMPLERS)
+    for run in ("euler-30", "ddim-5", "dopri5-auto"):
+        assert re.fullmatch(run_pattern(), run) and re.fullmatch(pattern, run)
+    for run in ("dopri5-3", "euler-auto", "rk4-10"):
+        assert not re.fullmatch(run_pattern(), run) and not re.fullmatch(pattern, run)
+
+
+def test_schema_setting_pattern_is_the_downstream_kind_list():
+    items = SCHEMA["properties"]["downstream"]["properties"]["settings"]["items"]["pattern"]
+    kinds = set(re.findall(r"[a-z_]+", items.split("-")[0]))
+    assert kinds == set(DOWNSTREAM_KINDS)
+
+
+def test_default_study_models_inputs_and_wildcards():
+    s = _study()
+    assert s.models[:2] == ["base", "stage1"] and "victr" in s.models
+    assert s.model_inputs("victr") == {"model": f"{s.results}/stage2/victr/final", "init": f"{s.results}/stage1/final"}
+    assert s.model_inputs("base") == {"model": f"{s.results}/base/final"}
+    constraints = s.wildcard_constraints(["example"])
+    assert re.fullmatch(constraints["setting"], "real_synth_mgf-victr")
+    assert not re.fullmatch(constraints["setting"], "real_synth-nosuchmodel")
+    assert s.downstream_inputs("real") == {}
+    assert set(s.downstream_inputs("real_synth_mgf-victr")) == {"synthetic", "extractor"}
+
+
+def test_architecture_clash_and_bad_extends_are_clear_errors():
+    with pytest.raises(ValueError, match="clash"):
+        _study(architectures={"victr": {"type": "medsyn2_dit"}})
+    s = _study(architectures={"a": {"extends": "nope"}})
+    with pytest.raises(ValueError, match="not an architecture"):
+        s.architecture_backbone("a")
+
+
+def test_every_registered_table_has_inputs_under_the_results_and_params():
+    s = _study()
+    names = table_names(s)
+    assert set(names) <= set(TABLES) and "victr_table2" in names
+    for name in names:
+        inputs = TABLES[name].inputs(s)
+        assert inputs, name
+        assert all(str(p).startswith(s.results) for p in inputs.values()), name
+        assert Path(table_params(name, s)["paper_dir"]).is_dir()
+    assert "medsyn2_ablation" not in table_names(_study(architectures={}))
+
+
+def test_unknown_table_is_a_key_error_naming_the_known_ones():
+    with pytest.raises(KeyError, match="victr_table2"):
+        build_table("no_such_table", {}, {})
