@@ -115,4 +115,4 @@ rule architecture:
         generator=lambda wc: model_generator(wc.arch),
         stage=architecture_stage(),
     script:
-        "../scripts/base.py"
+        "../scripts/architecture.py"

@@ -24,7 +24,7 @@ rule volume_vae:
     params:
         vae=VOLUMES.get("vae", {}),
     script:
-        "../scripts/vae.py"
+        "../scripts/volume_vae.py"
 
 
 rule volume_generator:
@@ -52,7 +52,7 @@ rule volume_generator:
         generator=volume_generator_config(),
         stage=VOLUMES.get("training", {}),
     script:
-        "../scripts/base.py"
+        "../scripts/volume_generator.py"
 
 
 rule volume_sample:
@@ -85,7 +85,7 @@ rule volume_sample:
         },
         select=lambda wc: volume_condition_set(wc.conditions),
     script:
-        "../scripts/sample.py"
+        "../scripts/volume_sample.py"
 
 
 rule volume_metrics:

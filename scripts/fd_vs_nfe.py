@@ -5,14 +5,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(snakemake.scriptdir))  # this checkout's medsynth package
 
-from medsynth.logutil import log_to_file
+from medsynth.tasks import run_rule
 
-log_to_file(snakemake.log[0])
-
-from medsynth.provenance import tracked
-
-from medsynth.evaluation_figures import fd_vs_nfe
-from medsynth.tables import load_json
-
-with tracked(snakemake):
-    fd_vs_nfe([load_json(p) for p in snakemake.input], snakemake.output[0])
+run_rule(snakemake, "report:fd_vs_nfe")

@@ -5,13 +5,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(snakemake.scriptdir))  # this checkout's medsynth package
 
-from medsynth.logutil import log_to_file
+from medsynth.tasks import run_rule
 
-log_to_file(snakemake.log[0])
-
-from medsynth.provenance import tracked
-
-from medsynth.steps import combine_quarantine
-
-with tracked(snakemake):
-    combine_quarantine(snakemake.input.ingest, snakemake.input.registered, snakemake.input.masks, snakemake.output.table)
+run_rule(snakemake, "masks:quarantine")

@@ -5,14 +5,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(snakemake.scriptdir))  # this checkout's medsynth package
 
-from medsynth.logutil import log_to_file
+from medsynth.tasks import run_rule
 
-log_to_file(snakemake.log[0])
-
-from medsynth.provenance import tracked
-
-from medsynth.tables import make_table
-
-with tracked(snakemake):
-    make_table(snakemake.params.table, dict(snakemake.input.items()), snakemake.params.settings,
-               snakemake.output.csv, snakemake.output.md)
+run_rule(snakemake, "tables:table")

@@ -5,13 +5,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(snakemake.scriptdir))  # this checkout's medsynth package
 
-from medsynth.logutil import log_to_file
+from medsynth.tasks import run_rule
 
-log_to_file(snakemake.log[0])
-
-from medsynth.provenance import tracked
-
-from medsynth.steps import make_templates
-
-with tracked(snakemake):
-    make_templates(snakemake.input.manifest, snakemake.output.templates, snakemake.params.preprocess)
+run_rule(snakemake, "preprocess:templates")

@@ -5,14 +5,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(snakemake.scriptdir))  # this checkout's medsynth package
 
-from medsynth.logutil import log_to_file
+from medsynth.tasks import run_rule
 
-log_to_file(snakemake.log[0])
-
-from medsynth.provenance import tracked
-
-from medsynth.steps import training_sets_for_shard
-
-with tracked(snakemake):
-    training_sets_for_shard(snakemake.input.manifest, snakemake.input.registered, snakemake.input.masks,
-                            snakemake.output, snakemake.params.intensity, snakemake.params.trainsets)
+run_rule(snakemake, "preprocess:training_sets")

@@ -9,7 +9,8 @@ import pytest
 import SimpleITK as sitk
 from dicom_writer import write_series
 
-from medsynth.data.ingest import SHARD_TABLE, CaseRejected, IngestOptions, ingest_case, ingest_shard
+from medsynth.cases import SHARD_TABLE, CaseRejected
+from medsynth.data.ingest import IngestOptions, ingest_case, ingest_shard
 from medsynth.io.volume import canonical, nifti_to_sitk, orientation_codes, read_volume
 
 

@@ -8,27 +8,20 @@ QC is not written; its reason goes to the shard table and from there to ``qc/qua
 from __future__ import annotations
 
 import logging
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
+from medsynth.cases import CaseRejected, process_cases
 from medsynth.data.qc import QCThresholds, qc_reasons, voxel_spacing
-from medsynth.fsutil import atomic_dir, sha256_file
+from medsynth.fsutil import sha256_file
 from medsynth.io.dicom import DicomSeriesError, find_series, read_series, series_digest
 from medsynth.io.volume import canonical, orientation_codes, read_volume, write_nifti
 
 log = logging.getLogger(__name__)
-
-SHARD_TABLE = "cases.csv"
-
-
-class CaseRejected(ValueError):
-    """The case is quarantined; the message is the one-line reason."""
 
 
 @dataclass(frozen=True)
@@ -139,25 +132,9 @@ def ingest_shard(sources: pd.DataFrame, out_dir: str | Path, options: IngestOpti
     Returns the shard table: one row per case with ``status`` (``ok``/``quarantined``) and ``reason``.
     A failing case never stops the others.
     """
-    out_dir = Path(out_dir)
-    rows = []
-    with atomic_dir(out_dir) as tmp:
-        for row in tqdm(sources.to_dict("records"), desc=f"ingest {out_dir.name}", disable=not progress):
-            result = {k: row[k] for k in sources.columns}
-            try:
-                produced = ingest_case(row, tmp, options)
-                # paths inside the temporary folder become paths inside the final one
-                for key in ("path", "label_path"):
-                    if produced[key]:
-                        produced[key] = str(out_dir / Path(produced[key]).relative_to(tmp))
-                result.update(produced, status="ok", reason="")
-            except CaseRejected as err:
-                log.warning("quarantined %s: %s", row["case_id"], err)
-                result.update(status="quarantined", reason=str(err))
-            except Exception as err:  # unexpected: keep the study going, keep the evidence
-                log.error("quarantined %s after an unexpected error:\n%s", row["case_id"], traceback.format_exc())
-                result.update(status="quarantined", reason=f"ingest error: {type(err).__name__}: {err}")
-            rows.append(result)
-        table = pd.DataFrame(rows)
-        table.to_csv(tmp / SHARD_TABLE, index=False)
-    return table
+    columns = list(sources.columns)
+    return process_cases(
+        sources.to_dict("records"), out_dir, lambda case, tmp: ingest_case(case, tmp, options),
+        row=lambda case: {k: case[k] for k in columns},
+        error_reason=lambda err: f"ingest error: {type(err).__name__}: {err}",
+        path_keys=("path", "label_path"), stage="ingest", progress=progress)

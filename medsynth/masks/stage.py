@@ -10,23 +10,19 @@ from __future__ import annotations
 
 import json
 import logging
-import traceback
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
-from medsynth.fsutil import atomic_dir
+from medsynth.cases import CaseRejected, process_cases
 from medsynth.io.volume import write_nifti
 from medsynth.masks.backend import Segmentation, make_segmenter
 from medsynth.masks.conditions import ConditionSpec, condition_masks
-from medsynth.preprocess.stage import remove_case_files
 
 log = logging.getLogger(__name__)
 
-SHARD_TABLE = "cases.csv"
 
 
 def structure_names(spec: str | dict) -> dict[int, str]:
@@ -64,38 +60,30 @@ def masks_shard(registered: pd.DataFrame, out_dir: str | Path, segmenters: dict[
     """Segment the registered cases of a shard and derive their condition masks (folder written atomically)."""
     out_dir = Path(out_dir)
     pool = _Segmenters(segmenters)
-    rows = []
-    with atomic_dir(out_dir) as tmp:
-        for case in tqdm(registered.to_dict("records"), desc=f"masks {out_dir.name}", disable=not progress):
-            row = {k: case[k] for k in ("case_id", "patient_id", "dataset", "modality", "split")}
-            if case["status"] != "ok":
-                continue  # already quarantined upstream
-            try:
-                name = by_modality.get(case["modality"])
-                if name is None:
-                    raise ValueError(f"no segmenter for modality {case['modality']} (masks.by_modality)")
-                seg = pool.segment(name, case)
-                labels = np.asarray(seg.labels.dataobj).astype(np.int16)
-                voxel_ml = float(np.prod(np.linalg.norm(seg.labels.affine[:3, :3], axis=0))) / 1000.0
-                result = condition_masks(labels, seg.names, specs, voxel_ml)
-                write_nifti(nib.Nifti1Image(labels, seg.labels.affine), tmp / "labels" / f"{case['case_id']}.nii.gz", np.int16)
-                channels = np.moveaxis(result.channels, 0, -1)
-                write_nifti(nib.Nifti1Image(channels, seg.labels.affine), tmp / "conditions" / f"{case['case_id']}.nii.gz", np.uint8)
-                row.update(segmenter=name, labels_path=str(out_dir / "labels" / f"{case['case_id']}.nii.gz"),
-                           conditions_path=str(out_dir / "conditions" / f"{case['case_id']}.nii.gz"),
-                           structures=json.dumps(sorted(set(seg.names[i] for i in np.unique(labels) if i in seg.names))),
-                           **{f"ml_{k}": round(v, 2) for k, v in result.volumes_ml.items()})
-                if result.reasons:
-                    remove_case_files(tmp, case["case_id"])
-                    row.update(status="quarantined", reason="; ".join(result.reasons), labels_path="", conditions_path="")
-                else:
-                    row.update(status="ok", reason="")
-            except Exception as err:
-                log.error("masks of %s failed:\n%s", case["case_id"], traceback.format_exc())
-                remove_case_files(tmp, case["case_id"])
-                row.update(status="quarantined", reason=f"segmentation failed: {err}")
-            rows.append(row)
-        table = pd.DataFrame(rows)
-        (tmp / "conditions.json").write_text(json.dumps([s.name for s in specs]))
-        table.to_csv(tmp / SHARD_TABLE, index=False)
-    return table
+
+    def segment(case: dict, tmp: Path) -> dict:
+        name = by_modality.get(case["modality"])
+        if name is None:
+            raise ValueError(f"no segmenter for modality {case['modality']} (masks.by_modality)")
+        seg = pool.segment(name, case)
+        labels = np.asarray(seg.labels.dataobj).astype(np.int16)
+        voxel_ml = float(np.prod(np.linalg.norm(seg.labels.affine[:3, :3], axis=0))) / 1000.0
+        result = condition_masks(labels, seg.names, specs, voxel_ml)
+        produced = {"segmenter": name, "labels_path": str(tmp / "labels" / f"{case['case_id']}.nii.gz"),
+                    "conditions_path": str(tmp / "conditions" / f"{case['case_id']}.nii.gz"),
+                    "structures": json.dumps(sorted(set(seg.names[i] for i in np.unique(labels) if i in seg.names))),
+                    **{f"ml_{k}": round(v, 2) for k, v in result.volumes_ml.items()}}
+        if result.reasons:  # mask QC failed: quarantined with what was measured, without files
+            raise CaseRejected("; ".join(result.reasons), {**produced, "labels_path": "", "conditions_path": ""})
+        write_nifti(nib.Nifti1Image(labels, seg.labels.affine), produced["labels_path"], np.int16)
+        channels = np.moveaxis(result.channels, 0, -1)
+        write_nifti(nib.Nifti1Image(channels, seg.labels.affine), produced["conditions_path"], np.uint8)
+        return produced
+
+    return process_cases(
+        [case for case in registered.to_dict("records") if case["status"] == "ok"],  # the others: quarantined upstream
+        out_dir, segment,
+        row=lambda case: {k: case[k] for k in ("case_id", "patient_id", "dataset", "modality", "split")},
+        error_reason=lambda err: f"segmentation failed: {err}",
+        path_keys=("labels_path", "conditions_path"), stage="masks", progress=progress,
+        finish=lambda tmp: (tmp / "conditions.json").write_text(json.dumps([s.name for s in specs])))

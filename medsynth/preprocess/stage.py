@@ -10,21 +10,18 @@ the transform are written per case; cases whose registration fails are quarantin
 from __future__ import annotations
 
 import logging
-import traceback
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
-from medsynth.fsutil import atomic_dir
+from medsynth.cases import process_cases
 from medsynth.io.volume import canonical, write_nifti
 from medsynth.preprocess.registration import RegistrationParams, build_template, reference_grid, register_affine
 
 log = logging.getLogger(__name__)
 
-SHARD_TABLE = "cases.csv"
 #: value outside the field of view after resampling
 FILL = {"CT": -1024.0}
 
@@ -68,38 +65,23 @@ def register_case(image: nib.Nifti1Image, grid: nib.Nifti1Image, modality: str, 
     return row
 
 
-def remove_case_files(folder: Path, case_id: str) -> None:
-    """Delete every file of ``case_id`` under ``folder`` (a quarantined case leaves nothing behind)."""
-    for path in folder.rglob(f"{case_id}.*"):
-        path.unlink()
-
-
 def register_shard(cases: pd.DataFrame, grids: dict[str, nib.Nifti1Image], out_dir: str | Path,
                    params: RegistrationParams, min_coverage: float = 0.05, progress: bool = True) -> pd.DataFrame:
     """Register every case of a shard (manifest rows) into the folder ``out_dir`` (atomically)."""
-    out_dir = Path(out_dir)
-    rows = []
-    with atomic_dir(out_dir) as tmp:
-        for case in tqdm(cases.to_dict("records"), desc=f"register {out_dir.name}", disable=not progress):
-            row = {"case_id": case["case_id"], "patient_id": case["patient_id"], "dataset": case["dataset"],
-                   "modality": case["modality"], "split": case["split"], "source": case["source"]}
-            try:
-                if case["modality"] not in grids:
-                    raise ValueError(f"no study grid for modality {case['modality']}")
-                image = nib.load(case["path"])
-                label = nib.load(case["label_path"]) if case.get("label_path") else None
-                produced = register_case(image, grids[case["modality"]], case["modality"], params, label, tmp, case["case_id"])
-                for key in ("registered_path", "coverage_path", "transform_path", "registered_label_path"):
-                    if produced[key]:
-                        produced[key] = str(out_dir / Path(produced[key]).relative_to(tmp))
-                if produced["coverage_fraction"] < min_coverage:
-                    raise ValueError(f"registration left {produced['coverage_fraction']:.1%} of the study grid covered (< {min_coverage:.0%})")
-                row.update(produced, status="ok", reason="")
-            except Exception as err:  # a failed case is quarantined; the shard goes on
-                log.error("registration of %s failed:\n%s", case["case_id"], traceback.format_exc())
-                remove_case_files(tmp, case["case_id"])
-                row.update(status="quarantined", reason=f"registration failed: {err}")
-            rows.append(row)
-        table = pd.DataFrame(rows)
-        table.to_csv(tmp / SHARD_TABLE, index=False)
-    return table
+    def register(case: dict, tmp: Path) -> dict:
+        if case["modality"] not in grids:
+            raise ValueError(f"no study grid for modality {case['modality']}")
+        image = nib.load(case["path"])
+        label = nib.load(case["label_path"]) if case.get("label_path") else None
+        produced = register_case(image, grids[case["modality"]], case["modality"], params, label, tmp, case["case_id"])
+        if produced["coverage_fraction"] < min_coverage:
+            raise ValueError(f"registration left {produced['coverage_fraction']:.1%} of the study grid covered"
+                             f" (< {min_coverage:.0%})")
+        return produced
+
+    return process_cases(
+        cases.to_dict("records"), out_dir, register,
+        row=lambda case: {k: case[k] for k in ("case_id", "patient_id", "dataset", "modality", "split", "source")},
+        error_reason=lambda err: f"registration failed: {err}",
+        path_keys=("registered_path", "coverage_path", "transform_path", "registered_label_path"),
+        stage="register", progress=progress)

@@ -1,7 +1,4 @@
-"""Entry functions of the preprocessing and mask rules: paths in, declared outputs written.
-
-Each rule script calls exactly one of these; tests call them without Snakemake.
-"""
+"""Tasks of rules/preprocess.smk: templates, register, training_sets, registration_figure."""
 
 from __future__ import annotations
 
@@ -14,17 +11,13 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from medsynth.data.ingest import SHARD_TABLE as INGEST_TABLE
-from medsynth.data.manifest import QUARANTINE_COLUMNS
-from medsynth.figures import display, mask_overlay, registration_overlay
-from medsynth.fsutil import atomic_dir, write_csv_atomic
-from medsynth.masks.conditions import ConditionSpec
-from medsynth.masks.stage import SHARD_TABLE as MASKS_TABLE
-from medsynth.masks.stage import masks_shard
+from medsynth.cases import SHARD_TABLE
+from medsynth.figures import display, registration_overlay
+from medsynth.fsutil import atomic_dir
 from medsynth.preprocess.registration import RegistrationParams
-from medsynth.preprocess.stage import SHARD_TABLE as REGISTERED_TABLE
 from medsynth.preprocess.stage import register_shard, study_template
 from medsynth.preprocess.trainsets import SliceOptions, build_training_shard
+from medsynth.tasks import Job, task
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +52,7 @@ def register_ingest_shard(manifest_csv: str, ingest_shard: str, templates_dir: s
                           preprocess_cfg: dict) -> pd.DataFrame:
     """Register the accepted cases of one ingest shard to their modality's study grid."""
     manifest = _read(manifest_csv)
-    ingested = set(_read(Path(ingest_shard) / INGEST_TABLE)["case_id"])
+    ingested = set(_read(Path(ingest_shard) / SHARD_TABLE)["case_id"])
     cases = manifest[manifest["case_id"].isin(ingested)]
     grids = {p.name.split(".")[0]: nib.load(p) for p in sorted(Path(templates_dir).glob("*.nii.gz"))}
     by_modality = {m: registration_params(preprocess_cfg, m) for m in grids}
@@ -73,22 +66,15 @@ def register_ingest_shard(manifest_csv: str, ingest_shard: str, templates_dir: s
                 for key in ("registered_path", "coverage_path", "transform_path", "registered_label_path"):
                     if key in part:
                         part[key] = [str(Path(out_dir) / Path(v).relative_to(tmp)) if v else "" for v in part[key].fillna("")]
-                (tmp / modality / REGISTERED_TABLE).unlink()  # its paths name the temporary folder; the shard table below is the record
+                (tmp / modality / SHARD_TABLE).unlink()  # its paths name the temporary folder; the shard table below is the record
                 tables.append(part)
         missing = cases[~cases["modality"].isin(grids)]
         if len(missing):
             tables.append(missing[["case_id", "patient_id", "dataset", "modality", "split", "source"]].assign(
                 status="quarantined", reason="registration failed: no template for this modality"))
         table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["case_id", "status", "reason"])
-        table.to_csv(tmp / REGISTERED_TABLE, index=False)
+        table.to_csv(tmp / SHARD_TABLE, index=False)
     return table
-
-
-def masks_for_shard(registered_dir: str, out_dir: str, masks_cfg: dict) -> pd.DataFrame:
-    """Pseudo-masks, condition masks and mask QC of one registered shard."""
-    registered = _read(Path(registered_dir) / REGISTERED_TABLE)
-    specs = [ConditionSpec.from_config(c) for c in masks_cfg["conditions"]]
-    return masks_shard(registered, out_dir, masks_cfg["segmenters"], masks_cfg["by_modality"], specs)
 
 
 def training_sets_for_shard(manifest_csv: str, registered_dir: str, masks_dir: str, outputs, intensity_cfg: dict,
@@ -96,39 +82,25 @@ def training_sets_for_shard(manifest_csv: str, registered_dir: str, masks_dir: s
     """2D and 3D training sets of one shard (outputs: slices, slices_index, volumes, volumes_index)."""
     names = json.loads((Path(masks_dir) / "conditions.json").read_text())
     build_training_shard(
-        _read(Path(masks_dir) / MASKS_TABLE), _read(Path(registered_dir) / REGISTERED_TABLE), _read(manifest_csv), names,
+        _read(Path(masks_dir) / SHARD_TABLE), _read(Path(registered_dir) / SHARD_TABLE), _read(manifest_csv), names,
         intensity_cfg, SliceOptions.from_config(trainsets_cfg.get("slices") or {}),
         tuple(trainsets_cfg.get("volume_size", (64, 64, 64))),
         (Path(outputs.slices), Path(outputs.slices_index)), (Path(outputs.volumes), Path(outputs.volumes_index)),
     )
 
 
-def combine_quarantine(ingest_csv: str, registered_dirs: list[str], masks_dirs: list[str], out_csv: str) -> pd.DataFrame:
-    """All quarantined cases of every stage in one table."""
-    parts = [_read(ingest_csv)]
-    for stage, dirs, table in (("registration", registered_dirs, REGISTERED_TABLE), ("masks", masks_dirs, MASKS_TABLE)):
-        for d in dirs:
-            rows = _read(Path(d) / table)
-            if "status" in rows:
-                parts.append(rows[rows["status"] == "quarantined"].assign(stage=stage))
-    combined = pd.concat(parts, ignore_index=True).reindex(columns=QUARANTINE_COLUMNS).fillna("")
-    combined = combined.sort_values(["stage", "case_id"]).reset_index(drop=True)
-    write_csv_atomic(combined, out_csv)
-    return combined
-
-
-def _registered_cases(registered_dirs: list[str]) -> pd.DataFrame:
-    tables = [_read(Path(d) / REGISTERED_TABLE) for d in registered_dirs]
+def registered_cases(registered_dirs: list[str]) -> pd.DataFrame:
+    tables = [_read(Path(d) / SHARD_TABLE) for d in registered_dirs]
     table = pd.concat(tables, ignore_index=True)
     return table[table["status"] == "ok"].sort_values("case_id")
 
 
-def registration_figure(templates_dir: str, registered_dirs: list[str], out_png: str, figures_cfg: dict,
+def draw_registration_figure(templates_dir: str, registered_dirs: list[str], out_png: str, figures_cfg: dict,
                         intensity_cfg: dict) -> None:
     """Registered cases over their templates (the first ``figures.cases`` cases)."""
     window = tuple(intensity_cfg["windows"][figures_cfg.get("ct_window", "soft_tissue")])
     rows = []
-    for case in _registered_cases(registered_dirs).head(int(figures_cfg.get("cases", 4))).to_dict("records"):
+    for case in registered_cases(registered_dirs).head(int(figures_cfg.get("cases", 4))).to_dict("records"):
         template = np.asarray(nib.load(os.path.join(templates_dir, f"{case['modality']}.nii.gz")).dataobj, np.float32)
         image = np.asarray(nib.load(case["registered_path"]).dataobj, np.float32)
         rows.append({"case_id": case["case_id"], "modality": case["modality"],
@@ -136,16 +108,28 @@ def registration_figure(templates_dir: str, registered_dirs: list[str], out_png:
     registration_overlay(rows, out_png)
 
 
-def mask_figure(registered_dirs: list[str], masks_dirs: list[str], out_png: str, figures_cfg: dict, intensity_cfg: dict) -> None:
-    """Condition masks over registered images (the first ``figures.cases`` accepted cases)."""
-    window = tuple(intensity_cfg["windows"][figures_cfg.get("ct_window", "soft_tissue")])
-    names = json.loads((Path(masks_dirs[0]) / "conditions.json").read_text())
-    masks = pd.concat([_read(Path(d) / MASKS_TABLE) for d in masks_dirs], ignore_index=True)
-    masks = masks[masks["status"] == "ok"].sort_values("case_id").head(int(figures_cfg.get("cases", 4)))
-    registered = _registered_cases(registered_dirs).set_index("case_id")
-    rows = []
-    for case in masks.to_dict("records"):
-        image = np.asarray(nib.load(registered.loc[case["case_id"], "registered_path"]).dataobj, np.float32)
-        rows.append({"case_id": case["case_id"], "image": display(image, case["modality"], window),
-                     "masks": np.asarray(nib.load(case["conditions_path"]).dataobj, np.uint8)})
-    mask_overlay(rows, names, out_png)
+@task()
+def templates(job: Job) -> None:
+    """One study-grid image per modality of the manifest."""
+    make_templates(job.input.manifest, job.output.templates, job.params.preprocess)
+
+
+@task()
+def register(job: Job) -> None:
+    """Affine registration of one shard's cases to their modality's template."""
+    register_ingest_shard(job.input.manifest, job.input.shard, job.input.templates, job.output.shard,
+                          job.params.preprocess)
+
+
+@task()
+def training_sets(job: Job) -> None:
+    """2D slices and 3D volumes of one shard, with condition masks and prompt fields."""
+    training_sets_for_shard(job.input.manifest, job.input.registered, job.input.masks, job.output,
+                            job.params.intensity, job.params.trainsets)
+
+
+@task()
+def registration_figure(job: Job) -> None:
+    """Registered cases over their template, for the report."""
+    draw_registration_figure(job.input.templates, job.input.registered, job.output.figure, job.params.figures,
+                        job.params.intensity)

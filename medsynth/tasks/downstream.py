@@ -1,0 +1,23 @@
+"""Task of rules/downstream.smk: train the segmenter of one setting and score it on the real test slices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medsynth.tasks import Job, task
+
+
+@task(seed=lambda job: job.params.downstream.get("seed"))
+def downstream(job: Job) -> None:
+    """One downstream setting: its training set, the segmenter, its evaluation on the real test slices."""
+    from medsynth.evaluation import run_downstream
+    from medsynth.launch import launch_processes
+    from medsynth.tasks import launch_or_run
+
+    cfg = job.params.downstream
+    # nnU-Net runs its own trainer (one process); the MONAI segmenters train under accelerate like the generators
+    nnunet = str((cfg.get("model") or {}).get("type", "unet")).lower() == "nnunetv2"
+    launch_or_run(job, cfg, lambda: run_downstream(
+        job.input.shards, job.input.get("synthetic"), job.wildcards.setting, cfg, Path(job.output.final).parent,
+        job.output.evaluation, job.params.grid, job.params.slice_size, extractor=job.input.get("extractor")),
+        processes=1 if nnunet else launch_processes(cfg, job.resources))
