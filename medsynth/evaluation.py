@@ -46,6 +46,7 @@ from torch import nn
 from medsynth.fsutil import write_text_atomic
 from medsynth.generator.data import load_slices, select_rows
 from medsynth.launch import is_main_process, resolve_device
+from medsynth.metrics.masks import channel_means
 from medsynth.names import MEDDIFF_KINDS
 
 __all__ = ["pixel_spacing", "voxel_spacing", "extractor_input_size", "run_downstream", "evaluate_run",
@@ -91,16 +92,6 @@ def _clean(obj):
 
 def _write_json(path: str | Path, payload: Mapping) -> None:
     write_text_atomic(path, json.dumps(_clean(payload), indent=2, sort_keys=True) + "\n")
-
-
-def _channel_means(channels: Mapping[str, Mapping]) -> dict:
-    ok = [c for c in channels.values() if c.get("status", "ok") == "ok" and c.get("n_reference", 1)]
-    out = {}
-    for key in ("dice", "jaccard", "hd95", "asd"):
-        vals = [c[key] for c in ok if c.get(key) is not None and math.isfinite(c[key])]
-        out[key] = float(np.mean(vals)) if vals else None
-    out["n_channels"] = len(ok)
-    return out
 
 
 # ------------------------------------------------------------------------------------------------ downstream
@@ -173,7 +164,7 @@ def run_downstream(shards: Sequence[str], synthetic: str | None, setting: str, c
               "n_test": int(len(test_rows)), "steps": int(result.step), "seconds_per_step": result.seconds_per_step,
               "meddiff_filter": filtered if synthetic else None,
               "mdsc": scores["mdsc"], "mhd95": scores["mhd95"], "hd95_unit": scores["hd95_unit"],
-              "spacing_mm": spacing, "mean": _channel_means(scores["channels"]), "channels": scores["channels"]}
+              "spacing_mm": spacing, "mean": channel_means(scores["channels"]), "channels": scores["channels"]}
     _write_json(evaluation_json, record)
     log.info("downstream %s: mDSC %.4f, mHD95 %s", setting, scores["mdsc"], scores["mhd95"])
     return record
@@ -319,8 +310,8 @@ def evaluate_run(generated_path: str | Path, index_csv: str | Path, summary_json
                           "generated_vs_gt": mask_metrics(pred_fake, ref, list(names), spacing=spacing),
                           "real_vs_gt": mask_metrics(pred_real, ref, list(names), spacing=spacing)},
     }
-    record["mask_fidelity"]["mean_generated_vs_gt"] = _channel_means(record["mask_fidelity"]["generated_vs_gt"])
-    record["mask_fidelity"]["mean_real_vs_gt"] = _channel_means(record["mask_fidelity"]["real_vs_gt"])
+    record["mask_fidelity"]["mean_generated_vs_gt"] = channel_means(record["mask_fidelity"]["generated_vs_gt"])
+    record["mask_fidelity"]["mean_real_vs_gt"] = channel_means(record["mask_fidelity"]["real_vs_gt"])
     if severity_prompt and "severity" in sampled.columns:
         prompted = sampled["severity"].astype(str).tolist()
         record["controllability"] = {"generated": _controllability(pred_fake, names, prompted, severity_cfg),
@@ -444,8 +435,8 @@ def evaluate_volume_run(generated_path: str | Path, index_csv: str | Path, summa
                           "real_vs_gt": mask_metrics(pred_real, ref, list(names), spacing=spacing)},
         "controllability": {"status": "not applicable: graded prompts are measured on 2D slices"},
     }
-    record["mask_fidelity"]["mean_generated_vs_gt"] = _channel_means(record["mask_fidelity"]["generated_vs_gt"])
-    record["mask_fidelity"]["mean_real_vs_gt"] = _channel_means(record["mask_fidelity"]["real_vs_gt"])
+    record["mask_fidelity"]["mean_generated_vs_gt"] = channel_means(record["mask_fidelity"]["generated_vs_gt"])
+    record["mask_fidelity"]["mean_real_vs_gt"] = channel_means(record["mask_fidelity"]["real_vs_gt"])
     _write_json(out_json, record)
     log.info("volume metrics %s/%s: 2.5D FD %.4f (%s), FID %s", model, run, fd_mean["fd"], extractor_label,
              inception["status"])

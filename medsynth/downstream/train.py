@@ -44,6 +44,7 @@ from torch import nn
 from medsynth.downstream.data import apply_augmentation, augmentation, as_images, as_labels
 from medsynth.downstream.model import build_segmenter, save_segmenter
 from medsynth.launch import is_main_process
+from medsynth.metrics.masks import channel_means
 from medsynth.train.data import TensorDictDataset
 from medsynth.train.loop import TrainConfig, TrainResult, derive_seed, train
 
@@ -221,11 +222,6 @@ def _mask_metrics():
     return mask_metrics
 
 
-def _nanmean(values: Sequence[float]) -> float:
-    vals = [v for v in values if v is not None and math.isfinite(v)]
-    return float(np.mean(vals)) if vals else math.nan
-
-
 def metrics_from_masks(pred: torch.Tensor, ref: torch.Tensor, names: Sequence[str],
                        spacing: Sequence[float] | float | None = None) -> dict[str, Any]:
     """Per-channel Dice/HD95 of binary ``pred`` against binary ``ref`` + ``mdsc``, ``mhd95``, ``n``, ``hd95_unit``."""
@@ -242,11 +238,10 @@ def metrics_from_masks(pred: torch.Tensor, ref: torch.Tensor, names: Sequence[st
         kwargs["spacing"] = spacing
         unit = "mm"
     per = mask_metrics(pred, ref, names, **kwargs)
-    present = [n for n in names if per[n].get("n_reference", 0) > 0]
+    means = channel_means({n: per[n] for n in names}, ("dice", "hd95"), missing=math.nan)
     result: dict[str, Any] = {"channels": {n: dict(per[n]) for n in names},
-                              "mdsc": _nanmean([per[n]["dice"] for n in present]),
-                              "mhd95": _nanmean([per[n]["hd95"] for n in present]),
-                              "n": int(len(ref)), "n_channels_present": len(present),
+                              "mdsc": means["dice"], "mhd95": means["hd95"],
+                              "n": int(len(ref)), "n_channels_present": means["n_channels"],
                               "hd95_unit": unit, "spacing": list(np.atleast_1d(spacing).astype(float))
                               if spacing is not None else None}
     return result

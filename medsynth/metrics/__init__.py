@@ -26,7 +26,7 @@ _EXPORTS = {
     "PLANES": "frechet", "PLANE_LABELS": "frechet", "UInt8ImageDataset": "frechet", "central_slices": "frechet",
     "frechet_metrics": "frechet", "inception_fid": "frechet", "per_plane_windowed_fd": "frechet",
     "per_window_fd": "frechet", "to_uint8_rgb": "frechet",
-    "image_metrics": "masks", "mask_metrics": "masks", "mean_over_channels": "masks",
+    "channel_means": "masks", "image_metrics": "masks", "mask_metrics": "masks", "mean_over_channels": "masks",
 }
 
 __all__ = sorted(_EXPORTS)

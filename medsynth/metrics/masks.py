@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["image_metrics", "mask_metrics", "mean_over_channels"]
+__all__ = ["channel_means", "image_metrics", "mask_metrics", "mean_over_channels"]
 
 Spacing = float | Sequence[float] | None
 
@@ -89,18 +89,30 @@ def mask_metrics(pred: torch.Tensor, ref: torch.Tensor, names: list[str], spacin
     return out
 
 
+def channel_means(channels: Mapping[str, Mapping], keys: Sequence[str] = ("dice", "jaccard", "hd95", "asd"),
+                  missing: float | None = None) -> dict:
+    """Mean of each metric of ``keys`` over the channels that have a reference (``status`` ok and
+    ``n_reference`` > 0, where given), skipping None and non-finite values; ``missing`` where no channel
+    has a value. Plus ``n_channels``, the channels averaged over. The one channel mean of the package
+    (metrics JSON, downstream evaluation, :func:`mean_over_channels`)."""
+    ok = [c for c in channels.values() if c.get("status", "ok") == "ok" and c.get("n_reference", 1)]
+    out: dict = {}
+    for key in keys:
+        vals = [float(c[key]) for c in ok if c.get(key) is not None and math.isfinite(float(c[key]))]
+        out[key] = float(np.mean(vals)) if vals else missing
+    out["n_channels"] = len(ok)
+    return out
+
+
 def mean_over_channels(result: dict) -> dict:
     """Channel means of a :func:`mask_metrics` result: ``{"mDSC", "mJaccard", "mHD95", "mASD", "n_channels",
     "channels", "status"}`` over channels with ``status: "ok"`` (NaN values skipped per metric).
 
     ``status`` is ``"ok"``, or ``"empty"`` (all values NaN) when no channel has a reference.
     """
+    means = channel_means(result, missing=math.nan)
     ok = [name for name, r in result.items() if r.get("status") == "ok"]
-    out: dict = {}
-    for key, label in (("dice", "mDSC"), ("jaccard", "mJaccard"), ("hd95", "mHD95"), ("asd", "mASD")):
-        vals = [float(result[name][key]) for name in ok if not math.isnan(float(result[name][key]))]
-        out[label] = float(np.mean(vals)) if vals else math.nan
-    out["n_channels"] = len(ok)
-    out["channels"] = ok
-    out["status"] = "ok" if ok else "empty"
+    out = {label: means[key] for key, label in (("dice", "mDSC"), ("jaccard", "mJaccard"), ("hd95", "mHD95"),
+                                                 ("asd", "mASD"))}
+    out.update(n_channels=means["n_channels"], channels=ok, status="ok" if ok else "empty")
     return out
