@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
+import tenacity
 import urllib3
 from tqdm.auto import tqdm
 
@@ -125,23 +126,20 @@ def download_file(
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     session = session or requests.Session()
-    last_error: Exception | None = None
-    for attempt in range(policy.retries + 1):
-        if attempt:
-            delay = min(policy.backoff_s * 2 ** (attempt - 1), policy.backoff_max_s)
-            log.warning("retry %d/%d of %s in %.1f s (%s)", attempt, policy.retries, shown, delay,
-                        _scrub(last_error, url))
-            time.sleep(delay)
-        try:
-            _transfer(url, part, headers or {}, policy, session, shown)
-            break
-        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-                urllib3.exceptions.ProtocolError, urllib3.exceptions.ReadTimeoutError, _Incomplete) as err:
-            last_error = err
-        except _RetryableStatus as err:
-            last_error = err
-    else:
-        raise DownloadError(f"giving up on {shown} after {policy.retries + 1} attempts: {_scrub(last_error, url)}")
+    def announce(state: tenacity.RetryCallState) -> None:
+        log.warning("retry %d/%d of %s in %.1f s (%s)", state.attempt_number, policy.retries, shown,
+                    state.next_action.sleep, _scrub(state.outcome.exception(), url))
+
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(policy.retries + 1),
+        wait=tenacity.wait_exponential(multiplier=policy.backoff_s, max=policy.backoff_max_s),
+        retry=tenacity.retry_if_exception_type(RETRYABLE_ERRORS), before_sleep=announce, sleep=time.sleep)
+    try:
+        retrying(_transfer, url, part, headers or {}, policy, session, shown)
+    except tenacity.RetryError as gave_up:
+        last_error = gave_up.last_attempt.exception()
+        raise DownloadError(f"giving up on {shown} after {policy.retries + 1} attempts: {_scrub(last_error, url)}") \
+            from last_error
     bad = verify_checksum(part, checksum)
     if bad is not None:
         part.unlink(missing_ok=True)
@@ -152,6 +150,12 @@ def download_file(
 
 class _RetryableStatus(Exception):
     pass
+
+
+#: what a retry can fix: dropped or timed-out connections, a short body, a 429 / 5xx status
+RETRYABLE_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                    urllib3.exceptions.ProtocolError, urllib3.exceptions.ReadTimeoutError, _Incomplete,
+                    _RetryableStatus)
 
 
 def _transfer(url: str, part: Path, headers: dict, policy: DownloadPolicy, session: requests.Session, shown: str) -> None:
