@@ -14,6 +14,7 @@ from typing import Any
 
 from medsynth.configmerge import variant_config
 from medsynth.names import DOWNSTREAM_KINDS, run_pattern
+from medsynth.variants import stage2_variant
 
 __all__ = ["Study"]
 
@@ -32,6 +33,8 @@ class Study:
         self.default_variants = [v for v in config.get("default_variants", self.variants) if v in self.variants]
         #: MedSyn2 architecture ablations: base generators trained from scratch with another backbone
         self.architectures = dict(config.get("architectures") or {})
+        for variant in self.variants:  # a variant whose options exclude each other fails at parse time
+            self.stage2_config(variant)
         clash = set(self.architectures) & {"base", "stage1", *self.variants}
         if clash:
             raise ValueError(f"config architectures {sorted(clash)} clash with base / stage1 / variant names")
@@ -109,8 +112,8 @@ class Study:
         return {**self.config["base"], **(self.config.get("architecture_training") or {})}
 
     def stage2_config(self, variant: str) -> dict:
-        """Config `stage2` with the overrides of ``variant`` merged in."""
-        return variant_config(self.config["stage2"], self.config["variants"], variant)
+        """Config `stage2` with the overrides of ``variant`` merged in, checked for options that exclude each other."""
+        return stage2_variant(self.config["stage2"], self.config["variants"], variant)
 
     def model_config(self, model: str) -> dict:
         """Config section a model was trained with: `base`, `stage1`, the variant's merged `stage2` or an

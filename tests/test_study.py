@@ -75,3 +75,18 @@ def test_every_registered_table_has_inputs_under_the_results_and_params():
 def test_unknown_table_is_a_key_error_naming_the_known_ones():
     with pytest.raises(KeyError, match="victr_table2"):
         build_table("no_such_table", {}, {})
+
+
+def test_a_variant_with_options_that_exclude_each_other_fails_when_the_config_is_parsed():
+    with pytest.raises(ValueError, match=r"variant 'bad'.*stage2\.reflow and stage2\.dmd"):
+        _study(variants={"bad": {"reflow": {"enabled": True}, "dmd": {"enabled": True}}})
+
+
+def test_stage2_conflicts_names_every_conflict_and_passes_the_shipped_variants():
+    from medsynth.variants import stage2_conflicts
+
+    found = stage2_conflicts({"objective": "ddpm", "reflow": {"enabled": True}, "adversarial": {"enabled": True},
+                              "consistency": {"temporal_weight": 0.1}, "method": "half"})
+    assert len(found) == 4 and all("stage2." in f for f in found)
+    s = _study()
+    assert all(not stage2_conflicts(s.stage2_config(v)) for v in s.variants)

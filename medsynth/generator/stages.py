@@ -75,6 +75,7 @@ from medsynth.objectives import (
     x_prediction_v_loss,
 )
 from medsynth.train.loop import PREEMPTED_EXIT_CODE, derive_seed, run_fingerprint
+from medsynth.variants import check_stage2
 from medsynth.train import (
     EWCTerm,
     TrainConfig,
@@ -439,6 +440,7 @@ def run_stage2(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Pat
     (``ewc_path``). ``reflow.enabled`` trains on the init model's own (noise, sample) pairs.
     ``ddpm_cfg``: noise schedule of the ``ddpm`` objective (config ``sampling.ddpm``).
     """
+    check_stage2(stage_cfg)  # before anything is loaded: options that exclude each other, named
     set_threads(gen_cfg)
     out_dir = Path(out_dir)
     method = str(stage_cfg.get("method", "lora"))
@@ -449,25 +451,17 @@ def run_stage2(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Pat
     dmd = dict(stage_cfg.get("dmd") or {})
     cons = dict(stage_cfg.get("consistency") or {})
     consistency = bool(float(cons.get("temporal_weight", 0.0)) or float(cons.get("spatial_weight", 0.0)))
-    if reflow.get("enabled") and dmd.get("enabled"):
-        raise ValueError("stage2.reflow and stage2.dmd exclude each other (dmd makes its own pairs: dmd.pairs)")
     if reflow.get("enabled"):
-        if objective == "ddpm":
-            raise ValueError("reflow trains a flow: it cannot be combined with the ddpm objective")
         reflow_pairs(model, data, reflow, str(reflow.get("teacher_objective", "flow")))
         if reflow.get("distill"):  # Flow Straight and Fast: distil the coupling into the one-step map
             stage_cfg = {**stage_cfg, "timesteps": "one_step"}
     teacher = fake = None
     if dmd.get("enabled"):
-        if objective != "flow" or consistency:
-            raise ValueError("dmd distils a flow teacher: set objective: flow and the consistency weights to 0")
         reflow_pairs(model, data, dict(dmd.get("pairs") or {}), str(dmd.get("teacher_objective", "flow")))
         teacher = copy.deepcopy(model).eval().requires_grad_(False)
         fake = copy.deepcopy(model).train().requires_grad_(True)
     extra = {}
     if consistency:
-        if objective == "ddpm":
-            raise ValueError("the consistency losses compare velocity fields: set them to 0 for the ddpm objective")
         reference = copy.deepcopy(model).eval().requires_grad_(False)
         extra = dict(reference=reference, temporal_weight=float(cons.get("temporal_weight", 0.0)),
                      spatial_weight=float(cons.get("spatial_weight", 0.0)),
@@ -479,18 +473,14 @@ def run_stage2(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Pat
         torch.manual_seed(derive_seed(int(stage_cfg.get("seed", 0)), "lora-init"))  # seeded adapter initialisation
         add_lora(model, targets, int(lora.get("rank", 4)), float(lora.get("alpha", lora.get("rank", 4))),
                  float(lora.get("dropout", 0.0)))
-    elif method == "full":
+    else:  # full
         model.requires_grad_(True)
-    else:
-        raise ValueError(f"stage2.method must be 'lora' or 'full', got {method!r}")
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_prompts(data, out_dir)
     names = shard_condition_names(next(str(p) for p in shards if str(p).endswith(".safetensors")))
     fp = run_fingerprint(gen_cfg, stage_cfg, ddpm_cfg, files=[*shards, vae_dir, stats_path, init_dir, ewc_path])
     adversarial = dict(stage_cfg.get("adversarial") or {})
     if adversarial.get("enabled"):
-        if dmd.get("enabled") or objective == "ddpm":
-            raise ValueError("stage2.adversarial applies to the flow / tweedie objectives, not to dmd or ddpm")
         latent = data.dataset.tensors["latent"]
         torch.manual_seed(derive_seed(int(stage_cfg.get("seed", 0)), "discriminator-init"))
         disc = build_discriminator(adversarial, latent.shape[1] + data.dataset.tensors["mask"].shape[1],
