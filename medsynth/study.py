@@ -20,7 +20,11 @@ __all__ = ["Study"]
 
 
 class Study:
-    """Names, paths and per-model settings of one study (a validated config)."""
+    """Names, paths and per-model settings of one study.
+
+    ``config`` is validated against ``config/schema.yaml`` (which fills in every default): the study
+    reads it without defaults of its own, so the schema is the one home of each default.
+    """
 
     def __init__(self, config: Mapping[str, Any], basedir: str | os.PathLike = "."):
         self.config = config
@@ -28,11 +32,11 @@ class Study:
         self.name = config["study"]
         self.results = f"{config['results_dir']}/{self.name}"
         #: stage-2 variants: named override sets of config `stage2`
-        self.variants = list(config.get("variants") or {})
+        self.variants = list(config["variants"])
         #: the variants `snakemake` trains by default; the others when an output asks for them
-        self.default_variants = [v for v in config.get("default_variants", self.variants) if v in self.variants]
+        self.default_variants = [v for v in config["default_variants"] if v in self.variants]
         #: MedSyn2 architecture ablations: base generators trained from scratch with another backbone
-        self.architectures = dict(config.get("architectures") or {})
+        self.architectures = dict(config["architectures"])
         for variant in self.variants:  # a variant whose options exclude each other fails at parse time
             self.stage2_config(variant)
         clash = set(self.architectures) & {"base", "stage1", *self.variants}
@@ -40,14 +44,14 @@ class Study:
             raise ValueError(f"config architectures {sorted(clash)} clash with base / stage1 / variant names")
         #: generators that can be sampled
         self.models = ["base", "stage1", *self.variants, *self.architectures]
-        self.sampling = config.get("sampling") or {}
-        self.condition_sets = list(self.sampling.get("condition_sets") or {"eval": {}, "train": {}})
-        self.default_run = self.sampling.get("default_run", "euler-30")
-        self.volumes = config.get("volumes") or {}
-        self.downstream = config.get("downstream") or {}
-        self.metrics = config.get("metrics") or {}
-        self.tables = config.get("tables") or {}
-        self.extractor_setting = self.metrics.get("extractor_setting", "real")
+        self.sampling = config["sampling"]
+        self.condition_sets = list(self.sampling["condition_sets"])
+        self.default_run = self.sampling["default_run"]
+        self.volumes = config["volumes"]
+        self.downstream = config["downstream"]
+        self.metrics = config["metrics"]
+        self.tables = config["tables"]
+        self.extractor_setting = self.metrics["extractor_setting"]
 
     # -- wildcards ---------------------------------------------------------------------------
     def wildcard_constraints(self, datasets) -> dict[str, str]:
@@ -86,9 +90,9 @@ class Study:
 
     def volume_metrics_json(self) -> dict[str, str]:
         """Metrics of the 3D generator's default run (MedSyn2 Table 1 rows XY / YZ / ZX), if the study is 3D."""
-        if not self.volumes.get("enabled"):
+        if not self.volumes["enabled"]:
             return {}
-        return {"volumes": f"{self.results}/volumes/metrics/{self.volumes.get('run', 'euler-10')}.json"}
+        return {"volumes": f"{self.results}/volumes/metrics/{self.volumes['run']}.json"}
 
     # -- what each model was trained with ----------------------------------------------------
     def architecture_backbone(self, name: str) -> dict:
@@ -109,7 +113,7 @@ class Study:
 
     def architecture_stage(self) -> dict:
         """Training recipe of the architecture ablations: config `base` with `architecture_training` overrides."""
-        return {**self.config["base"], **(self.config.get("architecture_training") or {})}
+        return {**self.config["base"], **self.config["architecture_training"]}
 
     def stage2_config(self, variant: str) -> dict:
         """Config `stage2` with the overrides of ``variant`` merged in, checked for options that exclude each other."""
@@ -126,12 +130,12 @@ class Study:
 
     def model_sampling(self, model: str) -> dict:
         """`sampling` settings of a model: the section, with the model's own `sampling` overrides (one-step students)."""
-        own = self.model_config(model).get("sampling") or {}
+        own = self.model_config(model).get("sampling") or {}  # only stage-2 variants have their own
         return {**self.sampling, **own, "hu_range": self.config["intensity"]["ct_hu_range"]}
 
     def stage2_init(self, variant: str) -> str:
         """The model a stage-2 variant starts from (config `stage2.init`: stage1, or base for no_stage1)."""
-        init = self.model_config(variant).get("init", "stage1")
+        init = self.model_config(variant)["init"]
         if init not in ("stage1", "base"):
             raise ValueError(f"variant {variant}: stage2.init must be stage1 or base, got {init!r}")
         return f"{self.results}/{init}/final"
@@ -143,19 +147,19 @@ class Study:
         if model in self.architectures:
             return {"model": f"{self.results}/architectures/{model}/final"}
         inputs = {"model": f"{self.results}/stage2/{model}/final"}
-        if self.model_config(model).get("method", "lora") == "lora":
+        if self.model_config(model)["method"] == "lora":
             inputs["init"] = self.stage2_init(model)
         return inputs
 
     # -- 3D path -----------------------------------------------------------------------------
     def volume_generator_config(self) -> dict:
         """`generator` section of the 3D generator: the study's, with the keys of `volumes.generator` replaced."""
-        return {**self.config["generator"], **(self.volumes.get("generator") or {})}
+        return {**self.config["generator"], **self.volumes["generator"]}
 
     def volume_condition_set(self, name: str) -> dict:
         """`volumes.condition_sets.<name>` (default: the slices' condition set of that name without its
         slice-only options)."""
-        own = (self.volumes.get("condition_sets") or {}).get(name)
+        own = self.volumes["condition_sets"].get(name)  # a volume condition set of its own, if any
         if own is not None:
             return own
         return {k: v for k, v in self.sampling["condition_sets"][name].items()
@@ -164,7 +168,7 @@ class Study:
     # -- downstream --------------------------------------------------------------------------
     def downstream_settings(self, *kinds: str) -> list[str]:
         """The study's downstream settings, or those of the given kinds (``real_synth`` of ``real_synth-victr``)."""
-        settings = list(self.downstream.get("settings", []))
+        settings = list(self.downstream["settings"])
         return [s for s in settings if not kinds or s.split("-")[0] in kinds]
 
     def downstream_inputs(self, setting: str) -> dict[str, str]:
@@ -174,13 +178,13 @@ class Study:
         kind, _, model = setting.partition("-")
         if not model:
             return {}
-        meddiff = self.downstream.get("meddiff") or {}
+        meddiff = self.downstream["meddiff"]
         if kind == "real_synth_gm":
             return {"synthetic": self.samples(model, self.default_run,
-                                              meddiff.get("inpaint_condition_set", "train_inpaint"))}
+                                              meddiff["inpaint_condition_set"])}
         if kind in ("real_synth_mg", "real_synth_mgf"):
             inputs = {"synthetic": self.samples(model, self.default_run,
-                                                meddiff.get("condition_set", "train_stochastic"))}
+                                                meddiff["condition_set"])}
             if kind == "real_synth_mgf":
                 inputs["extractor"] = self.extractor()
             return inputs
@@ -189,16 +193,16 @@ class Study:
     # -- resources ---------------------------------------------------------------------------
     def train_threads(self, section: str) -> int:
         """Threads of a training rule (config ``<section>.threads``, default 1)."""
-        return int((self.config.get(section) or {}).get("threads", 1) or 1)
+        return int(self.config[section]["threads"]) or 1
 
     # -- report ------------------------------------------------------------------------------
     def steps_model(self) -> str:
         """The model whose sampler sweep is MAISI's steps ablation (config `sampling.steps_model`)."""
-        return self.sampling.get("steps_model", "victr")
+        return self.sampling["steps_model"]
 
     def grid_runs(self) -> list[tuple[str, str]]:
         """(model, run) pairs of the sample grid: each default variant with the default run, then ViCTr's samplers."""
-        steps_runs = self.sampling.get("steps_runs", [])
+        steps_runs = self.sampling["steps_runs"]
         return list(dict.fromkeys([(v, self.default_run) for v in self.default_variants]
                                   + [(self.steps_model(), r) for r in ("tweedie-2", "dopri5-auto")
                                      if r in steps_runs]))

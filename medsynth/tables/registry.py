@@ -42,7 +42,7 @@ class TableSpec:
 
 
 def _victr_dataset(study: "Study") -> dict:
-    return {"dataset": study.tables.get("victr_dataset", "BTCV")}
+    return {"dataset": study.tables["victr_dataset"]}
 
 
 def _medsyn2_table1(loaded, inputs, params):
@@ -55,12 +55,12 @@ def _medsyn2_table1(loaded, inputs, params):
 
 
 def _contrastive_roi(study: "Study") -> dict:
-    on = study.model_config(study.tables.get("contrastive_on", "contrastive"))
-    return {"contrastive_roi": (on.get("contrastive") or {}).get("roi", "liver")}
+    on = study.model_config(study.tables["contrastive_on"])
+    return {"contrastive_roi": on["contrastive"]["roi"]}
 
 
 def _meddiff_inputs(study: "Study") -> dict[str, str]:
-    own = f"real_synth-{study.tables.get('meddiff_model', 'victr')}"
+    own = f"real_synth-{study.tables['meddiff_model']}"
     settings = [s for s in study.downstream_settings() if s.split("-")[0] in ("real_synth_mg", "real_synth_mgf",
                                                                               "real_synth_gm") or s == own]
     return {**{s: study.downstream_json(s) for s in settings}, "real": study.downstream_json("real")}
@@ -84,7 +84,7 @@ TABLES: dict[str, TableSpec] = {
         inputs=lambda s: {st: s.downstream_json(st) for st in s.downstream_settings()},
         build=lambda loaded, inputs, p: builders.victr_table3(loaded, p["downstream_name"], p["paper_dir"],
                                                               p["dataset"]),
-        params=lambda s: {**_victr_dataset(s), "downstream_name": s.downstream.get("name", "UNet")},
+        params=lambda s: {**_victr_dataset(s), "downstream_name": s.downstream["name"]},
     ),
     "victr_table4": TableSpec(
         "ViCTr Table 4 - ablations",
@@ -92,9 +92,9 @@ TABLES: dict[str, TableSpec] = {
          " students (fsf: reflow couplings distilled into the one-step map; dmd: distribution matching"
          " distillation) with their one Euler step (column run).",),
         inputs=lambda s: {row["model"]: s.metrics_json(row["model"], row.get("run"))
-                          for row in s.tables.get("victr_t4", [])},
+                          for row in s.tables["victr_t4"]},
         build=lambda loaded, inputs, p: builders.victr_table4(p["rows"], loaded, p["paper_dir"]),
-        params=lambda s: {"rows": list(s.tables.get("victr_t4", []))},
+        params=lambda s: {"rows": list(s.tables["victr_t4"])},
     ),
     "medsyn2_table1": TableSpec(
         "MedSyn2 Table 1 - Frechet distance per CT window and plane",
@@ -137,7 +137,7 @@ TABLES: dict[str, TableSpec] = {
     "maisi_steps": TableSpec(
         "MAISI-v2 steps ablation - Frechet distance vs sampler steps (FD-vs-NFE)",
         (),
-        inputs=lambda s: {run: s.metrics_json(s.steps_model(), run) for run in s.sampling.get("steps_runs", [])},
+        inputs=lambda s: {run: s.metrics_json(s.steps_model(), run) for run in s.sampling["steps_runs"]},
         build=lambda loaded, inputs, p: builders.maisi_steps(list(loaded.values()), p["paper_dir"]),
     ),
     "maisi_main": TableSpec(
@@ -145,7 +145,7 @@ TABLES: dict[str, TableSpec] = {
         ("seconds per sample: wall time on this run's device (not deterministic); the paper's are on an A100"
          " at 512^3.",),
         inputs=lambda s: {f"{r['model']}/{r['run']}": s.metrics_json(r["model"], r["run"])
-                          for r in s.tables.get("maisi_main", [])},
+                          for r in s.tables["maisi_main"]},
         build=lambda loaded, inputs, p: builders.maisi_main(list(loaded.values()), p["paper_dir"]),
     ),
     "maisi_contrastive": TableSpec(
@@ -153,8 +153,8 @@ TABLES: dict[str, TableSpec] = {
         ("ROI = config stage2.contrastive.roi; its Dice / HD95 come from re-segmenting the generated held-out"
          " samples.",
          "MAISI-v2 gives the loss's settings (delta 2, lambda 0.01 then 0.001) but no ablation number."),
-        inputs=lambda s: {"off": s.metrics_json(s.tables.get("contrastive_off", "victr")),
-                          "on": s.metrics_json(s.tables.get("contrastive_on", "contrastive"))},
+        inputs=lambda s: {"off": s.metrics_json(s.tables["contrastive_off"]),
+                          "on": s.metrics_json(s.tables["contrastive_on"])},
         build=lambda loaded, inputs, p: builders.maisi_contrastive({"off": loaded["off"], "on": loaded["on"]},
                                                                    p["contrastive_roi"], p["paper_dir"]),
         params=_contrastive_roi,
@@ -164,7 +164,7 @@ TABLES: dict[str, TableSpec] = {
         ("A held-out sample passes when the median HU of every organ of its conditioning mask is inside that"
          " organ's bounds; failures are resampled from fresh noise up to `max tries` attempts.",
          "The real slices' pass rate is the same check on the real test slices (the bounds' own fit)."),
-        inputs=lambda s: {m: s.metrics_json(m) for m in s.tables.get("hu_qc_models", ["victr"])},
+        inputs=lambda s: {m: s.metrics_json(m) for m in s.tables["hu_qc_models"]},
         build=lambda loaded, inputs, p: builders.maisi_hu_qc(loaded, p["paper_dir"]),
     ),
     "meddiff_ft": TableSpec(
@@ -184,7 +184,7 @@ def table_names(study: "Study") -> list[str]:
 
 def table_params(name: str, study: "Study") -> dict:
     """Params of the table rule for ``name``: where the published values are, and the spec's own."""
-    paper_dir = os.path.join(study.basedir, study.tables.get("paper_reported", "config/paper_reported"))
+    paper_dir = os.path.join(study.basedir, study.tables["paper_reported"])
     return {"paper_dir": paper_dir, **TABLES[name].params(study)}
 
 
