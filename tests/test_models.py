@@ -7,12 +7,9 @@ import time
 
 import pytest
 import torch
+from tiny_backbones import TINY_CONFIGS, TINY_LATENT_CHANNELS, TINY_MASK_CHANNELS, TINY_TEXT_DIM
 
 from medsynth.models.backbones import (
-    TINY_CONFIGS,
-    TINY_LATENT_CHANNELS,
-    TINY_MASK_CHANNELS,
-    TINY_TEXT_DIM,
     BackbonePretrainedError,
     build_backbone,
     pack_latents,

@@ -26,7 +26,8 @@ from medsynth.evaluation import evaluate_volume_run, extractor_input_size
 from medsynth.generator import GeneratorStep, build_latent_data, load_slices, run_base, run_vae
 from medsynth.io.generated import load_generated
 from medsynth.generator.sampling import sample_condition_set
-from medsynth.models.backbones import TINY_CONFIGS, build_backbone, mask_routing, predict, predict_velocity
+from medsynth.models.backbones import build_backbone, mask_routing, predict, predict_velocity
+from tiny_backbones import TINY_CONFIGS
 from medsynth.objectives import interpolate, velocity_from_x0, x_prediction_v_loss
 from medsynth.preprocess.intensity import hu_to_unit
 from medsynth.preprocess.trainsets import volume_sample, write_shard
