@@ -171,7 +171,7 @@ def test_save_load_round_trip(tmp_path, registered, known_case, suffix):
 def test_transform_file_matches_ants_resampling(tmp_path, registered, known_case):
     """The .mat file means the same to ANTs as to us (world convention, direction, LPS/RAS)."""
     ants = pytest.importorskip("ants")
-    from medsynth.preprocess.registration import _ants_image
+    from medsynth.preprocess.registration.ants_backend import _ants_image
 
     _, tx = registered
     fixed, moved, _, _ = known_case
