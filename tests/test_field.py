@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from medsynth.generator.field import ConditionedField
-from medsynth.models.backbones import TINY_CONFIGS, build_backbone, predict
+from tiny_backbones import TINY_CONFIGS
+from medsynth.models.backbones import build_backbone, predict
 from medsynth.models.prompts import ABSENT_MASK_VALUE
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

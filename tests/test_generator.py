@@ -32,7 +32,7 @@ from medsynth.generator import (
     slice_prompts,
     variant_config,
 )
-from medsynth.models.backbones import TINY_CONFIGS
+from tiny_backbones import TINY_CONFIGS
 from medsynth.preprocess.intensity import hu_to_unit
 from medsynth.preprocess.trainsets import SliceOptions, axial_slices, write_shard
 from medsynth.vae import TINY_VAE_CONFIGS
