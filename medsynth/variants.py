@@ -36,6 +36,8 @@ def stage2_conflicts(cfg: Mapping) -> list[str]:
     if consistency and objective == "ddpm":
         found.append("the stage2.consistency losses compare velocity fields: set them to 0 for"
                      " stage2.objective: ddpm")
+    if bool((cfg.get("contrastive") or {}).get("enabled")) and objective == "ddpm":
+        found.append("stage2.contrastive compares velocity fields: it cannot be combined with stage2.objective: ddpm")
     if adversarial and (dmd or objective == "ddpm"):
         found.append("stage2.adversarial applies to the flow / tweedie objectives, not to stage2.dmd or ddpm")
     method = cfg.get("method", "lora")

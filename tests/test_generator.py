@@ -453,7 +453,7 @@ def test_stochastic_mask_conditions_relabel_prompts_and_masks(trained, shards, t
 
 
 def test_fsf_distillation_trains_only_at_the_noise_end():
-    from medsynth.generator.stages import GeneratorStep
+    from medsynth.generator.step import GeneratorStep
 
     seen = []
 
@@ -467,9 +467,7 @@ def test_fsf_distillation_trains_only_at_the_noise_end():
              "prompt": torch.zeros(5, dtype=torch.long)}
     from unittest import mock
 
-    with mock.patch("medsynth.generator.stages.predict", lambda m, x, t, *a, **k: m(x, t)), \
-            mock.patch("medsynth.generator.stages.predicts_x0", lambda m: False), \
-            mock.patch("medsynth.generator.stages.as_velocity", lambda m, out, x, t: out.float()):  # a velocity model
+    with mock.patch("medsynth.generator.objective.predict", lambda m, x, t, *a, **k: m(x, t)):
         terms = step(Probe(), batch, 0, torch.Generator().manual_seed(0))
     assert torch.equal(seen[0], torch.ones(5))
     # v = 0 at t = 1: the loss is the full coupling velocity noise - latent

@@ -86,7 +86,9 @@ def test_stage2_conflicts_names_every_conflict_and_passes_the_shipped_variants()
     from medsynth.variants import stage2_conflicts
 
     found = stage2_conflicts({"objective": "ddpm", "reflow": {"enabled": True}, "adversarial": {"enabled": True},
-                              "consistency": {"temporal_weight": 0.1}, "method": "half"})
-    assert len(found) == 4 and all("stage2." in f for f in found)
+                              "consistency": {"temporal_weight": 0.1}, "contrastive": {"enabled": True},
+                              "method": "half"})
+    assert len(found) == 5 and all("stage2." in f for f in found)
+    assert any("stage2.contrastive" in f for f in found)
     s = _study()
     assert all(not stage2_conflicts(s.stage2_config(v)) for v in s.variants)

@@ -23,6 +23,7 @@ import torch
 from safetensors.numpy import load_file
 
 from medsynth.evaluation import evaluate_volume_run, extractor_input_size
+from medsynth.generator.objective import RegionContrastive
 from medsynth.generator import GeneratorStep, build_latent_data, load_slices, run_base, run_vae
 from medsynth.io.generated import load_generated
 from medsynth.generator.sampling import sample_condition_set
@@ -200,9 +201,9 @@ def test_maisi_v2_region_contrastive_term_on_volumes(latents):
         with torch.no_grad():
             p.add_(torch.randn(p.shape, generator=g) * 0.05)
     data = latents
-    step = GeneratorStep(data.tokens, data.keep, data.null_id, total_steps=STAGE["steps"],
-                         contrastive={"roi_channel": NAMES.index("liver"), "delta": 2.0, "dilation": 1,
-                                      "schedule": [(0, 0.01), (50, 0.001)]})
+    term = RegionContrastive(roi_channel=NAMES.index("liver"), delta=2.0, dilation=1,
+                             schedule=[(0, 0.01), (50, 0.001)], total_steps=STAGE["steps"])
+    step = GeneratorStep(data.tokens, data.keep, data.null_id, extras=[term])
     terms = step(model, data.dataset.get_batch([0, 1]), 0, torch.Generator().manual_seed(2))
     assert torch.isfinite(terms["loss"]) and terms["contrastive_roi_distance"] > 0
     terms["loss"].backward()  # the ControlNet's residuals must not break autograd (MONAI adds them in place)

@@ -2,6 +2,8 @@
 
 * :mod:`.data` - training-set shards -> VAE latents (z-normalised), condition masks at latent size and
   compound text prompts (embedded once per unique prompt); the graded-severity prompt of the target task.
+* :mod:`.objective` / :mod:`.step` - the training objective (one main term plus extra terms) and
+  :class:`GeneratorStep`, the loop's ``loss_step``.
 * :mod:`.stages` - one entry function per rule: :func:`run_vae`, :func:`run_base`, :func:`run_stage1`,
   :func:`run_stage2` (variant = a named override set of the ``stage2`` config section).
 """
@@ -15,7 +17,8 @@ from .data import (
     severity_grades,
     slice_prompts,
 )
-from .stages import GeneratorStep, run_base, run_stage1, run_stage2, run_vae, variant_config
+from .step import GeneratorStep
+from .stages import run_base, run_stage1, run_stage2, run_vae, variant_config
 
 __all__ = [
     "GeneratorStep",

@@ -22,7 +22,7 @@ Volumes (MAISI-v2 / MedSyn2 3D studies): the same functions take the ``trainsets
 ``vae.model`` the 3D MAISI config (``spatial_dims: 3``) :func:`run_vae` tunes it on whole volumes (and
 mask channels), and the stages train a 3D backbone (``maisi_unet3d``: ``params.mask_input`` routes the
 mask to the ControlNet and/or the input channels; ``medsyn2_dit`` with ``spatial_dims: 3``,
-``prediction: x0``: MedSyn2's x-prediction v-loss, see :class:`GeneratorStep`) on the volume latents.
+``prediction: x0``: MedSyn2's x-prediction v-loss, see :mod:`medsynth.generator.objective`) on the volume latents.
 
 Every stage trains with :func:`medsynth.train.train` (checkpoints every ``checkpoint_every`` steps,
 automatic resume from the newest one, SIGTERM -> checkpoint + exit code 75) and writes ``final/``,
@@ -35,7 +35,7 @@ import copy
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +47,9 @@ from medsynth.configmerge import variant_config
 from medsynth.fsutil import write_csv_atomic, write_text_atomic
 from medsynth.launch import is_main_process
 from medsynth.generator.data import LatentData, load_slices, select_rows, shard_condition_names
+from medsynth.generator.objective import AdversarialTerm, ConsistencyTerms, EWCPenalty
 from medsynth.generator.players import AdversarialPair, build_discriminator
+from medsynth.generator.step import GeneratorStep, build_step
 from medsynth.generator.loaders import (
     check_channels,
     load_backbone,
@@ -56,24 +58,7 @@ from medsynth.generator.loaders import (
     resolve_text_encoder,
     set_threads,
 )
-from medsynth.models.backbones import (
-    as_velocity,
-    build_backbone,
-    predict,
-    predicts_x0,
-)
-from medsynth.models.prompts import ABSENT_MASK_VALUE
-from medsynth.objectives import (
-    euler_step,
-    interpolate,
-    rectified_flow_loss,
-    sample_timesteps,
-    spatial_consistency_loss,
-    temporal_consistency_loss,
-    tweedie_corrected_velocity,
-    velocity_from_x0,
-    x_prediction_v_loss,
-)
+from medsynth.models.backbones import build_backbone
 from medsynth.train.loop import PREEMPTED_EXIT_CODE, derive_seed, run_fingerprint
 from medsynth.variants import check_stage2
 from medsynth.train import (
@@ -129,168 +114,6 @@ def _finish(result, out_dir: Path) -> None:
     if result.status != "completed":
         raise SystemExit(result.exit_code)  # preempted: checkpoint written, the job is requeued / rerun
     log.info("%s: %d steps, %.4f s/step", out_dir, result.step, result.seconds_per_step)
-
-
-# ------------------------------------------------------------------------------------------------ loss step
-@dataclass
-class GeneratorStep:
-    """``loss_step`` for :func:`medsynth.train.train` on :class:`LatentData` batches.
-
-    Draws ``t`` and the noise from the loop's generator, drops text and mask together with probability
-    ``cond_dropout`` (classifier-free guidance's null condition: empty prompt, all-background mask),
-    and evaluates the backbone with :func:`medsynth.models.backbones.predict`. ``objective``:
-    ``flow`` (ViCTr eq. 1) or ``tweedie`` (Tweedie-corrected field ``u = v - (1 - abar) s``, ViCTr Sec.
-    3.2). With ``reference`` (the frozen stage-1 model) the temporal (``MSE(u, v_ref)``) and spatial
-    (one Euler step ``Z_{t-dt}`` of each, values + spatial gradients) consistency terms are added with
-    their weights; both compare the fields the samplers integrate (``u`` of the adapted model, the
-    plain velocity of the reference). ``ewc``: the stage-1 penalty.
-
-    An x0-predicting backbone (``medsyn2_dit`` with ``prediction: x0``) trains with MedSyn2's
-    x-prediction v-loss (eq. 4, :func:`medsynth.objectives.x_prediction_v_loss`, logged as ``flow``)
-    under the ``flow`` objective; every field (Tweedie, consistency, contrastive) uses its implied
-    velocity. It cannot train under ``ddpm`` (noise prediction).
-    """
-
-    tokens: torch.Tensor
-    keep: torch.Tensor
-    null_id: int
-    objective: str = "flow"
-    cond_dropout: float = 0.0
-    distribution: str = "uniform"
-    abar_mapping: str = "variance"
-    detach_score: bool = False
-    ewc: EWCTerm | None = None
-    reference: nn.Module | None = None
-    temporal_weight: float = 0.0
-    spatial_weight: float = 0.0
-    grad_weight: float = 1.0
-    step_size: float = 0.1
-    scheduler: object | None = None  # diffusers DDPMScheduler of the ddpm objective
-    contrastive: Mapping | None = None  # MAISI-v2 region contrastive term: roi_channel, delta, dilation, schedule
-    total_steps: int = 1
-    adversarial_weight: float = 0.0  # > 0: the model is an AdversarialPair (stage 2's optional adversarial term)
-
-    def __post_init__(self) -> None:
-        if self.objective not in ("flow", "tweedie", "ddpm"):
-            raise ValueError(f"objective must be 'flow', 'tweedie' or 'ddpm', got {self.objective!r}")
-        if self.objective == "ddpm" and self.scheduler is None:
-            raise ValueError("the ddpm objective needs its noise scheduler (sampling.ddpm settings)")
-
-    def _ddpm(self, model, x0, mask, text, keep, generator) -> dict[str, torch.Tensor]:
-        from medsynth.objectives import ddpm_add_noise, ddpm_model_time, noise_prediction_loss, sample_ddpm_timesteps
-
-        steps = int(self.scheduler.config.num_train_timesteps)
-        timesteps = sample_ddpm_timesteps(x0.shape[0], generator, steps)
-        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-        x_t = ddpm_add_noise(x0, noise, timesteps.to(x0.device), self.scheduler)
-        if predicts_x0(model):
-            raise ValueError("the ddpm objective trains noise prediction: an x0-predicting backbone "
-                             "(medsyn2_dit prediction: x0) needs objective flow (MedSyn2 x-prediction v-loss)")
-        eps = predict(model, x_t, ddpm_model_time(timesteps, steps).to(x0.device), text, keep, mask=mask).float()
-        loss = noise_prediction_loss(eps, noise.float())
-        return {"ddpm": loss, "loss": loss}
-
-    def _contrastive(self, model, x_t, t, text, keep, mask, field, step) -> dict[str, torch.Tensor]:
-        """MAISI-v2: the same x_t with the ROI channel removed from the mask (ROI -> surroundings)."""
-        from medsynth.objectives import contrastive_lambda, region_contrastive_loss
-
-        c = dict(self.contrastive)
-        channel = int(c["roi_channel"])
-        roi = (mask[:, channel:channel + 1] > 0).float()
-        perturbed = mask.clone()
-        perturbed[:, channel] = ABSENT_MASK_VALUE
-        other = as_velocity(model, predict(model, x_t, t, text, keep, mask=perturbed), x_t, t)
-        if self.objective == "tweedie":
-            other = tweedie_corrected_velocity(other, x_t.float(), t.float(), detach_score=self.detach_score,
-                                               mapping=self.abar_mapping)
-        term = region_contrastive_loss(field, other, roi, delta=float(c.get("delta", 2.0)),
-                                       dilation=int(c.get("dilation", 1)))
-        weight = contrastive_lambda(int(step * 100 / max(1, self.total_steps)), c.get("schedule", ((0, 0.01), (50, 0.001))))
-        return {"contrastive": term.total, "contrastive_roi_distance": term.d_roi.mean().detach(),
-                "contrastive_weight": torch.tensor(weight)}
-
-    def __call__(self, model: nn.Module, batch: Mapping[str, torch.Tensor], step: int,
-                 generator: torch.Generator) -> dict[str, torch.Tensor]:
-        pair = model if isinstance(model, AdversarialPair) else None
-        if pair is not None:
-            model = pair.generator
-        x0, mask, pid = batch["latent"], batch["mask"], batch["prompt"]
-        b, device = x0.shape[0], x0.device
-        if self.distribution == "one_step":  # distillation into the one-step map x0 = x1 - v(x1, 1)
-            t = torch.ones(b, device=device, dtype=x0.dtype)
-        else:
-            t = sample_timesteps(b, generator, self.distribution, device=device, dtype=x0.dtype)
-        x1 = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(device)
-        if "noise" in batch:  # reflow: the noise this latent was generated from (a coupled pair)
-            x1 = batch["noise"]
-        if self.cond_dropout > 0:
-            drop = (torch.rand(b, generator=generator) < self.cond_dropout).to(device)
-            pid = torch.where(drop, torch.full_like(pid, self.null_id), pid)
-            mask = torch.where(drop.view(-1, *[1] * (mask.ndim - 1)), torch.full_like(mask, ABSENT_MASK_VALUE), mask)
-        text = self.tokens.to(device)[pid]
-        keep = self.keep.to(device)[pid]
-        if self.objective == "ddpm":
-            return self._ddpm(model, x0, mask, text, keep, generator)
-        x_t = interpolate(x0, x1, t)
-        if predicts_x0(model) and self.objective == "flow":  # MedSyn2 eq. 4: x-prediction, v-loss
-            x0_hat = predict(model, x_t, t, text, keep, mask=mask).float()
-            field = velocity_from_x0(x0_hat, x_t.float(), t.float())
-            main = x_prediction_v_loss(x0_hat, x0.float(), x1.float(), t.float())
-        else:
-            v = as_velocity(model, predict(model, x_t, t, text, keep, mask=mask), x_t, t)
-            field = v
-            if self.objective == "tweedie":
-                field = tweedie_corrected_velocity(v, x_t.float(), t.float(), detach_score=self.detach_score,
-                                                   mapping=self.abar_mapping)
-            main = rectified_flow_loss(field, x0.float(), x1.float())
-        terms = {"flow": main}
-        loss = main
-        if self.ewc is not None:
-            terms["ewc"] = self.ewc(model)
-            loss = loss + terms["ewc"]
-        if self.reference is not None and (self.temporal_weight or self.spatial_weight):
-            with torch.no_grad():
-                v_ref = as_velocity(self.reference, predict(self.reference, x_t, t, text, keep, mask=mask), x_t, t)
-            if self.temporal_weight:
-                terms["temporal"] = temporal_consistency_loss(field, v_ref)
-                loss = loss + self.temporal_weight * terms["temporal"]
-            if self.spatial_weight:
-                t_prev = (t - self.step_size).clamp_min(0.0)
-                terms["spatial"] = spatial_consistency_loss(euler_step(x_t.float(), field, t, t_prev),
-                                                            euler_step(x_t.float(), v_ref, t, t_prev), self.grad_weight)
-                loss = loss + self.spatial_weight * terms["spatial"]
-        if self.contrastive:
-            extra = self._contrastive(model, x_t, t, text, keep, mask, field, step)
-            terms.update(extra)
-            loss = loss + extra["contrastive_weight"] * extra["contrastive"]
-        if pair is not None and self.adversarial_weight > 0:
-            from medsynth.objectives import x0_from_velocity
-
-            adv = pair.adversarial_terms(x0.float(), x0_from_velocity(field, x_t.float(), t.float()), mask.float())
-            terms.update(adv)
-            loss = loss + self.adversarial_weight * adv["adversarial"] + adv["discriminator"]
-        terms["loss"] = loss
-        return terms
-
-
-def _step(data: LatentData, stage_cfg: Mapping, names: Sequence[str] = (), ddpm_cfg: Mapping | None = None,
-          **extra) -> GeneratorStep:
-    objective = str(stage_cfg.get("objective", "flow"))
-    if objective == "ddpm":
-        from medsynth.sample import make_scheduler
-
-        extra["scheduler"] = make_scheduler("ddpm", **dict(ddpm_cfg or {}))
-    contrastive = dict(stage_cfg.get("contrastive") or {})
-    if contrastive.get("enabled"):
-        roi = contrastive.get("roi", "liver")
-        if roi not in names:
-            raise KeyError(f"contrastive.roi = {roi!r} is not a condition channel ({list(names)})")
-        extra["contrastive"] = {**contrastive, "roi_channel": list(names).index(roi),
-                                "schedule": [tuple(x) for x in contrastive.get("schedule", [[0, 0.01], [50, 0.001]])]}
-        extra["total_steps"] = int(stage_cfg.get("steps", 1))
-    return GeneratorStep(data.tokens, data.keep, data.null_id, objective=objective,
-                         cond_dropout=float(stage_cfg.get("cond_dropout", 0.0)),
-                         distribution=str(stage_cfg.get("timesteps", "uniform")), **extra)
 
 
 # ------------------------------------------------------------------------------------------------ VAE
@@ -358,7 +181,7 @@ def run_base(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_prompts(data, out_dir)
     fp = run_fingerprint(gen_cfg, stage_cfg, files=[*shards, vae_dir, stats_path])
-    result = train(model, _step(data, stage_cfg), data.dataset, train_config(stage_cfg, out_dir, fp))
+    result = train(model, build_step(data, stage_cfg), data.dataset, train_config(stage_cfg, out_dir, fp))
     _finish(result, out_dir)
     return result
 
@@ -409,7 +232,8 @@ def run_stage1(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Pat
     del vae_stats, slices
     _write_prompts(data, out_dir)
     fp = run_fingerprint(gen_cfg, stage_cfg, base_cfg, files=[*shards, vae_dir, stats_path, base_dir])
-    result = train(model, _step(data, stage_cfg, ewc=ewc), data.dataset, train_config(stage_cfg, out_dir, fp))
+    result = train(model, build_step(data, stage_cfg, extras=[EWCPenalty(ewc)]), data.dataset,
+                   train_config(stage_cfg, out_dir, fp))
     _finish(result, out_dir)
     return result
 
@@ -460,12 +284,13 @@ def run_stage2(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Pat
         reflow_pairs(model, data, dict(dmd.get("pairs") or {}), str(dmd.get("teacher_objective", "flow")))
         teacher = copy.deepcopy(model).eval().requires_grad_(False)
         fake = copy.deepcopy(model).train().requires_grad_(True)
-    extra = {}
+    extras = []
     if consistency:
         reference = copy.deepcopy(model).eval().requires_grad_(False)
-        extra = dict(reference=reference, temporal_weight=float(cons.get("temporal_weight", 0.0)),
-                     spatial_weight=float(cons.get("spatial_weight", 0.0)),
-                     grad_weight=float(cons.get("grad_weight", 1.0)), step_size=float(cons.get("step_size", 0.1)))
+        extras.append(ConsistencyTerms(reference, temporal_weight=float(cons.get("temporal_weight", 0.0)),
+                                       spatial_weight=float(cons.get("spatial_weight", 0.0)),
+                                       grad_weight=float(cons.get("grad_weight", 1.0)),
+                                       step_size=float(cons.get("step_size", 0.1))))
     if method == "lora":
         _, _, selected = load_ewc(ewc_path)
         targets = lora_targets(model, selected)
@@ -485,8 +310,9 @@ def run_stage2(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Pat
         torch.manual_seed(derive_seed(int(stage_cfg.get("seed", 0)), "discriminator-init"))
         disc = build_discriminator(adversarial, latent.shape[1] + data.dataset.tensors["mask"].shape[1],
                                    latent.ndim - 2)
-        step = _step(data, stage_cfg, names, ddpm_cfg, adversarial_weight=float(adversarial.get("weight", 0.05)),
-                     **extra)
+        weight = float(adversarial.get("weight", 0.05))
+        step = build_step(data, stage_cfg, names, ddpm_cfg, extras,
+                          adversarial=AdversarialTerm(weight) if weight > 0 else None)
         groups = [{"params": [p for p in model.parameters() if p.requires_grad]},
                   {"params": list(disc.parameters()), "lr": float(adversarial.get("lr", stage_cfg.get("lr", 1e-4)))}]
         result = train(AdversarialPair(model, disc), step, data.dataset, train_config(stage_cfg, out_dir, fp),
@@ -504,7 +330,7 @@ def run_stage2(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Pat
                   {"params": list(fake.parameters()), "lr": float(dmd.get("fake_lr", stage_cfg.get("lr", 1e-4)))}]
         result = train(pair, step, data.dataset, train_config(stage_cfg, out_dir, fp), trainable_params=groups)
     else:
-        result = train(model, _step(data, stage_cfg, names, ddpm_cfg, **extra), data.dataset,
+        result = train(model, build_step(data, stage_cfg, names, ddpm_cfg, extras), data.dataset,
                        train_config(stage_cfg, out_dir, fp))
     _finish(result, out_dir)
     meta = {"method": method, "objective": objective, "init": str(init_dir),

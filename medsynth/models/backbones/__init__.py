@@ -71,6 +71,7 @@ __all__ = [
     "backbone_type",
     "build_backbone",
     "expand_input_channels",
+    "find_adapter",
     "flux_position_ids",
     "input_channels",
     "mask_routing",
@@ -94,12 +95,17 @@ ADAPTERS: dict[str, BackboneAdapter] = {
 BACKBONE_TYPES: dict[str, type[ModelMixin]] = {kind: a.model_class for kind, a in ADAPTERS.items()}
 
 
+def find_adapter(model: nn.Module) -> BackboneAdapter | None:
+    """The adapter of a built backbone, ``None`` for a module of no known backbone class."""
+    return next((a for a in ADAPTERS.values() if isinstance(model, a.model_class)), None)
+
+
 def adapter_for(model: nn.Module) -> BackboneAdapter:
-    """The adapter of a built backbone."""
-    for adapter in ADAPTERS.values():
-        if isinstance(model, adapter.model_class):
-            return adapter
-    raise TypeError(f"{type(model).__name__} is not a known backbone ({', '.join(ADAPTERS)})")
+    """The adapter of a built backbone (a ``TypeError`` for any other module)."""
+    adapter = find_adapter(model)
+    if adapter is None:
+        raise TypeError(f"{type(model).__name__} is not a known backbone ({', '.join(ADAPTERS)})")
+    return adapter
 
 
 def backbone_type(model: nn.Module) -> str:
@@ -135,8 +141,10 @@ def mask_routing(model: nn.Module) -> tuple[bool, bool]:
 
 
 def predicts_x0(model: nn.Module) -> bool:
-    """Whether the backbone outputs a clean-data estimate (``medsyn2_dit`` with ``prediction: x0``)."""
-    return adapter_for(model).predicts_x0(model)
+    """Whether the backbone outputs a clean-data estimate (``medsyn2_dit`` with ``prediction: x0``);
+    any other module (e.g. a velocity model a test writes) predicts a velocity."""
+    adapter = find_adapter(model)
+    return adapter is not None and adapter.predicts_x0(model)
 
 
 def expand_input_channels(model: nn.Module, in_channels: int) -> nn.Module:

@@ -1,0 +1,126 @@
+"""One training step of the generator (``loss_step`` of :func:`medsynth.train.train`), and the step a
+stage config describes.
+
+:class:`GeneratorStep` draws ``t`` and the noise from the loop's generator, drops text and mask together
+with probability ``cond_dropout`` (classifier-free guidance's null condition: empty prompt,
+all-background mask), evaluates the main term of :mod:`medsynth.generator.objective` and adds its
+extra terms. :func:`build_step` makes it from a stage section (``objective``, ``cond_dropout``,
+``timesteps``, ``contrastive``) and the extra terms a stage adds (EWC, consistency, adversarial).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from medsynth.generator.data import LatentData
+from medsynth.generator.objective import (
+    ExtraTerm,
+    FlowMatching,
+    NoisePrediction,
+    RegionContrastive,
+    StepState,
+)
+from medsynth.generator.players import AdversarialPair
+from medsynth.models.prompts import ABSENT_MASK_VALUE
+from medsynth.objectives import sample_timesteps
+
+__all__ = ["GeneratorStep", "build_step", "contrastive_term"]
+
+
+@dataclass
+class GeneratorStep:
+    """``loss_step`` on :class:`LatentData` batches: ``objective`` (a :class:`FlowMatching` or
+    :class:`NoisePrediction`) plus ``extras`` (terms of :mod:`medsynth.generator.objective`, added in order).
+
+    ``distribution``: the training-time distribution (``uniform``, ``logit_normal``, or ``one_step``:
+    ``t = 1`` only, the distillation into the one-step map ``x0 = x1 - v(x1, 1)``).
+    """
+
+    tokens: torch.Tensor
+    keep: torch.Tensor
+    null_id: int
+    objective: FlowMatching | NoisePrediction = field(default_factory=FlowMatching)
+    cond_dropout: float = 0.0
+    distribution: str = "uniform"
+    extras: Sequence[ExtraTerm] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.objective, NoisePrediction) and self.extras:
+            raise ValueError("the ddpm objective takes no extra terms (EWC, consistency, contrastive, adversarial)")
+
+    def __call__(self, model: nn.Module, batch: Mapping[str, torch.Tensor], step: int,
+                 generator: torch.Generator) -> dict[str, torch.Tensor]:
+        pair = model if isinstance(model, AdversarialPair) else None
+        if pair is not None:
+            model = pair.generator
+        x0, mask, pid = batch["latent"], batch["mask"], batch["prompt"]
+        b, device = x0.shape[0], x0.device
+        if self.distribution == "one_step":
+            t = torch.ones(b, device=device, dtype=x0.dtype)
+        else:
+            t = sample_timesteps(b, generator, self.distribution, device=device, dtype=x0.dtype)
+        x1 = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(device)
+        if "noise" in batch:  # reflow: the noise this latent was generated from (a coupled pair)
+            x1 = batch["noise"]
+        if self.cond_dropout > 0:
+            drop = (torch.rand(b, generator=generator) < self.cond_dropout).to(device)
+            pid = torch.where(drop, torch.full_like(pid, self.null_id), pid)
+            mask = torch.where(drop.view(-1, *[1] * (mask.ndim - 1)), torch.full_like(mask, ABSENT_MASK_VALUE), mask)
+        text = self.tokens.to(device)[pid]
+        keep = self.keep.to(device)[pid]
+        if isinstance(self.objective, NoisePrediction):
+            loss = self.objective(model, x0, mask, text, keep, generator)
+            return {"ddpm": loss, "loss": loss}
+        main, x_t, flow_field = self.objective(model, x0, x1, t, text, keep, mask)
+        terms = {"flow": main}
+        loss = main
+        state = StepState(model, pair, self.objective, x0, x1, x_t, t, text, keep, mask, flow_field, step)
+        for term in self.extras:
+            logged, parts = term(state)
+            terms.update(logged)
+            for part in parts:
+                loss = loss + part
+        terms["loss"] = loss
+        return terms
+
+
+def contrastive_term(stage_cfg: Mapping, names: Sequence[str]) -> RegionContrastive | None:
+    """MAISI-v2's region contrastive term of a stage section (``contrastive.enabled``), or ``None``."""
+    contrastive = dict(stage_cfg.get("contrastive") or {})
+    if not contrastive.get("enabled"):
+        return None
+    roi = contrastive.get("roi", "liver")
+    if roi not in names:
+        raise KeyError(f"contrastive.roi = {roi!r} is not a condition channel ({list(names)})")
+    return RegionContrastive(
+        roi_channel=list(names).index(roi), delta=float(contrastive.get("delta", 2.0)),
+        dilation=int(contrastive.get("dilation", 1)),
+        schedule=[tuple(x) for x in contrastive.get("schedule", [[0, 0.01], [50, 0.001]])],
+        total_steps=int(stage_cfg.get("steps", 1)),
+    )
+
+
+def build_step(data: LatentData, stage_cfg: Mapping, names: Sequence[str] = (), ddpm_cfg: Mapping | None = None,
+               extras: Sequence[ExtraTerm] = (), adversarial: ExtraTerm | None = None) -> GeneratorStep:
+    """The step of a stage section: its main term, then ``extras``, the contrastive term of
+    ``stage_cfg`` and ``adversarial`` (in that order)."""
+    kind = str(stage_cfg.get("objective", "flow"))
+    if kind == "ddpm":
+        from medsynth.sample import make_scheduler
+
+        objective = NoisePrediction(make_scheduler("ddpm", **dict(ddpm_cfg or {})))
+    else:
+        objective = FlowMatching(kind)
+    terms = list(extras)
+    contrastive = contrastive_term(stage_cfg, names)
+    if contrastive is not None:
+        terms.append(contrastive)
+    if adversarial is not None:
+        terms.append(adversarial)
+    return GeneratorStep(data.tokens, data.keep, data.null_id, objective=objective,
+                         cond_dropout=float(stage_cfg.get("cond_dropout", 0.0)),
+                         distribution=str(stage_cfg.get("timesteps", "uniform")), extras=terms)
