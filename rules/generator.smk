@@ -12,6 +12,8 @@ rule base:
         final=directory(f"{RESULTS}/base/final"),
         curve=f"{RESULTS}/base/loss_curve.csv",
         train_config=f"{RESULTS}/base/train_config.json",
+        prompts=f"{RESULTS}/base/prompts.csv",
+        slices=f"{RESULTS}/base/slices.csv",
     log:
         f"{RESULTS}/logs/base.log",
     benchmark:
@@ -39,6 +41,9 @@ rule stage1:
         final=directory(f"{RESULTS}/stage1/final"),
         curve=f"{RESULTS}/stage1/loss_curve.csv",
         train_config=f"{RESULTS}/stage1/train_config.json",
+        prompts=f"{RESULTS}/stage1/prompts.csv",
+        slices=f"{RESULTS}/stage1/slices.csv",
+        selected_layers=f"{RESULTS}/stage1/selected_layers.json",
         ewc=f"{RESULTS}/stage1/ewc.safetensors",
     log:
         f"{RESULTS}/logs/stage1.log",
@@ -73,6 +78,8 @@ rule stage2:
         final=directory(f"{RESULTS}/stage2/{{variant}}/final"),
         curve=f"{RESULTS}/stage2/{{variant}}/loss_curve.csv",
         train_config=f"{RESULTS}/stage2/{{variant}}/train_config.json",
+        prompts=f"{RESULTS}/stage2/{{variant}}/prompts.csv",
+        slices=f"{RESULTS}/stage2/{{variant}}/slices.csv",
     log:
         f"{RESULTS}/logs/stage2/{{variant}}.log",
     benchmark:
@@ -102,6 +109,8 @@ rule architecture:
         final=directory(f"{RESULTS}/architectures/{{arch}}/final"),
         curve=f"{RESULTS}/architectures/{{arch}}/loss_curve.csv",
         train_config=f"{RESULTS}/architectures/{{arch}}/train_config.json",
+        prompts=f"{RESULTS}/architectures/{{arch}}/prompts.csv",
+        slices=f"{RESULTS}/architectures/{{arch}}/slices.csv",
     log:
         f"{RESULTS}/logs/architectures/{{arch}}.log",
     benchmark:

@@ -39,6 +39,8 @@ rule volume_generator:
         final=directory(f"{RESULTS}/volumes/generator/final"),
         curve=f"{RESULTS}/volumes/generator/loss_curve.csv",
         train_config=f"{RESULTS}/volumes/generator/train_config.json",
+        prompts=f"{RESULTS}/volumes/generator/prompts.csv",
+        slices=f"{RESULTS}/volumes/generator/slices.csv",
     log:
         f"{RESULTS}/logs/volumes/generator.log",
     benchmark:

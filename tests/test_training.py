@@ -281,7 +281,7 @@ def test_uninterrupted_run_outputs(uninterrupted):
     assert result.status == "completed" and result.exit_code == 0 and result.step == 12
     assert [int(r["step"]) for r in read_curve(out / "loss_curve.csv")] == list(range(1, 13))
     assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["step-000008", "step-000012"]  # keep 2
-    assert latest_checkpoint(out).name == "step-000012"
+    assert latest_checkpoint(out / "checkpoints").name == "step-000012"
     assert any((out / "tensorboard").iterdir())
     reloaded = UNet2DModel.from_pretrained(str(result.final_dir))
     assert_same_weights(reloaded, model)
@@ -301,7 +301,7 @@ def test_resume_after_crash_is_bit_identical(ct_slices, uninterrupted, tmp_path)
 
     with pytest.raises(Killed):
         train(tiny_unet(), RectifiedFlowStep(), ct_slices, cfg(tmp_path), on_step_end=kill_at_7)
-    assert latest_checkpoint(tmp_path).name == "step-000004"
+    assert latest_checkpoint(tmp_path / "checkpoints").name == "step-000004"
     assert len(read_curve(tmp_path / "loss_curve.csv")) == 7
     model = tiny_unet(seed=99)  # different init: everything must come from the checkpoint
     result = train(model, RectifiedFlowStep(), ct_slices, cfg(tmp_path))
@@ -324,7 +324,7 @@ def test_signal_checkpoints_and_returns_preempted(ct_slices, uninterrupted, tmp_
 
     result = train(tiny_unet(), step_with_signal, ct_slices, cfg(tmp_path))
     assert result.status == "preempted" and result.exit_code == PREEMPTED_EXIT_CODE and result.signal == signum
-    assert result.step == 6 and result.checkpoint.name == "step-000006" and latest_checkpoint(tmp_path) == result.checkpoint
+    assert result.step == 6 and result.checkpoint.name == "step-000006" and latest_checkpoint(tmp_path / "checkpoints") == result.checkpoint
     assert result.final_dir is None and not (tmp_path / "final").exists()
     assert signal.getsignal(signum) == old_handler  # handler restored
     model = tiny_unet(seed=5)
@@ -355,7 +355,7 @@ def test_resume_restores_a_deleted_loss_curve_from_the_checkpoint(ct_slices, uni
 def test_checkpoints_of_other_settings_are_not_resumed(ct_slices, uninterrupted, tmp_path, change):
     """A rerun with other settings (or regenerated inputs) trains from step 0 instead of continuing."""
     first = train(tiny_unet(), RectifiedFlowStep(), ct_slices, cfg(tmp_path, **change))
-    assert first.status == "completed" and latest_checkpoint(tmp_path).name == "step-000012"
+    assert first.status == "completed" and latest_checkpoint(tmp_path / "checkpoints").name == "step-000012"
     model = tiny_unet()
     rerun = train(model, RectifiedFlowStep(), ct_slices, cfg(tmp_path))
     assert rerun.resumed_from is None and rerun.step == 12

@@ -35,7 +35,7 @@ import copy
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +64,7 @@ from medsynth.variants import check_stage2
 from medsynth.train import (
     EWCTerm,
     TrainConfig,
+    TrainOutputs,
     add_lora,
     anchor_parameters,
     fisher_diagonal,
@@ -75,7 +76,7 @@ from medsynth.train import (
     unfreeze,
 )
 
-__all__ = ["AdversarialPair", "GeneratorStep", "run_vae", "run_base", "run_stage1", "run_stage2", "variant_config", "train_config"]
+__all__ = ["AdversarialPair", "GeneratorStep", "StageOutputs", "run_vae", "run_base", "run_stage1", "run_stage2", "variant_config", "train_config"]
 
 log = logging.getLogger(__name__)
 
@@ -98,16 +99,46 @@ def train_config(stage_cfg: Mapping, output_dir: str | Path, fingerprint: str = 
     return TrainConfig(output_dir=str(output_dir), **kwargs)
 
 
-def _write_prompts(data: LatentData, out_dir: Path) -> None:
+@dataclass(frozen=True)
+class StageOutputs:
+    """The files a generator stage writes, as its rule declares them (``ewc`` / ``selected_layers``:
+    stage 1 only). A rule's task passes its outputs; :meth:`under` is the layout of one folder."""
+
+    train: TrainOutputs
+    prompts: Path
+    slices: Path
+    ewc: Path | None = None
+    selected_layers: Path | None = None
+
+    @property
+    def folder(self) -> Path:
+        """The run's folder (``TrainConfig.output_dir``)."""
+        return self.train.final.parent
+
+    @classmethod
+    def under(cls, folder: str | Path) -> "StageOutputs":
+        """``final/``, ``loss_curve.csv``, ``train_config.json``, ``prompts.csv``, ``slices.csv``,
+        ``ewc.safetensors``, ``selected_layers.json`` (and the work folders) in ``folder``."""
+        folder = Path(folder)
+        return cls(TrainOutputs.under(folder), folder / "prompts.csv", folder / "slices.csv",
+                   folder / "ewc.safetensors", folder / "selected_layers.json")
+
+    @classmethod
+    def of(cls, where: "StageOutputs | str | Path") -> "StageOutputs":
+        """``where`` itself, or the layout of the folder it names."""
+        return where if isinstance(where, StageOutputs) else cls.under(where)
+
+
+def _write_prompts(data: LatentData, outputs: StageOutputs) -> None:
     if not is_main_process():  # one writer in a multi-process launch
         return
     counts = data.index["prompt"].value_counts()
     table = pd.DataFrame({"prompt_id": range(len(data.prompts)), "prompt": data.prompts,
                           "slices": [int(counts.get(p, 0)) for p in data.prompts]})
-    write_csv_atomic(table, out_dir / "prompts.csv")
+    write_csv_atomic(table, outputs.prompts)
     cols = [c for c in ("case_id", "modality", "split", "slice", "severity_fraction", "severity", "prompt")
             if c in data.index]
-    write_csv_atomic(data.index[cols], out_dir / "slices.csv")
+    write_csv_atomic(data.index[cols], outputs.slices)
 
 
 def _finish(result, out_dir: Path) -> None:
@@ -169,20 +200,21 @@ def run_vae(shards: Sequence[str], out_dir: str | Path, vae_cfg: Mapping, recons
 
 
 # ------------------------------------------------------------------------------------------------ stages
-def run_base(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Path, out_dir: str | Path,
+def run_base(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Path, outputs: StageOutputs | str | Path,
              gen_cfg: Mapping, stage_cfg: Mapping, *, text_encoder=None):
-    """Train the base generator from scratch (or from ``generator.backbone.pretrained``)."""
+    """Train the base generator from scratch (or from ``generator.backbone.pretrained``); ``outputs``:
+    where it writes (:class:`StageOutputs`, or a folder with that layout)."""
     set_threads(gen_cfg)
-    out_dir = Path(out_dir)
+    outputs = StageOutputs.of(outputs)
     data = load_latent_data(shards, vae_dir, stats_path, gen_cfg, stage_cfg, text_encoder)
     torch.manual_seed(derive_seed(int(stage_cfg.get("seed", 0)), "init"))  # seeded initialisation
     model = build_backbone(dict(gen_cfg["backbone"]), key="generator.backbone")
     check_channels(model, data)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_prompts(data, out_dir)
+    _write_prompts(data, outputs)
     fp = run_fingerprint(gen_cfg, stage_cfg, files=[*shards, vae_dir, stats_path])
-    result = train(model, build_step(data, stage_cfg), data.dataset, train_config(stage_cfg, out_dir, fp))
-    _finish(result, out_dir)
+    result = train(model, build_step(data, stage_cfg), data.dataset, train_config(stage_cfg, outputs.folder, fp),
+                   outputs=outputs.train)
+    _finish(result, outputs.folder)
     return result
 
 
@@ -202,10 +234,11 @@ def _fisher(model: nn.Module, data: LatentData, ewc_cfg: Mapping, seed: int) -> 
 
 
 def run_stage1(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Path, base_dir: str | Path,
-               out_dir: str | Path, gen_cfg: Mapping, stage_cfg: Mapping, base_cfg: Mapping, *, text_encoder=None):
+               outputs: StageOutputs | str | Path, gen_cfg: Mapping, stage_cfg: Mapping, base_cfg: Mapping, *,
+               text_encoder=None):
     """ViCTr stage 1: EWC layer selection on the base's own data, then EWC-penalised fine-tuning."""
     set_threads(gen_cfg)
-    out_dir = Path(out_dir)
+    outputs = StageOutputs.of(outputs)
     text_encoder = resolve_text_encoder(gen_cfg, text_encoder)
     ewc_cfg = dict(stage_cfg.get("ewc") or {})
     model = load_backbone(gen_cfg, base_dir)
@@ -220,21 +253,20 @@ def run_stage1(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Pat
                              largest=bool(ewc_cfg.get("largest", True)))
     trainable = unfreeze(model, selected)
     anchor = anchor_parameters(model, trainable)
-    out_dir.mkdir(parents=True, exist_ok=True)
     if is_main_process():  # every worker computes the same selection; one writes it
-        save_ewc(out_dir / "ewc.safetensors", {n: fisher[n] for n in trainable}, anchor, selected)
-        write_text_atomic(out_dir / "selected_layers.json", json.dumps(
+        save_ewc(outputs.ewc, {n: fisher[n] for n in trainable}, anchor, selected)
+        write_text_atomic(outputs.selected_layers, json.dumps(
             {"selected": selected, "trainable_parameters": trainable,
              "n_trainable": int(sum(anchor[n].numel() for n in trainable)),
              "n_total": int(sum(p.numel() for p in model.parameters()))}, indent=2) + "\n")
     ewc = EWCTerm(anchor, {n: fisher[n] for n in trainable}, float(ewc_cfg.get("lambda", 1.0)))
     data = load_latent_data(shards, vae_dir, stats_path, gen_cfg, stage_cfg, text_encoder, vae_stats=vae_stats, slices=slices)
     del vae_stats, slices
-    _write_prompts(data, out_dir)
+    _write_prompts(data, outputs)
     fp = run_fingerprint(gen_cfg, stage_cfg, base_cfg, files=[*shards, vae_dir, stats_path, base_dir])
     result = train(model, build_step(data, stage_cfg, extras=[EWCPenalty(ewc)]), data.dataset,
-                   train_config(stage_cfg, out_dir, fp))
-    _finish(result, out_dir)
+                   train_config(stage_cfg, outputs.folder, fp), outputs=outputs.train)
+    _finish(result, outputs.folder)
     return result
 
 
@@ -255,7 +287,8 @@ def reflow_pairs(model: nn.Module, data: LatentData, reflow_cfg: Mapping, object
 
 
 def run_stage2(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Path, init_dir: str | Path,
-               ewc_path: str | Path, out_dir: str | Path, gen_cfg: Mapping, stage_cfg: Mapping, *, text_encoder=None,
+               ewc_path: str | Path, outputs: StageOutputs | str | Path, gen_cfg: Mapping, stage_cfg: Mapping, *,
+               text_encoder=None,
                ddpm_cfg: Mapping | None = None):
     """ViCTr stage 2 for one variant (``stage_cfg`` = :func:`variant_config`). Returns ``(result, model)``.
 
@@ -266,7 +299,7 @@ def run_stage2(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Pat
     """
     check_stage2(stage_cfg)  # before anything is loaded: options that exclude each other, named
     set_threads(gen_cfg)
-    out_dir = Path(out_dir)
+    outputs = StageOutputs.of(outputs)
     method = str(stage_cfg.get("method", "lora"))
     objective = str(stage_cfg.get("objective", "flow"))
     model = load_backbone(gen_cfg, init_dir)
@@ -300,8 +333,7 @@ def run_stage2(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Pat
                  float(lora.get("dropout", 0.0)))
     else:  # full
         model.requires_grad_(True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_prompts(data, out_dir)
+    _write_prompts(data, outputs)
     names = shard_condition_names(next(str(p) for p in shards if str(p).endswith(".safetensors")))
     fp = run_fingerprint(gen_cfg, stage_cfg, ddpm_cfg, files=[*shards, vae_dir, stats_path, init_dir, ewc_path])
     adversarial = dict(stage_cfg.get("adversarial") or {})
@@ -315,8 +347,8 @@ def run_stage2(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Pat
                           adversarial=AdversarialTerm(weight) if weight > 0 else None)
         groups = [{"params": [p for p in model.parameters() if p.requires_grad]},
                   {"params": list(disc.parameters()), "lr": float(adversarial.get("lr", stage_cfg.get("lr", 1e-4)))}]
-        result = train(AdversarialPair(model, disc), step, data.dataset, train_config(stage_cfg, out_dir, fp),
-                       trainable_params=groups)
+        result = train(AdversarialPair(model, disc), step, data.dataset, train_config(stage_cfg, outputs.folder, fp),
+                       trainable_params=groups, outputs=outputs.train)
     elif dmd.get("enabled"):
         from medsynth.generator.distill import DistillationPair, DistributionMatchingStep
 
@@ -328,11 +360,12 @@ def run_stage2(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Pat
                                         t_range=tuple(float(v) for v in dmd.get("t_range", (0.02, 0.98))))
         groups = [{"params": [p for p in model.parameters() if p.requires_grad]},
                   {"params": list(fake.parameters()), "lr": float(dmd.get("fake_lr", stage_cfg.get("lr", 1e-4)))}]
-        result = train(pair, step, data.dataset, train_config(stage_cfg, out_dir, fp), trainable_params=groups)
+        result = train(pair, step, data.dataset, train_config(stage_cfg, outputs.folder, fp), trainable_params=groups,
+                       outputs=outputs.train)
     else:
         result = train(model, build_step(data, stage_cfg, names, ddpm_cfg, extras), data.dataset,
-                       train_config(stage_cfg, out_dir, fp))
-    _finish(result, out_dir)
+                       train_config(stage_cfg, outputs.folder, fp), outputs=outputs.train)
+    _finish(result, outputs.folder)
     meta = {"method": method, "objective": objective, "init": str(init_dir),
             "one_step": bool(dmd.get("enabled") or reflow.get("distill")),
             "format": "lora adapter on the init model (medsynth.train.load_lora)" if method == "lora"

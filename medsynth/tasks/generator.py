@@ -7,6 +7,20 @@ from pathlib import Path
 from medsynth.tasks import Job, launch_or_run, task
 
 
+def stage_outputs(job: Job):
+    """The stage's declared outputs as :class:`~medsynth.generator.stages.StageOutputs`; the work folders
+    ``checkpoints/`` and ``tensorboard/`` (kept between attempts, so not declared) sit beside ``final/``."""
+    from medsynth.generator.stages import StageOutputs
+    from medsynth.train import TrainOutputs
+
+    out = job.output
+    folder = Path(out.final).parent
+    train = TrainOutputs(Path(out.final), Path(out.curve), Path(out.train_config), folder / "checkpoints",
+                         folder / "tensorboard")
+    optional = {name: Path(getattr(out, name)) for name in ("ewc", "selected_layers") if hasattr(out, name)}
+    return StageOutputs(train, Path(out.prompts), Path(out.slices), **optional)
+
+
 def _train(job: Job, work) -> None:
     stage = job.params.stage
     launch_or_run(job, stage, work, mixed_precision=stage.get("mixed_precision", "no"))
@@ -17,7 +31,7 @@ def base(job: Job) -> None:
     """The base generator, rectified flow on every training slice (also the 3D generator and the architectures)."""
     from medsynth.generator.stages import run_base
 
-    _train(job, lambda: run_base(job.input.shards, job.input.vae, job.input.stats, Path(job.output.final).parent,
+    _train(job, lambda: run_base(job.input.shards, job.input.vae, job.input.stats, stage_outputs(job),
                                  job.params.generator, job.params.stage))
 
 
@@ -31,7 +45,7 @@ def stage1(job: Job) -> None:
     from medsynth.generator.stages import run_stage1
 
     _train(job, lambda: run_stage1(job.input.shards, job.input.vae, job.input.stats, job.input.base,
-                                   Path(job.output.final).parent, job.params.generator, job.params.stage,
+                                   stage_outputs(job), job.params.generator, job.params.stage,
                                    job.params.base_stage))
 
 
@@ -41,5 +55,5 @@ def stage2(job: Job) -> None:
     from medsynth.generator.stages import run_stage2
 
     _train(job, lambda: run_stage2(job.input.shards, job.input.vae, job.input.stats, job.input.init, job.input.ewc,
-                                   Path(job.output.final).parent, job.params.generator, job.params.stage,
+                                   stage_outputs(job), job.params.generator, job.params.stage,
                                    ddpm_cfg=job.params.ddpm))

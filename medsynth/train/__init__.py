@@ -1,7 +1,10 @@
 """Training: the resumable loop, ViCTr stage 1 (EWC layer selection + penalty) and stage 2 (LoRA).
 
-* :mod:`.loop` - ``TrainConfig``, ``train`` (accelerate, AdamW + cosine warm-up, accumulation,
-  clipping, CSV/TensorBoard logs, checkpoints, bit-exact resume, SIGTERM/SIGUSR1 preemption).
+* :mod:`.loop` - ``train`` (accelerate, AdamW + cosine warm-up, accumulation, clipping, CSV/TensorBoard
+  logs, checkpoints, bit-exact resume, SIGTERM/SIGUSR1 preemption); its parts: :mod:`.config`
+  (``TrainConfig``, ``TrainOutputs``, ``TrainResult``), :mod:`.seeding` (seeds, data order),
+  :mod:`.checkpoints` (checkpoint folders, run fingerprint, ``save_model``), :mod:`.curve` (``LossCurve``,
+  the one loss-curve writer), :mod:`.signals` (preemption).
 * :mod:`.ewc` - ``fisher_diagonal``, ``select_layers``, ``unfreeze``, ``ewc_penalty``.
 * :mod:`.lora` - ``lora_targets``, ``add_lora``, ``save_lora``/``load_lora``, ``merge_lora``.
 * :mod:`.flow` - ``RectifiedFlowStep`` (a ``loss_step`` for the loop, optional EWC term).
@@ -21,7 +24,16 @@ from .ewc import (
 )
 from .flow import EWCTerm, RectifiedFlowStep, call_model
 from .lora import add_lora, load_lora, lora_parameters, lora_targets, merge_lora, save_lora
-from .loop import PREEMPTED_EXIT_CODE, TrainConfig, TrainResult, derive_seed, latest_checkpoint, save_model, train
+from .loop import (
+    PREEMPTED_EXIT_CODE,
+    TrainConfig,
+    TrainOutputs,
+    TrainResult,
+    derive_seed,
+    latest_checkpoint,
+    save_model,
+    train,
+)
 
 __all__ = [
     "PREEMPTED_EXIT_CODE",
@@ -29,6 +41,7 @@ __all__ = [
     "RectifiedFlowStep",
     "TensorDictDataset",
     "TrainConfig",
+    "TrainOutputs",
     "TrainResult",
     "add_lora",
     "anchor_parameters",

@@ -2,7 +2,8 @@
 
 ``train(model, loss_step, dataset, config)`` runs ``config.steps`` optimizer steps of AdamW with a
 cosine schedule and linear warm-up, gradient accumulation and clipping, and records every step in
-``output_dir/loss_curve.csv`` (and TensorBoard scalars every ``log_every`` steps).
+``loss_curve.csv`` (and TensorBoard scalars every ``log_every`` steps), where :class:`TrainOutputs` says
+(by default the layout of ``config.output_dir``).
 
 Determinism and resume
 ----------------------
@@ -17,10 +18,10 @@ Nothing about the data order or the noise depends on how many steps this *proces
 * Global RNG (dropout etc.): ``torch.manual_seed(derive_seed(seed, "global", step, rank))`` before
   each step.
 
-So the only loop state is the step counter. A checkpoint (``output_dir/checkpoints/step-XXXXXX``,
+So the only loop state is the step counter (:mod:`.seeding`). A checkpoint (``checkpoints/step-XXXXXX``,
 written by ``accelerator.save_state``) holds the model weights, the AdamW moments and step counts,
 the LR-scheduler state, accelerate's RNG states, the loop state (step, seed, data/noise scheme) and any
-``extra_state`` objects. ``train`` called again on an ``output_dir`` that has a checkpoint loads the
+``extra_state`` objects (:mod:`.checkpoints`). ``train`` called again with a checkpoint in place loads the
 latest one and continues; rows of ``loss_curve.csv`` after that step (written before a kill) are
 dropped, and TensorBoard events after it are purged. A run killed after ``k`` steps and restarted ends
 with weights identical (``torch.equal``, on the CPU) to an uninterrupted run.
@@ -35,24 +36,24 @@ finishes the current step, writes a checkpoint and returns ``TrainResult(status=
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import logging
 import math
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import nn
 
+from medsynth.train.checkpoints import CHECKPOINT_PATTERN, latest_checkpoint, list_checkpoints, run_fingerprint, save_model
+from medsynth.train.config import LOSS_CURVE, TrainConfig, TrainOutputs, TrainResult, resume_refusal
+from medsynth.train.curve import LossCurve
 from medsynth.train.data import TensorDictDataset
+from medsynth.train.seeding import DATA_SCHEME, LoopState, derive_seed, stream_indices
 from medsynth.train.signals import PREEMPTED_EXIT_CODE, SignalFlag
 
 __all__ = [
@@ -60,10 +61,12 @@ __all__ = [
     "SignalFlag",
     "CHECKPOINT_PATTERN",
     "TrainConfig",
+    "TrainOutputs",
     "TrainResult",
     "LoopState",
     "LossStep",
     "derive_seed",
+    "run_fingerprint",
     "stream_indices",
     "latest_checkpoint",
     "list_checkpoints",
@@ -74,286 +77,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_PATTERN = re.compile(r"^step-(\d{6,})$")
-LOSS_CURVE = "loss_curve.csv"
-DATA_SCHEME = "concat-epoch-permutations/v1"
-
 LossStep = Callable[[nn.Module, dict[str, torch.Tensor], int, torch.Generator], Mapping[str, torch.Tensor]]
-
-
-@dataclass
-class TrainConfig:
-    """Hyper-parameters and bookkeeping of one training run.
-
-    ``steps`` counts optimizer steps; each consumes ``grad_accum`` micro-batches of ``batch_size``
-    samples per process. The LR rises linearly for ``warmup_steps`` and then follows a half cosine to
-    0 at ``steps`` (``diffusers.optimization.get_cosine_schedule_with_warmup``); change ``steps`` only
-    for a fresh run, a resumed run must use the same schedule. ``max_grad_norm`` None/<=0 disables
-    clipping. ``mixed_precision`` is passed to the Accelerator (``"bf16"`` autocasts the forward pass;
-    weights and optimizer stay float32). ``checkpoint_every`` 0 disables periodic checkpoints (a
-    checkpoint is still written at the end and on preemption); the newest ``keep_checkpoints`` are kept.
-    """
-
-    steps: int = 1000
-    batch_size: int = 8
-    lr: float = 1e-4
-    weight_decay: float = 1e-2
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    warmup_steps: int = 0
-    grad_accum: int = 1
-    max_grad_norm: float | None = 1.0
-    mixed_precision: Literal["no", "bf16"] = "no"
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    seed: int = 0
-    output_dir: str | Path = "train-output"
-    save_final: bool = True
-    progress: bool = True
-    handle_signals: bool = True
-    fingerprint: str = ""
-
-    def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
-            raise ValueError("steps, batch_size and grad_accum must be >= 1")
-        if self.mixed_precision not in ("no", "bf16"):
-            raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
-        if self.keep_checkpoints < 1:
-            raise ValueError("keep_checkpoints must be >= 1")
-        self.betas = (float(self.betas[0]), float(self.betas[1]))
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-serialisable view (paths as strings)."""
-        d = asdict(self)
-        d["output_dir"] = str(self.output_dir)
-        d["betas"] = list(self.betas)
-        return d
-
-
-@dataclass
-class TrainResult:
-    """Outcome of :func:`train`.
-
-    ``status``: ``"completed"`` (all steps run, final model saved) or ``"preempted"`` (a signal arrived;
-    state saved in ``checkpoint``). ``step``: optimizer steps done in total (across resumes).
-    ``seconds_per_step``: mean wall time of the optimizer steps run by this call (data, forward,
-    backward, update, logging; checkpoint writing excluded). ``history``: the CSV rows of this call.
-    """
-
-    status: Literal["completed", "preempted"]
-    step: int
-    output_dir: Path
-    checkpoint: Path | None = None
-    final_dir: Path | None = None
-    resumed_from: Path | None = None
-    signal: int | None = None
-    seconds_per_step: float = float("nan")
-    history: list[dict[str, float]] = field(default_factory=list)
-
-    @property
-    def exit_code(self) -> int:
-        """0 when completed, :data:`PREEMPTED_EXIT_CODE` when preempted (for ``sys.exit``)."""
-        return 0 if self.status == "completed" else PREEMPTED_EXIT_CODE
-
-
-class LoopState:
-    """The loop's checkpointed state (registered with ``accelerator.register_for_checkpointing``)."""
-
-    def __init__(self, seed: int):
-        self.step = 0
-        self.seed = int(seed)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "seed": self.seed, "data_scheme": DATA_SCHEME}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if int(state["seed"]) != self.seed:
-            raise ValueError(f"checkpoint was written with seed {state['seed']}, this run uses {self.seed}")
-        if state.get("data_scheme", DATA_SCHEME) != DATA_SCHEME:
-            raise ValueError(f"checkpoint data scheme {state.get('data_scheme')!r} != {DATA_SCHEME!r}")
-        self.step = int(state["step"])
-
-
-def derive_seed(seed: int, *keys: str | int) -> int:
-    """A 63-bit seed for an independent stream named by ``keys`` (numpy ``SeedSequence`` hashing)."""
-    words = [int(seed) & 0xFFFFFFFF]
-    for k in keys:
-        if isinstance(k, str):
-            words.extend(k.encode())
-        else:
-            words.append(int(k) & 0xFFFFFFFF)
-    state = np.random.SeedSequence(words).generate_state(2, dtype=np.uint32)
-    return (int(state[0]) << 31) ^ int(state[1])
-
-
-def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(derive_seed(seed, "data", epoch))
-    return torch.randperm(n, generator=g)
-
-
-def stream_indices(n: int, seed: int, start: int, count: int) -> list[int]:
-    """Dataset indices at positions ``[start, start + count)`` of the epoch-permutation stream."""
-    if n < 1:
-        raise ValueError("empty dataset")
-    out: list[int] = []
-    perms: dict[int, torch.Tensor] = {}
-    for pos in range(start, start + count):
-        epoch, i = divmod(pos, n)
-        if epoch not in perms:
-            perms[epoch] = _epoch_permutation(n, seed, epoch)
-        out.append(int(perms[epoch][i]))
-    return out
-
-
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints under ``output_dir/checkpoints``, oldest first."""
-    root = Path(output_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := CHECKPOINT_PATTERN.match(p.name))
-             and (p / "trainer_state.json").exists()]
-    return [p for _, p in sorted(found)]
-
-
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint, or None."""
-    found = list_checkpoints(output_dir)
-    return found[-1] if found else None
-
-
-#: TrainConfig fields that may differ between a run and its resumption (bookkeeping, not the schedule).
-_RESUME_FREE = ("output_dir", "progress", "handle_signals", "save_final", "log_every", "keep_checkpoints",
-                "checkpoint_every")
-
-
-def run_fingerprint(*settings: Any, files: Sequence[str | os.PathLike] = ()) -> str:
-    """Identity of a training run's inputs: JSON of ``settings`` + (path, size, mtime) of every file.
-
-    Used as :attr:`TrainConfig.fingerprint`: a checkpoint is resumed only by a run with the same
-    fingerprint, so checkpoints left by a run with other settings or other input files (regenerated
-    since) are never continued. Folders contribute every file below them.
-    """
-    import hashlib
-
-    h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
-    for name in sorted(str(f) for f in files):
-        path = Path(name)
-        members = sorted(q for q in path.rglob("*") if q.is_file()) if path.is_dir() else [path]
-        for q in members:
-            st = q.stat()
-            h.update(f"{q}|{st.st_size}|{st.st_mtime_ns}".encode())
-    return h.hexdigest()
-
-
-def _resumable(checkpoint: Path, config: "TrainConfig") -> str | None:
-    """Why ``checkpoint`` must not be resumed by ``config`` (None if it may)."""
-    try:
-        saved = json.loads((checkpoint / "trainer_state.json").read_text()).get("config", {})
-    except (OSError, ValueError) as exc:
-        return f"unreadable trainer_state.json ({exc})"
-    now = config.to_json()
-    changed = sorted(k for k in set(saved) | set(now) if k not in _RESUME_FREE and saved.get(k) != now.get(k))
-    return f"settings changed since it was written: {', '.join(changed)}" if changed else None
-
-
-def _has_lora(model: nn.Module) -> bool:
-    return any("lora_" in n for n, _ in model.named_parameters())
-
-
-def save_model(model: nn.Module, out_dir: str | Path) -> Path:
-    """Save a trained model to ``out_dir`` (a model with ``saved_module()`` saves that module instead).
-
-    * model with LoRA adapters: the adapter only (``adapter_model.safetensors`` +
-      ``adapter_config.json``, :func:`medsynth.train.lora.save_lora`); the base is the stage-1 model.
-    * diffusers ``ModelMixin``: ``save_pretrained`` (safetensors + ``config.json``).
-    * anything else: ``model.safetensors`` (state dict) + ``config.json`` (class and, when present, its
-      ``config``).
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if hasattr(model, "saved_module"):  # a container of several trained players (DMD): save the one it names
-        model = model.saved_module()
-    if _has_lora(model):
-        from medsynth.train.lora import save_lora
-
-        return save_lora(model, out)
-    try:
-        from diffusers import ModelMixin
-    except ImportError:  # pragma: no cover - diffusers is a dependency
-        ModelMixin = ()  # type: ignore[assignment]
-    if ModelMixin and isinstance(model, ModelMixin):
-        model.save_pretrained(str(out), safe_serialization=True)
-        return out
-    from safetensors.torch import save_model as st_save_model
-
-    st_save_model(model, str(out / "model.safetensors"))
-    cfg = getattr(model, "config", None)
-    try:
-        cfg_json = json.loads(json.dumps(dict(cfg) if cfg is not None else {}, default=str))
-    except (TypeError, ValueError):
-        cfg_json = {"repr": repr(cfg)}
-    meta = {"class": f"{type(model).__module__}.{type(model).__qualname__}", "config": cfg_json}
-    (out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return out
-
-
-def _curve_rows(path: Path) -> int:
-    if not path.exists():
-        return 0
-    with path.open(newline="") as fh:
-        return max(0, sum(1 for _ in fh) - 1)
-
-
-class _LossCurve:
-    """``loss_curve.csv``: one row per optimizer step, rewritten up to ``start`` on resume.
-
-    Every checkpoint keeps a copy of the curve, so a resumed run whose ``loss_curve.csv`` was removed
-    meanwhile (Snakemake deletes a failed or preempted job's declared outputs) still writes every step.
-    """
-
-    def __init__(self, path: Path, start: int, enabled: bool, checkpoint: Path | None = None):
-        self.path = path
-        self.enabled = enabled
-        self.fieldnames: list[str] | None = None
-        self._fh = None
-        self._writer: csv.DictWriter | None = None
-        if not enabled:
-            return
-        saved = checkpoint / LOSS_CURVE if checkpoint is not None else None
-        if saved is not None and saved.exists() and _curve_rows(path) < _curve_rows(saved):
-            shutil.copyfile(saved, path)
-        kept: list[dict[str, str]] = []
-        if path.exists() and start > 0:
-            with path.open(newline="") as fh:
-                reader = csv.DictReader(fh)
-                self.fieldnames = list(reader.fieldnames or []) or None
-                kept = [r for r in reader if int(r["step"]) <= start]
-        tmp = path.with_suffix(".csv.tmp")
-        with tmp.open("w", newline="") as fh:
-            if self.fieldnames:
-                w = csv.DictWriter(fh, self.fieldnames)
-                w.writeheader()
-                w.writerows(kept)
-        os.replace(tmp, path)
-        self._fh = path.open("a", newline="")
-        if self.fieldnames:
-            self._writer = csv.DictWriter(self._fh, self.fieldnames, extrasaction="ignore", restval="")
-
-    def append(self, row: dict[str, float]) -> None:
-        if not self.enabled or self._fh is None:
-            return
-        if self._writer is None:
-            self.fieldnames = list(row)
-            self._writer = csv.DictWriter(self._fh, self.fieldnames, extrasaction="ignore", restval="")
-            self._writer.writeheader()
-        self._writer.writerow(row)
-        self._fh.flush()
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -411,8 +135,9 @@ def train(
     *,
     accelerator: Any = None,
     on_step_end: Callable[[int, dict[str, float]], None] | None = None,
+    outputs: TrainOutputs | None = None,
 ) -> TrainResult:
-    """Train ``model`` for ``config.steps`` optimizer steps (resuming from ``config.output_dir`` if possible).
+    """Train ``model`` for ``config.steps`` optimizer steps (resuming from the newest checkpoint if possible).
 
     ``loss_step(model, batch, step, generator)`` computes one micro-batch: ``batch`` is a dict of tensors
     on the accelerator's device, ``step`` the 0-based optimizer step, ``generator`` a seeded CPU
@@ -426,6 +151,7 @@ def train(
     restored from every checkpoint (e.g. an EMA). ``accelerator``: an existing ``Accelerator`` (its
     ``step_scheduler_with_optimizer`` must be False); by default one is made from the config.
     ``on_step_end(step, row)`` is called after each optimizer step with the 1-based step and CSV row.
+    ``outputs``: where the run writes (default: :meth:`TrainOutputs.under` ``config.output_dir``).
     """
     if isinstance(dataset, Mapping):
         dataset = TensorDictDataset(dataset)
@@ -433,7 +159,9 @@ def train(
     if n < 1:
         raise ValueError("empty dataset")
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    paths = outputs or TrainOutputs.under(out)
+    for folder in {paths.final.parent, paths.curve.parent, paths.config.parent, paths.checkpoints.parent}:
+        folder.mkdir(parents=True, exist_ok=True)
     accelerator = accelerator or make_accelerator(config.mixed_precision)
     from diffusers.optimization import get_cosine_schedule_with_warmup
     from torch.utils.tensorboard import SummaryWriter
@@ -453,13 +181,13 @@ def train(
     state = LoopState(config.seed)
     accelerator.register_for_checkpointing(state, *(extra_state or ()))
 
-    resumed_from = latest_checkpoint(out)
-    why = _resumable(resumed_from, config) if resumed_from is not None else None
+    resumed_from = latest_checkpoint(paths.checkpoints)
+    why = resume_refusal(resumed_from, config) if resumed_from is not None else None
     accelerator.wait_for_everyone()  # every rank has chosen before the main process deletes anything
     if why:
         log.warning("not resuming %s: %s; starting from step 0", resumed_from, why)
         if accelerator.is_main_process:
-            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+            shutil.rmtree(paths.checkpoints, ignore_errors=True)
         resumed_from = None
     if resumed_from is not None:
         accelerator.load_state(str(resumed_from))
@@ -468,15 +196,15 @@ def train(
     main = accelerator.is_main_process
     rank, world = accelerator.process_index, accelerator.num_processes
     device = accelerator.device
-    curve = _LossCurve(out / LOSS_CURVE, start, enabled=main, checkpoint=resumed_from)
-    writer = SummaryWriter(str(out / "tensorboard"), purge_step=start + 1) if main else None
+    curve = LossCurve(paths.curve, start, enabled=main, checkpoint=resumed_from)
+    writer = SummaryWriter(str(paths.tensorboard), purge_step=start + 1) if main else None
     if main:
         record = {k: v for k, v in config.to_json().items() if k != "fingerprint"}  # mtimes: not an output
         record["processes"] = world  # accelerate workers (medsynth.launch); batch_size is per process
-        (out / "train_config.json").write_text(json.dumps(record, indent=2) + "\n")
+        paths.config.write_text(json.dumps(record, indent=2) + "\n")
 
     def checkpoint() -> Path:
-        root = out / "checkpoints"
+        root = paths.checkpoints
         final = root / f"step-{state.step:06d}"
         tmp = root / f"step-{state.step:06d}.partial"
         if main:
@@ -485,14 +213,14 @@ def train(
         accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()  # every rank has written its RNG state into tmp before it is renamed
         if main:
-            if (out / LOSS_CURVE).exists():
-                shutil.copyfile(out / LOSS_CURVE, tmp / LOSS_CURVE)
+            if paths.curve.exists():
+                shutil.copyfile(paths.curve, tmp / LOSS_CURVE)
             (tmp / "trainer_state.json").write_text(json.dumps(
                 {"step": state.step, "seed": config.seed, "data_scheme": DATA_SCHEME,
                  "config": config.to_json()}, indent=2) + "\n")
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
-            for old in list_checkpoints(out)[:-config.keep_checkpoints]:
+            for old in list_checkpoints(root)[:-config.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         accelerator.wait_for_everyone()
         return final
@@ -574,7 +302,7 @@ def train(
 
     final_dir = None
     if status == "completed" and config.save_final and main:
-        final_dir = save_model(accelerator.unwrap_model(model), out / "final")
+        final_dir = save_model(accelerator.unwrap_model(model), paths.final)
     accelerator.wait_for_everyone()
     steps_run = len(history)
     return TrainResult(status=status, step=state.step, output_dir=out, checkpoint=last_ckpt, final_dir=final_dir,
