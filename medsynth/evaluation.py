@@ -118,10 +118,11 @@ def _meddiff_filter(images: np.ndarray, masks: np.ndarray, real_images: np.ndarr
     return images[keep], eroded.astype(np.uint8), info
 
 
-def run_downstream(shards: Sequence[str], synthetic: str | None, setting: str, cfg: Mapping, out_dir: str | Path,
+def run_downstream(shards: Sequence[str], synthetic: str | None, setting: str, cfg: Mapping, outputs,
                    evaluation_json: str | Path, grid_cfg: Mapping, slice_size: int,
                    extractor: str | Path | None = None) -> dict:
-    """Train and score one downstream setting (module docstring); returns the evaluation record."""
+    """Train and score one downstream setting (module docstring); returns the evaluation record.
+    ``outputs``: where the segmenter trains (:class:`medsynth.train.TrainOutputs`, or a folder)."""
     from medsynth.downstream import compose_setting, evaluate_segmenter, setting_augments, train_segmenter
     from medsynth.io.generated import load_generated
 
@@ -151,7 +152,7 @@ def run_downstream(shards: Sequence[str], synthetic: str | None, setting: str, c
 
     train_cfg = {k: v for k, v in cfg.items() if k in DEFAULT_TRAIN}
     train_cfg["fingerprint"] = run_fingerprint(dict(cfg), setting, files=[*shards, *([synthetic] if synthetic else [])])
-    model, result = train_segmenter(x, y, train_cfg, out_dir, augment=setting_augments("real_synth" if meddiff else kind))
+    model, result = train_segmenter(x, y, train_cfg, outputs, augment=setting_augments("real_synth" if meddiff else kind))
     if result.status != "completed":
         raise SystemExit(result.exit_code)  # preempted: checkpoint written, rerun resumes
     if not is_main_process():

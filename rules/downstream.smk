@@ -12,6 +12,7 @@ rule downstream:
         final=directory(f"{RESULTS}/downstream/{{setting}}/segmenter"),
         evaluation=f"{RESULTS}/downstream/{{setting}}/evaluation.json",
         curve=f"{RESULTS}/downstream/{{setting}}/loss_curve.csv",
+        train_config=f"{RESULTS}/downstream/{{setting}}/train_config.json",
     log:
         f"{RESULTS}/logs/downstream/{{setting}}.log",
     benchmark:

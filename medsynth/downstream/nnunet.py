@@ -24,7 +24,8 @@ Training (:func:`train_nnunet_segmenter`)
 Runs nnU-Net's ``nnUNetv2_plan_and_preprocess --no_pp``, ``nnUNetv2_preprocess`` and ``nnUNetv2_train``
 entry points in subprocesses (nnU-Net
 reads ``nnUNet_raw`` / ``nnUNet_preprocessed`` / ``nnUNet_results`` at import time) with those folders under
-``out_dir/nnunet``; every command's output is appended to ``out_dir/nnunet/logs/<step>.log``. A failing
+the run's checkpoints folder (``outputs.checkpoints``, a work folder kept between attempts); every
+command's output is appended to ``<checkpoints>/logs/<step>.log``. A failing
 command raises :class:`NnUNetCommandError` naming the command and the last lines of its output.
 ``params`` (defaults :data:`DEFAULT_NNUNET_PARAMS`):
 
@@ -42,12 +43,12 @@ command raises :class:`NnUNetCommandError` naming the command and the last lines
 
 Resume: each stage is skipped when its output is complete (raw dataset renamed into place, a marker after
 preprocessing, ``checkpoint_final.pth`` after training); a fold folder holding ``checkpoint_latest.pth``
-continues with ``--c``. A changed ``fingerprint``/params/data wipes ``out_dir/nnunet`` first. nnU-Net's
+continues with ``--c``. A changed ``fingerprint``/params/data wipes the checkpoints folder first. nnU-Net's
 training is not seeded (its data loading is non-deterministic). SIGTERM/SIGUSR1/SIGINT during training are
 forwarded to nnU-Net and the run reports ``status == "preempted"`` (rerun continues from nnU-Net's latest
-checkpoint, written every 50 epochs). The final model is copied into ``out_dir/segmenter.tmp`` and renamed to
-``out_dir/segmenter`` (``segmenter.json`` + ``nnunet/{plans.json, dataset.json, fold_*/checkpoint_final.pth}``).
-``out_dir/loss_curve.csv`` (epoch, train_loss, val_loss, pseudo_dice, ema_pseudo_dice, lr, seconds) comes
+checkpoint, written every 50 epochs). The final model is copied into ``<final>.tmp`` and renamed to
+``outputs.final`` (``segmenter.json`` + ``nnunet/{plans.json, dataset.json, fold_*/checkpoint_final.pth}``).
+``outputs.curve`` (epoch, train_loss, val_loss, pseudo_dice, ema_pseudo_dice, lr, seconds) comes
 from the logger state stored in the final checkpoint. ``TrainResult.step`` counts **epochs** and
 ``seconds_per_step`` is seconds per epoch.
 
@@ -87,6 +88,7 @@ import torch
 from torch import nn
 
 from medsynth.configmerge import deep_merge
+from medsynth.train.config import TrainOutputs, TrainResult
 from medsynth.train.signals import PREEMPTION_SIGNALS, forward_signals
 
 __all__ = [
@@ -324,7 +326,7 @@ def write_loss_curve(rows: Sequence[Mapping[str, float]], path: str | Path) -> P
 
 
 def train_nnunet_segmenter(images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
-                           cfg: Mapping[str, Any], out_dir: str | Path, augment: bool = False,
+                           cfg: Mapping[str, Any], outputs: TrainOutputs | str | Path, augment: bool = False,
                            names: Sequence[str] | None = None):
     """Train nnU-Net on the slices; returns ``(NnUNetSegmenter, TrainResult)`` like ``train_segmenter``.
 
@@ -334,16 +336,17 @@ def train_nnunet_segmenter(images: np.ndarray | torch.Tensor, labels: np.ndarray
     ``nnUNetTrainer_100epochs``). A preempted run returns ``(None, result)`` with ``result.status ==
     "preempted"``; rerunning continues from nnU-Net's ``checkpoint_latest.pth``.
     """
-    from medsynth.train.loop import TrainResult
-
     params = nnunet_params((cfg.get("model") or {}).get("params"))
     x = np.asarray(images.detach().cpu() if isinstance(images, torch.Tensor) else images, dtype=np.float32)
     y = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels, dtype=np.float32)
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"need equally many (> 0) images and labels, got {len(x)} and {len(y)}")
-    out = Path(out_dir)
+    paths = TrainOutputs.of(outputs, "segmenter")
+    out = paths.final.parent
     out.mkdir(parents=True, exist_ok=True)
-    work, final = out / "nnunet", out / "segmenter"
+    work, final = paths.checkpoints, paths.final
+    record = {k: v for k, v in cfg.items() if k != "fingerprint"}  # the settings, as the MONAI loop records them
+    paths.config.write_text(json.dumps(record, indent=2, default=str) + "\n")
     fp = _fingerprint(x, y, params, augment, str(cfg.get("fingerprint", "")))
     trainer, conf, fold = _trainer(params, augment), str(params["configuration"]), params["fold"]
     ds = dataset_folder_name(params)
@@ -356,7 +359,7 @@ def train_nnunet_segmenter(images: np.ndarray | torch.Tensor, labels: np.ndarray
             model = load_nnunet_segmenter(final)
             rows = loss_curve_rows(torch.load(final / MODEL_SUBDIR / f"fold_{fold}" / "checkpoint_final.pth",
                                               map_location="cpu", weights_only=False).get("logging", {}))
-            write_loss_curve(rows, out / "loss_curve.csv")
+            write_loss_curve(rows, paths.curve)
             return model, TrainResult(status="completed", step=len(rows), output_dir=out, final_dir=final,
                                       seconds_per_step=_mean_seconds(rows), history=rows)
     fp_file = work / "fingerprint.txt"
@@ -406,7 +409,7 @@ def train_nnunet_segmenter(images: np.ndarray | torch.Tensor, labels: np.ndarray
 
     checkpoint = torch.load(fold_dir / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     rows = loss_curve_rows(checkpoint.get("logging", {}))
-    write_loss_curve(rows, out / "loss_curve.csv")
+    write_loss_curve(rows, paths.curve)
     meta = {"n_train": int(len(x)), "augment": bool(augment), "epochs": len(rows), "trainer": trainer,
             "nnunet_fingerprint": fp,
             "train": json.loads(json.dumps({k: v for k, v in cfg.items() if k != "fingerprint"}, default=str))}

@@ -46,7 +46,7 @@ from medsynth.downstream.model import build_segmenter, save_segmenter
 from medsynth.launch import is_main_process
 from medsynth.metrics.masks import channel_means
 from medsynth.train.data import TensorDictDataset
-from medsynth.train.loop import TrainConfig, TrainResult, derive_seed, train
+from medsynth.train.loop import TrainConfig, TrainOutputs, TrainResult, derive_seed, train
 
 __all__ = [
     "DEFAULT_TRAIN",
@@ -157,7 +157,7 @@ def _torch_threads(n: int | None) -> Iterator[None]:
 
 
 def train_segmenter(images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,
-                    cfg: Mapping[str, Any] | None, out_dir: str | Path, augment: bool = False
+                    cfg: Mapping[str, Any] | None, outputs: TrainOutputs | str | Path, augment: bool = False
                     ) -> tuple[nn.Module, TrainResult]:
     """Train a segmenter on ``images`` (N, 1, H, W) in [-1, 1] and binary ``labels`` (N, C, H, W).
 
@@ -165,12 +165,13 @@ def train_segmenter(images: torch.Tensor | np.ndarray, labels: torch.Tensor | np
     ``batch_size``, ``lr``, ``weight_decay``, ``warmup_steps``, ``max_grad_norm``, ``seed``,
     ``checkpoint_every``, ``keep_checkpoints``, ``log_every``, ``threads`` (torch intra-op threads
     during training, None = unchanged), ``progress``, ``augmentation`` (used when ``augment``),
-    ``dice_weight``, ``bce_weight``. Weights are initialised from ``derive_seed(seed, "init")``; an
-    ``out_dir`` holding a checkpoint resumes. On completion the model (eval mode) is written with
-    :func:`save_segmenter` to ``out_dir/segmenter`` (``result.final_dir``); a preempted run writes only
-    its checkpoint. ``model.type: nnunetv2`` trains through nnU-Net instead
-    (:func:`medsynth.downstream.nnunet.train_nnunet_segmenter`: same folder contract, ``result.step`` in
-    epochs; the loop keys ``steps``, ``lr``, ... do not apply).
+    ``dice_weight``, ``bce_weight``. Weights are initialised from ``derive_seed(seed, "init")``.
+    ``outputs``: where the run writes (:class:`~medsynth.train.TrainOutputs`, or a folder with its layout
+    and ``segmenter/`` as the final model); a checkpoint in ``outputs.checkpoints`` resumes. On completion
+    the model (eval mode) is written with :func:`save_segmenter` to ``outputs.final``
+    (``result.final_dir``); a preempted run writes only its checkpoint. ``model.type: nnunetv2`` trains
+    through nnU-Net instead (:func:`medsynth.downstream.nnunet.train_nnunet_segmenter`: same outputs,
+    ``result.step`` in epochs; the loop keys ``steps``, ``lr``, ... do not apply).
     """
     c = _merged(cfg)
     x, y = as_images(images), as_labels(labels)
@@ -180,20 +181,20 @@ def train_segmenter(images: torch.Tensor | np.ndarray, labels: torch.Tensor | np
         from medsynth.downstream.nnunet import train_nnunet_segmenter
 
         with _torch_threads(c["threads"]):
-            return train_nnunet_segmenter(x, y, c, out_dir, augment=augment)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+            return train_nnunet_segmenter(x, y, c, TrainOutputs.of(outputs, "segmenter"), augment=augment)
+    paths = TrainOutputs.of(outputs, "segmenter")
+    out = paths.final.parent
     with _torch_threads(c["threads"]):
         torch.manual_seed(derive_seed(int(c["seed"]), "init"))
         model = build_segmenter(c["model"], in_channels=x.shape[1], out_channels=y.shape[1])
         step = SegmentationStep(dict(c["augmentation"] or {}) if augment else None,
                                 dice_weight=c["dice_weight"], bce_weight=c["bce_weight"])
-        result = train(model, step, TensorDictDataset({"image": x, "label": y}), train_config(c, out))
+        result = train(model, step, TensorDictDataset({"image": x, "label": y}), train_config(c, out), outputs=paths)
     model.eval()
     if result.status == "completed" and is_main_process():  # one writer in a multi-process launch
         meta = {"n_train": int(len(x)), "augment": bool(augment), "steps": result.step,
                 "train": json.loads(json.dumps({k: v for k, v in c.items() if k != "fingerprint"}, default=str))}
-        result.final_dir = save_segmenter(model, c["model"], out / "segmenter", meta=meta)
+        result.final_dir = save_segmenter(model, c["model"], paths.final, meta=meta)
     return model, result
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from medsynth.tasks import Job, task
 
 
@@ -13,11 +11,13 @@ def downstream(job: Job) -> None:
     from medsynth.evaluation import run_downstream
     from medsynth.launch import launch_processes
     from medsynth.tasks import launch_or_run
+    from medsynth.train.config import TrainOutputs
 
     cfg = job.params.downstream
     # nnU-Net runs its own trainer (one process); the MONAI segmenters train under accelerate like the generators
     nnunet = str((cfg.get("model") or {}).get("type", "unet")).lower() == "nnunetv2"
     launch_or_run(job, cfg, lambda: run_downstream(
-        job.input.shards, job.input.get("synthetic"), job.wildcards.setting, cfg, Path(job.output.final).parent,
+        job.input.shards, job.input.get("synthetic"), job.wildcards.setting, cfg,
+        TrainOutputs.declared(job.output.final, job.output.curve, job.output.train_config),
         job.output.evaluation, job.params.grid, job.params.slice_size, extractor=job.input.get("extractor")),
         processes=1 if nnunet else launch_processes(cfg, job.resources))

@@ -8,15 +8,13 @@ from medsynth.tasks import Job, launch_or_run, task
 
 
 def stage_outputs(job: Job):
-    """The stage's declared outputs as :class:`~medsynth.generator.stages.StageOutputs`; the work folders
-    ``checkpoints/`` and ``tensorboard/`` (kept between attempts, so not declared) sit beside ``final/``."""
+    """The stage's declared outputs as :class:`~medsynth.generator.stages.StageOutputs`
+    (:meth:`~medsynth.train.TrainOutputs.declared`: the work folders sit beside ``final/``)."""
     from medsynth.generator.stages import StageOutputs
     from medsynth.train import TrainOutputs
 
     out = job.output
-    folder = Path(out.final).parent
-    train = TrainOutputs(Path(out.final), Path(out.curve), Path(out.train_config), folder / "checkpoints",
-                         folder / "tensorboard")
+    train = TrainOutputs.declared(out.final, out.curve, out.train_config)
     optional = {name: Path(getattr(out, name)) for name in ("ewc", "selected_layers") if hasattr(out, name)}
     return StageOutputs(train, Path(out.prompts), Path(out.slices), **optional)
 

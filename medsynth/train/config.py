@@ -104,12 +104,24 @@ class TrainOutputs:
     tensorboard: Path
 
     @classmethod
-    def under(cls, folder: str | Path) -> "TrainOutputs":
-        """The layout of one folder: ``final/``, ``loss_curve.csv``, ``train_config.json``, ``checkpoints/``,
-        ``tensorboard/`` (what a rule's task passes, and the default of :func:`medsynth.train.train`)."""
+    def under(cls, folder: str | Path, final: str = "final") -> "TrainOutputs":
+        """The layout of one folder: ``final/`` (or the name ``final``), ``loss_curve.csv``,
+        ``train_config.json``, ``checkpoints/``, ``tensorboard/`` (the default of :func:`medsynth.train.train`)."""
         folder = Path(folder)
-        return cls(folder / "final", folder / LOSS_CURVE, folder / "train_config.json", folder / "checkpoints",
+        return cls(folder / final, folder / LOSS_CURVE, folder / "train_config.json", folder / "checkpoints",
                    folder / "tensorboard")
+
+    @classmethod
+    def of(cls, where: "TrainOutputs | str | Path", final: str = "final") -> "TrainOutputs":
+        """``where`` itself, or the layout (:meth:`under`) of the folder it names."""
+        return where if isinstance(where, TrainOutputs) else cls.under(where, final)
+
+    @classmethod
+    def declared(cls, final: str | Path, curve: str | Path, config: str | Path) -> "TrainOutputs":
+        """A rule's declared outputs; the work folders ``checkpoints/`` and ``tensorboard/`` (kept between
+        attempts, so not declared) sit beside ``final``."""
+        folder = Path(final).parent
+        return cls(Path(final), Path(curve), Path(config), folder / "checkpoints", folder / "tensorboard")
 
 
 #: TrainConfig fields that may differ between a run and its resumption (bookkeeping, not the schedule).
