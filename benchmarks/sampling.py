@@ -36,7 +36,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
 
     from medsynth.downstream import load_segmenter
-    from medsynth.evaluation import SELF_EXTRACTOR, _SegmenterEncoder
+    from medsynth.evaluation import SELF_EXTRACTOR, SegmenterEncoder
     from medsynth.generator.data import load_slices, select_rows
     from medsynth.generator.integrate import SamplingSpec, generate, load_trained_generator
     from medsynth.generator.loaders import load_latent_data, load_vae
@@ -65,7 +65,7 @@ def main() -> int:
     model = load_trained_generator(config["generator"], model_dir, results / "stage1" / "final")
     index, images, _, _ = load_slices(shards)
     real = torch.from_numpy((images[select_rows(index, select)] + 1.0) / 2.0)
-    extractor = register_module_extractor(SELF_EXTRACTOR, _SegmenterEncoder(load_segmenter(segmenter_dir)))
+    extractor = register_module_extractor(SELF_EXTRACTOR, SegmenterEncoder(load_segmenter(segmenter_dir)))
     objective = str(model_cfg.get("objective", "flow"))
 
     runs = {f"euler-{args.euler_steps}": f"euler-{args.euler_steps}", "dopri5": "dopri5-auto",

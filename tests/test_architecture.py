@@ -18,7 +18,6 @@ PACKAGE = Path(__file__).resolve().parents[1] / "medsynth"
 STILL_TO_SPLIT = {
     "medsynth.downstream.nnunet",
     "medsynth.generator.stages",
-    "medsynth.evaluation",
 }
 MAX_LINES = 400
 

@@ -237,7 +237,7 @@ def test_augmented_training_resumes_exactly(tmp_path):
 
 def test_meddiff_filter_keeps_the_closest_half_and_erodes_their_labels(tmp_path):
     from medsynth.downstream import build_segmenter, save_segmenter
-    from medsynth.evaluation import _meddiff_filter
+    from medsynth.evaluation import meddiff_filter
 
     torch.manual_seed(0)
     cfg = {"type": "unet", "params": {"channels": [8, 16], "strides": [2], "num_res_units": 0}}
@@ -249,7 +249,7 @@ def test_meddiff_filter_keeps_the_closest_half_and_erodes_their_labels(tmp_path)
     images = np.concatenate([far[:3], near, far[3:]])
     masks = np.zeros((12, 1, 16, 16), np.uint8)
     masks[:, :, 4:11, 4:11] = 1
-    kept, labels, info = _meddiff_filter(images, masks, real, tmp_path / "seg",
+    kept, labels, info = meddiff_filter(images, masks, real, tmp_path / "seg",
                                          {"keep_fraction": 0.5, "erosion": 1})
     assert info["kept"] == 6 and info["of"] == 12 and np.allclose(kept, near)
     assert labels.shape == (6, 1, 16, 16) and labels.sum(axis=(1, 2, 3)).tolist() == [25] * 6  # 7x7 -> 5x5

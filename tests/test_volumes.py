@@ -22,7 +22,7 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from medsynth.evaluation import evaluate_volume_run, extractor_input_size
+from medsynth.evaluation import RunFiles, RunSettings, evaluate_volume_run, extractor_input_size
 from medsynth.generator.objective import RegionContrastive
 from medsynth.generator import GeneratorStep, build_latent_data, load_slices, run_base, run_vae
 from medsynth.io.generated import load_generated
@@ -313,8 +313,9 @@ def test_volume_metrics_feed_medsyn2_table1(sampled, shards, extractor, tmp_path
     assert extractor_input_size(load_segmenter(extractor), metrics_cfg) == [EXTRACTOR_SIZE] * 2
     tensors, index, summary = sampled[("medsyn2_dit", "euler-2")]
     grid = {"spacing_mm": [3.0, 3.0, 3.0], "size": [SIZE * 2] * 3}
-    record = evaluate_volume_run(tensors, index, summary, shards, extractor, tmp_path / "metrics.json", metrics_cfg,
-                                 intensity_cfg, {"split": ["test"]}, "base", "euler-2", grid_cfg=grid)
+    files = RunFiles(tensors, index, summary, shards, extractor)
+    settings = RunSettings(metrics_cfg, intensity_cfg, {"split": ["test"]}, grid=grid)
+    record = evaluate_volume_run(files, tmp_path / "metrics.json", settings, "base", "euler-2")
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["image_size"] == [SIZE] * 3 and saved["n_real"] == len(TEST_VOLUMES)
     cells = {(w["window"], w["plane"]): w for w in saved["windowed"]}

@@ -8,9 +8,10 @@ from medsynth.tasks import Job, task
 @task()
 def metrics(job: Job) -> None:
     """Generated `eval` slices against the real slices they were conditioned on (FD, FID, SSIM, mask fidelity)."""
-    from medsynth.evaluation import evaluate_run
+    from medsynth.evaluation import RunFiles, RunSettings, evaluate_run
 
-    p = job.params
-    evaluate_run(job.input.generated, job.input.index, job.input.summary, job.input.shards, job.input.extractor,
-                 job.output[0], p.metrics, p.intensity, p.select, p.severity, p.severity_prompt, p.grid,
-                 p.slice_size, job.wildcards.model, job.wildcards.run)
+    i, p = job.input, job.params
+    files = RunFiles(i.generated, i.index, i.summary, i.shards, i.extractor)
+    settings = RunSettings(p.metrics, p.intensity, p.select, grid=p.grid, severity=p.severity,
+                           severity_prompt=p.severity_prompt, slice_size=p.slice_size)
+    evaluate_run(files, job.output[0], settings, job.wildcards.model, job.wildcards.run)

@@ -16,9 +16,9 @@ volume_sample = sample
 @task()
 def volume_metrics(job: Job) -> None:
     """MedSyn2 Table 1 / MAISI 2.5D: FD per CT window x plane; SSIM / PSNR; mask fidelity."""
-    from medsynth.evaluation import evaluate_volume_run
+    from medsynth.evaluation import RunFiles, RunSettings, evaluate_volume_run
 
-    p = job.params
-    evaluate_volume_run(job.input.generated, job.input.index, job.input.summary, job.input.shards,
-                        job.input.extractor, job.output[0], p.metrics, p.intensity, p.select, "volumes",
-                        job.wildcards.run, p.grid)
+    i, p = job.input, job.params
+    files = RunFiles(i.generated, i.index, i.summary, i.shards, i.extractor)
+    evaluate_volume_run(files, job.output[0], RunSettings(p.metrics, p.intensity, p.select, grid=p.grid), "volumes",
+                        job.wildcards.run)

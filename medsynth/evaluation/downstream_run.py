@@ -1,0 +1,95 @@
+"""Rule ``downstream``'s entry: train and score one setting of the downstream segmenter (see
+:mod:`medsynth.evaluation`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medsynth.evaluation.records import pixel_spacing, write_metrics_json
+from medsynth.generator.data import load_slices, select_rows
+from medsynth.launch import is_main_process
+from medsynth.metrics.masks import channel_means
+from medsynth.names import MEDDIFF_KINDS
+
+__all__ = ["meddiff_filter", "run_downstream"]
+
+log = logging.getLogger(__name__)
+
+
+def meddiff_filter(images: np.ndarray, masks: np.ndarray, real_images: np.ndarray, extractor: str | Path | None,
+                    cfg: Mapping) -> tuple[np.ndarray, np.ndarray, dict]:
+    """MedDiff-FT quality filter + mask erosion: keep the synthetic slices whose encoder features lie
+    closest to the real training slices' (``keep_fraction``), erode their labels (``erosion``)."""
+    from medsynth.downstream import encoder_features, load_segmenter
+    from medsynth.sample.meddiff import erode_masks, quality_filter
+
+    if extractor is None:
+        raise ValueError("the MedDiff-FT filter needs the self-trained feature extractor (downstream real segmenter)")
+    segmenter = load_segmenter(extractor)
+    keep, scores = quality_filter(encoder_features(segmenter, torch.from_numpy(real_images)),
+                                  encoder_features(segmenter, torch.from_numpy(images)),
+                                  keep_fraction=float(cfg.get("keep_fraction", 0.5)),
+                                  method=str(cfg.get("filter_method", "mahalanobis")))
+    keep = keep.numpy()
+    eroded = erode_masks(torch.from_numpy(masks[keep] > 0), int(cfg.get("erosion", 1))).numpy()
+    info = {"kept": int(keep.sum()), "of": int(len(keep)), "erosion": int(cfg.get("erosion", 1)),
+            "method": str(cfg.get("filter_method", "mahalanobis"))}
+    return images[keep], eroded.astype(np.uint8), info
+
+
+def run_downstream(shards: Sequence[str], synthetic: str | None, setting: str, cfg: Mapping, outputs,
+                   evaluation_json: str | Path, grid_cfg: Mapping, slice_size: int,
+                   extractor: str | Path | None = None) -> dict:
+    """Train and score one downstream setting (module docstring); returns the evaluation record.
+    ``outputs``: where the segmenter trains (:class:`medsynth.train.TrainOutputs`, or a folder)."""
+    from medsynth.downstream import compose_setting, evaluate_segmenter, setting_augments, train_segmenter
+    from medsynth.io.generated import load_generated
+
+    kind, _, model_name = setting.partition("-")
+    meddiff = kind in MEDDIFF_KINDS
+    index, images, masks, names = load_slices(shards)
+    train_rows = select_rows(index, cfg.get("train_select") or {"split": ["train"]})
+    test_rows = select_rows(index, cfg.get("test_select") or {"split": ["test"]})
+    if not len(test_rows):
+        raise ValueError(f"downstream.test_select {cfg.get('test_select')} keeps no slice: nothing to score on")
+    real = (images[train_rows], (masks[train_rows] > 0).astype(np.float32))
+    synth, filtered = None, None
+    if synthetic:
+        s_images, s_masks, s_names = load_generated(synthetic)
+        if s_names and list(s_names) != list(names):
+            raise ValueError(f"{synthetic}: condition channels {s_names} differ from the training sets' {names}")
+        if kind == "real_synth_mgf":
+            s_images, s_masks, filtered = meddiff_filter(s_images, s_masks, real[0], extractor,
+                                                          dict(cfg.get("meddiff") or {}))
+        order = torch.randperm(len(s_images), generator=torch.Generator().manual_seed(int(cfg.get("seed", 0))))
+        synth = (s_images[order.numpy()], s_masks[order.numpy()].astype(np.float32))
+    x, y, summary = compose_setting("real_synth" if meddiff else kind, real, synth,
+                                    float(cfg.get("synthetic_fraction", 0.3)), int(cfg.get("seed", 0)))
+    from medsynth.downstream import DEFAULT_TRAIN
+
+    from medsynth.train.loop import run_fingerprint
+
+    train_cfg = {k: v for k, v in cfg.items() if k in DEFAULT_TRAIN}
+    train_cfg["fingerprint"] = run_fingerprint(dict(cfg), setting, files=[*shards, *([synthetic] if synthetic else [])])
+    model, result = train_segmenter(x, y, train_cfg, outputs, augment=setting_augments("real_synth" if meddiff else kind))
+    if result.status != "completed":
+        raise SystemExit(result.exit_code)  # preempted: checkpoint written, rerun resumes
+    if not is_main_process():
+        return {}  # a worker of a multi-process run: the main process scores and writes
+    spacing = pixel_spacing(grid_cfg, slice_size)
+    scores = evaluate_segmenter(model, images[test_rows], (masks[test_rows] > 0).astype(np.float32), names,
+                                spacing=spacing)
+    record = {"setting": setting, "kind": kind, "synthetic_model": model_name or None,
+              "n_train_real": summary["n_real"], "n_train_synthetic": summary["n_synthetic"],
+              "n_test": int(len(test_rows)), "steps": int(result.step), "seconds_per_step": result.seconds_per_step,
+              "meddiff_filter": filtered if synthetic else None,
+              "mdsc": scores["mdsc"], "mhd95": scores["mhd95"], "hd95_unit": scores["hd95_unit"],
+              "spacing_mm": spacing, "mean": channel_means(scores["channels"]), "channels": scores["channels"]}
+    write_metrics_json(evaluation_json, record)
+    log.info("downstream %s: mDSC %.4f, mHD95 %s", setting, scores["mdsc"], scores["mhd95"])
+    return record

@@ -1,0 +1,159 @@
+"""Rule ``metrics``'s entry: every metric of one 2D sampling run (see :mod:`medsynth.evaluation`), and
+what the 3D runs share with it (the files a run is scored from, its settings, the real set it pairs with)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medsynth.evaluation.extractor import SELF_EXTRACTOR, SegmenterEncoder
+from medsynth.evaluation.records import pixel_spacing, write_metrics_json
+from medsynth.generator.data import load_slices, select_rows
+from medsynth.launch import resolve_device
+from medsynth.metrics.masks import channel_means
+
+__all__ = ["RunFiles", "RunSettings", "controllability", "evaluate_run", "paired_sets"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """The files one sampling run is scored from: the generated set, its index and summary, the
+    training-set shards of the real condition set, the self-trained extractor (a downstream segmenter)."""
+
+    generated: str | Path
+    index: str | Path
+    summary: str | Path
+    shards: Sequence[str]
+    extractor: str | Path
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How a run is scored: config ``metrics`` and ``intensity``, the condition set's ``select``, the
+    registration ``grid`` (mm distances), and for 2D runs the ``severity`` settings, whether the model
+    was trained with graded prompts (``severity_prompt``) and the training slices' ``slice_size``."""
+
+    metrics: Mapping
+    intensity: Mapping
+    select: Mapping
+    grid: Mapping | None = None
+    severity: Mapping | None = None
+    severity_prompt: bool = False
+    slice_size: int | None = None
+
+
+def controllability(pred: torch.Tensor, names: Sequence[str], prompted: Sequence[str], severity_cfg: Mapping) -> dict:
+    from medsynth.generator.data import DEFAULT_SEVERITY, severity_fractions, severity_grades
+    from medsynth.models.prompts import SEVERITY_WORDS
+
+    sev = {**DEFAULT_SEVERITY, **dict(severity_cfg or {})}
+    fractions = severity_fractions(pred.float().numpy(), names, sev["organ"])
+    measured = severity_grades(fractions, sev["thresholds"])
+    wanted = np.array([SEVERITY_WORDS.index(w) for w in prompted])
+    confusion = {SEVERITY_WORDS[p]: {SEVERITY_WORDS[m]: int(((wanted == p) & (measured == m)).sum())
+                                     for m in range(len(SEVERITY_WORDS))} for p in range(len(SEVERITY_WORDS))}
+    return {"accuracy": float((measured == wanted).mean()), "n": int(len(wanted)), "organ": sev["organ"],
+            "thresholds": list(sev["thresholds"]), "confusion_prompted_to_measured": confusion}
+
+
+def paired_sets(shards: Sequence[str], select: Mapping, generated_path: str | Path):
+    """The real condition set and the run generated for it: ``(index, rows, names, real, real_masks, fake)``.
+
+    Raises ``ValueError`` when the generated set does not pair with the real one (count, shape,
+    condition channels, or the masks it was conditioned on).
+    """
+    from medsynth.io.generated import load_generated
+
+    index, images, masks, names = load_slices(shards)
+    rows = select_rows(index, select)
+    real, real_masks = images[rows].astype(np.float32), masks[rows] > 0
+    fake, fake_masks, fake_names = load_generated(generated_path)
+    if fake.shape != real.shape or (fake_names and list(fake_names) != list(names)):
+        raise ValueError(f"{generated_path}: samples {fake.shape} / channels {fake_names} do not match the real set "
+                         f"{real.shape} / channels {names} of the condition set")
+    if not np.array_equal(fake_masks.astype(bool), real_masks):
+        raise ValueError(f"{generated_path} was conditioned on other masks than the real set of {dict(select)}")
+    return index, rows, names, real, real_masks, fake
+
+
+def evaluate_run(files: RunFiles, out_json: str | Path, settings: RunSettings, model: str, run: str) -> dict:
+    """Every metric of one sampling run (module docstring); writes and returns the record."""
+    import pandas as pd
+
+    from medsynth.downstream import load_segmenter, predict_masks
+    from medsynth.metrics import (
+        frechet_metrics,
+        image_metrics,
+        inception_fid,
+        mask_metrics,
+        per_window_fd,
+        register_module_extractor,
+    )
+
+    torch.set_num_threads(1)
+    extractor_dir, metrics_cfg, intensity_cfg = files.extractor, settings.metrics, settings.intensity
+    index, rows, names, real, real_masks, fake = paired_sets(files.shards, settings.select, files.generated)
+    sampled = pd.read_csv(files.index, keep_default_na=False)
+    summary = json.loads(Path(files.summary).read_text())
+    device = resolve_device(metrics_cfg.get("device", "auto"), "metrics.device")
+    cuda = device.type == "cuda"  # torch-fidelity's feature extraction on the GPU
+    segmenter = load_segmenter(extractor_dir).to(device)
+    extractor_name = register_module_extractor(SELF_EXTRACTOR, SegmenterEncoder(segmenter))
+    real01, fake01 = torch.from_numpy((real + 1.0) / 2.0), torch.from_numpy((fake + 1.0) / 2.0)
+    n = len(real)
+    kid_size = max(2, min(int(metrics_cfg.get("kid_subset_size", 50)), n))
+    batch = int(metrics_cfg.get("batch_size", 64))
+    setting = Path(extractor_dir).parent.name
+    extractor_label = f"self-trained {segmenter.segmenter_record['model']['type']} encoder, downstream '{setting}'"
+
+    fd = frechet_metrics(real01, fake01, extractor_name, kid=True, kid_subset_size=kid_size, batch_size=batch, cuda=cuda)
+    inception = inception_fid(real01, fake01, metrics_cfg.get("inception_weights"), kid_subset_size=kid_size,
+                              batch_size=batch, cuda=cuda)
+    modalities = set(index.iloc[rows]["modality"].astype(str))
+    windowed: list[dict] = []
+    if modalities == {"CT"}:
+        windows = {k: tuple(v) for k, v in (intensity_cfg.get("windows") or {}).items()}
+        for row in per_window_fd(real, fake, tuple(intensity_cfg["ct_hu_range"]), windows, extractor_name,
+                                 kid=False, batch_size=batch, cuda=cuda):
+            windowed.append({"window": row["window"], "plane": "XY", "fd": row.get("fd"), "status": row.get("status")})
+    pairs = image_metrics(torch.from_numpy(fake), torch.from_numpy(real))
+    spacing = pixel_spacing(settings.grid, settings.slice_size)
+    pred_fake = predict_masks(segmenter, fake)
+    pred_real = predict_masks(segmenter, real)
+    ref = torch.from_numpy(real_masks)
+    record = {
+        "model": model, "run": run, "n_real": n, "n_generated": int(len(fake)),
+        "image_size": list(real.shape[2:]), "modalities": sorted(modalities),
+        "sampling": {k: summary.get(k) for k in ("sampler", "steps", "nfe", "network_evals", "seconds",
+                                                  "seconds_per_sample")},
+        "hu_qc": summary.get("hu_qc", {"enabled": False}),
+        "fid": {"value": inception.get("fid"), "status": inception["status"]},
+        "kid": {"mean": inception.get("kid_mean"), "std": inception.get("kid_std"), "status": inception["status"]},
+        "fd_self": {"value": fd["fd"], "kid_mean": fd["kid_mean"], "kid_std": fd["kid_std"],
+                    "kid_subset_size": kid_size, "extractor": extractor_label},
+        "windowed": windowed if windowed else [],
+        "windowed_status": "ok" if windowed else f"not applicable: modalities {sorted(modalities)} (CT windows)",
+        "pairs": {"ssim": pairs["ssim"], "psnr": pairs["psnr"], "l1": pairs["l1"]},
+        "mask_fidelity": {"segmenter": extractor_label, "distance_unit": "mm", "spacing_mm": spacing,
+                          "generated_vs_gt": mask_metrics(pred_fake, ref, list(names), spacing=spacing),
+                          "real_vs_gt": mask_metrics(pred_real, ref, list(names), spacing=spacing)},
+    }
+    record["mask_fidelity"]["mean_generated_vs_gt"] = channel_means(record["mask_fidelity"]["generated_vs_gt"])
+    record["mask_fidelity"]["mean_real_vs_gt"] = channel_means(record["mask_fidelity"]["real_vs_gt"])
+    if settings.severity_prompt and "severity" in sampled.columns:
+        prompted = sampled["severity"].astype(str).tolist()
+        record["controllability"] = {"generated": controllability(pred_fake, names, prompted, settings.severity),
+                                     "real": controllability(pred_real, names, prompted, settings.severity)}
+    else:
+        record["controllability"] = {"status": "not applicable: the model was trained without graded prompts"}
+    write_metrics_json(out_json, record)
+    log.info("metrics %s/%s: FD %.4f (%s), FID %s", model, run, fd["fd"], extractor_label, inception["status"])
+    return record
