@@ -106,7 +106,7 @@ def loss_curves(curves: Mapping[str, str | Path], path: str | Path, smooth: int 
 def sample_grid_from_files(shards: Sequence[str], select: Mapping, generated: Mapping[str, str | Path],
                            intensity_cfg: Mapping, window_name: str, count: int, path: str | Path) -> Path:
     """:func:`sample_grid` of sampled sets (``label -> .safetensors``) beside the real slices of ``select``."""
-    from medsynth.generator.data import load_slices, select_rows
+    from medsynth.io.trainsets import load_slices, select_rows
     from medsynth.io.generated import load_generated
 
     index, images, masks, names = load_slices(shards)

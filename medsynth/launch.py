@@ -31,7 +31,7 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 
-__all__ = ["WORKER_ENV", "in_worker", "is_main_process", "job_device", "resolve_device", "launch_processes", "accelerate_command",
+__all__ = ["WORKER_ENV", "in_worker", "is_main_process", "job_device", "resolve_device", "launch_processes", "set_threads", "accelerate_command",
            "relaunch"]
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,13 @@ def resolve_device(name: str | None = "auto", key: str = "device"):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"{key} is {name!r} but CUDA is not available on this machine")
     return device
+
+
+def set_threads(cfg: Mapping) -> None:
+    """Torch intra-op threads from a section's ``threads`` key (at least 1)."""
+    import torch
+
+    torch.set_num_threads(max(1, int(cfg.get("threads", 1) or 1)))
 
 
 def launch_processes(stage_cfg: Mapping | None, resources: Mapping | None) -> int:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from medsynth.masks.conditions import ConditionSpec, condition_masks, lobe_boundaries, matching_ids, to_condition_values
+from medsynth.io.trainsets import to_condition_values
+from medsynth.masks.conditions import ConditionSpec, condition_masks, lobe_boundaries, matching_ids
 
 NAMES = {1: "lung_upper_lobe_left", 2: "lung_lower_lobe_left", 3: "liver", 4: "kidney_left", 5: "kidney_right"}
 

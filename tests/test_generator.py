@@ -26,7 +26,6 @@ from medsynth.generator import (
     run_base,
     run_stage1,
     run_stage2,
-    run_vae,
     severity_fractions,
     severity_grades,
     slice_prompts,
@@ -34,8 +33,10 @@ from medsynth.generator import (
 )
 from tiny_backbones import TINY_CONFIGS
 from medsynth.preprocess.intensity import hu_to_unit
-from medsynth.preprocess.trainsets import SliceOptions, axial_slices, write_shard
+from medsynth.io.trainsets import write_shard
+from medsynth.preprocess.trainsets import SliceOptions, axial_slices
 from medsynth.vae import TINY_VAE_CONFIGS
+from medsynth.vae.stage import run_vae
 
 from conftest import threshold_masks
 

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 
 from medsynth.preprocess.intensity import hu_to_unit
-from medsynth.preprocess.trainsets import (SliceOptions, axial_slices, centre_crop_or_pad, load_shard, volume_sample,
-                                           write_shard)
+from medsynth.io.trainsets import load_shard, write_shard
+from medsynth.preprocess.trainsets import SliceOptions, axial_slices, centre_crop_or_pad, volume_sample
 
 
 def test_slices_skip_uncovered_planes_and_resize(ct_small):

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medsynth.masks.conditions import to_condition_values
+from medsynth.io.trainsets import to_condition_values
 from medsynth.preprocess.intensity import hu_to_unit
 from medsynth.preprocess.trainsets import centre_crop_or_pad
 from medsynth.vae import (
@@ -312,7 +312,7 @@ def test_tune_tiny_2d_on_real_ct(ct_slices, tmp_path):
     assert len(stats["mean"]) == len(stats["std"]) == 4
     assert (tmp_path / "final" / "config.json").is_file()
     assert any((tmp_path / "final").glob("*.safetensors"))
-    assert latest_checkpoint(tmp_path).name == "step_00000100"
+    assert latest_checkpoint(tmp_path / "checkpoints").name == "step_00000100"
     with torch.no_grad():
         assert torch.allclose(reconstruct(load_autoencoder(tmp_path / "final").eval(), images),
                               reconstruct(model.eval(), images), atol=1e-5)
@@ -327,7 +327,7 @@ def test_tune_tiny_3d_maisi_runs_and_saves(tmp_path):
     print(f"\n[vae 3d tiny MAISI] {out['seconds_per_step']:.4f} s/step (batch 1, 16^3)")
     assert sorted(p.name for p in (tmp_path / "final").iterdir()) == ["config.json", "medsynth_vae.json",
                                                                        "model.safetensors"]
-    assert latest_checkpoint(tmp_path) is None
+    assert latest_checkpoint(tmp_path / "checkpoints") is None
     with torch.no_grad():
         assert torch.allclose(reconstruct(load_autoencoder(tmp_path / "final").eval(), vols),
                               reconstruct(model.eval(), vols), atol=1e-5)
@@ -361,7 +361,7 @@ def test_resume_matches_uninterrupted_run(tmp_path):
 
     with pytest.raises(Interrupt):
         tune_vae(_tiny_vae(), images, cfg, tmp_path / "run", on_step=stop_at_5)
-    assert latest_checkpoint(tmp_path / "run").name == "step_00000004"
+    assert latest_checkpoint(tmp_path / "run" / "checkpoints").name == "step_00000004"
     torch.manual_seed(123)  # a different global RNG state before resuming must not matter
     resumed = _tiny_vae()
     out = tune_vae(resumed, images, cfg, tmp_path / "run")
@@ -397,7 +397,7 @@ def test_signal_checkpoints_and_the_rerun_finishes_the_same_model(tmp_path):
 
     out = tune_vae(_tiny_vae(), images, cfg, tmp_path / "run", on_step=signal_at_3)
     assert out["status"] == "preempted" and out["final_dir"] is None
-    assert latest_checkpoint(tmp_path / "run").name == "step_00000003"
+    assert latest_checkpoint(tmp_path / "run" / "checkpoints").name == "step_00000003"
     assert not (tmp_path / "run" / "final").exists()
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # handlers restored
     resumed = _tiny_vae()

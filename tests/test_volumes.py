@@ -24,14 +24,16 @@ from safetensors.numpy import load_file
 
 from medsynth.evaluation import RunFiles, RunSettings, evaluate_volume_run, extractor_input_size
 from medsynth.generator.objective import RegionContrastive
-from medsynth.generator import GeneratorStep, build_latent_data, load_slices, run_base, run_vae
+from medsynth.generator import GeneratorStep, build_latent_data, load_slices, run_base
+from medsynth.vae.stage import run_vae
 from medsynth.io.generated import load_generated
 from medsynth.generator.sampling import sample_condition_set
 from medsynth.models.backbones import build_backbone, mask_routing, predict, predict_velocity
 from tiny_backbones import TINY_CONFIGS
 from medsynth.objectives import interpolate, velocity_from_x0, x_prediction_v_loss
 from medsynth.preprocess.intensity import hu_to_unit
-from medsynth.preprocess.trainsets import volume_sample, write_shard
+from medsynth.io.trainsets import write_shard
+from medsynth.preprocess.trainsets import volume_sample
 from medsynth.vae import TINY_VAE_CONFIGS, load_autoencoder, load_latent_statistics
 
 from conftest import threshold_masks

@@ -91,7 +91,7 @@ def test_full_embedded_study_produces_registered_masks_training_sets_and_figures
     slices = pd.read_csv(results / "trainsets" / "slices" / "shard-000.csv")
     assert set(slices["case_id"]) == set(masks.index) and len(slices) > 100
     assert {"organs", "prompt_region", "split", "modality", "slice"} <= set(slices.columns)
-    from medsynth.preprocess.trainsets import load_shard
+    from medsynth.io.trainsets import load_shard
 
     data = load_shard(results / "trainsets" / "slices" / "shard-000.safetensors")
     assert data["image"].shape[1:] == (1, 64, 64) and data["image"].shape[0] == len(slices)

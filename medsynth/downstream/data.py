@@ -124,7 +124,7 @@ class SegmentationData:
     def from_shards(cls, shards: Sequence[str | Path], select: Mapping[str, Sequence] | None = None
                     ) -> "SegmentationData":
         """The slices of 2D training-set shards, filtered by index columns (``{"split": ["test"]}``)."""
-        from medsynth.generator.data import load_slices, select_rows
+        from medsynth.io.trainsets import load_slices, select_rows
 
         index, images, masks, names = load_slices(shards)
         rows = select_rows(index, select)

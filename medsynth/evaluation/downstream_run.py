@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from medsynth.evaluation.records import pixel_spacing, write_metrics_json
-from medsynth.generator.data import load_slices, select_rows
+from medsynth.io.trainsets import load_slices, select_rows
 from medsynth.launch import is_main_process
 from medsynth.metrics.masks import channel_means
 from medsynth.names import MEDDIFF_KINDS

@@ -14,7 +14,7 @@ import torch
 
 from medsynth.evaluation.extractor import SELF_EXTRACTOR, SegmenterEncoder
 from medsynth.evaluation.records import pixel_spacing, write_metrics_json
-from medsynth.generator.data import load_slices, select_rows
+from medsynth.io.trainsets import load_slices, select_rows
 from medsynth.launch import resolve_device
 from medsynth.metrics.masks import channel_means
 

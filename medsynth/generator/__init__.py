@@ -4,7 +4,7 @@
   compound text prompts (embedded once per unique prompt); the graded-severity prompt of the target task.
 * :mod:`.objective` / :mod:`.step` - the training objective (one main term plus extra terms) and
   :class:`GeneratorStep`, the loop's ``loss_step``.
-* :mod:`.stages` - one entry function per rule: :func:`run_vae`, :func:`run_base`, :func:`run_stage1`,
+* :mod:`.stages` - one entry function per rule: :func:`run_base`, :func:`run_stage1`,
   :func:`run_stage2` (variant = a named override set of the ``stage2`` config section).
 """
 
@@ -18,7 +18,7 @@ from .data import (
     slice_prompts,
 )
 from .step import GeneratorStep
-from .stages import run_base, run_stage1, run_stage2, run_vae, variant_config
+from .stages import run_base, run_stage1, run_stage2, variant_config
 
 __all__ = [
     "GeneratorStep",
@@ -28,7 +28,6 @@ __all__ = [
     "run_base",
     "run_stage1",
     "run_stage2",
-    "run_vae",
     "select_rows",
     "severity_fractions",
     "severity_grades",

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from medsynth.models.prompts import SEVERITY_WORDS, compound_prompt, mask_preprompt
-from medsynth.preprocess.trainsets import load_shard
+from medsynth.io.trainsets import load_slices, select_rows, shard_condition_names
 from medsynth.train.data import TensorDictDataset
 from medsynth.vae.latents import normalise_latents
 from medsynth.vae.models import encode, model_device
@@ -50,53 +50,6 @@ __all__ = [
 ]
 
 DEFAULT_SEVERITY = {"organ": "liver", "thresholds": [0.045, 0.09], "pathology": "liver involvement"}
-
-
-def shard_condition_names(tensors_path: str | Path) -> list[str]:
-    """Condition-channel names stored in a shard's safetensors metadata."""
-    from safetensors import safe_open
-
-    with safe_open(str(tensors_path), framework="np") as fh:
-        raw = fh.metadata() or {}
-    if "medsynth" in raw:
-        return list(json.loads(raw["medsynth"]).get("conditions", []))
-    return [n for n in raw.get("conditions", "").split(",") if n]  # shards written before the single-key metadata
-
-
-def load_slices(shards: Sequence[str | Path]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, list[str]]:
-    """All samples of the shards (``.safetensors``; the index is the same stem ``.csv``), slices or volumes.
-
-    Returns ``(index, images (N, 1, *spatial) in [-1, 1], masks (N, C, *spatial) in [-0.5, 0.5], names)``;
-    ``spatial`` is ``(H, W)`` for slice shards and ``(X, Y, Z)`` for volume shards (``slice = -1``).
-    """
-    tables, images, masks, names = [], [], [], None
-    for path in sorted(str(p) for p in shards if str(p).endswith(".safetensors")):
-        index = pd.read_csv(Path(path).with_suffix(".csv"), dtype={"split": str, "modality": str},
-                            keep_default_na=False)
-        if not len(index):
-            continue
-        data = load_shard(path)
-        shard_names = shard_condition_names(path)
-        if names is None:
-            names = shard_names
-        elif shard_names != names:
-            raise ValueError(f"{path}: condition channels {shard_names} differ from {names}")
-        tables.append(index.assign(shard=Path(path).stem))
-        images.append(data["image"][index["sample"].to_numpy()])
-        masks.append(data["masks"][index["sample"].to_numpy()])
-    if not tables:
-        raise ValueError("no slices in the training-set shards")
-    return (pd.concat(tables, ignore_index=True), np.concatenate(images), np.concatenate(masks), list(names or []))
-
-
-def select_rows(index: pd.DataFrame, select: Mapping[str, Sequence] | None) -> np.ndarray:
-    """Row positions whose column values are in the allowed lists (``{"split": ["train"], "modality": ["MR"]}``)."""
-    keep = np.ones(len(index), bool)
-    for column, allowed in (select or {}).items():
-        if column not in index:
-            raise KeyError(f"select: column {column!r} not in the training-set index ({list(index.columns)})")
-        keep &= index[column].astype(str).isin([str(a) for a in allowed]).to_numpy()
-    return np.flatnonzero(keep)
 
 
 def severity_fractions(masks: np.ndarray, names: Sequence[str], organ: str) -> np.ndarray:

@@ -5,20 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from medsynth.generator.data import LatentData, build_latent_data
-from medsynth.launch import job_device
+from medsynth.launch import job_device, set_threads
 from medsynth.models.backbones import build_backbone, input_channels, mask_routing
 
 __all__ = ["set_threads", "resolve_text_encoder", "load_vae", "load_latent_data", "check_channels", "backbone_dims",
            "load_backbone"]
-
-
-def set_threads(cfg: Mapping) -> None:
-    """Torch intra-op threads from a section's ``threads`` key (at least 1)."""
-    torch.set_num_threads(max(1, int(cfg.get("threads", 1) or 1)))
 
 
 def resolve_text_encoder(gen_cfg: Mapping, text_encoder):

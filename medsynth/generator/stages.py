@@ -1,9 +1,5 @@
 """Entry functions of the VAE and generator rules (ViCTr Sec. 3.3 staged training).
 
-* :func:`run_vae` - tune the 2D VAE on the training slices (and, with ``include_masks``, their mask
-  channels as single-channel images, MedSyn2 Supp. 7.1.1), write ``final/``, ``latent_stats.json``
-  (statistics of the *image* latents), ``loss_curve.csv`` and ``reconstruction.csv`` (SSIM/PSNR of the
-  images and Dice/Jaccard/HD95/ASD per mask channel of the ``eval_split`` slices, MedSyn2 Table 6).
 * :func:`run_base` - the base generator: rectified flow in z-normalised latent space on every selected
   training slice, masks concatenated, compound prompts as cross-attention context.
 * :func:`run_stage1` - ViCTr stage 1: diagonal Fisher of the base on its own data selects the layers
@@ -19,8 +15,8 @@
   discriminator's term (:class:`AdversarialPair`).
 
 Volumes (MAISI-v2 / MedSyn2 3D studies): the same functions take the ``trainsets/volumes`` shards; with
-``vae.model`` the 3D MAISI config (``spatial_dims: 3``) :func:`run_vae` tunes it on whole volumes (and
-mask channels), and the stages train a 3D backbone (``maisi_unet3d``: ``params.mask_input`` routes the
+``vae.model`` the 3D MAISI config (``spatial_dims: 3``) :func:`medsynth.vae.stage.run_vae` tunes it on whole
+volumes (and mask channels), and the stages train a 3D backbone (``maisi_unet3d``: ``params.mask_input`` routes the
 mask to the ControlNet and/or the input channels; ``medsyn2_dit`` with ``spatial_dims: 3``,
 ``prediction: x0``: MedSyn2's x-prediction v-loss, see :mod:`medsynth.generator.objective`) on the volume latents.
 
@@ -38,7 +34,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -46,7 +41,7 @@ from torch import nn
 from medsynth.configmerge import variant_config
 from medsynth.fsutil import write_csv_atomic, write_text_atomic
 from medsynth.launch import is_main_process
-from medsynth.generator.data import LatentData, load_slices, select_rows, shard_condition_names
+from medsynth.generator.data import LatentData, load_slices, shard_condition_names
 from medsynth.generator.objective import AdversarialTerm, ConsistencyTerms, EWCPenalty
 from medsynth.generator.players import AdversarialPair, build_discriminator
 from medsynth.generator.step import GeneratorStep, build_step
@@ -59,7 +54,7 @@ from medsynth.generator.loaders import (
     set_threads,
 )
 from medsynth.models.backbones import build_backbone
-from medsynth.train.loop import PREEMPTED_EXIT_CODE, derive_seed, run_fingerprint
+from medsynth.train.loop import derive_seed, run_fingerprint
 from medsynth.variants import check_stage2
 from medsynth.train import (
     EWCTerm,
@@ -76,7 +71,7 @@ from medsynth.train import (
     unfreeze,
 )
 
-__all__ = ["AdversarialPair", "GeneratorStep", "StageOutputs", "run_vae", "run_base", "run_stage1", "run_stage2", "variant_config", "train_config"]
+__all__ = ["AdversarialPair", "GeneratorStep", "StageOutputs", "run_base", "run_stage1", "run_stage2", "variant_config", "train_config"]
 
 log = logging.getLogger(__name__)
 
@@ -145,58 +140,6 @@ def _finish(result, out_dir: Path) -> None:
     if result.status != "completed":
         raise SystemExit(result.exit_code)  # preempted: checkpoint written, the job is requeued / rerun
     log.info("%s: %d steps, %.4f s/step", out_dir, result.step, result.seconds_per_step)
-
-
-# ------------------------------------------------------------------------------------------------ VAE
-def _mask_images(masks: np.ndarray) -> np.ndarray:
-    """Non-empty mask channels as single-channel images in [-0.5, 0.5] (MedSyn2 encodes masks with the VAE)."""
-    flat = masks.reshape(-1, 1, *masks.shape[2:])
-    return flat[(flat > 0).reshape(len(flat), -1).any(axis=1)]
-
-
-def run_vae(shards: Sequence[str], out_dir: str | Path, vae_cfg: Mapping, reconstruction_csv: str | Path | None = None) -> dict:
-    """Tune the VAE (module docstring); returns :func:`medsynth.vae.tune_vae`'s summary + the metrics."""
-    from medsynth.vae import (
-        TuneConfig,
-        build_autoencoder,
-        reconstruction_metrics,
-        tune_vae,
-    )
-
-    set_threads(vae_cfg)
-    out_dir = Path(out_dir)
-    index, images, masks, names = load_slices(shards)
-    train_rows = select_rows(index, {"split": [vae_cfg.get("train_split", "train")]})
-    train_images = images[train_rows]
-    fit = train_images
-    if vae_cfg.get("include_masks", True):
-        fit = np.concatenate([train_images, _mask_images(masks[train_rows])])
-    tune_keys = {f.name for f in fields(TuneConfig)}
-    tune_cfg = {k: v for k, v in vae_cfg.items() if k in tune_keys}
-    torch.manual_seed(derive_seed(int(vae_cfg.get("seed", 0)), "init"))  # the weights' initialisation is seeded too
-    model = build_autoencoder(dict(vae_cfg.get("model") or {}))
-    # z-norm statistics of the *image* latents (the generator's data), not of the mask images
-    summary = tune_vae(model, fit, tune_cfg, out_dir, stats_images=train_images)
-    if summary["status"] != "completed":
-        raise SystemExit(PREEMPTED_EXIT_CODE)  # checkpoint written, the job is requeued / rerun
-    if not is_main_process():
-        return summary  # a worker of a multi-process run: the main process writes the outputs
-
-    eval_rows = select_rows(index, {"split": [vae_cfg.get("eval_split", "test")]})
-    if not len(eval_rows):
-        log.warning("no %s slices: reconstruction metrics on the training slices", vae_cfg.get("eval_split", "test"))
-        eval_rows = train_rows
-    metrics = reconstruction_metrics(model, images[eval_rows], masks[eval_rows], mask_names=names,
-                                     batch_size=int(vae_cfg.get("stats_batch_size", 8)))
-    rows = [{"target": "image", "split": vae_cfg.get("eval_split", "test"), **metrics["image"]}]
-    for name, m in metrics["masks"].items():
-        rows.append({"target": name, "split": vae_cfg.get("eval_split", "test"), "n": m["n_reference"], **m})
-    table = pd.DataFrame(rows).reindex(columns=["target", "split", "n", "ssim", "psnr", "l1", "dice", "jaccard",
-                                                "hd95", "asd", "n_reference", "n_pred_empty", "status"])
-    write_csv_atomic(table, Path(reconstruction_csv) if reconstruction_csv else out_dir / "reconstruction.csv")
-    summary["reconstruction"] = metrics
-    log.info("vae: %.4f s/step; reconstruction %s", summary["seconds_per_step"], metrics["image"])
-    return summary
 
 
 # ------------------------------------------------------------------------------------------------ stages

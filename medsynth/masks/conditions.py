@@ -4,7 +4,7 @@ A condition channel names the structures it is made of by glob patterns over the
 structure names (``lungs`` or ``lung_*``), so one study config works with the classical
 segmenter, TotalSegmentator or lungmask. A ``boundary`` channel (MedSyn2 Supp. 7.1.3, lung lobes)
 is the union of the boundaries of each matched structure, dilated with a 3x3x3 cube. Channels are
-stored binary; ``to_condition_values`` maps them to [-0.5, 0.5] for the models (MedSyn2).
+stored binary; :func:`medsynth.io.trainsets.to_condition_values` maps them to [-0.5, 0.5] for the models (MedSyn2).
 """
 
 from __future__ import annotations
@@ -80,8 +80,3 @@ def condition_masks(labels: np.ndarray, names: dict[int, str], specs: list[Condi
                 f"mask volume out of range: {spec.name} {volume:.1f} ml not in [{spec.min_ml:g}, {spec.max_ml if spec.max_ml is not None else 'inf'}]"
             )
     return result
-
-
-def to_condition_values(binary: np.ndarray) -> np.ndarray:
-    """Binary masks -> model values: background -0.5, foreground +0.5 (float32)."""
-    return np.asarray(binary, dtype=np.float32) - 0.5

@@ -3,7 +3,7 @@
 One shard of cases -> one ``.safetensors`` file (tensors ``image`` float16 in [-1, 1], ``masks``
 uint8 binary channels) and one index CSV (a row per sample: case, split, modality, slice, the
 organs present, and every prompt field of the manifest). Masks are kept binary on disk; loaders
-map them to [-0.5, 0.5] with ``medsynth.masks.conditions.to_condition_values``.
+map them to [-0.5, 0.5] (the format: :mod:`medsynth.io.trainsets`).
 """
 
 from __future__ import annotations
@@ -17,10 +17,8 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from safetensors.numpy import load_file, save_file
 
-from medsynth.fsutil import atomic_path, write_csv_atomic
-from medsynth.masks.conditions import to_condition_values
+from medsynth.io.trainsets import write_shard
 from medsynth.preprocess.intensity import normalise
 
 
@@ -64,33 +62,6 @@ def axial_slices(image: np.ndarray, masks: np.ndarray, coverage: np.ndarray, opt
         img = _resize(image[None, :, :, z], size, binary=False)
         msk = _resize(masks[:, :, :, z], size, binary=True) if len(masks) else np.zeros((0, *size), np.uint8)
         yield z, img, msk
-
-
-def write_shard(samples: list[tuple[dict, np.ndarray, np.ndarray]], condition_names: list[str], tensors_path: Path,
-                index_path: Path) -> pd.DataFrame:
-    """Write (index row, image, masks) samples as one safetensors shard + its index CSV (atomically)."""
-    rows = [dict(row, sample=i) for i, (row, _, _) in enumerate(samples)]
-    n_channels = len(condition_names)
-    if samples:
-        images = np.stack([s[1] for s in samples]).astype(np.float16)
-        masks = np.stack([s[2] for s in samples]).astype(np.uint8)
-    else:
-        images = np.zeros((0, 1, 1, 1), np.float16)
-        masks = np.zeros((0, n_channels, 1, 1), np.uint8)
-    with atomic_path(tensors_path, suffix=".safetensors") as tmp:
-        # one metadata key: safetensors writes several in arbitrary order, which would break byte-identical reruns
-        meta = json.dumps({"conditions": condition_names, "masks_encoding": "binary uint8; model values = mask - 0.5"},
-                          sort_keys=True)
-        save_file({"image": images, "masks": masks}, str(tmp), metadata={"medsynth": meta})
-    index = pd.DataFrame(rows)
-    write_csv_atomic(index, index_path)
-    return index
-
-
-def load_shard(tensors_path: str | Path) -> dict[str, np.ndarray]:
-    """Read a shard: ``image`` float32 in [-1, 1] and ``masks`` float32 in [-0.5, 0.5]."""
-    data = load_file(str(tensors_path))
-    return {"image": data["image"].astype(np.float32), "masks": to_condition_values(data["masks"])}
 
 
 def centre_crop_or_pad(array: np.ndarray, size: tuple[int, ...], fill: float) -> np.ndarray:

@@ -10,8 +10,12 @@ from medsynth.tasks import Job, launch_or_run, task
 @task(seed=lambda job: job.params.vae.get("seed"))
 def vae(job: Job) -> None:
     """Tune the VAE (2D slices, or volumes for the 3D path), its latent statistics and reconstruction table."""
-    from medsynth.generator.stages import run_vae
+    from medsynth.train.config import TrainOutputs
+    from medsynth.vae.stage import VAEOutputs, run_vae
 
-    cfg = job.params.vae
-    launch_or_run(job, cfg, lambda: run_vae(job.input.shards, Path(job.output.final).parent, cfg,
-                                            job.output.reconstruction))
+    cfg, out = job.params.vae, job.output
+    folder = Path(out.final).parent  # the checkpoints/ work folder sits beside final/ (kept between attempts)
+    train = TrainOutputs(Path(out.final), Path(out.curve), folder / "train_config.json", folder / "checkpoints",
+                         folder / "tensorboard")
+    outputs = VAEOutputs(train, Path(out.stats), Path(out.reconstruction))
+    launch_or_run(job, cfg, lambda: run_vae(job.input.shards, outputs, cfg))

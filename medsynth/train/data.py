@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from medsynth.preprocess.trainsets import load_shard
+from medsynth.io.trainsets import load_shard
 
 __all__ = ["TensorDictDataset", "load_slice_dataset"]
 

@@ -44,6 +44,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from medsynth.fsutil import atomic_dir, atomic_path
+from medsynth.train.config import TrainOutputs
 from medsynth.train.loop import SignalFlag, make_accelerator
 from medsynth.vae.latents import latent_statistics, save_latent_statistics
 from medsynth.vae.losses import LossConfig, VAELoss
@@ -108,9 +109,9 @@ def _checkpoint_dirs(root: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint folder under ``output_dir/checkpoints`` (``None`` if none)."""
-    dirs = _checkpoint_dirs(Path(output_dir) / "checkpoints")
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """The newest complete checkpoint folder in ``root`` (a run's ``checkpoints/``; ``None`` if none)."""
+    dirs = _checkpoint_dirs(Path(root))
     return dirs[-1][1] if dirs else None
 
 
@@ -157,7 +158,7 @@ def _mean_terms(terms: dict[str, float], accelerator) -> dict[str, float]:
 
 def _save_checkpoint(root: Path, step: int, model: nn.Module, disc: nn.Module | None, opt: torch.optim.Optimizer,
                      opt_d: torch.optim.Optimizer | None, gen: torch.Generator, keep: int,
-                     fingerprint: str = "") -> Path:
+                     fingerprint: str, curve: Path) -> Path:
     final = root / f"step_{step:08d}"
     with atomic_dir(final) as tmp:
         save_file(_state_dict(model), str(tmp / "model.safetensors"))
@@ -169,7 +170,6 @@ def _save_checkpoint(root: Path, step: int, model: nn.Module, disc: nn.Module | 
             state["disc_optimizer"] = opt_d.state_dict()
         torch.save(state, tmp / "state.pt")
         (tmp / "fingerprint.txt").write_text(fingerprint + "\n")
-        curve = root.parent / "loss_curve.csv"
         if curve.exists():  # restored on resume if Snakemake deleted the output meanwhile
             shutil.copyfile(curve, tmp / "loss_curve.csv")
     for _, old in _checkpoint_dirs(root)[:-max(1, keep)]:
@@ -232,21 +232,24 @@ def _check_images(model: nn.Module, images: torch.Tensor, patch: list[int] | Non
         raise ValueError(f"training size {sizes} must be divisible by the VAE downsampling factor {factor}")
 
 
-def tune_vae(model: nn.Module, images: torch.Tensor | np.ndarray, cfg: dict, output_dir: str | Path, *,
+def tune_vae(model: nn.Module, images: torch.Tensor | np.ndarray, cfg: dict, outputs: TrainOutputs | str | Path, *,
              on_step: Callable[[int, dict[str, float]], None] | None = None,
-             stats_images: torch.Tensor | np.ndarray | None = None) -> dict:
+             stats_images: torch.Tensor | np.ndarray | None = None, stats_path: str | Path | None = None) -> dict:
     """Tune ``model`` on ``images`` (``[N, C, *spatial]`` in [-1, 1]); see the module docstring.
 
     ``on_step(step, terms)`` is called after every completed step (1-based; e.g. for monitoring, or
-    to interrupt a run in tests). ``stats_images``: the images whose latents give ``latent_stats.json``
-    (default ``images``). Returns ``{"status", "steps", "start_step", "seconds_per_step", "last_terms",
+    to interrupt a run in tests). ``outputs``: where the run writes (``final``, ``curve``, ``checkpoints`` of
+    a :class:`~medsynth.train.TrainOutputs`, or a folder with that layout). ``stats_images``: the images
+    whose latents give the statistics (default ``images``), written to ``stats_path`` (default
+    ``latent_stats.json`` beside ``outputs.final``). Returns ``{"status", "steps", "start_step", "seconds_per_step", "last_terms",
     "final_dir", "latent_stats", "latent_stats_path", "loss_curve", "checkpoint", "processes"}``; a
     preempted run and the non-main processes of a multi-process run return no final model or
     statistics (``None``).
     """
     opts = TuneConfig.from_config(cfg)
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = TrainOutputs.of(outputs)
+    stats_path = Path(stats_path) if stats_path is not None else paths.final.parent / "latent_stats.json"
+    paths.curve.parent.mkdir(parents=True, exist_ok=True)
     if not isinstance(images, torch.Tensor):
         images = torch.as_tensor(np.asarray(images))
     images = images.float()
@@ -275,12 +278,12 @@ def tune_vae(model: nn.Module, images: torch.Tensor | np.ndarray, cfg: dict, out
     opt_d = (torch.optim.AdamW(disc.parameters(), lr=loss_cfg.disc_lr or opts.lr, weight_decay=opts.weight_decay)
              if disc is not None else None)
 
-    ckpt_root = output_dir / "checkpoints"
+    ckpt_root = paths.checkpoints
     start = 0
     # identity of this run (settings + training images): checkpoints of another run are never continued
     fingerprint = hashlib.sha256(json.dumps(dict(cfg), sort_keys=True, default=str).encode()
                                  + images.numpy().tobytes()).hexdigest()
-    latest = latest_checkpoint(output_dir) if opts.resume else None
+    latest = latest_checkpoint(ckpt_root) if opts.resume else None
     if latest is not None:
         saved = (latest / "fingerprint.txt").read_text().strip() if (latest / "fingerprint.txt").exists() else ""
         if saved != fingerprint:
@@ -293,9 +296,9 @@ def tune_vae(model: nn.Module, images: torch.Tensor | np.ndarray, cfg: dict, out
     if latest is not None:
         start = _load_checkpoint(latest, model, disc, opt, opt_d, gen)
         saved_curve = latest / "loss_curve.csv"
-        if main and saved_curve.exists() and not (output_dir / "loss_curve.csv").exists():
-            shutil.copyfile(saved_curve, output_dir / "loss_curve.csv")
-    curve = _LossCurve(output_dir / "loss_curve.csv", keep_until=start) if main else None
+        if main and saved_curve.exists() and not paths.curve.exists():
+            shutil.copyfile(saved_curve, paths.curve)
+    curve = _LossCurve(paths.curve, keep_until=start) if main else None
 
     model.train()
     if disc is not None:
@@ -333,7 +336,7 @@ def tune_vae(model: nn.Module, images: torch.Tensor | np.ndarray, cfg: dict, out
                                                            or step + 1 == opts.steps)):
                     if main:
                         last_ckpt = _save_checkpoint(ckpt_root, step + 1, model, disc, opt, opt_d, gen,
-                                                     opts.keep_checkpoints, fingerprint)
+                                                     opts.keep_checkpoints, fingerprint, paths.curve)
                     accelerator.wait_for_everyone()
                 if on_step is not None:
                     on_step(step + 1, terms)
@@ -347,13 +350,13 @@ def tune_vae(model: nn.Module, images: torch.Tensor | np.ndarray, cfg: dict, out
             curve.close()
 
     model.eval()
-    final_dir = stats = stats_path = None
+    final_dir = stats = saved_stats = None
     if status == "completed" and main:
-        final_dir = output_dir / "final"
+        final_dir = paths.final
         with atomic_dir(final_dir) as tmp:
             save_autoencoder(model, tmp)
         stats = latent_statistics(model, images if stats_images is None else stats_images, opts.stats_batch_size)
-        stats_path = save_latent_statistics(stats, output_dir / "latent_stats.json")
+        saved_stats = save_latent_statistics(stats, stats_path)
     accelerator.wait_for_everyone()
     return {
         "status": status,
@@ -364,7 +367,7 @@ def tune_vae(model: nn.Module, images: torch.Tensor | np.ndarray, cfg: dict, out
         "last_terms": terms,
         "final_dir": str(final_dir) if final_dir is not None else None,
         "latent_stats": stats,
-        "latent_stats_path": str(stats_path) if stats_path is not None else None,
-        "loss_curve": str(output_dir / "loss_curve.csv"),
+        "latent_stats_path": str(saved_stats) if saved_stats is not None else None,
+        "loss_curve": str(paths.curve),
         "checkpoint": str(last_ckpt) if last_ckpt is not None else None,
     }

@@ -1,0 +1,101 @@
+"""The file format of a training-set shard (rule ``training_sets``), for its writer and every reader.
+
+One shard of cases -> one ``.safetensors`` file (tensors ``image`` float16 in [-1, 1], ``masks`` uint8
+binary channels, the metadata key ``medsynth``: ``{"conditions": [...], "masks_encoding": ...}``) and one
+index CSV of the same stem (a row per sample: case, split, modality, slice, the organs present, every
+prompt field of the manifest, and ``sample``, its position in the tensors). Masks are binary on disk;
+readers map them to the models' values [-0.5, 0.5] with :func:`to_condition_values`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from safetensors.numpy import load_file, save_file
+
+from medsynth.fsutil import atomic_path, write_csv_atomic
+
+__all__ = ["load_shard", "load_slices", "select_rows", "shard_condition_names", "to_condition_values", "write_shard"]
+
+
+def to_condition_values(binary: np.ndarray) -> np.ndarray:
+    """Binary masks -> model values: background -0.5, foreground +0.5 (float32)."""
+    return np.asarray(binary, dtype=np.float32) - 0.5
+
+
+def write_shard(samples: list[tuple[dict, np.ndarray, np.ndarray]], condition_names: list[str], tensors_path: Path,
+                index_path: Path) -> pd.DataFrame:
+    """Write (index row, image, masks) samples as one safetensors shard + its index CSV (atomically)."""
+    rows = [dict(row, sample=i) for i, (row, _, _) in enumerate(samples)]
+    n_channels = len(condition_names)
+    if samples:
+        images = np.stack([s[1] for s in samples]).astype(np.float16)
+        masks = np.stack([s[2] for s in samples]).astype(np.uint8)
+    else:
+        images = np.zeros((0, 1, 1, 1), np.float16)
+        masks = np.zeros((0, n_channels, 1, 1), np.uint8)
+    with atomic_path(tensors_path, suffix=".safetensors") as tmp:
+        # one metadata key: safetensors writes several in arbitrary order, which would break byte-identical reruns
+        meta = json.dumps({"conditions": condition_names, "masks_encoding": "binary uint8; model values = mask - 0.5"},
+                          sort_keys=True)
+        save_file({"image": images, "masks": masks}, str(tmp), metadata={"medsynth": meta})
+    index = pd.DataFrame(rows)
+    write_csv_atomic(index, index_path)
+    return index
+
+
+def load_shard(tensors_path: str | Path) -> dict[str, np.ndarray]:
+    """Read a shard: ``image`` float32 in [-1, 1] and ``masks`` float32 in [-0.5, 0.5]."""
+    data = load_file(str(tensors_path))
+    return {"image": data["image"].astype(np.float32), "masks": to_condition_values(data["masks"])}
+
+
+def shard_condition_names(tensors_path: str | Path) -> list[str]:
+    """Condition-channel names stored in a shard's safetensors metadata."""
+    from safetensors import safe_open
+
+    with safe_open(str(tensors_path), framework="np") as fh:
+        raw = fh.metadata() or {}
+    if "medsynth" in raw:
+        return list(json.loads(raw["medsynth"]).get("conditions", []))
+    return [n for n in raw.get("conditions", "").split(",") if n]  # shards written before the single-key metadata
+
+
+def load_slices(shards: Sequence[str | Path]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, list[str]]:
+    """All samples of the shards (``.safetensors``; the index is the same stem ``.csv``), slices or volumes.
+
+    Returns ``(index, images (N, 1, *spatial) in [-1, 1], masks (N, C, *spatial) in [-0.5, 0.5], names)``;
+    ``spatial`` is ``(H, W)`` for slice shards and ``(X, Y, Z)`` for volume shards (``slice = -1``).
+    """
+    tables, images, masks, names = [], [], [], None
+    for path in sorted(str(p) for p in shards if str(p).endswith(".safetensors")):
+        index = pd.read_csv(Path(path).with_suffix(".csv"), dtype={"split": str, "modality": str},
+                            keep_default_na=False)
+        if not len(index):
+            continue
+        data = load_shard(path)
+        shard_names = shard_condition_names(path)
+        if names is None:
+            names = shard_names
+        elif shard_names != names:
+            raise ValueError(f"{path}: condition channels {shard_names} differ from {names}")
+        tables.append(index.assign(shard=Path(path).stem))
+        images.append(data["image"][index["sample"].to_numpy()])
+        masks.append(data["masks"][index["sample"].to_numpy()])
+    if not tables:
+        raise ValueError("no slices in the training-set shards")
+    return (pd.concat(tables, ignore_index=True), np.concatenate(images), np.concatenate(masks), list(names or []))
+
+
+def select_rows(index: pd.DataFrame, select: Mapping[str, Sequence] | None) -> np.ndarray:
+    """Row positions whose column values are in the allowed lists (``{"split": ["train"], "modality": ["MR"]}``)."""
+    keep = np.ones(len(index), bool)
+    for column, allowed in (select or {}).items():
+        if column not in index:
+            raise KeyError(f"select: column {column!r} not in the training-set index ({list(index.columns)})")
+        keep &= index[column].astype(str).isin([str(a) for a in allowed]).to_numpy()
+    return np.flatnonzero(keep)

@@ -1,0 +1,99 @@
+"""Rule ``vae``'s entry: tune the VAE on the training set (MedSyn2 Supp. 7.1.1, 7.3).
+
+:func:`run_vae` tunes the 2D VAE on the training slices (and, with ``include_masks``, their mask
+channels as single-channel images, MedSyn2 Supp. 7.1.1), or with ``vae.model`` the 3D MAISI config
+(``spatial_dims: 3``) on whole volumes, and writes the final model, ``latent_stats.json`` (statistics of
+the *image* latents), the loss curve and the reconstruction table (SSIM/PSNR of the images and
+Dice/Jaccard/HD95/ASD per mask channel of the ``eval_split`` slices, MedSyn2 Table 6).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from medsynth.fsutil import write_csv_atomic
+from medsynth.io.trainsets import load_slices, select_rows
+from medsynth.launch import is_main_process, set_threads
+from medsynth.train.config import TrainOutputs
+from medsynth.train.seeding import derive_seed
+from medsynth.train.signals import PREEMPTED_EXIT_CODE
+from medsynth.vae.metrics import reconstruction_metrics
+from medsynth.vae.models import build_autoencoder
+from medsynth.vae.tune import TuneConfig, tune_vae
+
+__all__ = ["VAEOutputs", "run_vae"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VAEOutputs:
+    """What rule ``vae`` declares: the tuning run's files (``train.final``, ``train.curve``; its
+    checkpoints folder beside them), the latent statistics and the reconstruction table."""
+
+    train: TrainOutputs
+    stats: Path
+    reconstruction: Path
+
+    @classmethod
+    def under(cls, folder: str | Path) -> "VAEOutputs":
+        """``final/``, ``loss_curve.csv``, ``latent_stats.json``, ``reconstruction.csv`` in ``folder``."""
+        folder = Path(folder)
+        return cls(TrainOutputs.under(folder), folder / "latent_stats.json", folder / "reconstruction.csv")
+
+    @classmethod
+    def of(cls, where: "VAEOutputs | str | Path") -> "VAEOutputs":
+        """``where`` itself, or the layout of the folder it names."""
+        return where if isinstance(where, VAEOutputs) else cls.under(where)
+
+
+def _mask_images(masks: np.ndarray) -> np.ndarray:
+    """Non-empty mask channels as single-channel images in [-0.5, 0.5] (MedSyn2 encodes masks with the VAE)."""
+    flat = masks.reshape(-1, 1, *masks.shape[2:])
+    return flat[(flat > 0).reshape(len(flat), -1).any(axis=1)]
+
+
+def run_vae(shards: Sequence[str], outputs: VAEOutputs | str | Path, vae_cfg: Mapping) -> dict:
+    """Tune the VAE (module docstring) and write ``outputs`` (:class:`VAEOutputs`, or a folder with that
+    layout); returns :func:`medsynth.vae.tune_vae`'s summary + the reconstruction metrics."""
+    set_threads(vae_cfg)
+    outputs = VAEOutputs.of(outputs)
+    index, images, masks, names = load_slices(shards)
+    train_rows = select_rows(index, {"split": [vae_cfg.get("train_split", "train")]})
+    train_images = images[train_rows]
+    fit = train_images
+    if vae_cfg.get("include_masks", True):
+        fit = np.concatenate([train_images, _mask_images(masks[train_rows])])
+    tune_keys = {f.name for f in fields(TuneConfig)}
+    tune_cfg = {k: v for k, v in vae_cfg.items() if k in tune_keys}
+    torch.manual_seed(derive_seed(int(vae_cfg.get("seed", 0)), "init"))  # the weights' initialisation is seeded too
+    model = build_autoencoder(dict(vae_cfg.get("model") or {}))
+    # z-norm statistics of the *image* latents (the generator's data), not of the mask images
+    summary = tune_vae(model, fit, tune_cfg, outputs.train, stats_path=outputs.stats, stats_images=train_images)
+    if summary["status"] != "completed":
+        raise SystemExit(PREEMPTED_EXIT_CODE)  # checkpoint written, the job is requeued / rerun
+    if not is_main_process():
+        return summary  # a worker of a multi-process run: the main process writes the outputs
+
+    eval_rows = select_rows(index, {"split": [vae_cfg.get("eval_split", "test")]})
+    if not len(eval_rows):
+        log.warning("no %s slices: reconstruction metrics on the training slices", vae_cfg.get("eval_split", "test"))
+        eval_rows = train_rows
+    metrics = reconstruction_metrics(model, images[eval_rows], masks[eval_rows], mask_names=names,
+                                     batch_size=int(vae_cfg.get("stats_batch_size", 8)))
+    rows = [{"target": "image", "split": vae_cfg.get("eval_split", "test"), **metrics["image"]}]
+    for name, m in metrics["masks"].items():
+        rows.append({"target": name, "split": vae_cfg.get("eval_split", "test"), "n": m["n_reference"], **m})
+    table = pd.DataFrame(rows).reindex(columns=["target", "split", "n", "ssim", "psnr", "l1", "dice", "jaccard",
+                                                "hd95", "asd", "n_reference", "n_pred_empty", "status"])
+    write_csv_atomic(table, outputs.reconstruction)
+    summary["reconstruction"] = metrics
+    log.info("vae: %.4f s/step; reconstruction %s", summary["seconds_per_step"], metrics["image"])
+    return summary
