@@ -51,6 +51,7 @@ class RunSettings:
 
 
 def controllability(pred: torch.Tensor, names: Sequence[str], prompted: Sequence[str], severity_cfg: Mapping) -> dict:
+    """Graded-severity control: the grade measured on the predicted masks against the prompted grade."""
     from medsynth.generator.data import DEFAULT_SEVERITY, severity_fractions, severity_grades
     from medsynth.models.prompts import SEVERITY_WORDS
 

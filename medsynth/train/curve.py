@@ -1,15 +1,19 @@
-"""The one loss-curve writer: ``loss_curve.csv``, one row per optimizer step, resumable."""
+"""The one home of loss-curve writing: :class:`LossCurve` (``loss_curve.csv``, one row per optimizer step,
+appended as training goes and resumable) and :func:`write_curve` (a whole curve at once, for trainers
+that report theirs at the end, e.g. nnU-Net's logger state)."""
 
 from __future__ import annotations
 
 import csv
+import math
 import os
 import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from medsynth.train.config import LOSS_CURVE
 
-__all__ = ["LossCurve"]
+__all__ = ["LossCurve", "write_curve"]
 
 
 def _curve_rows(path: Path) -> int:
@@ -68,3 +72,17 @@ class LossCurve:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+
+
+def write_curve(path: str | Path, rows: Sequence[Mapping[str, float]], columns: Sequence[str],
+                missing: float = math.nan) -> Path:
+    """Write ``rows`` as a curve with ``columns`` (a value a row lacks is ``missing``), atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(columns))
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, missing) for k in columns})
+    tmp.replace(path)
+    return path

@@ -43,6 +43,7 @@ def flux_position_ids(height: int, width: int, device=None, dtype=torch.float32)
 
 
 class FluxAdapter(BackboneAdapter):
+    """``flux``: 2x2-packed latents, position ids, the text mask over the joint sequence (module docstring)."""
     kind = "flux"
     model_class = FluxTransformer2DModel
     default_subfolder = "transformer"

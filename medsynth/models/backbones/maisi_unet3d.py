@@ -22,6 +22,7 @@ from .adapter import BackboneAdapter, Conditions
 
 
 class MaisiUNet3DAdapter(BackboneAdapter):
+    """``maisi_unet3d``: nested UNet / ControlNet params, mask routing, release checkpoints (module docstring)."""
     kind = "maisi_unet3d"
     model_class = MaisiBackbone
     input_layers = ("unet.conv_in.conv", "controlnet.conv_in.conv")

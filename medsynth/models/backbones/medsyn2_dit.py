@@ -17,6 +17,7 @@ from .adapter import BackboneAdapter, Conditions
 
 
 class MedSyn2DiTAdapter(BackboneAdapter):
+    """``medsyn2_dit``: 2D or 3D, velocity or x0 prediction (module docstring)."""
     kind = "medsyn2_dit"
     model_class = MedSyn2DiT
     input_layers = ("x_embedder",)

@@ -17,6 +17,7 @@ from .adapter import BackboneAdapter, Conditions
 
 
 class PixArtAdapter(BackboneAdapter):
+    """``pixart``: ``t * 1000``, optional resolution / aspect-ratio embeddings (module docstring)."""
     kind = "pixart"
     model_class = PixArtTransformer2DModel
     default_subfolder = "transformer"

@@ -16,6 +16,7 @@ from .adapter import BackboneAdapter, Conditions, resolve_pooled
 
 
 class SD3Adapter(BackboneAdapter):
+    """``sd3``: ``t * 1000``, a pooled text vector, no text mask (module docstring)."""
     kind = "sd3"
     model_class = SD3Transformer2DModel
     default_subfolder = "transformer"

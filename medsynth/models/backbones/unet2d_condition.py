@@ -14,6 +14,7 @@ from .adapter import BackboneAdapter, Conditions
 
 
 class UNet2DConditionAdapter(BackboneAdapter):
+    """``unet2d_condition``: ``t * 1000``, the text mask as ``encoder_attention_mask``."""
     kind = "unet2d_condition"
     model_class = UNet2DConditionModel
     default_subfolder = "unet"
