@@ -512,7 +512,7 @@ def test_adversarial_terms_reach_only_their_player():
 
     torch.manual_seed(0)
     gen_param = torch.nn.Parameter(torch.ones(1))
-    pair = AdversarialPair(torch.nn.Linear(1, 1), build_discriminator({"channels": 4, "layers": 1}, 3, 2))
+    pair = AdversarialPair(torch.nn.Linear(1, 1), build_discriminator({"channels": 4, "layers": 1, "norm": "INSTANCE"}, 3, 2))
     real, mask = torch.randn(2, 2, 8, 8), torch.zeros(2, 1, 8, 8)
     fake = torch.randn(2, 2, 8, 8) * gen_param
     terms = pair.adversarial_terms(real, fake, mask)

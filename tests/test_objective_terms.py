@@ -18,6 +18,7 @@ from medsynth.generator.objective import (
 )
 from medsynth.generator.step import GeneratorStep, contrastive_term
 from medsynth.models.prompts import ABSENT_MASK_VALUE
+from medsynth.settings import section
 from medsynth.train import EWCTerm
 
 
@@ -98,12 +99,22 @@ def test_region_contrastive_follows_its_schedule_and_sees_the_roi():
 
 
 def test_contrastive_term_is_read_from_the_stage_section():
-    assert contrastive_term({"contrastive": {"enabled": False}}, ["liver"]) is None
-    term = contrastive_term({"steps": 7, "contrastive": {"enabled": True, "roi": "kidney", "delta": 1.5,
-                                                         "dilation": 2, "schedule": [[0, 0.1]]}}, ["liver", "kidney"])
+    assert contrastive_term(section("stage2"), ["liver"]) is None  # off by default
+    term = contrastive_term(section("stage2", {"steps": 7, "contrastive": {"enabled": True, "roi": "kidney",
+                                                                          "delta": 1.5, "dilation": 2,
+                                                                          "schedule": [[0, 0.1]]}}), ["liver", "kidney"])
     assert (term.roi_channel, term.delta, term.dilation, term.schedule, term.total_steps) == (1, 1.5, 2, [(0, 0.1)], 7)
     with pytest.raises(KeyError, match="spleen"):
-        contrastive_term({"contrastive": {"enabled": True, "roi": "spleen"}}, ["liver"])
+        contrastive_term(section("stage2", {"contrastive": {"enabled": True, "roi": "spleen"}}), ["liver"])
+
+
+def test_stage_sections_take_their_defaults_from_the_schema():
+    filled = section("stage2", {"lora": {"rank": 8}})
+    assert filled["lora"] == {"rank": 8, "alpha": 4.0, "dropout": 0.0}  # the schema's alpha, not the code's
+    assert filled["adversarial"]["lr"] == 0.0005 and section("stage1")["ewc"]["lambda"] == 1000.0
+    assert section("base", filled_base := section("base")) == filled_base  # a complete section is unchanged
+    with pytest.raises(Exception, match="unknown_key"):
+        section("base", {"unknown_key": 1})
 
 
 def test_adversarial_term_needs_a_pair():

@@ -30,7 +30,6 @@ because every prediction of that channel is empty).
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -215,14 +214,6 @@ def predict_masks(model: nn.Module, images: torch.Tensor | np.ndarray, threshold
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
 
 
-def _mask_metrics():
-    try:
-        from medsynth.metrics.masks import mask_metrics
-    except ImportError:
-        from medsynth.vae.metrics import mask_metrics
-    return mask_metrics
-
-
 def metrics_from_masks(pred: torch.Tensor, ref: torch.Tensor, names: Sequence[str],
                        spacing: Sequence[float] | float | None = None) -> dict[str, Any]:
     """Per-channel Dice/HD95 of binary ``pred`` against binary ``ref`` + ``mdsc``, ``mhd95``, ``n``, ``hd95_unit``."""
@@ -232,13 +223,10 @@ def metrics_from_masks(pred: torch.Tensor, ref: torch.Tensor, names: Sequence[st
         raise ValueError(f"prediction shape {tuple(pred.shape)} != reference shape {tuple(ref.shape)}")
     if len(names) != ref.shape[1]:
         raise ValueError(f"{len(names)} names for {ref.shape[1]} channels")
-    mask_metrics = _mask_metrics()
-    kwargs: dict[str, Any] = {}
-    unit = "pixel"
-    if spacing is not None and "spacing" in inspect.signature(mask_metrics).parameters:
-        kwargs["spacing"] = spacing
-        unit = "mm"
-    per = mask_metrics(pred, ref, names, **kwargs)
+    from medsynth.metrics.masks import mask_metrics
+
+    unit = "pixel" if spacing is None else "mm"
+    per = mask_metrics(pred, ref, names, spacing=spacing)
     means = channel_means({n: per[n] for n in names}, ("dice", "hd95"), missing=math.nan)
     result: dict[str, Any] = {"channels": {n: dict(per[n]) for n in names},
                               "mdsc": means["dice"], "mhd95": means["hd95"],

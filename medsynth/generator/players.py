@@ -65,9 +65,8 @@ class AdversarialPair(PlayerPair):
 
 
 def build_discriminator(cfg: Mapping, in_channels: int, spatial_dims: int) -> nn.Module:
-    """MONAI ``PatchDiscriminator`` from ``stage2.adversarial`` (``channels``, ``layers``, ``norm``)."""
+    """MONAI ``PatchDiscriminator`` from a complete ``stage2.adversarial`` section (``channels``, ``layers``, ``norm``)."""
     from monai.networks.nets import PatchDiscriminator
 
-    return PatchDiscriminator(spatial_dims=spatial_dims, channels=int(cfg.get("channels", 16)),
-                              in_channels=in_channels, out_channels=1, num_layers_d=int(cfg.get("layers", 2)),
-                              norm=str(cfg.get("norm", "INSTANCE")))
+    return PatchDiscriminator(spatial_dims=spatial_dims, channels=int(cfg["channels"]), in_channels=in_channels,
+                              out_channels=1, num_layers_d=int(cfg["layers"]), norm=str(cfg["norm"]))

@@ -44,7 +44,8 @@ from medsynth.launch import is_main_process
 from medsynth.generator.data import LatentData, load_slices, shard_condition_names
 from medsynth.generator.objective import AdversarialTerm, ConsistencyTerms, EWCPenalty
 from medsynth.generator.players import AdversarialPair, build_discriminator
-from medsynth.generator.step import GeneratorStep, build_step
+from medsynth.generator.step import GeneratorStep, build_step, contrastive_term
+from medsynth.settings import section
 from medsynth.generator.loaders import (
     check_channels,
     load_backbone,
@@ -148,9 +149,9 @@ def run_base(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Path,
     """Train the base generator from scratch (or from ``generator.backbone.pretrained``); ``outputs``:
     where it writes (:class:`StageOutputs`, or a folder with that layout)."""
     set_threads(gen_cfg)
-    outputs = StageOutputs.of(outputs)
+    outputs, stage_cfg = StageOutputs.of(outputs), section("base", stage_cfg)
     data = load_latent_data(shards, vae_dir, stats_path, gen_cfg, stage_cfg, text_encoder)
-    torch.manual_seed(derive_seed(int(stage_cfg.get("seed", 0)), "init"))  # seeded initialisation
+    torch.manual_seed(derive_seed(int(stage_cfg["seed"]), "init"))  # seeded initialisation
     model = build_backbone(dict(gen_cfg["backbone"]), key="generator.backbone")
     check_channels(model, data)
     _write_prompts(data, outputs)
@@ -164,10 +165,10 @@ def run_base(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Path,
 def _fisher(model: nn.Module, data: LatentData, ewc_cfg: Mapping, seed: int) -> dict[str, torch.Tensor]:
     """Diagonal Fisher of ``model`` on ``data`` with the plain flow loss, seeded batches and draws."""
     step = GeneratorStep(data.tokens, data.keep, data.null_id)
-    n, bs = len(data.dataset), int(ewc_cfg.get("fisher_batch_size", 16))
+    n, bs = len(data.dataset), int(ewc_cfg["fisher_batch_size"])
     gen = torch.Generator().manual_seed(int(seed))
     batches = [(data.dataset.get_batch(torch.randint(0, n, (bs,), generator=gen).tolist()), i)
-               for i in range(int(ewc_cfg.get("fisher_batches", 8)))]
+               for i in range(int(ewc_cfg["fisher_batches"]))]
 
     def loss_fn(m, item):
         batch, i = item
@@ -181,19 +182,19 @@ def run_stage1(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Pat
                text_encoder=None):
     """ViCTr stage 1: EWC layer selection on the base's own data, then EWC-penalised fine-tuning."""
     set_threads(gen_cfg)
-    outputs = StageOutputs.of(outputs)
+    outputs, stage_cfg, base_cfg = StageOutputs.of(outputs), section("stage1", stage_cfg), section("base", base_cfg)
     text_encoder = resolve_text_encoder(gen_cfg, text_encoder)
-    ewc_cfg = dict(stage_cfg.get("ewc") or {})
+    ewc_cfg = stage_cfg["ewc"]
     model = load_backbone(gen_cfg, base_dir)
     vae_stats, slices = load_vae(vae_dir, stats_path), load_slices(shards)  # read once for both datasets
     base_data = load_latent_data(shards, vae_dir, stats_path, gen_cfg, base_cfg, text_encoder, severity=False,
                       vae_stats=vae_stats, slices=slices)
-    fisher = _fisher(model, base_data, ewc_cfg, int(stage_cfg.get("seed", 0)))
+    fisher = _fisher(model, base_data, ewc_cfg, int(stage_cfg["seed"]))
     del base_data
-    top_k = ewc_cfg.get("top_k")
-    selected = select_layers(fisher, top_fraction=None if top_k else float(ewc_cfg.get("top_fraction", 0.25)),
-                             top_k=int(top_k) if top_k else None, granularity=ewc_cfg.get("granularity", "module"),
-                             largest=bool(ewc_cfg.get("largest", True)))
+    top_k = ewc_cfg["top_k"]
+    selected = select_layers(fisher, top_fraction=None if top_k else float(ewc_cfg["top_fraction"]),
+                             top_k=int(top_k) if top_k else None, granularity=ewc_cfg["granularity"],
+                             largest=bool(ewc_cfg["largest"]))
     trainable = unfreeze(model, selected)
     anchor = anchor_parameters(model, trainable)
     if is_main_process():  # every worker computes the same selection; one writes it
@@ -202,7 +203,7 @@ def run_stage1(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Pat
             {"selected": selected, "trainable_parameters": trainable,
              "n_trainable": int(sum(anchor[n].numel() for n in trainable)),
              "n_total": int(sum(p.numel() for p in model.parameters()))}, indent=2) + "\n")
-    ewc = EWCTerm(anchor, {n: fisher[n] for n in trainable}, float(ewc_cfg.get("lambda", 1.0)))
+    ewc = EWCTerm(anchor, {n: fisher[n] for n in trainable}, float(ewc_cfg["lambda"]))
     data = load_latent_data(shards, vae_dir, stats_path, gen_cfg, stage_cfg, text_encoder, vae_stats=vae_stats, slices=slices)
     del vae_stats, slices
     _write_prompts(data, outputs)
@@ -240,77 +241,76 @@ def run_stage2(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Pat
     (``ewc_path``). ``reflow.enabled`` trains on the init model's own (noise, sample) pairs.
     ``ddpm_cfg``: noise schedule of the ``ddpm`` objective (config ``sampling.ddpm``).
     """
+    stage_cfg = section("stage2", stage_cfg)
     check_stage2(stage_cfg)  # before anything is loaded: options that exclude each other, named
     set_threads(gen_cfg)
     outputs = StageOutputs.of(outputs)
-    method = str(stage_cfg.get("method", "lora"))
-    objective = str(stage_cfg.get("objective", "flow"))
+    method, objective = str(stage_cfg["method"]), str(stage_cfg["objective"])
     model = load_backbone(gen_cfg, init_dir)
     data = load_latent_data(shards, vae_dir, stats_path, gen_cfg, stage_cfg, text_encoder)
-    reflow = dict(stage_cfg.get("reflow") or {})
-    dmd = dict(stage_cfg.get("dmd") or {})
-    cons = dict(stage_cfg.get("consistency") or {})
-    consistency = bool(float(cons.get("temporal_weight", 0.0)) or float(cons.get("spatial_weight", 0.0)))
-    if reflow.get("enabled"):
-        reflow_pairs(model, data, reflow, str(reflow.get("teacher_objective", "flow")))
-        if reflow.get("distill"):  # Flow Straight and Fast: distil the coupling into the one-step map
+    reflow, dmd, cons = stage_cfg["reflow"], stage_cfg["dmd"], stage_cfg["consistency"]
+    consistency = bool(float(cons["temporal_weight"]) or float(cons["spatial_weight"]))
+    if reflow["enabled"]:
+        reflow_pairs(model, data, reflow, str(reflow["teacher_objective"]))
+        if reflow["distill"]:  # Flow Straight and Fast: distil the coupling into the one-step map
             stage_cfg = {**stage_cfg, "timesteps": "one_step"}
     teacher = fake = None
-    if dmd.get("enabled"):
-        reflow_pairs(model, data, dict(dmd.get("pairs") or {}), str(dmd.get("teacher_objective", "flow")))
+    if dmd["enabled"]:
+        reflow_pairs(model, data, dict(dmd["pairs"]), str(dmd["teacher_objective"]))
         teacher = copy.deepcopy(model).eval().requires_grad_(False)
         fake = copy.deepcopy(model).train().requires_grad_(True)
     extras = []
     if consistency:
         reference = copy.deepcopy(model).eval().requires_grad_(False)
-        extras.append(ConsistencyTerms(reference, temporal_weight=float(cons.get("temporal_weight", 0.0)),
-                                       spatial_weight=float(cons.get("spatial_weight", 0.0)),
-                                       grad_weight=float(cons.get("grad_weight", 1.0)),
-                                       step_size=float(cons.get("step_size", 0.1))))
+        extras.append(ConsistencyTerms(reference, temporal_weight=float(cons["temporal_weight"]),
+                                       spatial_weight=float(cons["spatial_weight"]),
+                                       grad_weight=float(cons["grad_weight"]), step_size=float(cons["step_size"])))
     if method == "lora":
         _, _, selected = load_ewc(ewc_path)
         targets = lora_targets(model, selected)
-        lora = dict(stage_cfg.get("lora") or {})
-        torch.manual_seed(derive_seed(int(stage_cfg.get("seed", 0)), "lora-init"))  # seeded adapter initialisation
-        add_lora(model, targets, int(lora.get("rank", 4)), float(lora.get("alpha", lora.get("rank", 4))),
-                 float(lora.get("dropout", 0.0)))
+        lora = stage_cfg["lora"]
+        torch.manual_seed(derive_seed(int(stage_cfg["seed"]), "lora-init"))  # seeded adapter initialisation
+        add_lora(model, targets, int(lora["rank"]), float(lora["alpha"]), float(lora["dropout"]))
     else:  # full
         model.requires_grad_(True)
     _write_prompts(data, outputs)
     names = shard_condition_names(next(str(p) for p in shards if str(p).endswith(".safetensors")))
     fp = run_fingerprint(gen_cfg, stage_cfg, ddpm_cfg, files=[*shards, vae_dir, stats_path, init_dir, ewc_path])
-    adversarial = dict(stage_cfg.get("adversarial") or {})
-    if adversarial.get("enabled"):
+    contrastive = contrastive_term(stage_cfg, names)
+    if contrastive is not None:
+        extras.append(contrastive)
+    adversarial = stage_cfg["adversarial"]
+    if adversarial["enabled"]:
         latent = data.dataset.tensors["latent"]
-        torch.manual_seed(derive_seed(int(stage_cfg.get("seed", 0)), "discriminator-init"))
+        torch.manual_seed(derive_seed(int(stage_cfg["seed"]), "discriminator-init"))
         disc = build_discriminator(adversarial, latent.shape[1] + data.dataset.tensors["mask"].shape[1],
                                    latent.ndim - 2)
-        weight = float(adversarial.get("weight", 0.05))
-        step = build_step(data, stage_cfg, names, ddpm_cfg, extras,
+        weight = float(adversarial["weight"])
+        step = build_step(data, stage_cfg, ddpm_cfg, extras,
                           adversarial=AdversarialTerm(weight) if weight > 0 else None)
         groups = [{"params": [p for p in model.parameters() if p.requires_grad]},
-                  {"params": list(disc.parameters()), "lr": float(adversarial.get("lr", stage_cfg.get("lr", 1e-4)))}]
+                  {"params": list(disc.parameters()), "lr": float(adversarial["lr"])}]
         result = train(AdversarialPair(model, disc), step, data.dataset, train_config(stage_cfg, outputs.folder, fp),
                        trainable_params=groups, outputs=outputs.train)
-    elif dmd.get("enabled"):
+    elif dmd["enabled"]:
         from medsynth.generator.distill import DistillationPair, DistributionMatchingStep
 
         pair = DistillationPair(model, fake)
         step = DistributionMatchingStep(data.tokens, data.keep, data.null_id, teacher,
-                                        guidance_scale=float(dmd.get("guidance_scale", 2.0)),
-                                        regression_weight=float(dmd.get("regression_weight", 0.25)),
-                                        fake_weight=float(dmd.get("fake_weight", 1.0)),
-                                        t_range=tuple(float(v) for v in dmd.get("t_range", (0.02, 0.98))))
+                                        guidance_scale=float(dmd["guidance_scale"]),
+                                        regression_weight=float(dmd["regression_weight"]),
+                                        fake_weight=float(dmd["fake_weight"]),
+                                        t_range=tuple(float(v) for v in dmd["t_range"]))
         groups = [{"params": [p for p in model.parameters() if p.requires_grad]},
-                  {"params": list(fake.parameters()), "lr": float(dmd.get("fake_lr", stage_cfg.get("lr", 1e-4)))}]
+                  {"params": list(fake.parameters()), "lr": float(dmd["fake_lr"])}]
         result = train(pair, step, data.dataset, train_config(stage_cfg, outputs.folder, fp), trainable_params=groups,
                        outputs=outputs.train)
     else:
-        result = train(model, build_step(data, stage_cfg, names, ddpm_cfg, extras), data.dataset,
+        result = train(model, build_step(data, stage_cfg, ddpm_cfg, extras), data.dataset,
                        train_config(stage_cfg, outputs.folder, fp), outputs=outputs.train)
     _finish(result, outputs.folder)
     meta = {"method": method, "objective": objective, "init": str(init_dir),
-            "one_step": bool(dmd.get("enabled") or reflow.get("distill")),
+            "one_step": bool(dmd["enabled"] or reflow["distill"]),
             "format": "lora adapter on the init model (medsynth.train.load_lora)" if method == "lora"
             else "diffusers save_pretrained"}
     if result.final_dir is not None:  # the main process saved the model

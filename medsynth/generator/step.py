@@ -5,7 +5,8 @@ stage config describes.
 with probability ``cond_dropout`` (classifier-free guidance's null condition: empty prompt,
 all-background mask), evaluates the main term of :mod:`medsynth.generator.objective` and adds its
 extra terms. :func:`build_step` makes it from a stage section (``objective``, ``cond_dropout``,
-``timesteps``, ``contrastive``) and the extra terms a stage adds (EWC, consistency, adversarial).
+``timesteps``) and the extra terms a stage adds (EWC, consistency, contrastive: :func:`contrastive_term`,
+adversarial).
 """
 
 from __future__ import annotations
@@ -90,25 +91,23 @@ class GeneratorStep:
 
 def contrastive_term(stage_cfg: Mapping, names: Sequence[str]) -> RegionContrastive | None:
     """MAISI-v2's region contrastive term of a stage section (``contrastive.enabled``), or ``None``."""
-    contrastive = dict(stage_cfg.get("contrastive") or {})
-    if not contrastive.get("enabled"):
+    contrastive = stage_cfg["contrastive"]
+    if not contrastive["enabled"]:
         return None
-    roi = contrastive.get("roi", "liver")
+    roi = contrastive["roi"]
     if roi not in names:
         raise KeyError(f"contrastive.roi = {roi!r} is not a condition channel ({list(names)})")
     return RegionContrastive(
-        roi_channel=list(names).index(roi), delta=float(contrastive.get("delta", 2.0)),
-        dilation=int(contrastive.get("dilation", 1)),
-        schedule=[tuple(x) for x in contrastive.get("schedule", [[0, 0.01], [50, 0.001]])],
-        total_steps=int(stage_cfg.get("steps", 1)),
+        roi_channel=list(names).index(roi), delta=float(contrastive["delta"]), dilation=int(contrastive["dilation"]),
+        schedule=[tuple(x) for x in contrastive["schedule"]], total_steps=int(stage_cfg["steps"]),
     )
 
 
-def build_step(data: LatentData, stage_cfg: Mapping, names: Sequence[str] = (), ddpm_cfg: Mapping | None = None,
+def build_step(data: LatentData, stage_cfg: Mapping, ddpm_cfg: Mapping | None = None,
                extras: Sequence[ExtraTerm] = (), adversarial: ExtraTerm | None = None) -> GeneratorStep:
-    """The step of a stage section: its main term, then ``extras``, the contrastive term of
-    ``stage_cfg`` and ``adversarial`` (in that order)."""
-    kind = str(stage_cfg.get("objective", "flow"))
+    """The step of a (complete) stage section: its main term (``objective``, ``cond_dropout``,
+    ``timesteps``), then ``extras`` and ``adversarial`` (in that order)."""
+    kind = str(stage_cfg["objective"])
     if kind == "ddpm":
         from medsynth.sample import make_scheduler
 
@@ -116,11 +115,8 @@ def build_step(data: LatentData, stage_cfg: Mapping, names: Sequence[str] = (), 
     else:
         objective = FlowMatching(kind)
     terms = list(extras)
-    contrastive = contrastive_term(stage_cfg, names)
-    if contrastive is not None:
-        terms.append(contrastive)
     if adversarial is not None:
         terms.append(adversarial)
     return GeneratorStep(data.tokens, data.keep, data.null_id, objective=objective,
-                         cond_dropout=float(stage_cfg.get("cond_dropout", 0.0)),
-                         distribution=str(stage_cfg.get("timesteps", "uniform")), extras=terms)
+                         cond_dropout=float(stage_cfg["cond_dropout"]),
+                         distribution=str(stage_cfg["timesteps"]), extras=terms)
