@@ -1,6 +1,6 @@
 """Two players trained by one optimizer step: the generator and a second network (a critic or a copy).
 
-:class:`PlayerPair` is what the training loop prepares, checkpoints (both players) and, through
+:class:`~medsynth.train.players.PlayerPair` is what the training loop prepares, checkpoints (both players) and, through
 :meth:`PlayerPair.saved_module`, saves as ``final/`` (the generator alone). Its two kinds:
 :class:`AdversarialPair` (stage 2's adversarial term, here) and
 :class:`medsynth.generator.distill.DistillationPair` (DMD's online fake score).
@@ -13,23 +13,9 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from medsynth.train.players import PlayerPair
+
 __all__ = ["PlayerPair", "AdversarialPair", "build_discriminator"]
-
-
-class PlayerPair(nn.Module):
-    """``generator`` and one other named player, registered in that order (the optimizer's order)."""
-
-    def __init__(self, generator: nn.Module, **other: nn.Module):
-        super().__init__()
-        if len(other) != 1:
-            raise TypeError(f"a PlayerPair takes the generator and exactly one other player, got {sorted(other)}")
-        self.generator = generator
-        for name, module in other.items():
-            setattr(self, name, module)
-
-    def saved_module(self) -> nn.Module:
-        """What the ``final/`` folder holds: the generator."""
-        return self.generator
 
 
 class AdversarialPair(PlayerPair):
