@@ -4,7 +4,7 @@
   logs, checkpoints, bit-exact resume, SIGTERM/SIGUSR1 preemption); its parts: :mod:`.config`
   (``TrainConfig``, ``TrainOutputs``, ``TrainResult``), :mod:`.seeding` (seeds, data order),
   :mod:`.checkpoints` (checkpoint folders, run fingerprint, ``save_model``), :mod:`.curve` (``LossCurve``,
-  the one loss-curve writer), :mod:`.signals` (preemption).
+  the one loss-curve writer), :mod:`.signals` (preemption), :mod:`.players` (``PlayerPair``: two players, one step).
 * :mod:`.ewc` - ``fisher_diagonal``, ``select_layers``, ``unfreeze``, ``ewc_penalty``.
 * :mod:`.lora` - ``lora_targets``, ``add_lora``, ``save_lora``/``load_lora``, ``merge_lora``.
 * :mod:`.flow` - ``RectifiedFlowStep`` (a ``loss_step`` for the loop, optional EWC term).
