@@ -9,6 +9,7 @@ rule vae:
         final=directory(f"{RESULTS}/vae/final"),
         stats=f"{RESULTS}/vae/latent_stats.json",
         curve=f"{RESULTS}/vae/loss_curve.csv",
+        train_config=f"{RESULTS}/vae/train_config.json",
         reconstruction=f"{RESULTS}/vae/reconstruction.csv",
     log:
         f"{RESULTS}/logs/vae.log",

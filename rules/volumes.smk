@@ -11,6 +11,7 @@ rule volume_vae:
         final=directory(f"{RESULTS}/volumes/vae/final"),
         stats=f"{RESULTS}/volumes/vae/latent_stats.json",
         curve=f"{RESULTS}/volumes/vae/loss_curve.csv",
+        train_config=f"{RESULTS}/volumes/vae/train_config.json",
         reconstruction=f"{RESULTS}/volumes/vae/reconstruction.csv",
     log:
         f"{RESULTS}/logs/volumes/vae.log",

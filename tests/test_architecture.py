@@ -126,6 +126,7 @@ def _sources_matching(pattern: str) -> list[str]:
     ("deep merges", r"def _?deep_(merge|update)\(", "medsynth.configmerge"),
     ("quarantine loops", r'except \w+[^\n]*\n(.*\n){0,4}.*status="quarantined"', "medsynth.cases"),
     ("channel means", r'in \w+\.values\(\) if .*n_reference', "medsynth.metrics.masks"),
+    ("loss-curve writers", r"csv\.DictWriter\(", "medsynth.train.curve"),
 ])
 def test_each_repeated_block_lives_in_one_module(what, pattern, home):
     assert _sources_matching(pattern) == [home], f"{what} written outside {home}"

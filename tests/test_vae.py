@@ -306,13 +306,13 @@ def test_tune_tiny_2d_on_real_ct(ct_slices, tmp_path):
     with open(out["loss_curve"], newline="") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == list(range(1, 101))
-    assert rows[0]["l1"] and rows[0]["kl"] and rows[0]["adv_g"] == ""
+    assert rows[0]["l1"] and rows[0]["kl"] and rows[0]["adv_g"] == "nan"  # the GAN term is off
     assert np.mean([float(r["l1"]) for r in rows[-10:]]) < np.mean([float(r["l1"]) for r in rows[:10]]) / 3
     stats = json.loads((tmp_path / "latent_stats.json").read_text())
     assert len(stats["mean"]) == len(stats["std"]) == 4
     assert (tmp_path / "final" / "config.json").is_file()
     assert any((tmp_path / "final").glob("*.safetensors"))
-    assert latest_checkpoint(tmp_path / "checkpoints").name == "step_00000100"
+    assert latest_checkpoint(tmp_path / "checkpoints").name == "step-000100"
     with torch.no_grad():
         assert torch.allclose(reconstruct(load_autoencoder(tmp_path / "final").eval(), images),
                               reconstruct(model.eval(), images), atol=1e-5)
@@ -327,7 +327,7 @@ def test_tune_tiny_3d_maisi_runs_and_saves(tmp_path):
     print(f"\n[vae 3d tiny MAISI] {out['seconds_per_step']:.4f} s/step (batch 1, 16^3)")
     assert sorted(p.name for p in (tmp_path / "final").iterdir()) == ["config.json", "medsynth_vae.json",
                                                                        "model.safetensors"]
-    assert latest_checkpoint(tmp_path / "checkpoints") is None
+    assert latest_checkpoint(tmp_path / "checkpoints").name == "step-000004"  # the loop's final checkpoint
     with torch.no_grad():
         assert torch.allclose(reconstruct(load_autoencoder(tmp_path / "final").eval(), vols),
                               reconstruct(model.eval(), vols), atol=1e-5)
@@ -361,7 +361,7 @@ def test_resume_matches_uninterrupted_run(tmp_path):
 
     with pytest.raises(Interrupt):
         tune_vae(_tiny_vae(), images, cfg, tmp_path / "run", on_step=stop_at_5)
-    assert latest_checkpoint(tmp_path / "run" / "checkpoints").name == "step_00000004"
+    assert latest_checkpoint(tmp_path / "run" / "checkpoints").name == "step-000004"
     torch.manual_seed(123)  # a different global RNG state before resuming must not matter
     resumed = _tiny_vae()
     out = tune_vae(resumed, images, cfg, tmp_path / "run")
@@ -370,17 +370,18 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     from safetensors.torch import load_file
 
-    da = load_file(str(tmp_path / "ref" / "checkpoints" / "step_00000007" / "discriminator.safetensors"))
-    db = load_file(str(tmp_path / "run" / "checkpoints" / "step_00000007" / "discriminator.safetensors"))
-    assert all(torch.equal(da[k], db[k]) for k in da)
+    da = load_file(str(tmp_path / "ref" / "checkpoints" / "step-000007" / "model.safetensors"))
+    db = load_file(str(tmp_path / "run" / "checkpoints" / "step-000007" / "model.safetensors"))
+    critic = [k for k in da if "discriminator" in k]
+    assert critic and all(torch.equal(da[k], db[k]) for k in da)  # both players, the critic included
     assert (tmp_path / "ref" / "loss_curve.csv").read_text() == (tmp_path / "run" / "loss_curve.csv").read_text()
     rows = list(csv.DictReader((tmp_path / "run" / "loss_curve.csv").open()))
-    assert [r["adv_g"] != "" for r in rows] == [False, False, True, True, True, True, True]
-    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_00000007"]
+    assert [r["adv_g"] != "nan" for r in rows] == [False, False, True, True, True, True, True]
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-000007"]
 
 
 def test_signal_checkpoints_and_the_rerun_finishes_the_same_model(tmp_path):
-    """SIGUSR1 (SLURM's warning before a time limit) at step 3: checkpoint at 3, no final/; rerun == uninterrupted."""
+    """SIGUSR1 (SLURM's warning before a time limit) during step 2: checkpoint at 2, no final/; rerun == uninterrupted."""
     import os
     import signal
 
@@ -391,18 +392,18 @@ def test_signal_checkpoints_and_the_rerun_finishes_the_same_model(tmp_path):
     ref = _tiny_vae()
     tune_vae(ref, images, cfg, tmp_path / "ref")
 
-    def signal_at_3(step, terms):
+    def signal_at_2(step, row):
         if step == 2:
-            os.kill(os.getpid(), signal.SIGUSR1)  # handled by the loop: it stops after the next step
+            os.kill(os.getpid(), signal.SIGUSR1)  # handled by the loop: it checkpoints this step and stops
 
-    out = tune_vae(_tiny_vae(), images, cfg, tmp_path / "run", on_step=signal_at_3)
+    out = tune_vae(_tiny_vae(), images, cfg, tmp_path / "run", on_step=signal_at_2)
     assert out["status"] == "preempted" and out["final_dir"] is None
-    assert latest_checkpoint(tmp_path / "run" / "checkpoints").name == "step_00000003"
+    assert latest_checkpoint(tmp_path / "run" / "checkpoints").name == "step-000002"
     assert not (tmp_path / "run" / "final").exists()
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # handlers restored
     resumed = _tiny_vae()
     out = tune_vae(resumed, images, cfg, tmp_path / "run")
-    assert out["status"] == "completed" and out["start_step"] == 3
+    assert out["status"] == "completed" and out["start_step"] == 2
     a, b = ref.state_dict(), resumed.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "ref" / "loss_curve.csv").read_text() == (tmp_path / "run" / "loss_curve.csv").read_text()
@@ -448,7 +449,8 @@ def test_two_processes_reproduce_the_one_process_run(tmp_path):
     one = torch.load(tmp_path / "one" / "weights_rank0.pt")
     w0, w1 = (torch.load(tmp_path / "two" / f"weights_rank{r}.pt") for r in (0, 1))
     assert torch.equal(w0, w1)  # the replicas stay identical
-    assert torch.allclose(one, w0, atol=1e-5, rtol=1e-4) and not torch.equal(one, torch.zeros_like(one))
+    # equal up to the order of the float reductions (measured: max |diff| 3e-5 over 233k weights after 4 steps)
+    assert torch.allclose(one, w0, atol=1e-4, rtol=1e-4) and not torch.equal(one, torch.zeros_like(one))
     s0, s1 = (json.loads((tmp_path / "two" / f"summary_rank{r}.json").read_text()) for r in (0, 1))
     assert s0["processes"] == 2 and s0["final_dir"] and s1["final_dir"] is None  # only rank 0 writes
     a = pd.read_csv(tmp_path / "one" / "loss_curve.csv")

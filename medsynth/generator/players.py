@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from medsynth.train.players import PlayerPair
+from medsynth.train.players import PlayerPair, frozen_call
 
 __all__ = ["PlayerPair", "AdversarialPair", "build_discriminator"]
 
@@ -33,11 +33,7 @@ class AdversarialPair(PlayerPair):
         super().__init__(generator, discriminator=discriminator)
 
     def _logits(self, x: torch.Tensor, detached: bool = False) -> torch.Tensor:
-        if not detached:
-            return self.discriminator(x)[-1]
-        state = {k: v.detach() for k, v in (*self.discriminator.named_parameters(),
-                                            *self.discriminator.named_buffers())}
-        return torch.func.functional_call(self.discriminator, state, (x,))[-1]
+        return (frozen_call(self.discriminator, x) if detached else self.discriminator(x))[-1]
 
     def adversarial_terms(self, real: torch.Tensor, fake: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"adversarial": generator term, "discriminator": discriminator loss}`` for one batch."""

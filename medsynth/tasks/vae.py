@@ -14,8 +14,6 @@ def vae(job: Job) -> None:
     from medsynth.vae.stage import VAEOutputs, run_vae
 
     cfg, out = job.params.vae, job.output
-    folder = Path(out.final).parent  # the checkpoints/ work folder sits beside final/ (kept between attempts)
-    train = TrainOutputs(Path(out.final), Path(out.curve), folder / "train_config.json", folder / "checkpoints",
-                         folder / "tensorboard")
+    train = TrainOutputs.declared(out.final, out.curve, out.train_config)
     outputs = VAEOutputs(train, Path(out.stats), Path(out.reconstruction))
     launch_or_run(job, cfg, lambda: run_vae(job.input.shards, outputs, cfg))

@@ -21,7 +21,8 @@ class TrainConfig:
 
     ``steps`` counts optimizer steps; each consumes ``grad_accum`` micro-batches of ``batch_size``
     samples per process. The LR rises linearly for ``warmup_steps`` and then follows a half cosine to
-    0 at ``steps`` (``diffusers.optimization.get_cosine_schedule_with_warmup``); change ``steps`` only
+    0 at ``steps`` (``diffusers.optimization.get_cosine_schedule_with_warmup``; ``lr_schedule: constant``
+    keeps it after the warm-up, as the VAE tunes); change ``steps`` only
     for a fresh run, a resumed run must use the same schedule. ``max_grad_norm`` None/<=0 disables
     clipping. ``mixed_precision`` is passed to the Accelerator (``"bf16"`` autocasts the forward pass;
     weights and optimizer stay float32). ``checkpoint_every`` 0 disables periodic checkpoints (a
@@ -38,6 +39,7 @@ class TrainConfig:
     grad_accum: int = 1
     max_grad_norm: float | None = 1.0
     mixed_precision: Literal["no", "bf16"] = "no"
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 10
@@ -53,6 +55,8 @@ class TrainConfig:
             raise ValueError("steps, batch_size and grad_accum must be >= 1")
         if self.mixed_precision not in ("no", "bf16"):
             raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
         if self.keep_checkpoints < 1:
             raise ValueError("keep_checkpoints must be >= 1")
         self.betas = (float(self.betas[0]), float(self.betas[1]))

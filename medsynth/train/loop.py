@@ -106,8 +106,9 @@ def _param_list(trainable: Iterable[Any]) -> list[nn.Parameter]:
     return out
 
 
-def make_accelerator(mixed_precision: str = "no"):
-    """An Accelerator with ``mixed_precision`` (``"no"``, ``"bf16"``, ``"fp16"``).
+def make_accelerator(mixed_precision: str = "no", find_unused_parameters: bool = False):
+    """An Accelerator with ``mixed_precision`` (``"no"``, ``"bf16"``, ``"fp16"``); ``find_unused_parameters``
+    for DDP when a player may sit out a step (the VAE's discriminator before its warm-up ends).
 
     accelerate keeps one process-wide ``AcceleratorState`` and refuses a second Accelerator with another
     ``mixed_precision``. For sequential runs in one non-distributed process (a notebook, the tests:
@@ -122,7 +123,10 @@ def make_accelerator(mixed_precision: str = "no"):
         current = shared.get("_mixed_precision", shared.get("mixed_precision"))
         if current is not None and str(current) != mixed_precision:
             AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(mixed_precision=mixed_precision, step_scheduler_with_optimizer=False)
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if find_unused_parameters else []
+    return Accelerator(mixed_precision=mixed_precision, step_scheduler_with_optimizer=False, kwargs_handlers=handlers)
 
 
 def train(
@@ -163,7 +167,7 @@ def train(
     for folder in {paths.final.parent, paths.curve.parent, paths.config.parent, paths.checkpoints.parent}:
         folder.mkdir(parents=True, exist_ok=True)
     accelerator = accelerator or make_accelerator(config.mixed_precision)
-    from diffusers.optimization import get_cosine_schedule_with_warmup
+    from diffusers.optimization import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
     from torch.utils.tensorboard import SummaryWriter
     from tqdm.auto import tqdm
 
@@ -176,7 +180,10 @@ def train(
         raise ValueError("no trainable parameters")
     optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps,
                                   weight_decay=config.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
+    if config.lr_schedule == "constant":
+        scheduler = get_constant_schedule_with_warmup(optimizer, config.warmup_steps)
+    else:
+        scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
     optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
     state = LoopState(config.seed)
     accelerator.register_for_checkpointing(state, *(extra_state or ()))

@@ -8,9 +8,17 @@ and :class:`~medsynth.generator.distill.DistillationPair`, and the VAE's :class:
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-__all__ = ["PlayerPair"]
+__all__ = ["PlayerPair", "frozen_call"]
+
+
+def frozen_call(module: nn.Module, *args):
+    """``module(*args)`` with its parameters and buffers detached: the output's gradient reaches the
+    inputs but not ``module`` (a critic's term for the other player, in a step that trains both)."""
+    state = {k: v.detach() for k, v in (*module.named_parameters(), *module.named_buffers())}
+    return torch.func.functional_call(module, state, args)
 
 
 class PlayerPair(nn.Module):

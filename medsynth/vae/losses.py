@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
+from medsynth.train.players import frozen_call
+
 __all__ = [
     "LossConfig",
     "PerceptualUnavailableError",
@@ -180,7 +182,8 @@ class VAELoss(nn.Module):
             terms["perceptual"] = self.perceptual(recon.float(), target.float())
             total = total + c.perceptual_weight * terms["perceptual"]
         if self.discriminator is not None and adversarial_active(c, step):
-            logits_fake = self.discriminator(recon.contiguous().float())[-1]
+            # the critic's parameters detached: this term trains the autoencoder only (one step trains both)
+            logits_fake = frozen_call(self.discriminator, recon.contiguous().float())[-1]
             terms["adv_g"] = self.adversarial(logits_fake, target_is_real=True, for_discriminator=False)
             total = total + c.adv_weight * terms["adv_g"]
         return total, {"total": float(total.detach()), **{k: float(v.detach()) for k, v in terms.items()}}
