@@ -15,6 +15,7 @@ validate(config, "config/schema.yaml")
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/weights.smk"
 include: "rules/preprocess.smk"
 include: "rules/masks.smk"
 include: "rules/vae.smk"

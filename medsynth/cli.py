@@ -19,6 +19,20 @@ def _datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models(args: argparse.Namespace) -> int:
+    from medsynth.weights import inventory_path, load_models
+
+    for name, entry in load_models(args.registry).items():
+        here = "fetched" if inventory_path(args.weights_dir, name).is_file() else "absent"
+        print(f"{name:24s} {entry['access']:7s} {entry.get('size_gb', '?'):>6} GB  {here:8s} {entry['title']}")
+        if args.verbose:
+            print(f"{'':24s} licence: {entry['licence']}")
+            for use in entry.get("used_by", []):
+                print(f"{'':24s} used by: {use}")
+            print(f"{'':24s} fetch: snakemake --cores 1 {inventory_path(args.weights_dir, name)}")
+    return 0
+
+
 def _envs(args: argparse.Namespace) -> int:
     from medsynth import envs
 
@@ -55,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     datasets.add_argument("--registry", default="config/datasets.yaml")
     datasets.add_argument("-v", "--verbose", action="store_true", help="also print licence, access, url, citation")
     datasets.set_defaults(func=_datasets)
+    models = sub.add_parser("models", help="list the model registry (access, size, whether fetched, licence)")
+    models.add_argument("--registry", default="config/models.yaml")
+    models.add_argument("--weights-dir", default="resources/weights", help="config key weights_dir")
+    models.add_argument("-v", "--verbose", action="store_true", help="also print licence, users, fetch command")
+    models.set_defaults(func=_models)
     env = sub.add_parser("envs", help="check (default) or regenerate envs/*.yaml from requirements/lock.txt")
     env.add_argument("--write", action="store_true", help="regenerate the env files")
     env.add_argument("--env-dir", default="envs")

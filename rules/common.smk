@@ -8,12 +8,16 @@ import pandas as pd
 from medsynth.data.manifest import shard_ids as _shard_ids
 from medsynth.data.registry import load_registry, resolve_datasets
 from medsynth.study import Study
+from medsynth.weights.registry import load_models, model_entry
 from medsynth.tables.registry import TABLES as TABLE_SPECS, table_names, table_params
 
 # relative dataset roots and the registry are resolved against the workflow folder
 BASEDIR = workflow.basedir
 REGISTRY = os.path.join(BASEDIR, config["registry"])
 DATASETS = resolve_datasets(config["datasets"], load_registry(REGISTRY))
+# pretrained networks (config/models.yaml), fetched by the weights rule into WEIGHTS (shared by studies)
+MODEL_REGISTRY = load_models(os.path.join(BASEDIR, config["model_registry"]))
+WEIGHTS = config["weights_dir"].rstrip("/")
 S = Study(config, BASEDIR)  # names, paths and per-model settings (medsynth/study.py)
 STUDY = S.name
 RESULTS = S.results
@@ -41,11 +45,21 @@ LOSS_CURVES = S.loss_curves()
 wildcard_constraints:
     **S.wildcard_constraints(DATASETS),
     table="|".join(TABLE_NAMES),
+    pretrained="|".join(MODEL_REGISTRY),
 
 
 def dataset_entry(wildcards):
     """Resolved registry entry of the dataset being fetched."""
     return DATASETS[wildcards.dataset]
+
+
+def pretrained_entry(wildcards):
+    """Model registry entry of the model being fetched, with this study's overrides."""
+    return model_entry(
+        MODEL_REGISTRY,
+        wildcards.pretrained,
+        config["pretrained_models"].get(wildcards.pretrained),
+    )
 
 
 _CASE_COUNTS = (

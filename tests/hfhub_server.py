@@ -1,7 +1,8 @@
 """A loopback stand-in for the Hugging Face Hub HTTP API (binds 127.0.0.1 on ephemeral ports only).
 
 It emulates what ``huggingface_hub.snapshot_download`` (huggingface_hub 2.x, httpx2 client) calls
-for a dataset repo, and nothing else:
+for a dataset repo or a model repo (``repo_type``; the routes below are a dataset's, a model's drop the
+``datasets`` segment: ``/api/models/<ns>/<name>/...`` and ``/<ns>/<name>/resolve/...``), and nothing else:
 
 * ``GET /api/datasets/<ns>/<name>/revision/<rev>`` (``HfApi.dataset_info``): repo info with ``sha``
   (the commit the revision resolves to), ``gated`` and ``siblings`` (``rfilename``);
@@ -89,6 +90,7 @@ class Seen:
 class FakeHub:
     repo_id: str
     files: dict[str, RepoFile] = field(default_factory=dict)
+    repo_type: str = "dataset"  # "dataset" | "model"
     commit: str = "a" * 40
     gated: bool = True
     granted_tokens: set[str] = field(default_factory=set)  # users who accepted the terms
@@ -111,6 +113,16 @@ class FakeHub:
     def cdn(self) -> str:
         return f"http://127.0.0.1:{self.cdn_port}"
 
+    @property
+    def api_prefix(self) -> str:
+        """``/api/datasets/<repo>`` or ``/api/models/<repo>``."""
+        return f"/api/{self.repo_type}s/{self.repo_id}"
+
+    @property
+    def resolve_prefix(self) -> str:
+        """``/datasets/<repo>/resolve`` or, for a model, ``/<repo>/resolve``."""
+        return f"{'/datasets' if self.repo_type == 'dataset' else ''}/{self.repo_id}/resolve"
+
     def add_file(self, path: str, data: bytes, lfs: bool = False) -> RepoFile:
         self.files[path] = RepoFile(path, data, lfs)
         return self.files[path]
@@ -124,7 +136,7 @@ class FakeHub:
     def seen_for_file(self, path: str) -> list[Seen]:
         """Every request that concerns one repo file: its /resolve/ URL on the hub, its blob on the CDN."""
         f = self.files[path]
-        resolve = re.compile(rf"/datasets/{re.escape(self.repo_id)}/resolve/[^/]+/{re.escape(path)}")
+        resolve = re.compile(rf"{re.escape(self.resolve_prefix)}/[^/]+/{re.escape(path)}")
         return [r for r in self.seen() if (r.server == "hub" and resolve.fullmatch(r.route))
                 or (r.server == "cdn" and r.route.endswith(f"/{f.sha256}"))]
 
@@ -196,7 +208,7 @@ def _make_handler(state: FakeHub, server: str):
             if not state.gated:
                 return True
             auth = seen.authorization
-            kind = "dataset"
+            kind = state.repo_type
             if auth is None:
                 self._error(401, f"Access to {kind} {state.repo_id} is restricted. You must have access to it "
                                  "and be authenticated to access it. Please log in.", "GatedRepo")
@@ -206,7 +218,7 @@ def _make_handler(state: FakeHub, server: str):
                 return True
             if token in state.known_tokens:
                 self._error(403, f"Access to {kind} {state.repo_id} is restricted and you are not in the "
-                                 "authorized list. Visit the dataset page to ask for access.", "GatedRepo")
+                                 f"authorized list. Visit the {kind} page to ask for access.", "GatedRepo")
                 return False
             self._error(401, "Invalid credentials in Authorization header")
             return False
@@ -221,7 +233,8 @@ def _make_handler(state: FakeHub, server: str):
             split = urlsplit(self.path)
             path = unquote(split.path)
             repo = state.repo_id
-            if m := re.fullmatch(rf"/api/datasets/{re.escape(repo)}/revision/([^/]+)", path):
+            api, resolve = re.escape(state.api_prefix), re.escape(state.resolve_prefix)
+            if m := re.fullmatch(rf"{api}/revision/([^/]+)", path):
                 if not self._authorize(seen) or not self._revision(m.group(1)):
                     return
                 return self._json(200, {
@@ -232,7 +245,7 @@ def _make_handler(state: FakeHub, server: str):
                     "siblings": [{"rfilename": p} for p in sorted(state.files)],
                     "usedStorage": sum(len(f.data) for f in state.files.values()),
                 })
-            if m := re.fullmatch(rf"/api/datasets/{re.escape(repo)}/tree/([^/]+)", path):
+            if m := re.fullmatch(rf"{api}/tree/([^/]+)", path):
                 if not self._authorize(seen) or not self._revision(m.group(1)):
                     return
                 query = parse_qs(split.query)
@@ -248,7 +261,7 @@ def _make_handler(state: FakeHub, server: str):
                     url = f"{state.endpoint}{split.path}?{urlencode(nxt, doseq=True)}"
                     headers["Link"] = f'<{url}>; rel="next"'
                 return self._json(200, page, headers)
-            if m := re.fullmatch(rf"/datasets/{re.escape(repo)}/resolve/([^/]+)/(.+)", path):
+            if m := re.fullmatch(rf"{resolve}/([^/]+)/(.+)", path):
                 if self.command not in ("HEAD", "GET"):
                     return self._unknown(seen)
                 if not self._authorize(seen) or not self._revision(m.group(1)):

@@ -19,7 +19,6 @@ import gzip
 import hashlib
 import logging
 import math
-import socket
 import sys
 import traceback
 from pathlib import Path
@@ -77,59 +76,6 @@ def payloads(tmp_path_factory) -> dict[str, bytes]:
 # --------------------------------------------------------------------------------------------
 # isolation
 # --------------------------------------------------------------------------------------------
-
-@pytest.fixture
-def loopback_only(monkeypatch):
-    """Refuse (and record) every name lookup and connection that is not to 127.0.0.1."""
-    attempts: list[str] = []
-    allowed_hosts = {"127.0.0.1", b"127.0.0.1"}
-    real_getaddrinfo = socket.getaddrinfo
-    real_connect = socket.socket.connect
-
-    def getaddrinfo(host, *args, **kwargs):
-        if host not in allowed_hosts:
-            attempts.append(f"getaddrinfo {host!r}")
-            raise socket.gaierror(socket.EAI_NONAME, f"test guard: {host!r} is off limits (loopback only)")
-        return real_getaddrinfo(host, *args, **kwargs)
-
-    def connect(self, address):
-        if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] != "127.0.0.1":
-            attempts.append(f"connect {address!r}")
-            raise ConnectionRefusedError(f"test guard: {address!r} is off limits (loopback only)")
-        return real_connect(self, address)
-
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    yield attempts
-    assert attempts == [], f"requests tried to leave 127.0.0.1: {attempts}"
-
-
-@pytest.fixture
-def hf_env(tmp_path, monkeypatch, loopback_only):
-    """huggingface_hub confined to tmp_path: its cache, no token on disk, no proxy, no Xet, online."""
-    from huggingface_hub import close_session, constants
-    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
-
-    home = tmp_path / "hf_home"
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_DISABLE_IMPLICIT_TOKEN", "HF_TOKEN_PATH",
-                "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    env = {"HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"), "HF_HUB_OFFLINE": "0",
-           "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
-    for var, value in env.items():
-        monkeypatch.setenv(var, value)
-    # The same settings as module constants: they were read when huggingface_hub was imported.
-    for name, value in {"HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"), "HF_HUB_OFFLINE": False,
-                        "HF_HUB_DISABLE_XET": True, "HF_HUB_DISABLE_TELEMETRY": True,
-                        "HF_TOKEN_PATH": str(home / "token"), "HF_STORED_TOKENS_PATH": str(home / "stored_tokens"),
-                        "HF_XET_CACHE": str(home / "xet")}.items():
-        monkeypatch.setattr(constants, name, value)
-    close_session()  # the next call builds a fresh httpx2 client from this environment (no proxy)
-    disable_progress_bars()
-    yield home
-    close_session()  # drop keep-alive connections to this test's servers
-    enable_progress_bars()
-
 
 def _make_hub(payloads: dict[str, bytes], repo_id: str = CT_RATE_REPO, gated: bool = True) -> FakeHub:
     hub = FakeHub(repo_id=repo_id, gated=gated, granted_tokens={TOKEN}, known_tokens={TOKEN_NOT_GRANTED},

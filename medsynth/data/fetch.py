@@ -9,8 +9,6 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
-import re
-import time
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
@@ -19,6 +17,7 @@ import requests
 
 from medsynth.data.archive import is_archive, safe_extract
 from medsynth.data.download import ChecksumMismatch, DownloadError, DownloadPolicy, download_file, verify_checksum
+from medsynth.data.hub import snapshot
 from medsynth.data.registry import RegistryError, dataset_root
 from medsynth.fsutil import sha256_file
 
@@ -32,7 +31,7 @@ class ManualDownloadRequired(RuntimeError):
     """The dataset needs a step only a person can take (a signed agreement, a login)."""
 
 
-def auth_headers(entry: dict) -> dict[str, str]:
+def auth_headers(entry: dict, what: str = "dataset") -> dict[str, str]:
     """Authorization header from the environment variable the entry names (never from config)."""
     auth = entry.get("auth") or {}
     env = auth.get("env")
@@ -42,8 +41,8 @@ def auth_headers(entry: dict) -> dict[str, str]:
     if not token:
         if auth.get("required", True):
             raise DownloadError(
-                f"dataset {entry['name']!r} needs an access token in the environment variable {env} "
-                f"({auth.get('how', 'see config/datasets.yaml')})"
+                f"{what} {entry['name']!r} needs an access token in the environment variable {env} "
+                f"({auth.get('how', f'see the {what} registry')})"
             )
         return {}
     return {auth.get("header", "Authorization"): f"{auth.get('scheme', 'Bearer')} {token}".strip()}
@@ -167,61 +166,9 @@ def fetch_osf(entry: dict, files_dir: Path, policy: DownloadPolicy, base_dir: Pa
     return files_dir
 
 
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-
-
-def _verify_hf_lfs_files(entry: dict, files_dir: Path, since: float) -> None:
-    """Check the sha256 of the LFS files huggingface_hub wrote since ``since`` (it checks only their size).
-
-    huggingface_hub records each file of a ``local_dir`` download in
-    ``.cache/huggingface/download/<path>.metadata`` (lines: commit, ETag, time written); for an LFS file the
-    ETag is the file's sha256. On a mismatch the file and its record are deleted, so that the next run
-    downloads it again instead of trusting the record.
-    """
-    records = files_dir / ".cache" / "huggingface" / "download"
-    for record in sorted(records.rglob("*.metadata")) if records.is_dir() else []:
-        lines = record.read_text().splitlines()
-        try:
-            etag, written = lines[1].strip(), float(lines[2])
-        except (IndexError, ValueError):
-            continue
-        rel = record.relative_to(records).as_posix()[: -len(".metadata")]
-        path = files_dir / rel
-        if written < since or not _SHA256_HEX.fullmatch(etag) or not path.is_file():
-            continue
-        digest = sha256_file(path)
-        if digest != etag:
-            path.unlink()
-            record.unlink()
-            raise ChecksumMismatch(
-                f"dataset {entry['name']!r}: {rel} arrived with sha256 {digest} but the Hub lists {etag}; "
-                "deleted it, run the download again"
-            )
-
-
 def fetch_huggingface(entry: dict, files_dir: Path, policy: DownloadPolicy, base_dir: Path) -> Path:
     """A (possibly gated) Hugging Face dataset repo through huggingface_hub; LFS files are checked by sha256."""
-    from huggingface_hub import snapshot_download
-
-    auth = entry.get("auth") or {}
-    token = os.environ.get(auth["env"]) if auth.get("env") else None
-    if auth.get("env") and not token and auth.get("required", True):
-        raise DownloadError(
-            f"dataset {entry['name']!r} is gated: put your Hugging Face token in the environment variable "
-            f"{auth['env']} ({auth.get('how', 'accept the dataset terms on its page first')})"
-        )
-    started = time.time()
-    snapshot_download(
-        repo_id=entry["repo_id"],
-        repo_type="dataset",
-        revision=entry.get("revision"),
-        allow_patterns=entry.get("include"),
-        local_dir=str(files_dir),
-        token=token or False,
-        endpoint=entry.get("endpoint"),
-        max_workers=int(entry.get("max_workers", 4)),
-    )
-    _verify_hf_lfs_files(entry, files_dir, since=started)
+    snapshot(entry, files_dir, repo_type="dataset", what="dataset")
     if entry.get("extract", False):
         for archive in sorted(files_dir.rglob("*")):
             if archive.is_file() and is_archive(archive):
