@@ -244,3 +244,10 @@ def test_weights_rule_fetches_once_with_provenance(tmp_path):
     prov = json.loads(Path(target + ".prov.json").read_text())
     assert prov["rule"] == "weights"
     assert "Nothing to be done" in again.stdout + again.stderr and len(server.requests) == n_requests
+
+
+def test_readme_lists_every_registered_model():
+    from medsynth.weights.registry import markdown_table
+
+    assert markdown_table(REGISTRY) in (REPO / "README.md").read_text(), \
+        "README's model table is stale: paste medsynth.weights.registry.markdown_table(load_models('config/models.yaml'))"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["ACCESS", "KINDS", "ModelRegistryError", "load_models", "model_entry"]
+__all__ = ["ACCESS", "KINDS", "ModelRegistryError", "load_models", "markdown_table", "model_entry"]
 
 #: Sources the weights rule can fetch from.
 KINDS = ("huggingface", "http", "manual")
@@ -66,3 +66,15 @@ def model_entry(registry: dict[str, dict], name: str, overrides: dict | None = N
     entry = {**copy.deepcopy(registry[name]), **copy.deepcopy(overrides or {})}
     _check(name, entry)
     return entry
+
+
+def markdown_table(registry: dict[str, dict], weights_dir: str = "resources/weights") -> str:
+    """The README's table of every registered model (what uses it, size, licence, access, the command)."""
+    rows = ["| model | what | used by | size | licence | access | fetch |", "|---|---|---|---|---|---|---|"]
+    for name, entry in registry.items():
+        source = entry.get("repo_id") or ", ".join(f["path"] for f in entry.get("files") or []) or "by hand"
+        access = entry["access"] + (f" (`{entry['auth']['env']}`)" if entry["access"] == "gated" else "")
+        rows.append(f"| `{name}` | {entry['title']} [{source}] | {'; '.join(entry['used_by'])} | "
+                    f"{entry['size_gb']} GB | {entry['licence']} | {access} | "
+                    f"`snakemake --cores 1 {weights_dir}/{name}/inventory.csv` |")
+    return "\n".join(rows) + "\n"
