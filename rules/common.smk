@@ -8,6 +8,7 @@ import pandas as pd
 from medsynth.data.manifest import shard_ids as _shard_ids
 from medsynth.data.registry import load_registry, resolve_datasets
 from medsynth.study import Study
+from medsynth.weights.refs import resolve_pretrained
 from medsynth.weights.registry import load_models, model_entry
 from medsynth.tables.registry import TABLES as TABLE_SPECS, table_names, table_params
 
@@ -18,6 +19,8 @@ DATASETS = resolve_datasets(config["datasets"], load_registry(REGISTRY))
 # pretrained networks (config/models.yaml), fetched by the weights rule into WEIGHTS (shared by studies)
 MODEL_REGISTRY = load_models(os.path.join(BASEDIR, config["model_registry"]))
 WEIGHTS = config["weights_dir"].rstrip("/")
+# `pretrained: <registry model>` values become that model's local folder; section -> models it uses
+PRETRAINED = resolve_pretrained(config, MODEL_REGISTRY, WEIGHTS, BASEDIR)
 S = Study(config, BASEDIR)  # names, paths and per-model settings (medsynth/study.py)
 STUDY = S.name
 RESULTS = S.results
@@ -51,6 +54,14 @@ wildcard_constraints:
 def dataset_entry(wildcards):
     """Resolved registry entry of the dataset being fetched."""
     return DATASETS[wildcards.dataset]
+
+
+def weights_of(*sections):
+    """Inventories of the registry models config ``sections`` use (rule inputs: fetched first, in provenance)."""
+    names = sorted(
+        {name for section in sections for name in PRETRAINED.get(section, [])}
+    )
+    return [f"{WEIGHTS}/{name}/inventory.csv" for name in names]
 
 
 def pretrained_entry(wildcards):

@@ -8,6 +8,7 @@ rule downstream:
     input:
         unpack(downstream_inputs),
         shards=slice_shards,
+        weights=weights_of("downstream"),
     output:
         final=directory(f"{RESULTS}/downstream/{{setting}}/segmenter"),
         evaluation=f"{RESULTS}/downstream/{{setting}}/evaluation.json",

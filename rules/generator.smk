@@ -8,6 +8,7 @@ rule base:
         shards=slice_shards,
         vae=f"{RESULTS}/vae/final",
         stats=f"{RESULTS}/vae/latent_stats.json",
+        weights=weights_of("generator"),
     output:
         final=directory(f"{RESULTS}/base/final"),
         curve=f"{RESULTS}/base/loss_curve.csv",
@@ -37,6 +38,7 @@ rule stage1:
         vae=f"{RESULTS}/vae/final",
         stats=f"{RESULTS}/vae/latent_stats.json",
         base=f"{RESULTS}/base/final",
+        weights=weights_of("generator"),
     output:
         final=directory(f"{RESULTS}/stage1/final"),
         curve=f"{RESULTS}/stage1/loss_curve.csv",
@@ -74,6 +76,7 @@ rule stage2:
         stats=f"{RESULTS}/vae/latent_stats.json",
         init=lambda wc: stage2_init(wc.variant),
         ewc=f"{RESULTS}/stage1/ewc.safetensors",
+        weights=weights_of("generator"),
     output:
         final=directory(f"{RESULTS}/stage2/{{variant}}/final"),
         curve=f"{RESULTS}/stage2/{{variant}}/loss_curve.csv",
@@ -105,6 +108,7 @@ rule architecture:
         shards=slice_shards,
         vae=f"{RESULTS}/vae/final",
         stats=f"{RESULTS}/vae/latent_stats.json",
+        weights=weights_of("generator", "architectures"),
     output:
         final=directory(f"{RESULTS}/architectures/{{arch}}/final"),
         curve=f"{RESULTS}/architectures/{{arch}}/loss_curve.csv",

@@ -11,6 +11,7 @@ rule metrics:
         summary=samples("{model}", "{run}", "eval", "json"),
         shards=slice_shards,
         extractor=EXTRACTOR,
+        weights=weights_of("metrics"),
     output:
         f"{RESULTS}/metrics/{{model}}/{{run}}.json",
     log:

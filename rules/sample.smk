@@ -10,6 +10,7 @@ rule sample:
         shards=slice_shards,
         vae=f"{RESULTS}/vae/final",
         stats=f"{RESULTS}/vae/latent_stats.json",
+        weights=weights_of("generator", "architectures"),
     output:
         tensors=f"{RESULTS}/samples/{{model}}/{{run}}/{{conditions}}.safetensors",
         index=f"{RESULTS}/samples/{{model}}/{{run}}/{{conditions}}.csv",

@@ -5,6 +5,7 @@ rule vae:
     """Tune the 2D VAE on the training slices (+ mask channels); latent statistics; reconstruction table."""
     input:
         shards=slice_shards,
+        weights=weights_of("vae"),
     output:
         final=directory(f"{RESULTS}/vae/final"),
         stats=f"{RESULTS}/vae/latent_stats.json",

@@ -7,6 +7,7 @@ rule volume_vae:
     """Tune the 3D VAE on the training volumes (+ mask channels); latent statistics; reconstruction table."""
     input:
         shards=volume_shards,
+        weights=weights_of("volumes"),
     output:
         final=directory(f"{RESULTS}/volumes/vae/final"),
         stats=f"{RESULTS}/volumes/vae/latent_stats.json",
@@ -36,6 +37,7 @@ rule volume_generator:
         shards=volume_shards,
         vae=f"{RESULTS}/volumes/vae/final",
         stats=f"{RESULTS}/volumes/vae/latent_stats.json",
+        weights=weights_of("volumes"),
     output:
         final=directory(f"{RESULTS}/volumes/generator/final"),
         curve=f"{RESULTS}/volumes/generator/loss_curve.csv",
@@ -65,6 +67,7 @@ rule volume_sample:
         vae=f"{RESULTS}/volumes/vae/final",
         stats=f"{RESULTS}/volumes/vae/latent_stats.json",
         model=f"{RESULTS}/volumes/generator/final",
+        weights=weights_of("volumes"),
     output:
         tensors=f"{RESULTS}/volumes/samples/{{run}}/{{conditions}}.safetensors",
         index=f"{RESULTS}/volumes/samples/{{run}}/{{conditions}}.csv",
@@ -101,6 +104,7 @@ rule volume_metrics:
         summary=f"{RESULTS}/volumes/samples/{{run}}/eval.json",
         shards=volume_shards,
         extractor=EXTRACTOR,
+        weights=weights_of("volumes"),
     output:
         f"{RESULTS}/volumes/metrics/{{run}}.json",
     log:

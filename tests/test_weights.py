@@ -251,3 +251,39 @@ def test_readme_lists_every_registered_model():
 
     assert markdown_table(REGISTRY) in (REPO / "README.md").read_text(), \
         "README's model table is stale: paste medsynth.weights.registry.markdown_table(load_models('config/models.yaml'))"
+
+
+# --------------------------------------------------------------------------------------------
+# `pretrained: <registry model>` in a study config
+# --------------------------------------------------------------------------------------------
+
+def test_registry_references_become_local_folders(tmp_path):
+    from medsynth.weights.refs import resolve_pretrained
+
+    (tmp_path / "mine").mkdir()
+    config = {"generator": {"backbone": {"pretrained": "sd3"}, "text_encoder": {"pretrained": "clip_vit_large"}},
+              "vae": {"model": {"pretrained": "maisi_vae/models/autoencoder_v1.pt"},
+                      "losses": {"perceptual_pretrained_path": None}},
+              "architectures": {"dit": {"backbone": {"pretrained": "mine"}}},  # an existing folder stays a folder
+              "volumes": {"generator": {"backbone": {"pretrained": "not-a-model"}}}, "seed": 1}
+    used = resolve_pretrained(config, REGISTRY, tmp_path / "w", base_dir=tmp_path)
+    assert used == {"generator": ["clip_vit_large", "sd3"], "vae": ["maisi_vae"]}
+    assert config["generator"]["backbone"]["pretrained"] == str(tmp_path / "w" / "sd3" / "files")
+    assert config["vae"]["model"]["pretrained"] == str(tmp_path / "w" / "maisi_vae" / "files" / "models" /
+                                                        "autoencoder_v1.pt")
+    assert config["architectures"]["dit"]["backbone"]["pretrained"] == "mine"
+    assert config["volumes"]["generator"]["backbone"]["pretrained"] == "not-a-model"
+
+
+def test_rules_that_load_a_registry_model_fetch_it_first(tmp_path):
+    config = embedded_config(weights_dir=str(tmp_path / "weights"))
+    config["generator"] = {"backbone": {"pretrained": "sd15"}}
+    proc = run_snakemake(tmp_path / "work", config, extra=("-n", "--quiet", "rules"))
+    text = proc.stdout + proc.stderr
+    assert "weights" in text.split() and "base" in text.split()
+    summary = run_snakemake(tmp_path / "work", config, f"{config['results_dir']}/example/base/final",
+                            extra=("-n", "--printshellcmds")).stdout
+    inventory = str(tmp_path / "weights" / "sd15" / "inventory.csv")
+    assert summary.count("rule weights:") == 1
+    base = summary[summary.index("rule base:"):]
+    assert inventory in base[:base.index("reason:")]  # an input of base, not only the weights rule's output
