@@ -458,3 +458,35 @@ def test_two_processes_reproduce_the_one_process_run(tmp_path):
     assert len(a) == len(b) == 4
     assert np.allclose(a["l1"], b["l1"], rtol=1e-4) and np.allclose(a["ssim"], b["ssim"], rtol=1e-4)
     assert (tmp_path / "two" / "final").is_dir() and (tmp_path / "two" / "latent_stats.json").is_file()
+
+
+def test_grey_ct_into_a_pretrained_rgb_vae(ct_slices, tmp_path):
+    """A Stable-Diffusion-style 3-channel VAE (diffusers AutoencoderKL, the real class at a tiny size, saved in
+    a pipeline repo's vae/ subfolder) takes 1-channel CT: R = G = B in, the channel mean out; it tunes."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    rgb = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32, 32),
+                        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+                        layers_per_block=1, norm_num_groups=8, sample_size=32)
+    rgb.save_pretrained(tmp_path / "sd" / "vae")
+    model = build_autoencoder({"spatial_dims": 2, "in_channels": 1, "out_channels": 1,
+                               "pretrained": str(tmp_path / "sd"), "pretrained_subfolder": "vae"})
+    images, _ = ct_slices
+    x = images[:2]
+    with torch.no_grad():
+        mean, logvar = encode(model, x)
+        want = rgb.encode(x.repeat(1, 3, 1, 1)).latent_dist
+        assert torch.allclose(mean, want.mean, atol=1e-6) and torch.allclose(logvar, want.logvar, atol=1e-6)
+        out = decode(model, mean)
+        assert out.shape == x.shape
+        assert torch.allclose(out, rgb.decode(mean).sample.mean(dim=1, keepdim=True), atol=1e-6)
+    result = tune_vae(model, images, {"steps": 2, "batch_size": 4, "lr": 1e-4, "seed": 0, "progress": False,
+                                      "losses": {"l1_weight": 1.0, "kl_weight": 1e-6}}, tmp_path / "run")
+    assert result["status"] == "completed" and result["steps"] == 2
+    reloaded = load_autoencoder(tmp_path / "run" / "final")
+    with torch.no_grad():
+        assert decode(reloaded, encode(reloaded, x)[0]).shape == x.shape
+    with pytest.raises(PretrainedUnavailableError, match="2-channel images cannot"):
+        build_autoencoder({"spatial_dims": 2, "in_channels": 2, "out_channels": 2,
+                           "pretrained": str(tmp_path / "sd"), "pretrained_subfolder": "vae"})

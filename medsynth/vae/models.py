@@ -18,7 +18,10 @@ Model config keys (the ``vae.model`` section): ``spatial_dims``, ``backend``, ``
 ``latent_channels``, ``norm_num_groups``, ``attention`` (mid-block / non-local attention),
 ``pretrained`` (diffusers: hub id or local folder; MONAI: local ``.safetensors``/``.pt`` state
 dict), ``pretrained_subfolder`` and ``local_files_only`` (diffusers only: never contact the hub, fail
-at once when the id is not in the local cache).
+at once when the id is not in the local cache). A pretrained RGB VAE (3 channels, e.g. Stable
+Diffusion's ``vae/``) keeps taking grey images: the build config records ``image_channels`` (the
+config's ``in_channels``, 1) beside the loaded ``in_channels`` (3), and :func:`encode` / :func:`decode`
+map R = G = B in and the channel mean out.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ __all__ = [
     "PretrainedUnavailableError",
     "build_autoencoder",
     "encode",
+    "image_channels",
     "model_device",
     "decode",
     "reconstruct",
@@ -177,6 +181,12 @@ def _load_pretrained(model: nn.Module, cfg: dict) -> nn.Module:
                 f"config key 'pretrained' (vae.model.pretrained={source!r}): cannot load the diffusers "
                 f"AutoencoderKL ({type(err).__name__}: {err}); {hint}; a hub id needs network access and "
                 "vae.model.local_files_only: false") from err
+        # the images keep their channels (grey CT / MR: 1); an RGB VAE sees them as R = G = B (see encode)
+        cfg["image_channels"] = int(cfg.get("image_channels") or cfg["in_channels"])
+        if cfg["image_channels"] not in (1, loaded.config["in_channels"]):
+            raise PretrainedUnavailableError(
+                f"vae.model.pretrained={source!r} takes {loaded.config['in_channels']}-channel images; "
+                f"{cfg['image_channels']}-channel images cannot be mapped into it (only grey, 1 channel, can)")
         # the loaded architecture wins over the config's (kept consistent for save/load and input checks)
         for key in ("in_channels", "out_channels", "latent_channels", "norm_num_groups", "layers_per_block"):
             cfg[key] = loaded.config[key]
@@ -238,13 +248,39 @@ def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters(), torch.empty(0)).device
 
 
+def image_channels(model: nn.Module) -> int | None:
+    """Channels of the images the VAE encodes and decodes (1 for CT / MR, also into a pretrained RGB VAE)."""
+    cfg = model_config(model)
+    if cfg is None:
+        return None
+    return int(cfg.get("image_channels") or cfg["in_channels"])
+
+
+def _grey_into_rgb(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    cfg = model_config(model)
+    if cfg is not None and x.shape[1] == 1 and int(cfg["in_channels"]) == 3:
+        return x.expand(-1, 3, *x.shape[2:])
+    return x
+
+
+def _rgb_to_grey(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if image_channels(model) == 1 and x.shape[1] == 3:
+        return x.mean(dim=1, keepdim=True)
+    return x
+
+
 def encode(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior of ``x``: ``(mean, logvar)``, each ``(B, latent_channels, *latent_spatial)``.
+
+    Grey images (1 channel) into a pretrained RGB VAE (Stable Diffusion's, 3 channels) enter as R = G = B,
+    the way a grey photograph looks to it; :func:`decode` returns the mean of the three channels, the
+    least-squares grey image of the RGB output (exact inverse when the VAE keeps R = G = B).
 
     diffusers returns a ``DiagonalGaussianDistribution`` (mean, logvar clamped to [-30, 20]); MONAI
     returns ``(mu, sigma)`` with ``sigma = exp(logvar / 2)``, converted here to ``logvar = 2 log sigma``.
     Any other module whose ``encode`` returns ``(mean, logvar)`` (e.g. a test stand-in) passes through.
     """
+    x = _grey_into_rgb(model, x)
     if _is_diffusers(model):
         dist = model.encode(x).latent_dist
         return dist.mean, dist.logvar
@@ -256,10 +292,10 @@ def encode(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 
 def decode(model: nn.Module, z: torch.Tensor) -> torch.Tensor:
-    """Decode latents ``z`` back to image space (``(B, out_channels, *spatial)``)."""
+    """Decode latents ``z`` back to image space (``(B, image channels, *spatial)``; RGB -> grey, see encode)."""
     if _is_diffusers(model):
-        return model.decode(z).sample
-    return model.decode(z)
+        return _rgb_to_grey(model, model.decode(z).sample)
+    return _rgb_to_grey(model, model.decode(z))
 
 
 def reconstruct(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

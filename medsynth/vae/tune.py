@@ -47,7 +47,7 @@ from medsynth.train.loop import make_accelerator, train
 from medsynth.vae.latents import latent_statistics, save_latent_statistics
 from medsynth.vae.losses import LossConfig, VAELoss
 from medsynth.vae.metrics import reconstruction_metrics
-from medsynth.vae.models import downsample_factor, model_config, save_autoencoder
+from medsynth.vae.models import downsample_factor, image_channels, model_config, save_autoencoder
 from medsynth.vae.step import VAEPair, VAEStep
 
 log = logging.getLogger(__name__)
@@ -89,9 +89,9 @@ def _check_images(model: nn.Module, images: torch.Tensor, patch: list[int] | Non
         raise ValueError(f"images must be [N, C, H, W] or [N, C, D, H, W], got {tuple(images.shape)}")
     if cfg is None:
         return
-    if images.ndim - 2 != int(cfg["spatial_dims"]) or images.shape[1] != int(cfg["in_channels"]):
-        raise ValueError(f"images {tuple(images.shape)} do not match the {cfg['spatial_dims']}D VAE with "
-                         f"in_channels={cfg['in_channels']}")
+    if images.ndim - 2 != int(cfg["spatial_dims"]) or images.shape[1] != image_channels(model):
+        raise ValueError(f"images {tuple(images.shape)} do not match the {cfg['spatial_dims']}D VAE for "
+                         f"{image_channels(model)}-channel images")
     factor = downsample_factor(cfg)
     sizes = patch if patch is not None else list(images.shape[2:])
     if any(s % factor for s in sizes):
