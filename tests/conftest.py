@@ -22,6 +22,31 @@ def threshold_masks(hu: np.ndarray) -> np.ndarray:
                      np.zeros_like(hu, bool)]).astype(np.uint8)
 
 
+def ct_slice_shard(root: Path, names: list[str], n: int = 24, size: int = 32) -> list[str]:
+    """A training-set shard of ``n`` axial slices (``size`` px) of the shipped upper-abdomen CT with five
+    threshold masks; alternate slices labelled CT / MR, every sixth in the test split. Returns its two files."""
+    import json
+
+    from medsynth.io.trainsets import write_shard
+    from medsynth.preprocess.intensity import hu_to_unit
+    from medsynth.preprocess.trainsets import SliceOptions, axial_slices
+
+    hu = np.asarray(nib.load(str(EXAMPLE / "ct" / "upper_abdomen_ct_3mm.nii.gz")).dataobj, dtype=np.float32)
+    samples = []
+    for i, (z, img, msk) in enumerate(axial_slices(hu_to_unit(hu), threshold_masks(hu), np.ones(hu.shape),
+                                                   SliceOptions(size=size))):
+        if i >= n:
+            break
+        present = [name for name, m in zip(names, msk) if m.any()]
+        row = {"case_id": "ct" if i % 2 else "mr", "patient_id": "p", "dataset": "t",
+               "modality": "CT" if i % 2 else "MR", "split": "test" if i % 6 == 5 else "train",
+               "prompt_contrast": "portal venous" if i % 2 else "none", "prompt_region": "upper abdomen",
+               "slice": z, "organs": json.dumps(present)}
+        samples.append((row, img, msk))
+    write_shard(samples, names, root / "shard-000.safetensors", root / "shard-000.csv")
+    return [str(root / "shard-000.safetensors"), str(root / "shard-000.csv")]
+
+
 @pytest.fixture(scope="module")
 def text_encoder():
     """The MiniLM text encoder of the generator tests (built from the locally made tokenizer and weights)."""

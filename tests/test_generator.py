@@ -13,7 +13,6 @@ import copy
 import json
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
@@ -32,15 +31,11 @@ from medsynth.generator import (
     variant_config,
 )
 from tiny_backbones import TINY_CONFIGS
-from medsynth.preprocess.intensity import hu_to_unit
-from medsynth.io.trainsets import write_shard
-from medsynth.preprocess.trainsets import SliceOptions, axial_slices
 from medsynth.vae import TINY_VAE_CONFIGS
 from medsynth.vae.stage import run_vae
 
-from conftest import threshold_masks
+from conftest import ct_slice_shard
 
-CT = Path(__file__).resolve().parents[1] / "resources" / "example_data" / "ct" / "upper_abdomen_ct_3mm.nii.gz"
 NAMES = ["liver", "lungs", "bone", "kidneys", "spleen"]
 
 
@@ -49,22 +44,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> list[str]:
-    root = tmp_path_factory.mktemp("shards")
-    hu = np.asarray(nib.load(str(CT)).dataobj, dtype=np.float32)
-    image = hu_to_unit(hu)
-    masks = threshold_masks(hu)
-    samples = []
-    for i, (z, img, msk) in enumerate(axial_slices(image, masks, np.ones(hu.shape), SliceOptions(size=32))):
-        if i >= 24:
-            break
-        present = [n for n, m in zip(NAMES, msk) if m.any()]
-        row = {"case_id": "ct" if i % 2 else "mr", "patient_id": "p", "dataset": "t",
-               "modality": "CT" if i % 2 else "MR", "split": "test" if i % 6 == 5 else "train",
-               "prompt_contrast": "portal venous" if i % 2 else "none", "prompt_region": "upper abdomen",
-               "slice": z, "organs": json.dumps(present)}
-        samples.append((row, img, msk))
-    write_shard(samples, NAMES, root / "shard-000.safetensors", root / "shard-000.csv")
-    return [str(root / "shard-000.safetensors"), str(root / "shard-000.csv")]
+    return ct_slice_shard(tmp_path_factory.mktemp("shards"), NAMES)
 
 
 GEN = {

@@ -57,6 +57,15 @@ def minilm_path() -> Path:
     return path
 
 
+def _subfolders(source: str, cfg: dict) -> tuple[str | None, str | None]:
+    """(model, tokenizer) subfolders: the config's, else a diffusers pipeline folder's first text encoder
+    (``text_encoder/``, ``tokenizer/``: the folder holds ``model_index.json``), else the folder itself."""
+    model_sub, tokenizer_sub = cfg.get("subfolder"), cfg.get("tokenizer_subfolder")
+    if model_sub is None and tokenizer_sub is None and (Path(str(source)) / "model_index.json").is_file():
+        return "text_encoder", "tokenizer"
+    return model_sub, tokenizer_sub if tokenizer_sub is not None else model_sub
+
+
 class TextEncoder:
     """A frozen text encoder with a per-prompt cache. Build with :func:`build_text_encoder`."""
 
@@ -89,11 +98,13 @@ class TextEncoder:
         shipped = self.kind == "minilm" and not cfg.get("pretrained")
         local = shipped or bool(cfg.get("local_files_only", _offline()))
         kwargs = {"local_files_only": local}
-        if "subfolder" in cfg:
-            kwargs["subfolder"] = cfg["subfolder"]
+        model_sub, tokenizer_sub = _subfolders(self.source, cfg)
+        if model_sub:
+            kwargs["subfolder"] = model_sub
+        tokenizer_kwargs = {**kwargs, "subfolder": tokenizer_sub} if tokenizer_sub else {"local_files_only": local}
         trust = bool(cfg.get("trust_remote_code", self.kind == "cxr_bert"))
         try:
-            tokenizer = AutoTokenizer.from_pretrained(self.source, trust_remote_code=trust, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(self.source, trust_remote_code=trust, **tokenizer_kwargs)
             if self.kind == "t5":
                 from transformers import T5EncoderModel
 

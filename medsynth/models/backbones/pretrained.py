@@ -87,16 +87,14 @@ def load_pretrained(adapter: BackboneAdapter, cfg: dict, key: str) -> nn.Module:
         model = adapter.load_release_file(src, params)
         if model is not None:
             return model
-        if "subfolder" in cfg:
-            subfolder = cfg["subfolder"]
-        else:
+        subfolder = cfg.get("subfolder")  # null (the schema's default): the folder itself or the adapter's
+        if subfolder is None:
             subfolder = None if (Path(src) / "config.json").is_file() else adapter.default_subfolder
         model = cls.from_pretrained(src, subfolder=subfolder, local_files_only=local_files_only)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         hint = (
-            " Offline (HF_HUB_OFFLINE=1) only a local folder or a model already in the Hugging Face cache can "
-            "be loaded: fetch it where there is internet (`huggingface-cli download <id>`) and point "
-            f"{key}.pretrained at the folder, or set {key}.pretrained: null to train from scratch."
+            " Only local files are read: name a model of config/models.yaml (the weights rule fetches it) or "
+            f"a local folder in {key}.pretrained, or set {key}.pretrained: null to train from scratch."
         )
         raise BackbonePretrainedError(f"{where}: cannot load {cls.__name__}: {type(exc).__name__}: {exc}.{hint}") from exc
 
