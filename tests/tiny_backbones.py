@@ -20,6 +20,19 @@ TINY_CONFIGS: dict[str, dict] = {
             "cross_attention_dim": _D, "attention_head_dim": 8,
         },
     },
+    "sdxl": {  # SDXL's UNet: the text_time embedding takes a pooled text vector and six micro conditions
+        "type": "sdxl",
+        "pretrained": None,
+        "params": {
+            "sample_size": 32, "in_channels": _C + _M, "out_channels": _C,
+            "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+            "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+            "block_out_channels": [16, 32], "layers_per_block": 1, "norm_num_groups": 8,
+            "cross_attention_dim": _D, "attention_head_dim": 8,
+            "addition_embed_type": "text_time", "addition_time_embed_dim": 8,
+            "projection_class_embeddings_input_dim": _D + 6 * 8,
+        },
+    },
     "sd3": {
         "type": "sd3",
         "pretrained": None,

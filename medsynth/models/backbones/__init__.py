@@ -2,7 +2,7 @@
 
 A backbone config (``model.backbone`` in a study config)::
 
-    type: unet2d_condition | sd3 | pixart | flux | medsyn2_dit | maisi_unet3d
+    type: unet2d_condition | sdxl | sd3 | pixart | flux | medsyn2_dit | maisi_unet3d
     params: {...}        # constructor kwargs of the class below
     pretrained: null     # or a hub id / local folder (from_pretrained); maisi_unet3d also takes a .pt/.safetensors file
     subfolder: ...       # optional; default "unet" (unet2d_condition) / "transformer" (others) for hub repos
@@ -11,6 +11,7 @@ A backbone config (``model.backbone`` in a study config)::
 | type | class | papers |
 |---|---|---|
 | ``unet2d_condition`` | diffusers ``UNet2DConditionModel`` | ViCTr (Stable Diffusion) |
+| ``sdxl`` | diffusers ``UNet2DConditionModel`` with ``addition_embed_type: text_time`` | ViCTr (SD-XL) |
 | ``sd3`` | diffusers ``SD3Transformer2DModel`` | ViCTr (SD3, MMDiT) |
 | ``pixart`` | diffusers ``PixArtTransformer2DModel`` | ViCTr (PixArt-alpha) |
 | ``flux`` | diffusers ``FluxTransformer2DModel`` | ViCTr (Flux) |
@@ -30,7 +31,7 @@ and samplers use (``v = (x_t - x0_hat) / max(t, t_min)``, :mod:`medsynth.objecti
 
 ``pretrained`` loading and input widening: :mod:`.pretrained`. Each type's forward signature (how it
 takes time, text, masks and conditions; which hub subfolder; what it predicts) lives in its adapter
-module (:mod:`.unet2d_condition`, :mod:`.sd3`, :mod:`.pixart`, :mod:`.flux`, :mod:`.medsyn2_dit`,
+module (:mod:`.unet2d_condition`, :mod:`.sdxl`, :mod:`.sd3`, :mod:`.pixart`, :mod:`.flux`, :mod:`.medsyn2_dit`,
 :mod:`.maisi_unet3d`; versions: diffusers 0.42.1, MONAI 1.6.1), behind the one interface of
 :class:`.adapter.BackboneAdapter`. A new backbone type is one adapter module and one line in
 :data:`ADAPTERS`.
@@ -57,6 +58,7 @@ from .pixart import PixArtAdapter
 from .pretrained import BackbonePretrainedError, load_pretrained
 from .pretrained import expand_input_channels as _expand
 from .sd3 import SD3Adapter
+from .sdxl import SDXLAdapter
 from .unet2d_condition import UNet2DConditionAdapter
 
 __all__ = [
@@ -88,8 +90,8 @@ __all__ = [
 #: One adapter per backbone ``type``, in the order the docs list them.
 ADAPTERS: dict[str, BackboneAdapter] = {
     a.kind: a
-    for a in (UNet2DConditionAdapter(), SD3Adapter(), PixArtAdapter(), FluxAdapter(), MedSyn2DiTAdapter(),
-              MaisiUNet3DAdapter())
+    for a in (UNet2DConditionAdapter(), SDXLAdapter(), SD3Adapter(), PixArtAdapter(), FluxAdapter(),
+              MedSyn2DiTAdapter(), MaisiUNet3DAdapter())
 }
 #: The model class of each backbone ``type``.
 BACKBONE_TYPES: dict[str, type[ModelMixin]] = {kind: a.model_class for kind, a in ADAPTERS.items()}
@@ -97,7 +99,7 @@ BACKBONE_TYPES: dict[str, type[ModelMixin]] = {kind: a.model_class for kind, a i
 
 def find_adapter(model: nn.Module) -> BackboneAdapter | None:
     """The adapter of a built backbone, ``None`` for a module of no known backbone class."""
-    return next((a for a in ADAPTERS.values() if isinstance(model, a.model_class)), None)
+    return next((a for a in ADAPTERS.values() if a.matches(model)), None)
 
 
 def adapter_for(model: nn.Module) -> BackboneAdapter:
@@ -160,11 +162,17 @@ def build_backbone(cfg: dict, key: str = "backbone") -> nn.Module:
         raise ValueError(f"{key}.type = {kind!r}: choose one of {', '.join(ADAPTERS)}")
     adapter = ADAPTERS[kind]
     if cfg.get("pretrained"):
-        return load_pretrained(adapter, cfg, key)
-    try:
-        return adapter.model_class(**copy.deepcopy(cfg.get("params") or {}))  # config must not alias the caller's
-    except TypeError as exc:
-        raise ValueError(f"{key}.params do not fit {adapter.model_class.__name__}: {exc}") from exc
+        model = load_pretrained(adapter, cfg, key)
+    else:
+        try:
+            model = adapter.model_class(**copy.deepcopy(cfg.get("params") or {}))  # config must not alias the caller's
+        except TypeError as exc:
+            raise ValueError(f"{key}.params do not fit {adapter.model_class.__name__}: {exc}") from exc
+    if not adapter.matches(model):  # types sharing a class: sdxl is the UNet with the text_time embedding
+        found = find_adapter(model)
+        raise ValueError(f"{key}.type = {kind!r} but the model built is a {found.kind if found else type(model).__name__} "
+                         f"({'set params.addition_embed_type: text_time' if kind == 'sdxl' else 'check type and params'})")
+    return model
 
 
 def predict(

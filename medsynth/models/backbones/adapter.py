@@ -49,6 +49,10 @@ class BackboneAdapter:
     #: whether the forward pass takes a ControlNet conditioning (``control=``)
     takes_control: bool = False
 
+    def matches(self, model: nn.Module) -> bool:
+        """Whether a built ``model`` is of this type (its class, unless a type shares one: see sdxl)."""
+        return isinstance(model, self.model_class)
+
     def config_spatial_dims(self, params: dict) -> int:
         """Spatial dimensions of a backbone built from ``params`` (2 unless overridden)."""
         return 2
@@ -116,15 +120,15 @@ def pooled_text(text_tokens: torch.Tensor, text_mask: torch.Tensor | None = None
 
 
 def resolve_pooled(kind: str, model: nn.Module, text: torch.Tensor, keep: torch.Tensor | None,
-                   pooled: torch.Tensor | None) -> torch.Tensor:
-    """The pooled text vector for SD3 / Flux: the given one, or the masked mean of the tokens, checked
-    against the model's ``pooled_projection_dim``."""
+                   pooled: torch.Tensor | None, dim: int | None = None) -> torch.Tensor:
+    """The pooled text vector for SD3 / Flux / SDXL: the given one, or the masked mean of the tokens, checked
+    against ``dim`` (default: the model's ``pooled_projection_dim``)."""
     if pooled is None:
         pooled = pooled_text(text, keep)
-    if pooled.shape[-1] != model.config.pooled_projection_dim:
+    want = int(dim if dim is not None else model.config.pooled_projection_dim)
+    if pooled.shape[-1] != want:
         raise ValueError(
-            f"{kind}: pooled_projection_dim is {model.config.pooled_projection_dim} but the pooled text vector has "
-            f"{pooled.shape[-1]} features; pass pooled= (e.g. CLIP's pooled output) or set pooled_projection_dim "
-            "to the text width"
+            f"{kind}: the model takes a {want}-feature pooled text vector but it has {pooled.shape[-1]}; pass "
+            "pooled= (e.g. CLIP's pooled output) or size the pooled projection to the text width"
         )
     return pooled.to(text.dtype)

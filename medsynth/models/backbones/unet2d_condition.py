@@ -20,6 +20,9 @@ class UNet2DConditionAdapter(BackboneAdapter):
     default_subfolder = "unet"
     input_layers = ("conv_in",)
 
+    def matches(self, model: nn.Module) -> bool:
+        return isinstance(model, UNet2DConditionModel) and model.config.get("addition_embed_type") != "text_time"
+
     def forward(self, model: nn.Module, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
                 keep: torch.Tensor | None, cond: Conditions) -> torch.Tensor:
         return model(x, t * 1000, encoder_hidden_states=text, encoder_attention_mask=keep).sample
