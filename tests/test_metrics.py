@@ -118,6 +118,23 @@ def test_fd_and_kid_self_zero_and_grow_with_noise(extractor, smooth_images):
     assert abs(self_res["kid_mean"]) < 0.25 * kids[0]  # identical sets: ~0 (unbiased estimator, full subsets)
 
 
+def test_frechet_distance_agrees_with_monai_fidmetric_on_the_same_features(extractor, smooth_images):
+    """The FD torch-fidelity computes equals MONAI's FIDMetric (an independent implementation: its own
+    covariance and matrix square root) on the features the same extractor gives the same images."""
+    from monai.metrics import FIDMetric
+
+    from medsynth.metrics.features import MODULE_FEATURE, ModuleFeatureExtractor
+
+    x, y = smooth_images, _noisy(smooth_images, 0.2)
+    fd = frechet_metrics(x, y, extractor, kid=False)["fd"]
+    features = ModuleFeatureExtractor(extractor, [MODULE_FEATURE])
+    with torch.no_grad():
+        fx, fy = (features(to_uint8_rgb(v))[0] for v in (x, y))
+    monai_fd = float(FIDMetric()(fy, fx))
+    print(f"\nFD torch-fidelity {fd:.6f}, MONAI FIDMetric {monai_fd:.6f}")
+    assert fd > 0.05 and monai_fd == pytest.approx(fd, rel=1e-4)
+
+
 def test_extractor_reregistration_replaces_module_and_leaves_caller_module_alone(extractor, smooth_images):
     x, y = smooth_images, _noisy(smooth_images, 0.2)
     constant = _encoder(scale=0.0)  # all-zero weights: the same feature for every image
