@@ -57,7 +57,7 @@ def dataset_entry(wildcards):
 
 
 def weights_of(*sections):
-    """Inventories of the registry models config ``sections`` use (rule inputs: fetched first, in provenance)."""
+    """Inventories of the registry models config ``sections`` use; as inputs they are fetched first and reach provenance."""
     names = sorted(
         {name for section in sections for name in PRETRAINED.get(section, [])}
     )
