@@ -20,19 +20,6 @@ TINY_CONFIGS: dict[str, dict] = {
             "cross_attention_dim": _D, "attention_head_dim": 8,
         },
     },
-    "sdxl": {  # SDXL's UNet: the text_time embedding takes a pooled text vector and six micro conditions
-        "type": "sdxl",
-        "pretrained": None,
-        "params": {
-            "sample_size": 32, "in_channels": _C + _M, "out_channels": _C,
-            "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
-            "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
-            "block_out_channels": [16, 32], "layers_per_block": 1, "norm_num_groups": 8,
-            "cross_attention_dim": _D, "attention_head_dim": 8,
-            "addition_embed_type": "text_time", "addition_time_embed_dim": 8,
-            "projection_class_embeddings_input_dim": _D + 6 * 8,
-        },
-    },
     "sd3": {
         "type": "sd3",
         "pretrained": None,
@@ -92,3 +79,8 @@ TINY_CONFIGS["medsyn2_dit_2d"] = {
     **TINY_CONFIGS["medsyn2_dit"],
     "params": {**TINY_CONFIGS["medsyn2_dit"]["params"], "spatial_dims": 2, "prediction": "velocity"},
 }
+
+# SDXL's UNet: the unet2d_condition config plus the text_time embedding (a pooled text vector, six micro conditions)
+TINY_CONFIGS["sdxl"] = {**TINY_CONFIGS["unet2d_condition"], "type": "sdxl", "params": {
+    **TINY_CONFIGS["unet2d_condition"]["params"], "addition_embed_type": "text_time", "addition_time_embed_dim": 8,
+    "projection_class_embeddings_input_dim": _D + 6 * 8}}

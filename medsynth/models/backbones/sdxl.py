@@ -16,7 +16,8 @@ import torch
 from diffusers import UNet2DConditionModel
 from torch import nn
 
-from .adapter import BackboneAdapter, Conditions, resolve_pooled
+from .adapter import Conditions, resolve_pooled
+from .unet2d_condition import UNet2DConditionAdapter
 
 #: SDXL's VAE downsampling factor: the pixel size the micro conditions name
 SDXL_VAE_FACTOR = 8
@@ -33,12 +34,9 @@ def sdxl_time_ids(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.tensor([h, w, 0, 0, h, w], dtype=dtype, device=x.device).expand(x.shape[0], 6)
 
 
-class SDXLAdapter(BackboneAdapter):
+class SDXLAdapter(UNet2DConditionAdapter):
     """``sdxl``: the UNet's forward plus ``text_embeds`` and ``time_ids`` (module docstring)."""
     kind = "sdxl"
-    model_class = UNet2DConditionModel
-    default_subfolder = "unet"
-    input_layers = ("conv_in",)
 
     def matches(self, model: nn.Module) -> bool:
         return is_sdxl(model)
