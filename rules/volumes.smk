@@ -104,7 +104,7 @@ rule volume_metrics:
         summary=f"{RESULTS}/volumes/samples/{{run}}/eval.json",
         shards=volume_shards,
         extractor=EXTRACTOR,
-        weights=weights_of("volumes"),
+        weights=weights_of("volumes", "metrics"),
     output:
         f"{RESULTS}/volumes/metrics/{{run}}.json",
     log:

@@ -1,5 +1,6 @@
 """Feature extractors: availability from the weights folder, RadImageNet's ResNet-50 from a release-layout state
-dict (random weights, the real architecture), InceptionV3 from a local weights file, MAISI's 2.5D input recipe."""
+dict (random weights, the real architecture), InceptionV3 from a local weights file, the FD recipes (MAISI's
+2.5D one by hand) and the pretrained FDs, recomputed independently with MONAI's FIDMetric."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import torch
 
 from medsynth.fsutil import sha256_file
 from medsynth.metrics.extractors import EXTRACTORS, extractor_status, load_extractor
-from medsynth.metrics.radimagenet import MAISI_BGR_MEAN, RadImageNetResNet50, maisi_radimagenet_input
+from medsynth.metrics.radimagenet import RadImageNetResNet50
+from medsynth.metrics.recipes import FDRecipe, RecipeEncoder, fd_recipe, recipe_unit_images
 from medsynth.weights import WeightsMissing
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -58,7 +60,7 @@ def test_radimagenet_resnet50_loads_a_release_layout_state_dict(tmp_path):
              {"RadImageNet-ResNet50_notop.pth": lambda p: torch.save(release.state_dict(), p)})
     assert extractor_status("radimagenet_resnet50", tmp_path) == "ok"
     net = load_extractor("radimagenet_resnet50", tmp_path)
-    x = maisi_radimagenet_input(torch.linspace(-1200, 1200, 2 * 64 * 64).reshape(2, 1, 64, 64))
+    x = torch.linspace(-1.0, 1.0, 2 * 3 * 64 * 64).reshape(2, 3, 64, 64)
     with torch.no_grad():
         out = net(x)
         assert out.shape == (2, 2048, 2, 2)
@@ -84,12 +86,92 @@ def test_inception_loads_from_the_local_file(tmp_path, monkeypatch):
         assert torch.equal(net(x)[0], random_net(x)[0]) and net(x)[0].shape == (2, 2048)
 
 
-def test_maisi_input_recipe_by_hand():
-    hu = torch.tensor([-2000.0, -1000.0, 0.0, 1000.0, 3000.0]).reshape(5, 1, 1, 1)
-    x = maisi_radimagenet_input(hu)
-    assert x.shape == (5, 3, 1, 1)
-    # clipped to [-1000, 1000], one min-max over the stack: 0, 0, 0.5, 1, 1; minus the BGR mean per channel
-    for c, mean in enumerate(MAISI_BGR_MEAN):
-        torch.testing.assert_close(x[:, c, 0, 0], torch.tensor([0.0, 0.0, 0.5, 1.0, 1.0]) - mean)
-    with pytest.raises(ValueError):
-        maisi_radimagenet_input(torch.zeros(2, 3, 4, 4))
+def _schema_recipe(name: str) -> FDRecipe:
+    """The recipe the schema's defaults give (``metrics.fd_recipes.<name>``)."""
+    from medsynth.settings import section
+
+    return fd_recipe(section("metrics")["fd_recipes"][name])
+
+
+def test_maisi_recipe_by_hand():
+    """The schema's RadImageNet recipe is MAISI's: clip [-1000, 1000], one min-max per stack, minus the BGR mean."""
+    recipe = _schema_recipe("radimagenet_resnet50")
+    assert recipe.record() == {"hu_window": [-1000.0, 1000.0], "scaling": "minmax", "mean": [0.406, 0.456, 0.485],
+                               "std": None, "size": None, "central_fraction": 0.4}
+    hu_range = (-1024.0, 3071.0)
+    hu = torch.tensor([-2000.0, -1000.0, 0.0, 1000.0, 3000.0, -500.0, 500.0, 100.0]).reshape(8, 1, 1, 1).clamp(*hu_range)
+    units = (hu - hu_range[0]) / (hu_range[1] - hu_range[0]) * 2 - 1  # what the pipeline stores
+    groups = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1])  # two plane stacks
+    x01 = recipe_unit_images(units, recipe, hu_range, groups)[:, 0, 0, 0]
+    torch.testing.assert_close(x01, torch.tensor([0.0, 0.0, 0.5, 1.0, 1.0, 0.0, 1.0, 0.6]), atol=1e-5, rtol=0)
+    # window scaling ignores the stacks; MR (no HU range) maps the model's [-1, 1]
+    window = FDRecipe(hu_window=(-1000.0, 1000.0), scaling="window")
+    torch.testing.assert_close(recipe_unit_images(units, window, hu_range)[:, 0, 0, 0],
+                               torch.tensor([0.0, 0.0, 0.5, 1.0, 1.0, 0.25, 0.75, 0.55]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(recipe_unit_images(torch.tensor([-1.0, 0.0, 1.0]).reshape(3, 1, 1, 1), window, None),
+                               torch.tensor([0.0, 0.5, 1.0]).reshape(3, 1, 1, 1))
+    # the network sees grey as R = G = B minus the mean per channel
+    seen = RecipeEncoder(torch.nn.Identity(), recipe)(torch.tensor([-1.0, 0.0, 1.0]).reshape(3, 1, 1, 1))
+    for c, mean in enumerate(recipe.mean):
+        torch.testing.assert_close(seen[:, c, 0, 0], torch.tensor([0.0, 0.5, 1.0]) - mean)
+    with pytest.raises(ValueError, match="scaling"):
+        FDRecipe(scaling="zscore")
+
+
+def _monai_fd(net, recipe: FDRecipe, x01: torch.Tensor, y01: torch.Tensor) -> float:
+    """The FD recomputed without the pipeline's extraction: 8-bit images, R = G = B, minus the mean, the
+    network, spatial mean; MONAI's FIDMetric."""
+    from monai.metrics import FIDMetric
+
+    def feats(x01):
+        u8 = (x01.clamp(0, 1) * 255).round() / 255
+        rgb = u8.expand(-1, 3, -1, -1) - torch.tensor(recipe.mean).view(1, 3, 1, 1)
+        with torch.no_grad():
+            return net(rgb).mean(dim=(2, 3)).double()
+
+    return float(FIDMetric()(feats(y01), feats(x01)))
+
+
+@pytest.fixture(scope="module")
+def radimagenet_file(tmp_path_factory):
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("radimagenet") / "RadImageNet-ResNet50_notop.pth"
+    torch.save(RadImageNetResNet50().state_dict(), path)
+    return path
+
+
+def test_radimagenet_fd_of_slices_follows_the_recipe(radimagenet_file):
+    from medsynth.metrics.pretrained_fd import pretrained_fd
+
+    recipe, hu_range = _schema_recipe("radimagenet_resnet50"), (-1024.0, 3071.0)
+    gen = torch.Generator().manual_seed(0)
+    real = torch.rand(12, 1, 32, 32, generator=gen) * 2 - 1
+    fake = (real + 0.3 * torch.randn(12, 1, 32, 32, generator=gen)).clamp(-1, 1)
+    out = pretrained_fd("radimagenet_resnet50", radimagenet_file, "metrics.radimagenet_pretrained_path", real, fake,
+                        recipe, hu_range, batch_size=5)
+    assert out["status"] == "ok" and out["recipe"] == recipe.record() and out["extractor"].startswith("RadImageNet")
+    net = RadImageNetResNet50()
+    net.load_state_dict(torch.load(radimagenet_file, weights_only=True))
+    expected = _monai_fd(net.eval(), recipe, recipe_unit_images(real, recipe, hu_range),
+                         recipe_unit_images(fake, recipe, hu_range))
+    assert out["value"] == pytest.approx(expected, rel=1e-3) and out["value"] > 0
+    missing = pretrained_fd("radimagenet_resnet50", None, "metrics.radimagenet_pretrained_path", real, fake, recipe,
+                            hu_range)
+    assert missing["value"] is None and missing["status"].startswith(
+        "unavailable: metrics.radimagenet_pretrained_path is not set")
+    gone = pretrained_fd("radimagenet_resnet50", radimagenet_file.parent / "absent.pth", "k", real, fake, recipe, None)
+    assert gone["value"] is None and "is not a file" in gone["status"]
+
+
+def test_radimagenet_fd_of_volumes_is_the_mean_over_three_planes(radimagenet_file):
+    from medsynth.metrics.pretrained_fd import pretrained_fd_volumes
+
+    recipe = FDRecipe(hu_window=(-1000.0, 1000.0), scaling="minmax", mean=(0.406, 0.456, 0.485), central_fraction=0.5)
+    gen = torch.Generator().manual_seed(2)
+    real = torch.rand(3, 1, 32, 32, 8, generator=gen) * 2 - 1
+    fake = (real + 0.5 * torch.randn(real.shape, generator=gen)).clamp(-1, 1)
+    out = pretrained_fd_volumes("radimagenet_resnet50", radimagenet_file, "k", real, fake, recipe,
+                                (-1024.0, 3071.0), batch_size=8)
+    assert set(out["per_plane"]) == {"XY", "YZ", "ZX"} and out["status"] == "ok"
+    assert out["value"] == pytest.approx(sum(p["fd"] for p in out["per_plane"].values()) / 3)
+    assert out["per_plane"]["XY"]["n_real"] == 3 * 4 and out["per_plane"]["YZ"]["n_real"] == 3 * 16

@@ -91,16 +91,21 @@ def evaluate_run(files: RunFiles, out_json: str | Path, settings: RunSettings, m
 
     from medsynth.downstream import load_segmenter, predict_masks
     from medsynth.metrics import (
+        fd_recipe,
         frechet_metrics,
         image_metrics,
         inception_fid,
         mask_metrics,
         per_window_fd,
+        pretrained_fd,
+        recipe_unit_images,
         register_module_extractor,
     )
 
+    from medsynth.settings import section
+
     torch.set_num_threads(1)
-    extractor_dir, metrics_cfg, intensity_cfg = files.extractor, settings.metrics, settings.intensity
+    extractor_dir, metrics_cfg, intensity_cfg = files.extractor, section("metrics", settings.metrics), settings.intensity
     index, rows, names, real, real_masks, fake = paired_sets(files.shards, settings.select, files.generated)
     sampled = pd.read_csv(files.index, keep_default_na=False)
     summary = json.loads(Path(files.summary).read_text())
@@ -116,9 +121,17 @@ def evaluate_run(files: RunFiles, out_json: str | Path, settings: RunSettings, m
     extractor_label = f"self-trained {segmenter.segmenter_record['model']['type']} encoder, downstream '{setting}'"
 
     fd = frechet_metrics(real01, fake01, extractor_name, kid=True, kid_subset_size=kid_size, batch_size=batch, cuda=cuda)
-    inception = inception_fid(real01, fake01, metrics_cfg.get("inception_weights"), kid_subset_size=kid_size,
-                              batch_size=batch, cuda=cuda)
     modalities = set(index.iloc[rows]["modality"].astype(str))
+    hu_range = tuple(intensity_cfg["ct_hu_range"]) if modalities == {"CT"} else None  # MR: no HU
+    recipes = metrics_cfg["fd_recipes"]
+    inception_recipe = fd_recipe(recipes["inception"])
+    inception = inception_fid(recipe_unit_images(torch.from_numpy(real), inception_recipe, hu_range),
+                              recipe_unit_images(torch.from_numpy(fake), inception_recipe, hu_range),
+                              metrics_cfg["inception_pretrained_path"], kid_subset_size=kid_size, batch_size=batch,
+                              cuda=cuda)
+    radimagenet = pretrained_fd("radimagenet_resnet50", metrics_cfg["radimagenet_pretrained_path"],
+                                "metrics.radimagenet_pretrained_path", real, fake,
+                                fd_recipe(recipes["radimagenet_resnet50"]), hu_range, batch_size=batch, cuda=cuda)
     windowed: list[dict] = []
     if modalities == {"CT"}:
         windows = {k: tuple(v) for k, v in (intensity_cfg.get("windows") or {}).items()}
@@ -136,10 +149,11 @@ def evaluate_run(files: RunFiles, out_json: str | Path, settings: RunSettings, m
         "sampling": {k: summary.get(k) for k in ("sampler", "steps", "nfe", "network_evals", "seconds",
                                                   "seconds_per_sample")},
         "hu_qc": summary.get("hu_qc", {"enabled": False}),
-        "fid": {"value": inception.get("fid"), "status": inception["status"]},
+        "fid": {"value": inception.get("fid"), "status": inception["status"], "recipe": inception_recipe.record()},
         "kid": {"mean": inception.get("kid_mean"), "std": inception.get("kid_std"), "status": inception["status"]},
         "fd_self": {"value": fd["fd"], "kid_mean": fd["kid_mean"], "kid_std": fd["kid_std"],
                     "kid_subset_size": kid_size, "extractor": extractor_label},
+        "fd_pretrained": {"radimagenet_resnet50": radimagenet},
         "windowed": windowed if windowed else [],
         "windowed_status": "ok" if windowed else f"not applicable: modalities {sorted(modalities)} (CT windows)",
         "pairs": {"ssim": pairs["ssim"], "psnr": pairs["psnr"], "l1": pairs["l1"]},

@@ -41,7 +41,8 @@ def evaluate_volume_run(files: RunFiles, out_json: str | Path, settings: RunSett
     ``files.shards``: the 3D training-set shards (``trainsets/volumes``); ``settings.select`` the condition
     set the run was sampled for (one generated volume per real volume, same masks). ``settings.metrics`` keys:
     ``batch_size``, ``kid_subset_size``, ``central_fraction`` (of the slices per axis, MAISI 2.5D: 0.4),
-    ``extractor_size`` (optional ``[H, W]`` of the extractor's input), ``inception_weights``;
+    ``extractor_size`` (optional ``[H, W]`` of the extractor's input), ``inception_pretrained_path``,
+    ``radimagenet_pretrained_path``, ``fd_recipes``;
     ``settings.intensity``: ``ct_hu_range`` and ``windows`` (``{name: [level, width]}``). ``settings.grid``
     (``spacing_mm``, ``size`` of the registration grid) gives mm distances; without it they are in voxels.
     ``windowed`` rows ``{"window", "plane", "fd", "status"}`` use MedSyn2 Table 1's plane labels XY / YZ /
@@ -49,17 +50,25 @@ def evaluate_volume_run(files: RunFiles, out_json: str | Path, settings: RunSett
     """
     from medsynth.downstream import load_segmenter
     from medsynth.metrics import (
+        fd_recipe,
         frechet_metrics,
         image_metrics,
         inception_fid,
         mask_metrics,
         per_plane_windowed_fd,
+        pretrained_fd_volumes,
+        recipe_unit_images,
         register_module_extractor,
     )
     from medsynth.metrics.frechet import PLANE_LABELS, PLANES, central_slices
 
     torch.set_num_threads(1)
-    extractor_dir, metrics_cfg, intensity_cfg, grid_cfg = files.extractor, settings.metrics, settings.intensity, settings.grid
+    from medsynth.settings import section
+
+    extractor_dir, intensity_cfg, grid_cfg = files.extractor, settings.intensity, settings.grid
+    extra = ("extractor_size", "central_fraction")  # the volume rule's own keys beside the metrics section
+    metrics_cfg = {**section("metrics", {k: v for k, v in settings.metrics.items() if k not in extra}),
+                   **{k: settings.metrics[k] for k in extra if k in settings.metrics}}
     index, rows, names, real, real_masks, fake = paired_sets(files.shards, settings.select, files.generated)
     if real.ndim != 5:
         raise ValueError(f"{list(files.shards)}: expected volumes (N, 1, X, Y, Z), got {real.shape}; 2D runs: evaluate_run")
@@ -91,12 +100,22 @@ def evaluate_volume_run(files: RunFiles, out_json: str | Path, settings: RunSett
         per_plane[PLANE_LABELS[plane]] = {k: res[k] for k in ("fd", "kid_mean", "kid_std", "n_real", "n_fake")}
     fd_mean = {k: float(np.mean([p[k] for p in per_plane.values()])) for k in ("fd", "kid_mean", "kid_std")}
     axial = PLANES["axial"]
-    inception = inception_fid((central_slices(real_t, axial, fraction) + 1.0) / 2.0,
-                              (central_slices(fake_t, axial, fraction) + 1.0) / 2.0,
-                              metrics_cfg.get("inception_weights"), kid_subset_size=max(2, min(
-                                  int(metrics_cfg.get("kid_subset_size", 50)), n_slices)), batch_size=batch, cuda=cuda)
-
     modalities = set(index.iloc[rows]["modality"].astype(str))
+    hu_range = tuple(intensity_cfg["ct_hu_range"]) if modalities == {"CT"} else None  # MR: no HU
+    recipes = metrics_cfg["fd_recipes"]
+    inception_recipe = fd_recipe(recipes["inception"])
+    inception_sets = [central_slices(v, axial, inception_recipe.central_fraction) for v in (real_t, fake_t)]
+    groups = [torch.arange(len(v)).repeat_interleave(len(s) // len(v)) for v, s in zip((real_t, fake_t),
+                                                                                       inception_sets)]
+    inception = inception_fid(*(recipe_unit_images(s, inception_recipe, hu_range, g)
+                                for s, g in zip(inception_sets, groups)),
+                              metrics_cfg["inception_pretrained_path"], kid_subset_size=max(2, min(
+                                  int(metrics_cfg.get("kid_subset_size", 50)), n_slices)), batch_size=batch, cuda=cuda)
+    radimagenet = pretrained_fd_volumes("radimagenet_resnet50", metrics_cfg["radimagenet_pretrained_path"],
+                                        "metrics.radimagenet_pretrained_path", real_t, fake_t,
+                                        fd_recipe(recipes["radimagenet_resnet50"]), hu_range, batch_size=batch,
+                                        cuda=cuda)
+
     windowed: list[dict] = []
     if modalities == {"CT"}:
         windows = {k: tuple(v) for k, v in (intensity_cfg.get("windows") or {}).items()}
@@ -116,12 +135,14 @@ def evaluate_volume_run(files: RunFiles, out_json: str | Path, settings: RunSett
         "sampling": {k: summary.get(k) for k in ("sampler", "steps", "nfe", "network_evals", "seconds",
                                                   "seconds_per_sample")},
         "hu_qc": summary.get("hu_qc", {"enabled": False}),
-        "fid": {"value": inception.get("fid"), "status": inception["status"], "plane": "XY"},
+        "fid": {"value": inception.get("fid"), "status": inception["status"], "plane": "XY",
+                "recipe": inception_recipe.record()},
         "kid": {"mean": inception.get("kid_mean"), "std": inception.get("kid_std"), "status": inception["status"],
                 "plane": "XY"},
         "fd_self": {"value": fd_mean["fd"], "kid_mean": fd_mean["kid_mean"], "kid_std": fd_mean["kid_std"],
                     "per_plane": per_plane, "central_fraction": fraction, "extractor_input_size": size,
                     "extractor": extractor_label},
+        "fd_pretrained": {"radimagenet_resnet50": radimagenet},
         "windowed": windowed,
         "windowed_status": "ok" if windowed else f"not applicable: modalities {sorted(modalities)} (CT windows)",
         "pairs": {"ssim": pairs["ssim"], "psnr": pairs["psnr"], "l1": pairs["l1"]},

@@ -40,6 +40,7 @@ from medsynth.vae.models import encode, model_device
 __all__ = [
     "DEFAULT_SEVERITY",
     "LatentData",
+    "prompt_table",
     "shard_condition_names",
     "load_slices",
     "select_rows",
@@ -97,6 +98,7 @@ class LatentData:
     keep: torch.Tensor  # (P + 1, L) bool
     index: pd.DataFrame  # the selected rows, with prompt, severity columns
     names: list[str] = field(default_factory=list)  # the condition channels of ``mask``
+    pooled: torch.Tensor | None = None  # (P + 1, pooled_dim): SDXL / SD3 / Flux text encoders' pooled vectors
 
     @property
     def null_id(self) -> int:
@@ -137,8 +139,18 @@ def build_latent_data(shards: Sequence[str | Path], vae: torch.nn.Module, stats:
     prompts = slice_prompts(index, grades, (severity or {}).get("pathology", DEFAULT_SEVERITY["pathology"]))
     unique = list(dict.fromkeys(prompts))
     ids = {p: i for i, p in enumerate(unique)}
-    tokens, keep = text_encoder.encode(unique + [""], max_length)
+    tokens, keep, pooled = prompt_table(text_encoder, unique, max_length)
     index = index.assign(prompt=prompts)
     dataset = TensorDictDataset({"latent": latent, "mask": mask.contiguous(),
                                  "prompt": torch.as_tensor([ids[p] for p in prompts], dtype=torch.long)})
-    return LatentData(dataset, unique, tokens.float().contiguous(), keep.contiguous(), index, list(names))
+    return LatentData(dataset, unique, tokens, keep, index, list(names), pooled)
+
+
+def prompt_table(text_encoder, prompts: Sequence[str], max_length: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(tokens, keep, pooled)`` of ``prompts`` plus the empty prompt (the last row, the null condition);
+    ``pooled`` is ``None`` for a text encoder without pooled vectors."""
+    rows = list(prompts) + [""]
+    tokens, keep = text_encoder.encode(rows, max_length)
+    pooled = text_encoder.encode_pooled(rows, max_length) if getattr(text_encoder, "pooled_dim", None) else None
+    return tokens.float().contiguous(), keep.contiguous(), None if pooled is None else pooled.float().contiguous()

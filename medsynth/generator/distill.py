@@ -69,12 +69,14 @@ class DistributionMatchingStep:
     regression_weight: float = 0.25
     fake_weight: float = 1.0
     t_range: tuple[float, float] = (0.02, 0.98)
+    pooled: torch.Tensor | None = None  # (P + 1, pooled_dim) for SDXL / SD3 / Flux text encoders
 
-    def _teacher_x0(self, x_t: torch.Tensor, t: torch.Tensor, text, keep, mask) -> torch.Tensor:
+    def _teacher_x0(self, x_t: torch.Tensor, t: torch.Tensor, text, keep, mask, pooled=None) -> torch.Tensor:
         teacher = self.teacher.to(x_t.device)
         nid = slice(self.null_id, self.null_id + 1)
         field = ConditionedField(teacher, mask, text, keep, self.tokens.to(x_t.device)[nid],
-                                 self.keep.to(x_t.device)[nid], self.guidance_scale)
+                                 self.keep.to(x_t.device)[nid], self.guidance_scale, pooled=pooled,
+                                 null_pooled=None if pooled is None else self.pooled.to(x_t.device)[nid])
         return x0_from_velocity(field.raw(x_t, t), x_t.float(), t.float())
 
     def __call__(self, model: nn.Module, batch: Mapping[str, torch.Tensor], step: int,
@@ -84,18 +86,19 @@ class DistributionMatchingStep:
         z, x_teacher, mask, pid = batch["noise"], batch["latent"], batch["mask"], batch["prompt"]
         b, device = z.shape[0], z.device
         text, keep = self.tokens.to(device)[pid], self.keep.to(device)[pid]
+        pooled = None if self.pooled is None else self.pooled.to(device)[pid]
         ones = torch.ones(b, device=device, dtype=z.dtype)
-        x_gen = one_step_sample(model("generator", z, ones, text, keep, mask=mask).float(), z.float())
+        x_gen = one_step_sample(model("generator", z, ones, text, keep, mask=mask, pooled=pooled).float(), z.float())
         reg = regression_loss(x_gen, x_teacher.float())
 
         t = sample_timesteps(b, generator, "uniform", t_min=self.t_range[0], t_max=self.t_range[1],
                              device=device, dtype=z.dtype)
         eps = torch.randn(z.shape, generator=generator, dtype=z.dtype).to(device)
         x_t = interpolate(x_gen.detach(), eps, t)
-        v_fake = model("fake", x_t, t, text, keep, mask=mask).float()
+        v_fake = model("fake", x_t, t, text, keep, mask=mask, pooled=pooled).float()
         fake = rectified_flow_loss(v_fake, x_gen.detach(), eps.float())  # the fake score learns G's samples
         with torch.no_grad():
-            x0_real = self._teacher_x0(x_t, t, text, keep, mask)
+            x0_real = self._teacher_x0(x_t, t, text, keep, mask, pooled)
             x0_fake = x0_from_velocity(v_fake.detach(), x_t.float(), t.float())
         dm = distribution_matching_loss(x_gen, x0_real, x0_fake)
         loss = dm + self.regression_weight * reg + self.fake_weight * fake

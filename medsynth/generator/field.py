@@ -25,15 +25,17 @@ class ConditionedField:
 
     def __init__(self, model: nn.Module, mask: torch.Tensor, tokens: torch.Tensor, keep: torch.Tensor,
                  null_tokens: torch.Tensor, null_keep: torch.Tensor, guidance: float, corrected: bool = False,
-                 mapping: str = "variance"):
+                 mapping: str = "variance", pooled: torch.Tensor | None = None,
+                 null_pooled: torch.Tensor | None = None):
         self.model, self.guidance, self.corrected, self.mapping = model, guidance, corrected, mapping
         b = mask.shape[0]
         if guidance != 1.0:
             self.mask = torch.cat([mask, torch.full_like(mask, ABSENT_MASK_VALUE)])
             self.tokens = torch.cat([tokens, null_tokens.expand(b, *null_tokens.shape[1:])])
             self.keep = torch.cat([keep, null_keep.expand(b, *null_keep.shape[1:])])
+            self.pooled = None if pooled is None else torch.cat([pooled, null_pooled.expand(b, -1)])
         else:
-            self.mask, self.tokens, self.keep = mask, tokens, keep
+            self.mask, self.tokens, self.keep, self.pooled = mask, tokens, keep, pooled
 
     def raw(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Guided network output (velocity, or noise for a ddpm model) at ``x``, per-sample ``t``.
@@ -42,11 +44,14 @@ class ConditionedField:
         (:func:`medsynth.models.backbones.as_velocity`).
         """
         if self.guidance == 1.0:
-            return as_velocity(self.model, predict(self.model, x, t, self.tokens, self.keep, mask=self.mask), x, t)
+            return as_velocity(self.model, self._predict(x, t), x, t)
         xx, tt = torch.cat([x, x]), torch.cat([t, t])
-        out = as_velocity(self.model, predict(self.model, xx, tt, self.tokens, self.keep, mask=self.mask), xx, tt)
+        out = as_velocity(self.model, self._predict(xx, tt), xx, tt)
         cond, uncond = out.chunk(2)
         return uncond + self.guidance * (cond - uncond)
+
+    def _predict(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return predict(self.model, x, t, self.tokens, self.keep, mask=self.mask, pooled=self.pooled)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         v = self.raw(x, t)

@@ -225,6 +225,7 @@ def integrate_latents(model: nn.Module, objective: str, data: LatentData, spec: 
         keep = inpaint_keep_mask(masks, list(data.names), inpaint["channels"], int(inpaint["dilate"]))
     device = model_device(model)
     null_tokens, null_keep = null_tokens.to(device), null_keep.to(device)
+    pooled = None if data.pooled is None else data.pooled.to(device)
     out, nfe, seconds = [], 0, 0.0
     for start in range(0, len(latent), spec.batch_size):
         sl = slice(start, start + spec.batch_size)
@@ -234,7 +235,7 @@ def integrate_latents(model: nn.Module, objective: str, data: LatentData, spec: 
             log.info("batch at row %d: taken from %s", start, store.folder)
         else:
             x0, batch_nfe, batch_seconds = _sample_batch(model, objective, data, spec, sl, noise, keep, inpaint,
-                                                         null_tokens, null_keep, corrected_field, device)
+                                                         null_tokens, null_keep, corrected_field, device, pooled)
             if store is not None:
                 store.save(start, x0, batch_nfe, batch_seconds)
         out.append(x0.float().cpu())
@@ -250,14 +251,17 @@ def integrate_latents(model: nn.Module, objective: str, data: LatentData, spec: 
 
 def _sample_batch(model: nn.Module, objective: str, data: LatentData, spec: SamplingSpec, sl: slice,
                   noise: torch.Tensor, keep: torch.Tensor | None, inpaint: dict | None, null_tokens: torch.Tensor,
-                  null_keep: torch.Tensor, corrected_field: bool, device: torch.device
-                  ) -> tuple[torch.Tensor, int, float]:
-    """One batch of :func:`integrate_latents` on ``device``: ``(x0, nfe, seconds)``."""
+                  null_keep: torch.Tensor, corrected_field: bool, device: torch.device,
+                  pooled: torch.Tensor | None = None) -> tuple[torch.Tensor, int, float]:
+    """One batch of :func:`integrate_latents` on ``device``: ``(x0, nfe, seconds)``; ``pooled``: the prompt
+    table's pooled vectors on ``device`` (SDXL / SD3 / Flux)."""
     tensors = data.dataset.tensors
     pid = tensors["prompt"][sl]
     field_fn = ConditionedField(model, tensors["mask"][sl].to(device), data.tokens[pid].to(device),
                                  data.keep[pid].to(device), null_tokens, null_keep, spec.guidance_scale,
-                                 corrected_field, spec.tweedie_mapping)
+                                 corrected_field, spec.tweedie_mapping,
+                                 None if pooled is None else pooled[pid.to(device)],
+                                 None if pooled is None else pooled[data.null_id:data.null_id + 1])
     gen = torch.Generator().manual_seed(spec.seed + 1 + sl.start)
     x1 = noise[sl].to(device)
     if keep is not None:

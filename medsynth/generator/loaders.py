@@ -9,7 +9,7 @@ from torch import nn
 
 from medsynth.generator.data import LatentData, build_latent_data
 from medsynth.launch import job_device, set_threads
-from medsynth.models.backbones import build_backbone, input_channels, mask_routing
+from medsynth.models.backbones import adapter_for, build_backbone, input_channels, mask_routing
 
 __all__ = ["set_threads", "resolve_text_encoder", "load_vae", "load_latent_data", "check_channels", "backbone_dims",
            "load_backbone"]
@@ -46,10 +46,12 @@ def check_channels(model: nn.Module, data: LatentData) -> None:
     """The backbone's input (and ControlNet conditioning) channels against the data's latent + mask channels."""
     latent, mask = data.dataset.tensors["latent"], data.dataset.tensors["mask"]
     concat, control = mask_routing(model)
-    want, have = input_channels(model), latent.shape[1] + (mask.shape[1] if concat else 0)
+    per = adapter_for(model).features_per_channel  # Flux: 2x2-packed, 4 input features per latent channel
+    want, have = input_channels(model), (latent.shape[1] + (mask.shape[1] if concat else 0)) * per
     if want != have:
         what = "latent + mask" if concat else "latent (the mask goes to the ControlNet)"
-        raise ValueError(f"generator.backbone in_channels = {want}, but {what} channels = {have}")
+        packed = f" x {per} packed features" if per > 1 else ""
+        raise ValueError(f"generator.backbone in_channels = {want}, but {what} channels{packed} = {have}")
     if control:
         cond = int(model.config.controlnet_params["conditioning_embedding_in_channels"])
         if cond != mask.shape[1]:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from medsynth.generator.data import (
     DEFAULT_SEVERITY,
     LatentData,
+    prompt_table,
     severity_fractions,
     severity_grades,
     slice_prompts,
@@ -56,10 +57,10 @@ def stochastic_conditions(data: LatentData, masks: np.ndarray, names: Sequence[s
     prompts = slice_prompts(index, grades, severity["pathology"])
     unique = list(dict.fromkeys(prompts))
     ids = {p: i for i, p in enumerate(unique)}
-    tokens, keep = text_encoder.encode(unique + [""], int(gen_cfg.get("max_length", 32)))
+    tokens, keep, pooled = prompt_table(text_encoder, unique, int(gen_cfg.get("max_length", 32)))
     latent = data.dataset.tensors["latent"]
     mask = F.interpolate(torch.from_numpy(new.astype(np.float32) - 0.5), size=tuple(latent.shape[2:]), mode="area")
     dataset = TensorDictDataset({"latent": latent, "mask": mask.contiguous(),
                                  "prompt": torch.as_tensor([ids[p] for p in prompts], dtype=torch.long)})
     index = index.assign(prompt=prompts)
-    return LatentData(dataset, unique, tokens.float().contiguous(), keep.contiguous(), index, list(names)), new
+    return LatentData(dataset, unique, tokens, keep, index, list(names), pooled), new

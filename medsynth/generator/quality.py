@@ -34,7 +34,7 @@ def subset(data: LatentData, indices: Sequence[int]) -> LatentData:
     idx = torch.as_tensor(list(indices), dtype=torch.long)
     tensors = {k: v[idx] for k, v in data.dataset.tensors.items()}
     return LatentData(TensorDictDataset(tensors), data.prompts, data.tokens, data.keep,
-                      data.index.iloc[idx.numpy()].reset_index(drop=True), list(data.names))
+                      data.index.iloc[idx.numpy()].reset_index(drop=True), list(data.names), data.pooled)
 
 
 def hu_quality_check(model: nn.Module, objective: str, data: LatentData, vae: nn.Module, stats: dict, spec,

@@ -164,7 +164,7 @@ def run_base(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Path,
 
 def _fisher(model: nn.Module, data: LatentData, ewc_cfg: Mapping, seed: int) -> dict[str, torch.Tensor]:
     """Diagonal Fisher of ``model`` on ``data`` with the plain flow loss, seeded batches and draws."""
-    step = GeneratorStep(data.tokens, data.keep, data.null_id)
+    step = GeneratorStep(data.tokens, data.keep, data.null_id, pooled=data.pooled)
     n, bs = len(data.dataset), int(ewc_cfg["fisher_batch_size"])
     gen = torch.Generator().manual_seed(int(seed))
     batches = [(data.dataset.get_batch(torch.randint(0, n, (bs,), generator=gen).tolist()), i)
@@ -300,7 +300,7 @@ def run_stage2(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Pat
                                         guidance_scale=float(dmd["guidance_scale"]),
                                         regression_weight=float(dmd["regression_weight"]),
                                         fake_weight=float(dmd["fake_weight"]),
-                                        t_range=tuple(float(v) for v in dmd["t_range"]))
+                                        t_range=tuple(float(v) for v in dmd["t_range"]), pooled=data.pooled)
         groups = [{"params": [p for p in model.parameters() if p.requires_grad]},
                   {"params": list(fake.parameters()), "lr": float(dmd["fake_lr"])}]
         result = train(pair, step, data.dataset, train_config(stage_cfg, outputs.folder, fp), trainable_params=groups,

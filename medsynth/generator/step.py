@@ -48,6 +48,7 @@ class GeneratorStep:
     cond_dropout: float = 0.0
     distribution: str = "uniform"
     extras: Sequence[ExtraTerm] = ()
+    pooled: torch.Tensor | None = None  # (P + 1, pooled_dim) for SDXL / SD3 / Flux text encoders
 
     def __post_init__(self) -> None:
         if isinstance(self.objective, NoisePrediction) and self.extras:
@@ -73,13 +74,14 @@ class GeneratorStep:
             mask = torch.where(drop.view(-1, *[1] * (mask.ndim - 1)), torch.full_like(mask, ABSENT_MASK_VALUE), mask)
         text = self.tokens.to(device)[pid]
         keep = self.keep.to(device)[pid]
+        pooled = None if self.pooled is None else self.pooled.to(device)[pid]
         if isinstance(self.objective, NoisePrediction):
-            loss = self.objective(model, x0, mask, text, keep, generator)
+            loss = self.objective(model, x0, mask, text, keep, generator, pooled=pooled)
             return {"ddpm": loss, "loss": loss}
-        main, x_t, flow_field = self.objective(model, x0, x1, t, text, keep, mask)
+        main, x_t, flow_field = self.objective(model, x0, x1, t, text, keep, mask, pooled=pooled)
         terms = {"flow": main}
         loss = main
-        state = StepState(model, pair, self.objective, x0, x1, x_t, t, text, keep, mask, flow_field, step)
+        state = StepState(model, pair, self.objective, x0, x1, x_t, t, text, keep, mask, flow_field, step, pooled)
         for term in self.extras:
             logged, parts = term(state)
             terms.update(logged)
@@ -119,4 +121,4 @@ def build_step(data: LatentData, stage_cfg: Mapping, ddpm_cfg: Mapping | None = 
         terms.append(adversarial)
     return GeneratorStep(data.tokens, data.keep, data.null_id, objective=objective,
                          cond_dropout=float(stage_cfg["cond_dropout"]),
-                         distribution=str(stage_cfg["timesteps"]), extras=terms)
+                         distribution=str(stage_cfg["timesteps"]), extras=terms, pooled=data.pooled)

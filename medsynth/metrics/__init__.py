@@ -5,6 +5,8 @@
   weights only; any encoder trained in the pipeline via :func:`register_module_extractor`).
 * :mod:`~medsynth.metrics.frechet`: FD / KID through torch-fidelity, per CT window (MedSyn2 Table 1)
   and per plane on central slices of volumes (MAISI 2.5D FID).
+* :mod:`~medsynth.metrics.extractors`, :mod:`~medsynth.metrics.recipes`, :mod:`~medsynth.metrics.pretrained_fd`:
+  the pretrained extractors (RadImageNet, Inception, ...), each one's FD recipe as data, their FDs.
 * :mod:`~medsynth.metrics.masks`: Dice / Jaccard / HD95 / ASD and SSIM / PSNR via MONAI (MedSyn2
   Tables 6 and 7).
 
@@ -26,6 +28,8 @@ _EXPORTS = {
     "PLANES": "frechet", "PLANE_LABELS": "frechet", "UInt8ImageDataset": "frechet", "central_slices": "frechet",
     "frechet_metrics": "frechet", "inception_fid": "frechet", "per_plane_windowed_fd": "frechet",
     "per_window_fd": "frechet", "to_uint8_rgb": "frechet",
+    "FDRecipe": "recipes", "fd_recipe": "recipes", "recipe_unit_images": "recipes", "RecipeEncoder": "recipes",
+    "pretrained_fd": "pretrained_fd", "pretrained_fd_volumes": "pretrained_fd",
     "channel_means": "masks", "image_metrics": "masks", "mask_metrics": "masks", "mean_over_channels": "masks",
 }
 

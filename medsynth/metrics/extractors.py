@@ -24,7 +24,7 @@ from torch import nn
 
 from medsynth.weights.local import WeightsMissing, model_files
 
-__all__ = ["EXTRACTORS", "ExtractorSpec", "extractor_status", "load_extractor"]
+__all__ = ["EXTRACTORS", "ExtractorSpec", "extractor_from_file", "extractor_status", "load_extractor"]
 
 
 @dataclass(frozen=True)
@@ -77,20 +77,26 @@ def extractor_status(name: str, weights_dir: str | Path) -> str:
 
 
 def load_extractor(name: str, weights_dir: str | Path) -> nn.Module:
-    """The extractor network in eval mode, from local weights only (``WeightsMissing`` names the fix)."""
-    spec = EXTRACTORS[name]
+    """The extractor network in eval mode, from the weights folder only (``WeightsMissing`` names the fix)."""
     status = extractor_status(name, weights_dir)
     if status != "ok":
         raise WeightsMissing(status.removeprefix("unavailable: "))
+    return extractor_from_file(name, _weights(EXTRACTORS[name], weights_dir))
+
+
+def extractor_from_file(name: str, path: str | Path) -> nn.Module:
+    """The extractor network in eval mode from its weights file (the registry file of :data:`EXTRACTORS`)."""
     if name == "radimagenet_resnet50":
         from medsynth.metrics.radimagenet import RadImageNetResNet50
 
         net = RadImageNetResNet50()
-        net.load_state_dict(torch.load(_weights(spec, weights_dir), map_location="cpu", weights_only=True), strict=True)
+        net.load_state_dict(torch.load(str(path), map_location="cpu", weights_only=True), strict=True)
         return net.eval().requires_grad_(False)
     if name == "inception":
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
         return FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
-                                           feature_extractor_weights_path=str(_weights(spec, weights_dir))).eval()
-    raise ValueError(f"{name}: built by the evaluation stage (the study's downstream encoder), not from weights")
+                                           feature_extractor_weights_path=str(path)).eval()
+    if name == "self_trained":
+        raise ValueError(f"{name}: built by the evaluation stage (the study's downstream encoder), not from weights")
+    raise ValueError(f"{name}: no loader for this extractor yet")

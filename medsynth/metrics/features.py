@@ -58,7 +58,7 @@ def _hub_checkpoints() -> Path:
 def inception_weights(path: str | os.PathLike | None) -> tuple[str | None, str]:
     """Local InceptionV3 weights: ``(path, "ok")`` or ``(None, "unavailable: ...")``; never downloads.
 
-    Looks at ``path`` (config ``metrics.inception_weights``) first, then at
+    Looks at ``path`` (config ``metrics.inception_pretrained_path``) first, then at
     ``torch.hub.get_dir()/checkpoints/`` + :data:`INCEPTION_WEIGHTS_FILE`.
     """
     if path is not None and Path(path).is_file():
@@ -67,7 +67,7 @@ def inception_weights(path: str | os.PathLike | None) -> tuple[str | None, str]:
     if cached.is_file():
         return str(cached), "ok"
     where = f"configured path {str(path)!r} does not exist; " if path is not None else ""
-    return None, (f"unavailable: no Inception weights ({where}set metrics.inception_weights or place "
+    return None, (f"unavailable: no Inception weights ({where}set metrics.inception_pretrained_path or place "
                   f"{INCEPTION_WEIGHTS_FILE} in {_hub_checkpoints()})")
 
 

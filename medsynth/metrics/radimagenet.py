@@ -12,22 +12,18 @@ here, not its code): HU clipped to [-1000, 1000]; the slices of one plane of one
 by one min-max to [0, 1]; grey repeated to 3 channels (its RGB -> BGR flip is a no-op on grey); the
 BGR ImageNet mean ``(0.406, 0.456, 0.485)`` subtracted, no division by a standard deviation; no
 resizing; features = the spatial mean of the output map; FID per plane, reported as the mean of XY,
-YZ and ZX; central 40 % of the slices of each axis in the published evaluation.
+YZ and ZX; central 40 % of the slices of each axis in the published evaluation. Those facts are the
+defaults of ``metrics.fd_recipes.radimagenet_resnet50`` (:mod:`medsynth.metrics.recipes`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["MAISI_BGR_MEAN", "MAISI_HU_CLIP", "RadImageNetResNet50", "maisi_radimagenet_input"]
+__all__ = ["RadImageNetResNet50"]
 
-#: HU range MAISI clips volumes to before its FD
-MAISI_HU_CLIP = (-1000.0, 1000.0)
-#: the per-channel mean MAISI subtracts (ImageNet's, in BGR order)
-MAISI_BGR_MEAN = (0.406, 0.456, 0.485)
 _EPS = 1.001e-5
 
 
@@ -76,17 +72,3 @@ class RadImageNetResNet50(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
-
-
-def maisi_radimagenet_input(slices_hu: torch.Tensor, hu_clip: Sequence[float] = MAISI_HU_CLIP,
-                            mean: Sequence[float] = MAISI_BGR_MEAN) -> torch.Tensor:
-    """MAISI's network input for the slices of one plane of one volume: ``(N, 1, H, W)`` HU -> ``(N, 3, H, W)``.
-
-    Clip to ``hu_clip``, one min-max over the whole stack to [0, 1], repeat to 3 channels, subtract
-    ``mean`` per channel (module docstring).
-    """
-    if slices_hu.dim() != 4 or slices_hu.shape[1] != 1:
-        raise ValueError(f"expected (N, 1, H, W) slices, got {tuple(slices_hu.shape)}")
-    x = slices_hu.float().clamp(*hu_clip)
-    x = (x - x.min()) / (x.max() - x.min() + 1e-10)
-    return x.expand(-1, 3, -1, -1) - torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)

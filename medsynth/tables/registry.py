@@ -70,7 +70,7 @@ def _meddiff_inputs(study: "Study") -> dict[str, str]:
 TABLES: dict[str, TableSpec] = {
     "victr_table2": TableSpec(
         "ViCTr Table 2 - image quality of vanilla fine-tuning vs ViCTr",
-        ("FID needs torch-fidelity's InceptionV3 weights (config metrics.inception_weights, or"
+        ("FID needs torch-fidelity's InceptionV3 weights (config metrics.inception_pretrained_path, or"
          " weights-inception-2015-12-05-6726825d.pth in the torch hub cache); without them the cell says so.",
          "The paper's MFID uses M3D-CLIP features; ours is the Frechet distance on the encoder named in the column.",
          "seconds per sample: wall time of the sampler + VAE decoding on this run's device (not deterministic)."),
@@ -143,7 +143,9 @@ TABLES: dict[str, TableSpec] = {
     "maisi_main": TableSpec(
         "MAISI-v2 main results - method x steps x seconds",
         ("seconds per sample: wall time on this run's device (not deterministic); the paper's are on an A100"
-         " at 512^3.",),
+         " at 512^3.",
+         "FID_avg: RadImageNet ResNet-50 features with MAISI's 2.5D recipe (config metrics.fd_recipes,"
+         " metrics.radimagenet_pretrained_path); without the weights the cell says so."),
         inputs=lambda s: {f"{r['model']}/{r['run']}": s.metrics_json(r["model"], r["run"])
                           for r in s.tables["maisi_main"]},
         build=lambda loaded, inputs, p: builders.maisi_main(list(loaded.values()), p["paper_dir"]),

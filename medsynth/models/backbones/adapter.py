@@ -66,7 +66,10 @@ class BackboneAdapter:
         return int(model.config.in_channels)
 
     def record_in_channels(self, model: nn.Module, in_channels: int) -> None:
-        """Write a widened input to the model config (so ``save_pretrained`` records it)."""
+        """Write a widened input to the model config (so ``save_pretrained`` records it); an ``out_channels:
+        null`` (Flux, PixArt: "as many as in") is pinned to the output the model has, so a reload keeps it."""
+        if "out_channels" in model.config and model.config.get("out_channels") is None:
+            model.register_to_config(out_channels=int(getattr(model, "out_channels", self.in_channels(model))))
         model.register_to_config(in_channels=in_channels)
 
     def split_in_channels(self, params: dict) -> tuple[dict, int | None]:
@@ -77,6 +80,11 @@ class BackboneAdapter:
     def pretrained_value(self, have: Any, want: Any) -> Any:
         """The part of a loaded config value ``have`` to compare with the asked-for ``want``."""
         return have
+
+    def narrow_output(self, model: nn.Module, out_channels: int) -> bool:
+        """Keep only the first ``out_channels`` outputs of a loaded model whose head predicts more (PixArt's
+        learned variance); ``False``: this type cannot, and ``params.out_channels`` must match the checkpoint."""
+        return False
 
     def load_release_file(self, path: str, params: dict) -> nn.Module | None:
         """A model from a single weights file (not a diffusers folder); ``None``: this type has no such format."""

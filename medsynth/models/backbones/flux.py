@@ -4,7 +4,8 @@ Tokens are 2x2-packed latents (``in_channels`` = 4 x channels, ``patch_size`` 1)
 (0, row, col) and ``txt_ids`` (zeros); timestep (and ``guidance``, for guidance-distilled models) in
 [0, 1], multiplied by 1000 inside; the text mask goes in as ``joint_attention_kwargs["attention_mask"]``
 over the joint ``[text; image]`` sequence; ``sum(axes_dims_rope) == attention_head_dim``; needs
-``pooled_projections`` (default: the masked mean of the tokens). Hub repositories keep it in
+``pooled_projections`` (the ``flux`` text encoder's CLIP-L pooled output, :mod:`medsynth.models.text`;
+without one, the masked mean of the tokens). Hub repositories keep it in
 ``transformer/``.
 """
 

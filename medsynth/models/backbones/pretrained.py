@@ -2,8 +2,9 @@
 
 With ``pretrained`` set and ``params.in_channels`` larger than the checkpoint's, the input layer is
 widened with zero weights for the extra (mask) channels, so the loaded model's output is unchanged until
-those weights train (the InstructPix2Pix recipe). Any other ``params`` must agree with the checkpoint's
-config.
+those weights train (the InstructPix2Pix recipe). ``params.out_channels`` half the checkpoint's drops a
+learned-variance head where the adapter can (PixArt, :meth:`.adapter.BackboneAdapter.narrow_output`).
+Any other ``params`` must agree with the checkpoint's config.
 """
 
 from __future__ import annotations
@@ -99,6 +100,9 @@ def load_pretrained(adapter: BackboneAdapter, cfg: dict, key: str) -> nn.Module:
         raise BackbonePretrainedError(f"{where}: cannot load {cls.__name__}: {type(exc).__name__}: {exc}.{hint}") from exc
 
     params, want_in = adapter.split_in_channels(params)
+    want_out = params.get("out_channels")
+    if want_out is not None and want_out != model.config.get("out_channels") and adapter.narrow_output(model, int(want_out)):
+        params.pop("out_channels")
     loaded = dict(model.config)
     for name, value in params.items():
         have = adapter.pretrained_value(loaded.get(name), value)

@@ -1,7 +1,8 @@
 """``sd3``: diffusers ``SD3Transformer2DModel`` (ViCTr on Stable Diffusion 3, MMDiT).
 
-Timestep ``t * 1000`` (the SD3 pipeline's ``sigma * 1000``); needs ``pooled_projections`` (default: the
-masked mean of the tokens); its joint-attention processor takes no text mask; positions are cropped
+Timestep ``t * 1000`` (the SD3 pipeline's ``sigma * 1000``); needs ``pooled_projections`` (the ``sd3`` text
+encoder's two projected CLIP vectors, :mod:`medsynth.models.text`; without one, the masked mean of the
+tokens); its joint-attention processor takes no text mask; positions are cropped
 from a ``pos_embed_max_size`` grid, which must cover ``H / patch_size``. Hub repositories keep it in
 ``transformer/``.
 """

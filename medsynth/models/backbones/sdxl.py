@@ -1,8 +1,9 @@
 """``sdxl``: diffusers ``UNet2DConditionModel`` with SDXL's ``text_time`` additional embedding (ViCTr on SD-XL).
 
 As :mod:`.unet2d_condition` (``t * 1000``, the text mask as ``encoder_attention_mask``, hub subfolder
-``unet/``), plus SDXL's ``added_cond_kwargs``: ``text_embeds``, the pooled text vector (default: the
-masked mean of the tokens; its width is ``projection_class_embeddings_input_dim - 6 *
+``unet/``), plus SDXL's ``added_cond_kwargs``: ``text_embeds``, the pooled text vector (the ``sdxl`` text
+encoder's projected CLIP-G vector, :mod:`medsynth.models.text`; without one, the masked mean of the
+tokens; its width is ``projection_class_embeddings_input_dim - 6 *
 addition_time_embed_dim``, 1280 for SDXL: CLIP-G's pooled projection), and ``time_ids``, the six micro
 conditions (original height, width, crop top, left, target height, width) in pixels. Our slices are
 never cropped or resized from another size, so both sizes are the image size SDXL's own VAE would

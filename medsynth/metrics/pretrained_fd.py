@@ -1,0 +1,89 @@
+"""Frechet distances on a pretrained extractor's features, following its recipe (:mod:`.recipes`).
+
+:func:`pretrained_fd` scores 2D slice sets, :func:`pretrained_fd_volumes` volumes (2.5D: the central
+slices of each plane, one FD per plane, their mean). The weights file comes from the config
+(``metrics.<extractor>_pretrained_path``, a registry reference the workflow resolves to the local
+file); when it is not set or not there the value is ``None`` and the status says
+``"unavailable: <reason>"``, and no other network's number stands in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medsynth.metrics.extractors import EXTRACTORS, extractor_from_file
+from medsynth.metrics.features import register_module_extractor, unregister_module_extractor
+from medsynth.metrics.frechet import PLANE_LABELS, PLANES, central_slices, frechet_metrics
+from medsynth.metrics.recipes import FDRecipe, RecipeEncoder, recipe_unit_images
+
+__all__ = ["pretrained_fd", "pretrained_fd_volumes", "weights_status"]
+
+
+def weights_status(name: str, path: str | Path | None, key: str) -> str:
+    """``"ok"`` or the ``"unavailable: <reason>"`` text of an extractor whose weights file is ``path``
+    (config key ``key``)."""
+    spec = EXTRACTORS[name]
+    if path is None:
+        return (f"unavailable: {key} is not set (set it to {spec.model}/{spec.file}: the weights rule fetches "
+                f"registry model {spec.model})")
+    if not Path(path).is_file():
+        return f"unavailable: {key} = {str(path)!r} is not a file (fetch registry model {spec.model})"
+    if not spec.loader:
+        return f"unavailable: the {name} extractor is registered but this version has no loader for it yet"
+    return "ok"
+
+
+def _entry(name: str, recipe: FDRecipe, status: str, value: float | None = None, **extra) -> dict:
+    return {"value": value, "status": status, "extractor": EXTRACTORS[name].title, "recipe": recipe.record(),
+            **extra}
+
+
+def _fd(name: str, net, recipe: FDRecipe, real01: torch.Tensor, fake01: torch.Tensor, **kw) -> dict:
+    ext = register_module_extractor(f"medsynth-{name}", RecipeEncoder(net, recipe))
+    try:
+        return frechet_metrics(real01, fake01, ext, kid=False, **kw)
+    finally:
+        unregister_module_extractor(ext)
+
+
+def pretrained_fd(name: str, path: str | Path | None, key: str, real: np.ndarray | torch.Tensor,
+                  fake: np.ndarray | torch.Tensor, recipe: FDRecipe, hu_range: Sequence[float] | None,
+                  **kw) -> dict:
+    """FD of two ``[N, 1, H, W]`` model-unit slice sets on extractor ``name``: ``{"value", "status",
+    "extractor", "recipe", "n_real", "n_fake"}``; ``kw`` go to :func:`~.frechet.frechet_metrics`."""
+    status = weights_status(name, path, key)
+    if status != "ok":
+        return _entry(name, recipe, status)
+    net = extractor_from_file(name, path)
+    r01 = recipe_unit_images(torch.as_tensor(real), recipe, hu_range)
+    f01 = recipe_unit_images(torch.as_tensor(fake), recipe, hu_range)
+    res = _fd(name, net, recipe, r01, f01, **kw)
+    return _entry(name, recipe, "ok", float(res["fd"]), n_real=res["n_real"], n_fake=res["n_fake"])
+
+
+def pretrained_fd_volumes(name: str, path: str | Path | None, key: str, real: np.ndarray | torch.Tensor,
+                          fake: np.ndarray | torch.Tensor, recipe: FDRecipe, hu_range: Sequence[float] | None,
+                          **kw) -> dict:
+    """2.5D FD of two ``[N, 1, X, Y, Z]`` model-unit volume sets: per plane (XY, YZ, ZX), the
+    central ``recipe.central_fraction`` of the slices of every volume (one min-max group per volume and
+    plane for ``scaling: minmax``); ``value`` is the mean over the planes, ``per_plane`` each."""
+    status = weights_status(name, path, key)
+    if status != "ok":
+        return _entry(name, recipe, status, per_plane={})
+    net = extractor_from_file(name, path)
+    real, fake = torch.as_tensor(real), torch.as_tensor(fake)
+    per_plane = {}
+    for plane, axis in PLANES.items():
+        sets = []
+        for volumes in (real, fake):
+            slices = central_slices(volumes, axis, recipe.central_fraction)
+            groups = torch.arange(len(volumes)).repeat_interleave(len(slices) // len(volumes))
+            sets.append(recipe_unit_images(slices, recipe, hu_range, groups))
+        res = _fd(name, net, recipe, *sets, **kw)
+        per_plane[PLANE_LABELS[plane]] = {"fd": float(res["fd"]), "n_real": res["n_real"], "n_fake": res["n_fake"]}
+    value = float(np.mean([p["fd"] for p in per_plane.values()]))
+    return _entry(name, recipe, "ok", value, per_plane=per_plane)
