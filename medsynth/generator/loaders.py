@@ -54,9 +54,13 @@ def check_channels(model: nn.Module, data: LatentData) -> None:
         raise ValueError(f"generator.backbone in_channels = {want}, but {what} channels{packed} = {have}")
     if control:
         cond = int(model.config.controlnet_params["conditioning_embedding_in_channels"])
-        if cond != mask.shape[1]:
+        ids = model.config.get("control_label_ids")
+        if ids and len(ids) != mask.shape[1]:
+            raise ValueError(f"generator.backbone.params.control_label_ids has {len(ids)} MAISI label ids, but the "
+                             f"data has {mask.shape[1]} mask channels (one id per channel)")
+        if not ids and cond != mask.shape[1]:
             raise ValueError(f"generator.backbone.params.controlnet_params.conditioning_embedding_in_channels = "
-                             f"{cond}, but the data has {mask.shape[1]} mask channels")
+                             f"{cond}, but the data has {mask.shape[1]} mask channels (or set control_label_ids)")
     if latent.ndim - 2 != backbone_dims(model):
         raise ValueError(f"generator.backbone works on {backbone_dims(model)}D inputs, the latents are "
                          f"{latent.ndim - 2}D (2D slices need a 2D backbone, volumes a 3D one)")

@@ -12,7 +12,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.modeling_utils import ModelMixin
 
-__all__ = ["MASK_INPUTS", "MaisiBackbone"]
+__all__ = ["MASK_INPUTS", "MaisiBackbone", "binarize_label_map", "label_map"]
 
 #: Where ``predict(..., mask=)`` sends the mask of a ``maisi_unet3d`` (``params.mask_input``).
 MASK_INPUTS = ("concat", "control", "both")
@@ -37,16 +37,35 @@ class MaisiBackbone(ModelMixin, ConfigMixin, PeftAdapterMixin):
     trained. ``forward`` takes timesteps on MONAI's ``RFlowScheduler`` scale (``t * 1000``).
     ``mask_input``: where :func:`predict` puts a ``mask=``: ``concat`` (input channels), ``control``
     (the ControlNet's conditioning only) or ``both``.
+
+    The released MAISI networks take more than latents (``configs/config_network_rflow.json`` of
+    NV-Generate-CTMR: ``include_spacing_input``, ``num_class_embeds: 128``): ``spacing_mm`` is the voxel
+    spacing of the training volumes (every volume of a study shares the registration grid), passed as
+    MAISI passes it (mm x 100); ``class_label`` the modality class (MAISI-v2's CT: 1);
+    ``control_label_ids`` the MAISI label id of each condition channel (in the study's channel order,
+    e.g. liver 1, spleen 3, lung 20, bone 21): the ControlNet then sees the masks as MAISI's label map,
+    binarised to ``conditioning_embedding_in_channels`` bits (bit ``c`` of the id on channel ``c``), where
+    the study's channels overlap the last one wins.
     """
 
     @register_to_config
     def __init__(self, unet_params: dict, controlnet_params: dict | None = None, controlnet_from_unet: bool = True,
-                 mask_input: str = "concat"):
+                 mask_input: str = "concat", spacing_mm: list[float] | None = None, class_label: int | None = None,
+                 control_label_ids: list[int] | None = None):
         super().__init__()
         if mask_input not in MASK_INPUTS:
             raise ValueError(f"maisi_unet3d mask_input must be one of {MASK_INPUTS}, got {mask_input!r}")
         if mask_input != "concat" and controlnet_params is None:
             raise ValueError(f"maisi_unet3d mask_input {mask_input!r} needs a ControlNet (controlnet_params)")
+        if spacing_mm is not None and len(spacing_mm) != 3:
+            raise ValueError(f"maisi_unet3d spacing_mm must be [x, y, z] in mm, got {spacing_mm}")
+        if control_label_ids is not None:
+            if controlnet_params is None:
+                raise ValueError("maisi_unet3d control_label_ids encode masks for a ControlNet: set controlnet_params")
+            bits = int(controlnet_params["conditioning_embedding_in_channels"])
+            if max(control_label_ids) >= 2 ** bits or min(control_label_ids) < 1:
+                raise ValueError(f"maisi_unet3d control_label_ids {control_label_ids}: each id must be in [1, {2 ** bits})"
+                                 f" ({bits} conditioning channels = bits)")
         from monai.apps.generation.maisi.networks.controlnet_maisi import ControlNetMaisi
         from monai.apps.generation.maisi.networks.diffusion_model_unet_maisi import DiffusionModelUNetMaisi
 
@@ -101,3 +120,21 @@ class MaisiBackbone(ModelMixin, ConfigMixin, PeftAdapterMixin):
         h = unet.middle_block(h, emb, context) + mid
         skips = added
         return unet.out(unet._apply_up_blocks(h, emb, context, skips))
+
+
+def label_map(present: torch.Tensor, ids: list[int]) -> torch.Tensor:
+    """``(B, C, *spatial)`` bool masks -> ``(B, *spatial)`` label map: channel ``c``'s voxels get ``ids[c]``
+    (a later channel wins where they overlap), background 0."""
+    if present.shape[1] != len(ids):
+        raise ValueError(f"{present.shape[1]} condition channels but {len(ids)} control_label_ids")
+    labels = torch.zeros(present.shape[:1] + present.shape[2:], dtype=torch.long, device=present.device)
+    for c, label in enumerate(ids):
+        labels = torch.where(present[:, c], torch.as_tensor(int(label), device=present.device), labels)
+    return labels
+
+
+def binarize_label_map(labels: torch.Tensor, bits: int) -> torch.Tensor:
+    """``(B, *spatial)`` integer labels -> ``(B, bits, *spatial)`` 0/1 floats, bit ``c`` of the label on channel
+    ``c`` (MAISI's ControlNet conditioning)."""
+    powers = 2 ** torch.arange(bits, device=labels.device)
+    return (labels.unsqueeze(1) & powers.view(1, -1, *[1] * (labels.dim() - 1))).ne(0).float()

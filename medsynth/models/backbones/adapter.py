@@ -86,8 +86,10 @@ class BackboneAdapter:
         learned variance); ``False``: this type cannot, and ``params.out_channels`` must match the checkpoint."""
         return False
 
-    def load_release_file(self, path: str, params: dict) -> nn.Module | None:
-        """A model from a single weights file (not a diffusers folder); ``None``: this type has no such format."""
+    def load_release_file(self, path: str, params: dict, cfg: dict) -> nn.Module | None:
+        """A model from a single weights file (not a diffusers folder; ``cfg``: the backbone config, for files
+        beside it); ``None``: this type has no such format. Its ``params`` are then checked and its input
+        widened like a loaded folder's."""
         return None
 
     def mask_routing(self, model: nn.Module) -> tuple[bool, bool]:

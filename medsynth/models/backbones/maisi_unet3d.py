@@ -4,8 +4,15 @@
 Timesteps on MONAI's ``RFlowScheduler`` scale (``t * 1000``, same direction as ours); ``context`` only
 when the UNet has cross-attention (``with_conditioning``); no text mask. ``params.mask_input`` says where
 ``predict(..., mask=)`` routes the mask: ``concat`` (input channels), ``control`` (the ControlNet's
-conditioning only; ``unet_params.in_channels`` = latent channels) or ``both``. A MAISI release checkpoint
-(a single ``.pt`` / ``.safetensors`` file of UNet weights) loads as well as a diffusers folder.
+conditioning only; ``unet_params.in_channels`` = latent channels) or ``both``.
+
+A MAISI release checkpoint loads as well as a diffusers folder: ``pretrained`` names the UNet's file
+(``models/diff_unet_3d_rflow-ct.pt``: ``unet_state_dict``, and a ``scale_factor`` not used here, where the
+latents are z-normalised with the tuned VAE's statistics), ``controlnet_pretrained_path`` the ControlNet's
+(``models/controlnet_3d_rflow-ct.pt``: ``controlnet_state_dict``); both load strictly into the
+architecture ``params`` describe, at the release's input width, which is then widened with zero weights
+for concatenated mask channels. Spacing, modality class and the ControlNet's label encoding:
+:class:`~medsynth.models.maisi_backbone.MaisiBackbone`.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..maisi_backbone import MaisiBackbone
+from ..maisi_backbone import MaisiBackbone, binarize_label_map, label_map
 from .adapter import BackboneAdapter, Conditions
 
 
@@ -55,18 +62,21 @@ class MaisiUNet3DAdapter(BackboneAdapter):
             return {k: have.get(k) for k in want}
         return have
 
-    def load_release_file(self, path: str, params: dict) -> nn.Module | None:
+    def load_release_file(self, path: str, params: dict, cfg: dict) -> nn.Module | None:
         if not Path(path).is_file():
             return None
-        model = MaisiBackbone(**params)  # a MAISI release checkpoint: UNet weights only
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            state = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("unet_state_dict", state)
-        model.unet.load_state_dict(state)
+        unet_state = _state(path, "unet_state_dict")
+        release_in = int(unet_state["conv_in.conv.weight"].shape[1])
+        built = {**params, "unet_params": {**params["unet_params"], "in_channels": release_in}}
+        control_path = cfg.get("controlnet_pretrained_path")
+        if control_path:  # the ControlNet's own weights, not a copy of the UNet's encoder
+            built["controlnet_from_unet"] = False
+        model = MaisiBackbone(**built)
+        model.unet.load_state_dict(unet_state)
+        if control_path:
+            if model.controlnet is None:
+                raise ValueError("controlnet_pretrained_path is set but params.controlnet_params is null")
+            model.controlnet.load_state_dict(_state(control_path, "controlnet_state_dict"))
         return model
 
     def mask_routing(self, model: nn.Module) -> tuple[bool, bool]:
@@ -79,16 +89,42 @@ class MaisiUNet3DAdapter(BackboneAdapter):
             raise ValueError("maisi_unet3d mask_input routes the mask to the ControlNet, but there is none")
         levels = len(model.config.controlnet_params["conditioning_embedding_num_channels"])
         size = tuple(int(s) * 2 ** (levels - 1) for s in latent_spatial)
-        if tuple(mask.shape[2:]) == size:
+        if tuple(mask.shape[2:]) != size:
+            shrink = all(s <= m for s, m in zip(size, mask.shape[2:]))
+            mask = F.interpolate(mask, size=size, mode="area" if shrink else "trilinear",
+                                 **({} if shrink else {"align_corners": False}))
+        ids = model.config.get("control_label_ids")
+        if not ids:
             return mask
-        shrink = all(s <= m for s, m in zip(size, mask.shape[2:]))
-        return F.interpolate(mask, size=size, mode="area" if shrink else "trilinear",
-                             **({} if shrink else {"align_corners": False}))
+        bits = int(model.config.controlnet_params["conditioning_embedding_in_channels"])
+        return binarize_label_map(label_map(mask > 0, list(ids)), bits).to(mask.dtype)
 
     def forward(self, model: nn.Module, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
                 keep: torch.Tensor | None, cond: Conditions) -> torch.Tensor:
         context = text if model.unet.with_conditioning else None
-        if model.unet.include_spacing_input and cond.spacing is None:
-            raise ValueError("this maisi_unet3d has include_spacing_input: pass spacing=(B, 3) voxel spacing")
-        return model(x, t * 1000, context=context, control=cond.control,
-                     conditioning_scale=cond.conditioning_scale, spacing=cond.spacing)
+        b, c = x.shape[0], model.config
+        spacing = cond.spacing
+        if model.unet.include_spacing_input and spacing is None:
+            if c.get("spacing_mm") is None:
+                raise ValueError("this maisi_unet3d has include_spacing_input: set params.spacing_mm (the training "
+                                 "volumes' voxel spacing in mm) or pass spacing=(B, 3)")
+            spacing = torch.tensor(c.spacing_mm, dtype=x.dtype, device=x.device).mul(100).expand(b, 3)  # MAISI: mm x 100
+        class_labels = None
+        if model.unet.num_class_embeds is not None:
+            if c.get("class_label") is None:
+                raise ValueError(f"this maisi_unet3d has num_class_embeds {model.unet.num_class_embeds}: set "
+                                 "params.class_label (the modality class; MAISI-v2's CT is 1)")
+            class_labels = torch.full((b,), int(c.class_label), dtype=torch.long, device=x.device)
+        return model(x, t * 1000, context=context, control=cond.control, conditioning_scale=cond.conditioning_scale,
+                     class_labels=class_labels, spacing=spacing)
+
+
+def _state(path: str, key: str) -> dict:
+    """The state dict of a release file (``.pt`` or ``.safetensors``), under ``key`` when the file nests it."""
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    return state.get(key, state)

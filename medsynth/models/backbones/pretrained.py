@@ -85,13 +85,12 @@ def load_pretrained(adapter: BackboneAdapter, cfg: dict, key: str) -> nn.Module:
     local_files_only = bool(cfg.get("local_files_only", hub_offline()))
     where = f"{key}.pretrained = {src!r}"
     try:
-        model = adapter.load_release_file(src, params)
-        if model is not None:
-            return model
-        subfolder = cfg.get("subfolder")  # null (the schema's default): the folder itself or the adapter's
-        if subfolder is None:
-            subfolder = None if (Path(src) / "config.json").is_file() else adapter.default_subfolder
-        model = cls.from_pretrained(src, subfolder=subfolder, local_files_only=local_files_only)
+        model = adapter.load_release_file(src, params, cfg)
+        if model is None:
+            subfolder = cfg.get("subfolder")  # null (the schema's default): the folder itself or the adapter's
+            if subfolder is None:
+                subfolder = None if (Path(src) / "config.json").is_file() else adapter.default_subfolder
+            model = cls.from_pretrained(src, subfolder=subfolder, local_files_only=local_files_only)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         hint = (
             " Only local files are read: name a model of config/models.yaml (the weights rule fetches it) or "

@@ -1,0 +1,206 @@
+"""MAISI-v2's three released networks end to end: Hub -> weights rule -> release files -> stages -> sampling.
+
+Tiny networks with the release's architecture switches (``configs/config_network_rflow.json`` of
+NV-Generate-CT: the UNet's spacing input and modality class embedding, ``resblock_updown``,
+``include_fc``; a ControlNet conditioned on 8 binary channels, MAISI's label map bit by bit), saved in
+the release's files and keys (``models/autoencoder_v1.pt`` a plain state dict,
+``models/diff_unet_3d_rflow-ct.pt`` with ``unet_state_dict`` and ``scale_factor``,
+``models/controlnet_3d_rflow-ct.pt`` with ``controlnet_state_dict``), served by the loopback Hub stand-in
+as ``nvidia/NV-Generate-CT``, fetched by the weights task with the three real registry entries, then:
+the VAE, UNet and ControlNet load strictly from them; the masks reach the ControlNet as MAISI label ids
+binarised; base, stage 1, a stage-2 LoRA step and a sampling call on CT volumes with five masks.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import EXAMPLE, threshold_masks
+from hfhub_server import FakeHub, RunningHub
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+NAMES = ["liver", "lungs", "bone", "kidneys", "spleen"]
+MAISI_IDS = [1, 20, 21, 2, 3]  # label_dict of NV-Generate-CT: liver, lung, bone, kidney, spleen
+SIZE, N_VOLUMES, TEST_VOLUMES = 16, 4, (3,)
+UNET = {"spatial_dims": 3, "in_channels": 4, "out_channels": 4, "num_res_blocks": 1, "num_channels": [8, 16],
+        "attention_levels": [False, True], "norm_num_groups": 4, "num_head_channels": [0, 8], "resblock_updown": True,
+        "include_fc": True, "include_spacing_input": True, "num_class_embeds": 4}
+CONTROLNET = {"conditioning_embedding_in_channels": 8, "conditioning_embedding_num_channels": [8]}
+FILES = {"maisi_vae": "models/autoencoder_v1.pt", "maisi_diffusion_unet": "models/diff_unet_3d_rflow-ct.pt",
+         "maisi_controlnet": "models/controlnet_3d_rflow-ct.pt"}
+
+
+def _release(folder: Path) -> dict[str, bytes]:
+    """The tiny release repo: the three networks in their files and keys, and the network config."""
+    from monai.apps.generation.maisi.networks.controlnet_maisi import ControlNetMaisi
+    from monai.apps.generation.maisi.networks.diffusion_model_unet_maisi import DiffusionModelUNetMaisi
+
+    from medsynth.vae import TINY_VAE_CONFIGS, build_autoencoder
+
+    torch.manual_seed(0)
+    (folder / "models").mkdir(parents=True)
+    (folder / "configs").mkdir()
+    vae = build_autoencoder(dict(TINY_VAE_CONFIGS["3d"]))
+    torch.save(vae.state_dict(), folder / FILES["maisi_vae"])
+    unet = DiffusionModelUNetMaisi(**UNET)
+    for p in unet.parameters():  # a trained-looking UNet (MONAI zero-initialises its output)
+        torch.nn.init.normal_(p, std=0.05)
+    torch.save({"unet_state_dict": unet.state_dict(), "scale_factor": torch.tensor(1.0)},
+               folder / FILES["maisi_diffusion_unet"])
+    shared = {k: v for k, v in UNET.items() if k not in ("out_channels", "include_spacing_input")}
+    controlnet = ControlNetMaisi(**shared, **CONTROLNET)
+    for p in controlnet.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    torch.save({"controlnet_state_dict": controlnet.state_dict()}, folder / FILES["maisi_controlnet"])
+    (folder / "configs" / "config_network_rflow.json").write_text(json.dumps({"latent_channels": 4}))
+    (folder / "README.md").write_text("tiny stand-in of NV-Generate-CT\n")
+    (folder / "models" / "mask_generation_autoencoder.pt").write_bytes(b"\0" * 64)  # not fetched
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory) -> SimpleNamespace:
+    """The release served by the Hub stand-in, each registry entry fetched by the weights task."""
+    from huggingface_hub import close_session, constants
+
+    from medsynth.tasks.weights import weights as weights_task
+    from medsynth.weights import load_models, model_entry, model_files
+
+    files = _release(tmp_path_factory.mktemp("ngc_repo"))
+    registry = load_models(Path(__file__).resolve().parents[1] / "config" / "models.yaml")
+    root = tmp_path_factory.mktemp("weights")
+    hub = FakeHub(repo_id=registry["maisi_vae"]["repo_id"], repo_type="model", gated=False)
+    for path, data in files.items():
+        hub.add_file(path, data, lfs=path.endswith(".pt"))
+    mp = pytest.MonkeyPatch()
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        mp.delenv(var, raising=False)
+    mp.setattr(constants, "HF_HUB_OFFLINE", False)
+    mp.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    mp.setattr(constants, "HF_HUB_CACHE", str(root / "hf_cache"))
+    mp.setattr(constants, "HF_TOKEN_PATH", str(root / "no_token"))
+    local = {}
+    try:
+        with RunningHub(hub):
+            for name in FILES:
+                entry = model_entry(registry, name, {"endpoint": hub.endpoint})
+                job = SimpleNamespace(params=SimpleNamespace(entry=entry, download={"retries": 1, "progress": False}),
+                                      output=SimpleNamespace(inventory=str(root / name / "inventory.csv"),
+                                                             source=str(root / name / "source.json")))
+                weights_task(job)
+                fetched = set(pd.read_csv(job.output.inventory)["path"])
+                assert fetched == {FILES[name], "configs/config_network_rflow.json"}
+                local[name] = model_files(name, root, entry) / FILES[name]
+    finally:
+        mp.undo()
+        close_session()
+    return SimpleNamespace(files=files, **local)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> list[str]:
+    """CT volumes (16^3) of the shipped scan, shifted crops, five threshold masks."""
+    from medsynth.io.trainsets import write_shard
+    from medsynth.preprocess.intensity import hu_to_unit
+    from medsynth.preprocess.trainsets import volume_sample
+
+    root = tmp_path_factory.mktemp("volumes")
+    hu_full = np.asarray(nib.load(str(EXAMPLE / "ct" / "upper_abdomen_ct_3mm.nii.gz")).dataobj, dtype=np.float32)
+    samples = []
+    for i in range(N_VOLUMES):
+        hu = np.ascontiguousarray(hu_full[i * 4:])
+        image, mask = volume_sample(hu_to_unit(hu), threshold_masks(hu), (SIZE,) * 3)
+        row = {"case_id": f"vol{i}", "patient_id": f"p{i}", "dataset": "t", "modality": "CT",
+               "split": "test" if i in TEST_VOLUMES else "train", "prompt_contrast": "portal venous",
+               "prompt_region": "upper abdomen", "slice": -1,
+               "organs": json.dumps([n for n, m in zip(NAMES, mask) if m.any()])}
+        samples.append((row, image, mask))
+    write_shard(samples, NAMES, root / "shard-000.safetensors", root / "shard-000.csv")
+    return [str(root / "shard-000.safetensors"), str(root / "shard-000.csv")]
+
+
+def _backbone(release) -> dict:
+    return {"type": "maisi_unet3d", "pretrained": str(release.maisi_diffusion_unet),
+            "controlnet_pretrained_path": str(release.maisi_controlnet),
+            "params": {"unet_params": dict(UNET), "controlnet_params": dict(CONTROLNET), "mask_input": "control",
+                       "spacing_mm": [3.0, 3.0, 3.0], "class_label": 1, "control_label_ids": MAISI_IDS}}
+
+
+def test_release_files_load_strictly_and_masks_reach_the_controlnet_as_maisi_labels(release):
+    from medsynth.models.backbones import build_backbone, predict
+    from medsynth.models.maisi_backbone import binarize_label_map, label_map
+
+    model = build_backbone(_backbone(release), key="generator.backbone").eval()
+    unet_state = torch.load(release.maisi_diffusion_unet, weights_only=True)["unet_state_dict"]
+    control_state = torch.load(release.maisi_controlnet, weights_only=True)["controlnet_state_dict"]
+    for have, want in ((model.unet.state_dict(), unet_state), (model.controlnet.state_dict(), control_state)):
+        assert have.keys() == want.keys() and all(torch.equal(have[k], want[k]) for k in want)
+    # the labels: liver (id 1) and bone (21 = 0b10101) overlapping -> the later channel wins
+    present = torch.zeros(1, 5, 1, 1, 2, dtype=torch.bool)
+    present[0, 0, ..., 0] = present[0, 2, ..., 0] = present[0, 0, ..., 1] = True
+    labels = label_map(present, MAISI_IDS)
+    assert labels.flatten().tolist() == [21, 1]
+    assert binarize_label_map(labels, 8)[0, :, 0, 0, 0].tolist() == [1, 0, 1, 0, 1, 0, 0, 0]
+    # predict: spacing (mm x 100) and the modality class as MAISI passes them, the mask as binarised labels
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 4, 4, 4, 4, generator=g), torch.tensor([0.3, 0.8])
+    mask = torch.rand(2, 5, 4, 4, 4, generator=g) - 0.5
+    text = torch.zeros(2, 4, 8)
+    with torch.no_grad():
+        ours = predict(model, x, t, text, mask=mask)
+        control = binarize_label_map(label_map(mask > 0, MAISI_IDS), 8)
+        down, mid = model.controlnet(x, t * 1000, control, class_labels=torch.ones(2, dtype=torch.long))
+        theirs = model.unet(x, t * 1000, class_labels=torch.ones(2, dtype=torch.long),
+                            spacing_tensor=torch.full((2, 3), 300.0), down_block_additional_residuals=down,
+                            mid_block_additional_residual=mid)
+    torch.testing.assert_close(ours, theirs)
+    missing = _backbone(release)
+    missing["params"] = {**missing["params"], "spacing_mm": None}
+    with pytest.raises(ValueError, match="spacing_mm"):
+        predict(build_backbone(missing), x, t, text, mask=mask)
+
+
+def test_maisi_release_stages_lora_step_and_sampling_on_ct_volumes(release, shards, tmp_path):
+    from safetensors.torch import load_file
+
+    from medsynth.generator import run_base, run_stage1, run_stage2, variant_config
+    from medsynth.generator.sampling import sample_condition_set
+    from medsynth.io.generated import load_generated
+    from medsynth.vae import TINY_VAE_CONFIGS, build_autoencoder
+    from medsynth.vae.stage import run_vae
+
+    vae_model = {**TINY_VAE_CONFIGS["3d"], "pretrained": str(release.maisi_vae)}
+    loaded = build_autoencoder(dict(vae_model)).state_dict()
+    shipped = torch.load(release.maisi_vae, weights_only=True)
+    assert all(torch.equal(loaded[k], shipped[k]) for k in shipped)
+    run_vae(shards, tmp_path / "vae", {"model": vae_model, "steps": 1, "batch_size": 2, "checkpoint_every": 0,
+                                       "progress": False, "seed": 1, "stats_batch_size": 2})
+    vae, stats = tmp_path / "vae" / "final", tmp_path / "vae" / "latent_stats.json"
+    gen = {"backbone": _backbone(release), "text_encoder": {"type": "minilm"}, "max_length": 8, "threads": 1}
+    stage = {"steps": 1, "batch_size": 2, "lr": 1e-3, "checkpoint_every": 0, "progress": False, "seed": 3,
+             "cond_dropout": 0.5, "warmup_steps": 0, "select": {"split": ["train"]}}
+    run_base(shards, vae, stats, tmp_path / "base", gen, stage)
+    stage1 = {**stage, "ewc": {"fisher_batches": 1, "fisher_batch_size": 2, "top_fraction": 0.2, "lambda": 10.0}}
+    run_stage1(shards, vae, stats, tmp_path / "base" / "final", tmp_path / "stage1", gen, stage1, stage)
+    stage2 = {**stage, "method": "lora", "objective": "flow", "lora": {"rank": 2, "alpha": 2.0},
+              "contrastive": {"enabled": True, "roi": "liver"}}
+    cfg = variant_config(stage2, {"victr": {}}, "victr")
+    run_stage2(shards, vae, stats, tmp_path / "stage1" / "final", tmp_path / "stage1" / "ewc.safetensors",
+               tmp_path / "stage2", gen, copy.deepcopy(cfg))
+    adapter = load_file(str(next((tmp_path / "stage2" / "final").rglob("adapter_model.safetensors"))))
+    assert adapter and all("lora" in k for k in adapter)
+    out = [tmp_path / f"s.{ext}" for ext in ("safetensors", "csv", "json")]
+    sample_condition_set(shards, vae, stats, tmp_path / "stage2" / "final", tmp_path / "stage1" / "final", *out, gen,
+                         cfg, {"guidance_scale": 2.0, "seed": 5, "batch_size": 2}, "euler-2", {"split": ["test"]})
+    images, _, names = load_generated(out[0])
+    assert images.shape == (len(TEST_VOLUMES), 1, SIZE, SIZE, SIZE) and np.isfinite(images).all() and names == NAMES
