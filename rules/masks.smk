@@ -5,6 +5,7 @@ rule masks:
     """Label maps and condition masks of one registered shard; cases failing mask QC are quarantined."""
     input:
         registered=f"{RESULTS}/registered/shard-{{shard}}",
+        weights=weights_of("masks"),
     output:
         shard=directory(f"{RESULTS}/masks/shard-{{shard}}"),
     log:

@@ -265,9 +265,18 @@ def test_registry_references_become_local_folders(tmp_path):
               "vae": {"model": {"pretrained": "maisi_vae/models/autoencoder_v1.pt"},
                       "losses": {"perceptual_pretrained_path": None}},
               "architectures": {"dit": {"backbone": {"pretrained": "mine"}}},  # an existing folder stays a folder
-              "volumes": {"generator": {"backbone": {"pretrained": "not-a-model"}}}, "seed": 1}
+              "volumes": {"generator": {"backbone": {"pretrained": "not-a-model"}}}, "seed": 1,
+              "masks": {"segmenters": {"ts": {"backend": "totalsegmentator",
+                                              "totalsegmentator": {"weights_dir": "totalsegmentator"}},
+                                       "lung": {"backend": "lungmask",
+                                                "lungmask": {"modelpath": "lungmask_r231/unet_r231-d5d2fc3d.pth"}}}},
+              "metrics": {"radimagenet_pretrained_path": "radimagenet_resnet50/RadImageNet-ResNet50_notop.pth",
+                          "inception_pretrained_path": None}}
     used = resolve_pretrained(config, REGISTRY, tmp_path / "w", base_dir=tmp_path)
-    assert used == {"generator": ["clip_vit_large", "sd3"], "vae": ["maisi_vae"]}
+    assert used == {"generator": ["clip_vit_large", "sd3"], "vae": ["maisi_vae"],
+                    "masks": ["lungmask_r231", "totalsegmentator"], "metrics": ["radimagenet_resnet50"]}
+    assert config["masks"]["segmenters"]["ts"]["totalsegmentator"]["weights_dir"] == str(
+        tmp_path / "w" / "totalsegmentator" / "files")
     assert config["generator"]["backbone"]["pretrained"] == str(tmp_path / "w" / "sd3" / "files")
     assert config["vae"]["model"]["pretrained"] == str(tmp_path / "w" / "maisi_vae" / "files" / "models" /
                                                         "autoencoder_v1.pt")

@@ -1,7 +1,8 @@
 """Config values that name a registry model: ``pretrained: sd15`` (or ``maisi_vae/models/autoencoder_v1.pt``).
 
-Any ``pretrained`` (or ``*_pretrained_path``) value anywhere in the config whose first path segment is a
-model of the registry, and which is not an existing path, stands for that model's local folder (or a
+Any ``pretrained`` (or ``*_pretrained_path``, or a segmenter's weights key: TotalSegmentator's
+``weights_dir``, lungmask's ``modelpath`` / ``fillmodel_path``) value anywhere in the config whose first
+path segment is a model of the registry, and which is not an existing path, stands for that model's local folder (or a
 file inside it). :func:`resolve_pretrained` replaces those values by the folder, so that every consumer
 reads local files only, and reports which models each top-level section uses: the rules take their
 inventories as inputs, so the weights rule runs first and provenance reaches the weights.
@@ -17,9 +18,14 @@ from medsynth.weights.local import files_path
 __all__ = ["is_pretrained_key", "resolve_pretrained"]
 
 
+#: the segmenters' own names for their weights (``masks.segmenters[].<backend>``)
+SEGMENTER_WEIGHT_KEYS = ("weights_dir", "modelpath", "fillmodel_path")
+
+
 def is_pretrained_key(key: str) -> bool:
-    """Whether a config key holds pretrained weights (``pretrained``, ``perceptual_pretrained_path``...)."""
-    return key == "pretrained" or key.endswith("_pretrained_path")
+    """Whether a config key holds pretrained weights (``pretrained``, ``perceptual_pretrained_path``,
+    ``weights_dir`` of a segmenter...)."""
+    return key == "pretrained" or key.endswith("_pretrained_path") or key in SEGMENTER_WEIGHT_KEYS
 
 
 def _reference(value: Any, registry: dict, base_dir: Path) -> tuple[str, str] | None:
