@@ -97,9 +97,8 @@ def mr_lps() -> nib.Nifti1Image:
 
 # -- the loopback Hub stand-in (tests/hfhub_server.py): socket guard and a confined huggingface_hub --
 
-@pytest.fixture
-def loopback_only(monkeypatch):
-    """Refuse (and record) every name lookup and connection that is not to 127.0.0.1."""
+def _guard_sockets(monkeypatch) -> list[str]:
+    """Patch ``socket`` so every name lookup and connection not to 127.0.0.1 is refused; the attempts list."""
     attempts: list[str] = []
     allowed_hosts = {"127.0.0.1", b"127.0.0.1"}
     real_getaddrinfo = socket.getaddrinfo
@@ -119,7 +118,23 @@ def loopback_only(monkeypatch):
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     monkeypatch.setattr(socket.socket, "connect", connect)
+    return attempts
+
+
+@pytest.fixture
+def loopback_only(monkeypatch):
+    """Refuse (and record) every name lookup and connection that is not to 127.0.0.1."""
+    attempts = _guard_sockets(monkeypatch)
     yield attempts
+    assert attempts == [], f"requests tried to leave 127.0.0.1: {attempts}"
+
+
+@pytest.fixture(scope="module")
+def loopback_module():
+    """:func:`loopback_only` for a whole module (its module-scoped fixtures fetch from the Hub stand-in)."""
+    with pytest.MonkeyPatch.context() as mp:
+        attempts = _guard_sockets(mp)
+        yield attempts
     assert attempts == [], f"requests tried to leave 127.0.0.1: {attempts}"
 
 

@@ -35,7 +35,7 @@ M = len(NAMES)
 TOKEN = "hf_tinytesttoken0123456789"
 MAX_LENGTH = 16
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "loopback_module")  # no network beyond 127.0.0.1
 
 #: per registry entry: the generator's backbone and text encoder, the latent channels, the model's subfolder
 CASES = {
@@ -67,7 +67,7 @@ def registry():
 
 
 @pytest.fixture(scope="module", params=list(CASES))
-def case(request, registry, tmp_path_factory) -> SimpleNamespace:
+def case(request, registry, tmp_path_factory, loopback_module) -> SimpleNamespace:
     """One backbone's tiny repo, served by the Hub stand-in and fetched by the weights task."""
     from huggingface_hub import close_session, constants
 

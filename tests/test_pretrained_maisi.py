@@ -27,7 +27,7 @@ import torch
 from conftest import EXAMPLE, threshold_masks
 from hfhub_server import FakeHub, RunningHub
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "loopback_module")  # no network beyond 127.0.0.1
 
 NAMES = ["liver", "lungs", "bone", "kidneys", "spleen"]
 MAISI_IDS = [1, 20, 21, 2, 3]  # label_dict of NV-Generate-CT: liver, lung, bone, kidney, spleen
@@ -69,7 +69,7 @@ def _release(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def release(tmp_path_factory) -> SimpleNamespace:
+def release(tmp_path_factory, loopback_module) -> SimpleNamespace:
     """The release served by the Hub stand-in, each registry entry fetched by the weights task."""
     from huggingface_hub import close_session, constants
 

@@ -73,20 +73,29 @@ def snapshot_commit(files_dir: str | Path) -> str | None:
 
 
 def snapshot(entry: dict, files_dir: Path, repo_type: str, what: str) -> Path:
-    """Download ``entry["repo_id"]`` at ``entry["revision"]`` (files matching ``include``) into ``files_dir``."""
-    from huggingface_hub import snapshot_download
+    """Download ``entry["repo_id"]`` at ``entry["revision"]`` (files matching ``include``) into ``files_dir``.
+
+    Only the entry's endpoint is contacted: huggingface_hub's telemetry is off for the call (with it on,
+    building the user agent fetches an agent registry from huggingface.co even when ``endpoint`` names a
+    mirror)."""
+    from huggingface_hub import constants, snapshot_download
 
     token = hub_token(entry, what)
     started = time.time()
-    snapshot_download(
-        repo_id=entry["repo_id"],
-        repo_type=repo_type,
-        revision=entry.get("revision"),
-        allow_patterns=entry.get("include"),
-        local_dir=str(files_dir),
-        token=token or False,
-        endpoint=entry.get("endpoint"),
-        max_workers=int(entry.get("max_workers", 4)),
-    )
+    telemetry_off = constants.HF_HUB_DISABLE_TELEMETRY
+    constants.HF_HUB_DISABLE_TELEMETRY = True
+    try:
+        snapshot_download(
+            repo_id=entry["repo_id"],
+            repo_type=repo_type,
+            revision=entry.get("revision"),
+            allow_patterns=entry.get("include"),
+            local_dir=str(files_dir),
+            token=token or False,
+            endpoint=entry.get("endpoint"),
+            max_workers=int(entry.get("max_workers", 4)),
+        )
+    finally:
+        constants.HF_HUB_DISABLE_TELEMETRY = telemetry_off
     _verify_lfs_files(entry, what, files_dir, since=started)
     return files_dir
