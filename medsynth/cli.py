@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from medsynth.data.registry import load_registry
 
@@ -43,7 +44,12 @@ def _envs(args: argparse.Namespace) -> int:
     stale = envs.check(args.env_dir, args.lock)
     for family in stale:
         print(f"{args.env_dir}/{family}.yaml disagrees with {args.lock}; run `medsynth envs --write`")
-    return 1 if stale else 0
+    unmet = envs.unmet_imports(Path(args.env_dir).resolve().parent, args.lock)
+    for family, dists in unmet.items():
+        for dist, rules in dists.items():
+            print(f"{args.env_dir}/{family}.yaml lacks {dist}, imported by rules {', '.join(rules)}: add it to "
+                  f"medsynth.envs.FAMILIES[{family!r}] and run `medsynth envs --write`")
+    return 1 if stale or unmet else 0
 
 
 def _audit(args: argparse.Namespace) -> int:

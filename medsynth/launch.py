@@ -31,13 +31,13 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 
+from medsynth.workers import WORKER_ENV, in_worker, is_main_process
+
 __all__ = ["WORKER_ENV", "in_worker", "is_main_process", "job_device", "resolve_device", "launch_processes", "set_threads", "accelerate_command",
            "relaunch"]
 
 log = logging.getLogger(__name__)
 
-#: set by torch.distributed.run (accelerate's launcher) in every worker
-WORKER_ENV = "LOCAL_RANK"
 #: signals the launcher passes on to its workers (torch.distributed.elastic's default plus SIGUSR1)
 FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
 #: default grace the launcher gives signalled workers before SIGKILL (``TORCH_ELASTIC_SHUTDOWN_TIMEOUT``
@@ -46,16 +46,6 @@ FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
 SHUTDOWN_TIMEOUT_S = 300
 #: the folder holding the medsynth package (put on the workers' PYTHONPATH)
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def in_worker() -> bool:
-    """True inside a worker started by ``accelerate launch`` / ``torchrun``."""
-    return os.environ.get(WORKER_ENV) is not None
-
-
-def is_main_process() -> bool:
-    """True outside a launch and in the rank-0 worker of one (for files only one process may write)."""
-    return int(os.environ.get("RANK", "0") or 0) == 0
 
 
 def job_device():

@@ -131,7 +131,7 @@ def tracked(smk, seed: int | None = None) -> Iterator[Provenance]:
     The yielded ``Provenance`` lets the rule add facts only it knows (the download rule lists the
     raw files with their checksums).
     """
-    from medsynth.launch import in_worker
+    from medsynth.workers import in_worker
 
     if in_worker():  # a worker of a multi-process launch: the launching process records the job
         yield Provenance()

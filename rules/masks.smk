@@ -38,7 +38,7 @@ rule quarantine:
     log:
         f"{RESULTS}/logs/quarantine.log",
     conda:
-        "../envs/data.yaml"
+        "../envs/masks.yaml"
     resources:
         **rule_resources("quarantine"),
     script:

@@ -14,7 +14,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
-__all__ = ["Job", "task", "run_rule", "launch_or_run"]
+__all__ = ["Job", "task", "run_rule"]
 
 
 class Job(Protocol):
@@ -48,14 +48,3 @@ def run_rule(smk, name: str) -> None:
         raw = fn(smk)
         if raw:
             provenance.raw = raw
-
-
-def launch_or_run(job: Job, cfg, work: Callable[[], None], *, processes: int | None = None,
-                  mixed_precision: str = "no") -> None:
-    """Run ``work`` here, or in accelerate workers when the job has more than one process (``processes``,
-    else config ``cfg.processes`` or the job's GPUs)."""
-    from medsynth.launch import launch_processes, relaunch
-
-    n = launch_processes(cfg, job.resources) if processes is None else processes
-    if not relaunch(n, mixed_precision=mixed_precision):
-        work()

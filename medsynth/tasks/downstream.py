@@ -10,7 +10,7 @@ def downstream(job: Job) -> None:
     """One downstream setting: its training set, the segmenter, its evaluation on the real test slices."""
     from medsynth.evaluation import run_downstream
     from medsynth.launch import launch_processes
-    from medsynth.tasks import launch_or_run
+    from medsynth.tasks.launching import launch_or_run
     from medsynth.train.config import TrainOutputs
 
     cfg = job.params.downstream

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medsynth.tasks import Job, launch_or_run, task
+from medsynth.tasks import Job, task
+from medsynth.tasks.launching import launch_or_run
 
 
 @task(seed=lambda job: job.params.vae.get("seed"))
