@@ -3,6 +3,8 @@
 # Idempotent: a second run with unchanged pins only checks and exits in seconds.
 #   PYTHON=python3.11 ./install.sh        choose the interpreter (default: python3.11, else python3)
 #   MEDSYNTH_VENV=/path/to/venv ./install.sh   put the venv elsewhere
+# It also links profiles/local and profiles/slurm into snakemake's user config folder
+# ($XDG_CONFIG_HOME/snakemake, default ~/.config/snakemake), so `--profile slurm` works as a name.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -14,6 +16,7 @@ want=$(cat requirements/torch.txt requirements/lock.txt pyproject.toml | sha256s
 stamp="$VENV/.medsynth-install.sha256"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$VENV/bin/python" -c 'import medsynth' 2>/dev/null; then
   echo "install.sh: $VENV is up to date"
+  "$VENV/bin/medsynth" profiles   # `snakemake --profile slurm` / `--profile local` from any folder
   exit 0
 fi
 
@@ -27,4 +30,5 @@ pip=("$VENV/bin/python" -m pip --disable-pip-version-check)
 "${pip[@]}" install -q --no-deps --no-build-isolation -e .
 "${pip[@]}" check
 echo "$want" > "$stamp"
+"$VENV/bin/medsynth" profiles   # `snakemake --profile slurm` / `--profile local` from any folder
 echo "install.sh: installed into $VENV in $(( $(date +%s) - start )) s"

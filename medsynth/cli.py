@@ -52,6 +52,14 @@ def _envs(args: argparse.Namespace) -> int:
     return 1 if stale or unmet else 0
 
 
+def _profiles(args: argparse.Namespace) -> int:
+    from medsynth.profiles import install_profiles
+
+    for line in install_profiles(Path(__file__).resolve().parents[1], args.target):
+        print(line)
+    return 0
+
+
 def _audit(args: argparse.Namespace) -> int:
     from medsynth.provenance import audit
 
@@ -85,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     env.add_argument("--env-dir", default="envs")
     env.add_argument("--lock", default="requirements/lock.txt")
     env.set_defaults(func=_envs)
+    prof = sub.add_parser("profiles", help="link profiles/local and profiles/slurm where `snakemake --profile <name>` "
+                                           "finds them (install.sh does)")
+    prof.add_argument("--target", default=None, help="default: snakemake's user config folder "
+                                                     "($XDG_CONFIG_HOME/snakemake or ~/.config/snakemake)")
+    prof.set_defaults(func=_profiles)
     aud = sub.add_parser("audit", help="print a result's lineage back to raw data and verify every checksum")
     aud.add_argument("file", help="an output of the pipeline (it has a <file>.prov.json sidecar)")
     aud.add_argument("--ignore-code", action="store_true", help="do not flag results made by other code")

@@ -111,3 +111,24 @@ def test_import_graph_follows_function_level_relative_and_lazy_imports(tmp_path)
     needed = family_requirements(tmp_path)
     assert set(needed) == {"train"} and {"PyYAML", "numpy"} <= set(needed["train"])
     assert needed["train"]["numpy"] == {"stage"}
+
+
+def test_named_profiles_work_as_users_type_them(tmp_path, monkeypatch):
+    """`snakemake --profile slurm` (a name, not a path) finds this checkout's profile once installed."""
+    from medsynth.profiles import PROFILES, install_profiles, user_profile_dir
+    from workflow import embedded_config, run_snakemake
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    assert user_profile_dir() == tmp_path / "xdg" / "snakemake"
+    first = install_profiles(REPO)
+    assert all("->" in line for line in first) and install_profiles(REPO)[0].endswith("(already linked)")
+    for name in PROFILES:
+        assert (tmp_path / "xdg" / "snakemake" / name).resolve() == (REPO / "profiles" / name).resolve()
+    # a profile of the user's own is kept, and said so
+    own = tmp_path / "own"
+    (own / "local").mkdir(parents=True)
+    assert "kept" in install_profiles(REPO, own)[0] and not (own / "local").is_symlink()
+    for name in PROFILES:  # resolved by name from the user config folder (the slurm one without conda here)
+        proc = run_snakemake(tmp_path / f"work-{name}", embedded_config(), extra=(
+            "--profile", name, "--sdm", "env-modules", "-n", "--quiet", "rules"))
+        assert f"Using profile {name} " in proc.stdout + proc.stderr
