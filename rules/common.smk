@@ -10,7 +10,12 @@ from medsynth.data.registry import load_registry, resolve_datasets
 from medsynth.study import Study
 from medsynth.weights.refs import resolve_pretrained
 from medsynth.weights.registry import load_models, model_entry
-from medsynth.tables.registry import TABLES as TABLE_SPECS, table_names, table_params
+from medsynth.tables.registry import (
+    TABLES as TABLE_SPECS,
+    built_tables,
+    table_names,
+    table_params,
+)
 
 # relative dataset roots and the registry are resolved against the workflow folder
 BASEDIR = workflow.basedir
@@ -39,8 +44,10 @@ METRICS = S.metrics
 TABLES = S.tables
 EXTRACTOR_SETTING = S.extractor_setting
 EXTRACTOR = S.extractor()
-# the tables this study builds (medsynth/tables/registry.py); (model, run) pairs of the sample grid
+# the tables this study can build and those it builds by default (medsynth/tables/registry.py,
+# config tables.build); (model, run) pairs of the sample grid
 TABLE_NAMES = table_names(S)
+BUILT_TABLES = built_tables(S)
 GRID_RUNS = S.grid_runs()
 LOSS_CURVES = S.loss_curves()
 
@@ -177,7 +184,7 @@ def report_inputs():
         f"{RESULTS}/figures/fd_vs_nfe.png",
         f"{RESULTS}/figures/loss_curves.png",
         *expand(
-            f"{RESULTS}/tables/{{table}}.{{ext}}", table=TABLE_NAMES, ext=["csv", "md"]
+            f"{RESULTS}/tables/{{table}}.{{ext}}", table=BUILT_TABLES, ext=["csv", "md"]
         ),
     ]
 

@@ -72,6 +72,22 @@ def test_every_registered_table_has_inputs_under_the_results_and_params():
     assert "medsyn2_ablation" not in table_names(_study(architectures={}))
 
 
+def test_a_study_builds_its_own_papers_tables_and_any_other_on_request():
+    from medsynth.tables.registry import built_tables
+
+    assert built_tables(_study()) == table_names(_study())  # the embedded study: all
+    maisi = _study(tables={"build": ["maisi", "victr_table2"]})
+    assert built_tables(maisi) == ["victr_table2", "maisi_steps", "maisi_main", "maisi_contrastive", "maisi_hu_qc"]
+    assert table_names(maisi) == table_names(_study())  # the others stay buildable by name
+    with pytest.raises(ValueError, match="unknown"):
+        built_tables(_study(tables={"build": ["maisi_v2"]}))
+    with pytest.raises(ValueError, match="cannot build"):
+        built_tables(_study(architectures={}, tables={"build": ["medsyn2_ablation"]}))
+    for paper, stem in (("victr", "victr"), ("medsyn2", "medsyn2"), ("maisi_v2", "maisi")):
+        study = yaml.safe_load((REPO / "config" / "studies" / f"{paper}.yaml").read_text())
+        assert study["tables"]["build"] == [stem], paper
+
+
 def test_unknown_table_is_a_key_error_naming_the_known_ones():
     with pytest.raises(KeyError, match="victr_table2"):
         build_table("no_such_table", {}, {})

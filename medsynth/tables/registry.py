@@ -20,7 +20,7 @@ from .builders import load_json
 if TYPE_CHECKING:  # the study object is only passed in
     from medsynth.study import Study
 
-__all__ = ["TableSpec", "TABLES", "table_names", "table_params"]
+__all__ = ["PAPERS", "TableSpec", "TABLES", "built_tables", "table_names", "table_params"]
 
 Inputs = Callable[["Study"], dict[str, str]]
 Build = Callable[[dict, Mapping[str, str], Mapping], pd.DataFrame]
@@ -179,9 +179,30 @@ TABLES: dict[str, TableSpec] = {
 }
 
 
+#: the paper of each table (its name's prefix), the names ``tables.build`` takes beside table names
+PAPERS = ("victr", "medsyn2", "maisi", "meddiff")
+
+
 def table_names(study: "Study") -> list[str]:
-    """The tables this study builds, in registry order."""
+    """The tables this study can build (any of them on request), in registry order."""
     return [name for name, spec in TABLES.items() if spec.enabled(study)]
+
+
+def built_tables(study: "Study") -> list[str]:
+    """The tables ``snakemake`` builds by default (config ``tables.build``: ``all``, papers, table names)."""
+    wanted = list(study.tables["build"])
+    unknown = [w for w in wanted if w != "all" and w not in PAPERS and w not in TABLES]
+    if unknown:
+        raise ValueError(f"tables.build: unknown {unknown}; give all, a paper ({', '.join(PAPERS)}) or a table "
+                         f"({', '.join(TABLES)})")
+    names = table_names(study)
+    if "all" in wanted:
+        return names
+    disabled = [w for w in wanted if w in TABLES and w not in names]
+    if disabled:
+        raise ValueError(f"tables.build names {disabled}, which this study cannot build (e.g. medsyn2_ablation "
+                         "needs architectures)")
+    return [n for n in names if n in wanted or n.split("_")[0] in wanted]
 
 
 def table_params(name: str, study: "Study") -> dict:
