@@ -9,7 +9,7 @@ import sys
 import pandas as pd
 import pytest
 
-from workflow import embedded_config, run_snakemake
+from workflow import embedded_config, micro_generative_config, run_snakemake
 
 from medsynth.provenance import audit, scrub, sidecar_of
 
@@ -73,18 +73,6 @@ def test_two_runs_are_byte_identical(tmp_path):
 
     a, b = digests(tmp_path / "a"), digests(tmp_path / "b")
     assert a == b and any(k.endswith(".nii.gz") for k in a) and "manifest.csv" in a
-
-
-def micro_generative_config() -> dict:
-    """The embedded study with every training stage cut to a few steps (same rules, same data)."""
-    config = embedded_config()
-    config["vae"] = {**config["vae"], "steps": 12, "checkpoint_every": 0}
-    for stage, steps in (("base", 12), ("stage1", 6), ("stage2", 6)):
-        config[stage] = {**config[stage], "steps": steps, "checkpoint_every": 0}
-    config["stage1"]["ewc"] = {**config["stage1"]["ewc"], "fisher_batches": 2}
-    config["downstream"] = {**config["downstream"], "steps": 12, "checkpoint_every": 0}
-    config["sampling"] = {**config["sampling"], "default_run": "euler-3"}
-    return config
 
 
 @pytest.mark.slow

@@ -30,3 +30,15 @@ def embedded_config(**overrides) -> dict:
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config.update(overrides)
     return config
+
+
+def micro_generative_config() -> dict:
+    """The embedded study with every training stage cut to a few steps (same rules, same data)."""
+    config = embedded_config()
+    config["vae"] = {**config["vae"], "steps": 12, "checkpoint_every": 0}
+    for stage, steps in (("base", 12), ("stage1", 6), ("stage2", 6)):
+        config[stage] = {**config[stage], "steps": steps, "checkpoint_every": 0}
+    config["stage1"]["ewc"] = {**config["stage1"]["ewc"], "fisher_batches": 2}
+    config["downstream"] = {**config["downstream"], "steps": 12, "checkpoint_every": 0}
+    config["sampling"] = {**config["sampling"], "default_run": "euler-3"}
+    return config
