@@ -175,3 +175,22 @@ def test_radimagenet_fd_of_volumes_is_the_mean_over_three_planes(radimagenet_fil
     assert set(out["per_plane"]) == {"XY", "YZ", "ZX"} and out["status"] == "ok"
     assert out["value"] == pytest.approx(sum(p["fd"] for p in out["per_plane"].values()) / 3)
     assert out["per_plane"]["XY"]["n_real"] == 3 * 4 and out["per_plane"]["YZ"]["n_real"] == 3 * 16
+
+
+def test_radimagenet_fd_per_ct_window(radimagenet_file):
+    """MedSyn2 Table 1's FID: one FD per window on RadImageNet features (2D: plane XY), with the mean row."""
+    from medsynth.metrics.pretrained_fd import pretrained_windowed_fd
+
+    recipe, hu_range = _schema_recipe("radimagenet_resnet50"), (-1024.0, 1024.0)
+    windows = {"lung": (-600.0, 1500.0), "soft_tissue": (50.0, 350.0)}
+    gen = torch.Generator().manual_seed(3)
+    real = torch.rand(8, 1, 32, 32, generator=gen) * 2 - 1
+    fake = (real + 0.4 * torch.randn(8, 1, 32, 32, generator=gen)).clamp(-1, 1)
+    out = pretrained_windowed_fd("radimagenet_resnet50", radimagenet_file, "k", real, fake, recipe, hu_range, windows,
+                                 batch_size=4)
+    assert out["status"] == "ok" and [r["window"] for r in out["rows"]] == ["lung", "soft_tissue", "mean"]
+    assert all(r["plane"] == "XY" and r["fd"] > 0 for r in out["rows"])
+    assert out["rows"][-1]["fd"] == pytest.approx((out["rows"][0]["fd"] + out["rows"][1]["fd"]) / 2)
+    absent = pretrained_windowed_fd("radimagenet_resnet50", None, "metrics.radimagenet_pretrained_path", real, fake,
+                                    recipe, hu_range, windows)
+    assert absent["rows"] == [] and absent["status"].startswith("unavailable: metrics.radimagenet_pretrained_path")

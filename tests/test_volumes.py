@@ -334,3 +334,4 @@ def test_volume_metrics_feed_medsyn2_table1(sampled, shards, extractor, tmp_path
     assert set(table["plane"]) == {*planes, "mean"}
     lung_xy = table[(table["window"] == "lung") & (table["plane"] == "XY")].iloc[0]
     assert isinstance(lung_xy["paper FID (RadImageNet ResNet-50)"], float)
+    assert lung_xy["FID (RadImageNet ResNet-50)"] == "unavailable: metrics.radimagenet_pretrained_path is not set"

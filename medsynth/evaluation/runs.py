@@ -98,6 +98,7 @@ def evaluate_run(files: RunFiles, out_json: str | Path, settings: RunSettings, m
         mask_metrics,
         per_window_fd,
         pretrained_fd,
+        pretrained_windowed_fd,
         recipe_unit_images,
         register_module_extractor,
     )
@@ -133,11 +134,15 @@ def evaluate_run(files: RunFiles, out_json: str | Path, settings: RunSettings, m
                                 "metrics.radimagenet_pretrained_path", real, fake,
                                 fd_recipe(recipes["radimagenet_resnet50"]), hu_range, batch_size=batch, cuda=cuda)
     windowed: list[dict] = []
+    windowed_radimagenet = {"status": f"not applicable: modalities {sorted(modalities)} (CT windows)", "rows": []}
     if modalities == {"CT"}:
         windows = {k: tuple(v) for k, v in (intensity_cfg.get("windows") or {}).items()}
         for row in per_window_fd(real, fake, tuple(intensity_cfg["ct_hu_range"]), windows, extractor_name,
                                  kid=False, batch_size=batch, cuda=cuda):
             windowed.append({"window": row["window"], "plane": "XY", "fd": row.get("fd"), "status": row.get("status")})
+        windowed_radimagenet = pretrained_windowed_fd(
+            "radimagenet_resnet50", metrics_cfg["radimagenet_pretrained_path"], "metrics.radimagenet_pretrained_path",
+            real, fake, fd_recipe(recipes["radimagenet_resnet50"]), hu_range, windows, batch_size=batch, cuda=cuda)
     pairs = image_metrics(torch.from_numpy(fake), torch.from_numpy(real))
     spacing = pixel_spacing(settings.grid, settings.slice_size)
     pred_fake = predict_masks(segmenter, fake)
@@ -155,6 +160,7 @@ def evaluate_run(files: RunFiles, out_json: str | Path, settings: RunSettings, m
                     "kid_subset_size": kid_size, "extractor": extractor_label},
         "fd_pretrained": {"radimagenet_resnet50": radimagenet},
         "windowed": windowed if windowed else [],
+        "windowed_pretrained": {"radimagenet_resnet50": windowed_radimagenet},
         "windowed_status": "ok" if windowed else f"not applicable: modalities {sorted(modalities)} (CT windows)",
         "pairs": {"ssim": pairs["ssim"], "psnr": pairs["psnr"], "l1": pairs["l1"]},
         "mask_fidelity": {"segmenter": extractor_label, "distance_unit": "mm", "spacing_mm": spacing,

@@ -57,6 +57,7 @@ def evaluate_volume_run(files: RunFiles, out_json: str | Path, settings: RunSett
         mask_metrics,
         per_plane_windowed_fd,
         pretrained_fd_volumes,
+        pretrained_windowed_fd,
         recipe_unit_images,
         register_module_extractor,
     )
@@ -117,6 +118,7 @@ def evaluate_volume_run(files: RunFiles, out_json: str | Path, settings: RunSett
                                         cuda=cuda)
 
     windowed: list[dict] = []
+    windowed_radimagenet = {"status": f"not applicable: modalities {sorted(modalities)} (CT windows)", "rows": []}
     if modalities == {"CT"}:
         windows = {k: tuple(v) for k, v in (intensity_cfg.get("windows") or {}).items()}
         for row in per_plane_windowed_fd(real_t, fake_t, tuple(intensity_cfg["ct_hu_range"]), windows, extractor_name,
@@ -124,6 +126,9 @@ def evaluate_volume_run(files: RunFiles, out_json: str | Path, settings: RunSett
             windowed.append({"window": row["window"], "plane": PLANE_LABELS.get(row["plane"], row["plane"]),
                              "fd": row.get("fd"), "n_real": row.get("n_real"), "n_fake": row.get("n_fake"),
                              "status": row.get("status")})
+        windowed_radimagenet = pretrained_windowed_fd(
+            "radimagenet_resnet50", metrics_cfg["radimagenet_pretrained_path"], "metrics.radimagenet_pretrained_path",
+            real_t, fake_t, fd_recipe(recipes["radimagenet_resnet50"]), hu_range, windows, batch_size=batch, cuda=cuda)
     pairs = image_metrics(fake_t, real_t)
     spacing = voxel_spacing(grid_cfg, real.shape[2:]) if grid_cfg else None
     pred_fake = resegment_volumes(segmenter, fake, size, batch)
@@ -144,6 +149,7 @@ def evaluate_volume_run(files: RunFiles, out_json: str | Path, settings: RunSett
                     "extractor": extractor_label},
         "fd_pretrained": {"radimagenet_resnet50": radimagenet},
         "windowed": windowed,
+        "windowed_pretrained": {"radimagenet_resnet50": windowed_radimagenet},
         "windowed_status": "ok" if windowed else f"not applicable: modalities {sorted(modalities)} (CT windows)",
         "pairs": {"ssim": pairs["ssim"], "psnr": pairs["psnr"], "l1": pairs["l1"]},
         "mask_fidelity": {"segmenter": f"{extractor_label}, axial slice by slice",

@@ -30,6 +30,7 @@ _EXPORTS = {
     "per_window_fd": "frechet", "to_uint8_rgb": "frechet",
     "FDRecipe": "recipes", "fd_recipe": "recipes", "recipe_unit_images": "recipes", "RecipeEncoder": "recipes",
     "pretrained_fd": "pretrained_fd", "pretrained_fd_volumes": "pretrained_fd",
+    "pretrained_windowed_fd": "pretrained_fd",
     "channel_means": "masks", "image_metrics": "masks", "mask_metrics": "masks", "mean_over_channels": "masks",
 }
 

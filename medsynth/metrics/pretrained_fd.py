@@ -17,10 +17,17 @@ import torch
 
 from medsynth.metrics.extractors import EXTRACTORS, extractor_from_file
 from medsynth.metrics.features import register_module_extractor, unregister_module_extractor
-from medsynth.metrics.frechet import PLANE_LABELS, PLANES, central_slices, frechet_metrics
+from medsynth.metrics.frechet import (
+    PLANE_LABELS,
+    PLANES,
+    central_slices,
+    frechet_metrics,
+    per_plane_windowed_fd,
+    per_window_fd,
+)
 from medsynth.metrics.recipes import FDRecipe, RecipeEncoder, recipe_unit_images
 
-__all__ = ["pretrained_fd", "pretrained_fd_volumes", "weights_status"]
+__all__ = ["pretrained_fd", "pretrained_fd_volumes", "pretrained_windowed_fd", "weights_status"]
 
 
 def weights_status(name: str, path: str | Path | None, key: str) -> str:
@@ -87,3 +94,29 @@ def pretrained_fd_volumes(name: str, path: str | Path | None, key: str, real: np
         per_plane[PLANE_LABELS[plane]] = {"fd": float(res["fd"]), "n_real": res["n_real"], "n_fake": res["n_fake"]}
     value = float(np.mean([p["fd"] for p in per_plane.values()]))
     return _entry(name, recipe, "ok", value, per_plane=per_plane)
+
+
+def pretrained_windowed_fd(name: str, path: str | Path | None, key: str, real: np.ndarray | torch.Tensor,
+                           fake: np.ndarray | torch.Tensor, recipe: FDRecipe, hu_range: Sequence[float],
+                           windows: dict, **kw) -> dict:
+    """FD per CT window (MedSyn2 Table 1) on extractor ``name``: each window maps HU to [0, 1] (it
+    replaces the recipe's ``hu_window`` / ``scaling``), the recipe's channel normalisation and resizing
+    apply. 2D slice sets: rows per window (plane XY); volumes (``[N, 1, X, Y, Z]``): per window x plane
+    on the central ``recipe.central_fraction`` (2.5D). ``{"status", "extractor", "recipe", "rows"}``."""
+    status = weights_status(name, path, key)
+    if status != "ok":
+        return _entry(name, recipe, status, rows=[])
+    ext = register_module_extractor(f"medsynth-{name}", RecipeEncoder(extractor_from_file(name, path), recipe))
+    real, fake = torch.as_tensor(real), torch.as_tensor(fake)
+    try:
+        if real.dim() == 5:
+            rows = per_plane_windowed_fd(real, fake, tuple(hu_range), windows, ext, kid=False,
+                                         central_fraction=recipe.central_fraction, **kw)
+            rows = [{**r, "plane": PLANE_LABELS.get(r["plane"], r["plane"])} for r in rows]
+        else:
+            rows = [{**r, "plane": "XY"} for r in per_window_fd(real, fake, tuple(hu_range), windows, ext, kid=False,
+                                                                **kw)]
+    finally:
+        unregister_module_extractor(ext)
+    keep = ("window", "plane", "fd", "n_real", "n_fake", "status")
+    return _entry(name, recipe, "ok", rows=[{k: r.get(k) for k in keep} for r in rows])

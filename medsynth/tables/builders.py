@@ -151,12 +151,18 @@ def victr_table4(rows_cfg: Sequence[Mapping], metrics: Mapping[str, Mapping], pa
 
 # ------------------------------------------------------------------------------------------------ MedSyn2
 def medsyn2_table1(m: Mapping, paper_dir: str | Path, paper_model: str = "MedSyn2") -> pd.DataFrame:
-    """MedSyn2 Table 1: FD per CT window x plane (+ mean), ours beside the paper's FID."""
+    """MedSyn2 Table 1: FD per CT window x plane (+ mean), ours on the self-trained encoder and on the paper's
+    RadImageNet ResNet-50 (its status where the weights are absent) beside the paper's FID."""
     paper = load_reported(paper_dir, "medsyn2_table1")
     extractor = m.get("fd_self", {}).get("extractor", "")
+    radimagenet = (m.get("windowed_pretrained") or {}).get("radimagenet_resnet50") or {}
+    ours = {(r["window"], r["plane"]): r for r in radimagenet.get("rows", [])}
     rows = []
     for w in m.get("windowed", []):
+        cell = ours.get((w["window"], w["plane"]))
         rows.append({"window": w["window"], "plane": w["plane"], f"FD ({extractor})": w.get("fd"),
+                     "FID (RadImageNet ResNet-50)": _fd_value({"v": {"value": cell.get("fd"), "status": cell.get(
+                         "status")} if cell else {"status": radimagenet.get("status", NOT_MEASURED)}}, "v"),
                      "paper FID (RadImageNet ResNet-50)": reported(paper, "FID", model=paper_model, window=w["window"],
                                                                    plane=w["plane"]),
                      "scale": fd_scale(m)})
