@@ -17,6 +17,7 @@ recorded and verified on lookup). Then:
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,12 +28,11 @@ import pytest
 import torch
 
 from conftest import ct_slice_shard
-from hfhub_server import FakeHub, RunningHub
+from stand_in import fetch_from_stand_in, stages_and_sampling
 from tiny_pipelines import TINY_PIPELINES
 
 NAMES = ["liver", "lungs", "bone", "kidneys", "spleen"]
 M = len(NAMES)
-TOKEN = "hf_tinytesttoken0123456789"
 MAX_LENGTH = 16
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "loopback_module")  # no network beyond 127.0.0.1
@@ -69,52 +69,18 @@ def registry():
 @pytest.fixture(scope="module", params=list(CASES))
 def case(request, registry, tmp_path_factory, loopback_module) -> SimpleNamespace:
     """One backbone's tiny repo, served by the Hub stand-in and fetched by the weights task."""
-    from huggingface_hub import close_session, constants
-
-    from medsynth.data.download import DownloadError
-    from medsynth.tasks.weights import weights as weights_task
-    from medsynth.weights import model_entry, model_files
-
     name = request.param
     make, pipeline = TINY_PIPELINES[name]
-    repo = tmp_path_factory.mktemp(f"{name}_repo")
-    files = make(repo)
+    files = make(tmp_path_factory.mktemp(f"{name}_repo"))
     root = tmp_path_factory.mktemp("weights")
-    gated = registry[name]["access"] == "gated"
-    hub = FakeHub(repo_id=registry[name]["repo_id"], repo_type="model", gated=gated, granted_tokens={TOKEN})
-    for path, data in files.items():
-        hub.add_file(path, data, lfs=path.endswith((".safetensors", ".bin")))
-    mp = pytest.MonkeyPatch()
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
-        mp.delenv(var, raising=False)
-    mp.setattr(constants, "HF_HUB_OFFLINE", False)
-    mp.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    mp.setattr(constants, "HF_HUB_CACHE", str(root / "hf_cache"))
-    mp.setattr(constants, "HF_TOKEN_PATH", str(root / "no_token"))
-    try:
-        with RunningHub(hub):
-            entry = model_entry(registry, name, {"endpoint": hub.endpoint})
-            job = SimpleNamespace(params=SimpleNamespace(entry=entry, download={"retries": 1, "progress": False}),
-                                  output=SimpleNamespace(inventory=str(root / name / "inventory.csv"),
-                                                         source=str(root / name / "source.json")))
-            if gated:  # refused without the token, before any request
-                with pytest.raises(DownloadError, match="HF_TOKEN"):
-                    weights_task(job)
-                assert hub.requests == []
-                mp.setenv("HF_TOKEN", TOKEN)
-            weights_task(job)
-    finally:
-        mp.undo()
-        close_session()
+    local = fetch_from_stand_in(registry, [name], files, root)[name]
     inventory = pd.read_csv(root / name / "inventory.csv")
     fetched = set(inventory["path"])
     assert "README.md" not in fetched and not any(p.count("/") == 0 and p.endswith(".safetensors") for p in fetched)
     assert {"model_index.json", "scheduler/scheduler_config.json", *FETCHED[name]} <= fetched
     for rel, sha in zip(inventory["path"], inventory["sha256"]):
-        import hashlib
-
         assert hashlib.sha256(files[rel]).hexdigest() == sha
-    return SimpleNamespace(name=name, pipeline=pipeline, repo=repo, files=model_files(name, root, entry),
+    return SimpleNamespace(name=name, pipeline=pipeline, files=local,
                            backbone=CASES[name][0], text=CASES[name][1], latent=CASES[name][2],
                            subfolder=CASES[name][3])
 
@@ -199,10 +165,6 @@ def test_widened_pretrained_backbone_predicts_what_the_release_does(case):
 
 
 def test_stages_lora_step_and_sampling_on_grey_ct_with_masks(case, shards, tmp_path):
-    from safetensors.torch import load_file
-
-    from medsynth.generator import run_base, run_stage1, run_stage2, variant_config
-    from medsynth.generator.sampling import sample_condition_set
     from medsynth.io.generated import load_generated
     from medsynth.vae.stage import run_vae
 
@@ -216,21 +178,13 @@ def test_stages_lora_step_and_sampling_on_grey_ct_with_masks(case, shards, tmp_p
     stage = {"steps": 1, "batch_size": 4, "lr": 1e-3, "checkpoint_every": 0, "progress": False, "seed": 3,
              "cond_dropout": 0.25, "warmup_steps": 0}
     base = {**stage, "select": {"split": ["train"]}}
-    run_base(shards, vae, stats, tmp_path / "base", gen, base)
     stage1 = {**stage, "select": {"split": ["train"], "modality": ["CT"]},
               "ewc": {"fisher_batches": 1, "fisher_batch_size": 4, "top_fraction": 0.2, "lambda": 10.0}}
-    run_stage1(shards, vae, stats, tmp_path / "base" / "final", tmp_path / "stage1", gen, stage1, base)
     stage2 = {**stage, "select": {"split": ["train"], "modality": ["MR"]}, "severity_prompt": True, "method": "lora",
               "objective": "tweedie", "lora": {"rank": 2, "alpha": 2.0},
               "consistency": {"temporal_weight": 0.1, "spatial_weight": 0.1}}
-    cfg = variant_config(stage2, {"victr": {}}, "victr")
-    run_stage2(shards, vae, stats, tmp_path / "stage1" / "final", tmp_path / "stage1" / "ewc.safetensors",
-               tmp_path / "stage2", gen, copy.deepcopy(cfg))
-    adapter = load_file(str(next((tmp_path / "stage2" / "final").rglob("adapter_model.safetensors"))))
-    assert adapter and all("lora" in k for k in adapter)
-    out = [tmp_path / f"s.{ext}" for ext in ("safetensors", "csv", "json")]
-    sample_condition_set(shards, vae, stats, tmp_path / "stage2" / "final", tmp_path / "stage1" / "final", *out, gen,
-                         cfg, {"guidance_scale": 2.0, "seed": 5, "batch_size": 4}, "euler-2", {"split": ["test"]})
+    out = stages_and_sampling(shards, vae, stats, gen, base, stage1, stage2, tmp_path,
+                              {"guidance_scale": 2.0, "seed": 5, "batch_size": 4})
     images, masks, names = load_generated(out[0])
     assert images.shape[1:] == (1, 32, 32) and len(images) == 4 and np.isfinite(images).all() and names == NAMES
     assert json.loads(out[2].read_text())["nfe"] == 2

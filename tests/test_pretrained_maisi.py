@@ -13,7 +13,6 @@ binarised; base, stage 1, a stage-2 LoRA step and a sampling call on CT volumes 
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,7 +24,7 @@ import pytest
 import torch
 
 from conftest import EXAMPLE, threshold_masks
-from hfhub_server import FakeHub, RunningHub
+from stand_in import fetch_from_stand_in, stages_and_sampling
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "loopback_module")  # no network beyond 127.0.0.1
 
@@ -71,39 +70,16 @@ def _release(folder: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def release(tmp_path_factory, loopback_module) -> SimpleNamespace:
     """The release served by the Hub stand-in, each registry entry fetched by the weights task."""
-    from huggingface_hub import close_session, constants
-
-    from medsynth.tasks.weights import weights as weights_task
-    from medsynth.weights import load_models, model_entry, model_files
+    from medsynth.weights import load_models
 
     files = _release(tmp_path_factory.mktemp("ngc_repo"))
     registry = load_models(Path(__file__).resolve().parents[1] / "config" / "models.yaml")
     root = tmp_path_factory.mktemp("weights")
-    hub = FakeHub(repo_id=registry["maisi_vae"]["repo_id"], repo_type="model", gated=False)
-    for path, data in files.items():
-        hub.add_file(path, data, lfs=path.endswith(".pt"))
-    mp = pytest.MonkeyPatch()
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
-        mp.delenv(var, raising=False)
-    mp.setattr(constants, "HF_HUB_OFFLINE", False)
-    mp.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    mp.setattr(constants, "HF_HUB_CACHE", str(root / "hf_cache"))
-    mp.setattr(constants, "HF_TOKEN_PATH", str(root / "no_token"))
+    folders = fetch_from_stand_in(registry, list(FILES), files, root)
     local = {}
-    try:
-        with RunningHub(hub):
-            for name in FILES:
-                entry = model_entry(registry, name, {"endpoint": hub.endpoint})
-                job = SimpleNamespace(params=SimpleNamespace(entry=entry, download={"retries": 1, "progress": False}),
-                                      output=SimpleNamespace(inventory=str(root / name / "inventory.csv"),
-                                                             source=str(root / name / "source.json")))
-                weights_task(job)
-                fetched = set(pd.read_csv(job.output.inventory)["path"])
-                assert fetched == {FILES[name], "configs/config_network_rflow.json"}
-                local[name] = model_files(name, root, entry) / FILES[name]
-    finally:
-        mp.undo()
-        close_session()
+    for name, folder in folders.items():
+        assert set(pd.read_csv(root / name / "inventory.csv")["path"]) == {FILES[name], "configs/config_network_rflow.json"}
+        local[name] = folder / FILES[name]
     return SimpleNamespace(files=files, **local)
 
 
@@ -171,10 +147,6 @@ def test_release_files_load_strictly_and_masks_reach_the_controlnet_as_maisi_lab
 
 
 def test_maisi_release_stages_lora_step_and_sampling_on_ct_volumes(release, shards, tmp_path):
-    from safetensors.torch import load_file
-
-    from medsynth.generator import run_base, run_stage1, run_stage2, variant_config
-    from medsynth.generator.sampling import sample_condition_set
     from medsynth.io.generated import load_generated
     from medsynth.vae import TINY_VAE_CONFIGS, build_autoencoder
     from medsynth.vae.stage import run_vae
@@ -189,18 +161,10 @@ def test_maisi_release_stages_lora_step_and_sampling_on_ct_volumes(release, shar
     gen = {"backbone": _backbone(release), "text_encoder": {"type": "minilm"}, "max_length": 8, "threads": 1}
     stage = {"steps": 1, "batch_size": 2, "lr": 1e-3, "checkpoint_every": 0, "progress": False, "seed": 3,
              "cond_dropout": 0.5, "warmup_steps": 0, "select": {"split": ["train"]}}
-    run_base(shards, vae, stats, tmp_path / "base", gen, stage)
     stage1 = {**stage, "ewc": {"fisher_batches": 1, "fisher_batch_size": 2, "top_fraction": 0.2, "lambda": 10.0}}
-    run_stage1(shards, vae, stats, tmp_path / "base" / "final", tmp_path / "stage1", gen, stage1, stage)
     stage2 = {**stage, "method": "lora", "objective": "flow", "lora": {"rank": 2, "alpha": 2.0},
               "contrastive": {"enabled": True, "roi": "liver"}}
-    cfg = variant_config(stage2, {"victr": {}}, "victr")
-    run_stage2(shards, vae, stats, tmp_path / "stage1" / "final", tmp_path / "stage1" / "ewc.safetensors",
-               tmp_path / "stage2", gen, copy.deepcopy(cfg))
-    adapter = load_file(str(next((tmp_path / "stage2" / "final").rglob("adapter_model.safetensors"))))
-    assert adapter and all("lora" in k for k in adapter)
-    out = [tmp_path / f"s.{ext}" for ext in ("safetensors", "csv", "json")]
-    sample_condition_set(shards, vae, stats, tmp_path / "stage2" / "final", tmp_path / "stage1" / "final", *out, gen,
-                         cfg, {"guidance_scale": 2.0, "seed": 5, "batch_size": 2}, "euler-2", {"split": ["test"]})
+    out = stages_and_sampling(shards, vae, stats, gen, stage, stage1, stage2, tmp_path,
+                              {"guidance_scale": 2.0, "seed": 5, "batch_size": 2})
     images, _, names = load_generated(out[0])
     assert images.shape == (len(TEST_VOLUMES), 1, SIZE, SIZE, SIZE) and np.isfinite(images).all() and names == NAMES
