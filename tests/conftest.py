@@ -47,6 +47,34 @@ def ct_slice_shard(root: Path, names: list[str], n: int = 24, size: int = 32) ->
     return [str(root / "shard-000.safetensors"), str(root / "shard-000.csv")]
 
 
+def ct_volume_shard(root: Path, names: list[str], n: int, test: tuple[int, ...], size: int, crop_step: int,
+                    mirror_half: bool = False) -> list[str]:
+    """A training-set shard of ``n`` CT volumes (``size``^3) of the shipped upper-abdomen CT: volume ``i`` is
+    the scan with ``crop_step`` x (its index) voxels cropped off the x axis (``mirror_half``: the second half
+    mirrored left-right, the index counted within each half), five threshold masks; ``test`` volumes in the
+    test split. Returns its two files."""
+    import json
+
+    from medsynth.io.trainsets import write_shard
+    from medsynth.preprocess.intensity import hu_to_unit
+    from medsynth.preprocess.trainsets import volume_sample
+
+    hu_full = np.asarray(nib.load(str(EXAMPLE / "ct" / "upper_abdomen_ct_3mm.nii.gz")).dataobj, dtype=np.float32)
+    half = n // 2 if mirror_half else n
+    samples = []
+    for i in range(n):
+        source = hu_full[:, ::-1] if mirror_half and i >= half else hu_full
+        hu = np.ascontiguousarray(source[(i % half) * crop_step:])
+        image, mask = volume_sample(hu_to_unit(hu), threshold_masks(hu), (size,) * 3)
+        row = {"case_id": f"vol{i}", "patient_id": f"p{i}", "dataset": "t", "modality": "CT",
+               "split": "test" if i in test else "train", "prompt_contrast": "portal venous",
+               "prompt_region": "upper abdomen", "slice": -1,
+               "organs": json.dumps([name for name, m in zip(names, mask) if m.any()])}
+        samples.append((row, image, mask))
+    write_shard(samples, names, root / "shard-000.safetensors", root / "shard-000.csv")
+    return [str(root / "shard-000.safetensors"), str(root / "shard-000.csv")]
+
+
 @pytest.fixture(scope="module")
 def text_encoder():
     """The MiniLM text encoder of the generator tests (built from the locally made tokenizer and weights)."""

@@ -17,13 +17,12 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from conftest import EXAMPLE, threshold_masks
+from conftest import ct_volume_shard
 from stand_in import fetch_from_stand_in, stages_and_sampling
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "loopback_module")  # no network beyond 127.0.0.1
@@ -86,23 +85,7 @@ def release(tmp_path_factory, loopback_module) -> SimpleNamespace:
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> list[str]:
     """CT volumes (16^3) of the shipped scan, shifted crops, five threshold masks."""
-    from medsynth.io.trainsets import write_shard
-    from medsynth.preprocess.intensity import hu_to_unit
-    from medsynth.preprocess.trainsets import volume_sample
-
-    root = tmp_path_factory.mktemp("volumes")
-    hu_full = np.asarray(nib.load(str(EXAMPLE / "ct" / "upper_abdomen_ct_3mm.nii.gz")).dataobj, dtype=np.float32)
-    samples = []
-    for i in range(N_VOLUMES):
-        hu = np.ascontiguousarray(hu_full[i * 4:])
-        image, mask = volume_sample(hu_to_unit(hu), threshold_masks(hu), (SIZE,) * 3)
-        row = {"case_id": f"vol{i}", "patient_id": f"p{i}", "dataset": "t", "modality": "CT",
-               "split": "test" if i in TEST_VOLUMES else "train", "prompt_contrast": "portal venous",
-               "prompt_region": "upper abdomen", "slice": -1,
-               "organs": json.dumps([n for n, m in zip(NAMES, mask) if m.any()])}
-        samples.append((row, image, mask))
-    write_shard(samples, NAMES, root / "shard-000.safetensors", root / "shard-000.csv")
-    return [str(root / "shard-000.safetensors"), str(root / "shard-000.csv")]
+    return ct_volume_shard(tmp_path_factory.mktemp("volumes"), NAMES, N_VOLUMES, TEST_VOLUMES, SIZE, crop_step=4)
 
 
 def _backbone(release) -> dict:

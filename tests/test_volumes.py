@@ -15,7 +15,6 @@ import copy
 import json
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
@@ -31,12 +30,9 @@ from medsynth.generator.sampling import sample_condition_set
 from medsynth.models.backbones import build_backbone, mask_routing, predict, predict_velocity
 from tiny_backbones import TINY_CONFIGS
 from medsynth.objectives import interpolate, velocity_from_x0, x_prediction_v_loss
-from medsynth.preprocess.intensity import hu_to_unit
-from medsynth.io.trainsets import write_shard
-from medsynth.preprocess.trainsets import volume_sample
 from medsynth.vae import TINY_VAE_CONFIGS, load_autoencoder, load_latent_statistics
 
-from conftest import threshold_masks
+from conftest import ct_volume_shard
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -76,22 +72,8 @@ GENERATORS = {kind: {"backbone": _backbone(kind), "text_encoder": {"type": "mini
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> list[str]:
-    root = tmp_path_factory.mktemp("volumes")
-    hu_full = np.asarray(nib.load(str(CT)).dataobj, dtype=np.float32)
-    samples = []
-    for i in range(N_VOLUMES):
-        half = N_VOLUMES // 2
-        source = hu_full if i < half else hu_full[:, ::-1]
-        hu = np.ascontiguousarray(source[(i % half) * CROP_STEP:])
-        masks = threshold_masks(hu)
-        image, mask = volume_sample(hu_to_unit(hu), masks, (SIZE,) * 3)
-        row = {"case_id": f"vol{i}", "patient_id": f"p{i}", "dataset": "t", "modality": "CT",
-               "split": "test" if i in TEST_VOLUMES else "train", "prompt_contrast": "portal venous",
-               "prompt_region": "upper abdomen", "slice": -1,
-               "organs": json.dumps([n for n, m in zip(NAMES, mask) if m.any()])}
-        samples.append((row, image, mask))
-    write_shard(samples, NAMES, root / "shard-000.safetensors", root / "shard-000.csv")
-    return [str(root / "shard-000.safetensors"), str(root / "shard-000.csv")]
+    return ct_volume_shard(tmp_path_factory.mktemp("volumes"), NAMES, N_VOLUMES, TEST_VOLUMES, SIZE, CROP_STEP,
+                           mirror_half=True)
 
 
 @pytest.fixture(scope="module")
