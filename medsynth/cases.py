@@ -18,12 +18,14 @@ from tqdm.auto import tqdm
 
 from medsynth.fsutil import atomic_dir
 
-__all__ = ["SHARD_TABLE", "CaseRejected", "remove_case_files", "process_cases"]
+__all__ = ["SHARD_TABLE", "STATUS_COLUMNS", "CaseRejected", "remove_case_files", "process_cases", "read_shard_table"]
 
 log = logging.getLogger(__name__)
 
 #: The per-shard case table of every per-case stage.
 SHARD_TABLE = "cases.csv"
+#: The columns every shard table ends with.
+STATUS_COLUMNS = ("status", "reason")
 
 
 class CaseRejected(ValueError):
@@ -40,13 +42,24 @@ def remove_case_files(folder: Path, case_id: str) -> None:
         path.unlink()
 
 
+def read_shard_table(folder: str | Path) -> pd.DataFrame:
+    """The shard table of a stage's shard folder, as strings (a shard with no case has its header only)."""
+    path = Path(folder) / SHARD_TABLE
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError as err:  # written by a version that dropped the header of empty shards
+        raise ValueError(f"{path} has no header (an empty shard written by an older version): delete {Path(folder)}"
+                         " and rerun to rebuild it") from err
+
+
 def process_cases(cases: Iterable[Mapping], out_dir: str | Path, process: Callable[[dict, Path], dict], *,
-                  row: Callable[[dict], dict], error_reason: Callable[[Exception], str],
+                  columns: Sequence[str], error_reason: Callable[[Exception], str],
                   path_keys: Sequence[str] = (), stage: str = "process", progress: bool = True,
                   finish: Callable[[Path], None] | None = None) -> pd.DataFrame:
     """Run ``process(case, tmp)`` on every case; write the folder ``out_dir`` and its ``cases.csv`` atomically.
 
-    ``row(case)`` gives the identifying columns of a case's table row; ``process`` writes the case's
+    ``columns`` are the identifying columns copied from each case into its row (and the header of a
+    shard with no case, so that every shard table is a CSV with its header); ``process`` writes the case's
     files under ``tmp`` and returns the columns it produced, whose ``path_keys`` (paths under ``tmp``)
     are rewritten to the final folder. ``CaseRejected`` quarantines with its message as the reason
     (a check the case failed); any other exception with ``error_reason(err)`` and its traceback in
@@ -58,7 +71,7 @@ def process_cases(cases: Iterable[Mapping], out_dir: str | Path, process: Callab
     rows = []
     with atomic_dir(out_dir) as tmp:
         for case in tqdm(cases, desc=f"{stage} {out_dir.name}", disable=not progress):
-            result = row(case)
+            result = {key: case[key] for key in columns}
             try:
                 produced = process(case, tmp)
                 for key in path_keys:  # paths inside the temporary folder become paths inside the final one
@@ -74,7 +87,7 @@ def process_cases(cases: Iterable[Mapping], out_dir: str | Path, process: Callab
                 remove_case_files(tmp, case["case_id"])
                 result.update(status="quarantined", reason=error_reason(err))
             rows.append(result)
-        table = pd.DataFrame(rows)
+        table = pd.DataFrame(rows) if rows else pd.DataFrame(columns=[*columns, *STATUS_COLUMNS])
         if finish is not None:
             finish(tmp)
         table.to_csv(tmp / SHARD_TABLE, index=False)

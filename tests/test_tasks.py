@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from medsynth.cases import SHARD_TABLE, CaseRejected, process_cases
+from medsynth.cases import SHARD_TABLE, CaseRejected, process_cases, read_shard_table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,7 +57,7 @@ def _process(case: dict, tmp: Path) -> dict:
 def test_process_cases_quarantines_each_failure_with_its_reason_and_keeps_the_rest(tmp_path):
     cases = [{"case_id": "a", "kind": "ok"}, {"case_id": "b", "kind": "reject"}, {"case_id": "c", "kind": "crash"}]
     out = tmp_path / "shard-000"
-    table = process_cases(cases, out, _process, row=lambda c: {"case_id": c["case_id"]},
+    table = process_cases(cases, out, _process, columns=("case_id",),
                           error_reason=lambda err: f"failed: {err}", path_keys=("path",), progress=False)
     assert list(table["status"]) == ["ok", "quarantined", "quarantined"]
     assert list(table["reason"]) == ["", "too small", "failed: boom"]
@@ -68,12 +68,26 @@ def test_process_cases_quarantines_each_failure_with_its_reason_and_keeps_the_re
     assert list(on_disk["case_id"]) == ["a", "b", "c"]
 
 
+def test_a_shard_with_no_case_writes_its_header_and_reads_back_empty(tmp_path):
+    out = tmp_path / "shard-002"
+    process_cases([], out, _process, columns=("case_id", "dataset"), error_reason=str, progress=False)
+    assert (out / SHARD_TABLE).read_text().strip() == "case_id,dataset,status,reason"
+    table = read_shard_table(out)
+    assert table.empty and list(table.columns) == ["case_id", "dataset", "status", "reason"]
+
+
+def test_a_headerless_shard_table_is_a_clear_error(tmp_path):
+    (tmp_path / SHARD_TABLE).write_text("\n")  # what an empty shard used to be
+    with pytest.raises(ValueError, match="has no header.*delete"):
+        read_shard_table(tmp_path)
+
+
 def test_process_cases_leaves_no_partial_shard_when_the_shard_fails(tmp_path):
     def finish(tmp):
         raise OSError("disk full")
 
     out = tmp_path / "shard-001"
     with pytest.raises(OSError, match="disk full"):
-        process_cases([{"case_id": "a", "kind": "ok"}], out, _process, row=lambda c: {"case_id": c["case_id"]},
+        process_cases([{"case_id": "a", "kind": "ok"}], out, _process, columns=("case_id",),
                       error_reason=str, progress=False, finish=finish)
     assert not out.exists() and not list(tmp_path.iterdir())

@@ -135,6 +135,6 @@ def ingest_shard(sources: pd.DataFrame, out_dir: str | Path, options: IngestOpti
     columns = list(sources.columns)
     return process_cases(
         sources.to_dict("records"), out_dir, lambda case, tmp: ingest_case(case, tmp, options),
-        row=lambda case: {k: case[k] for k in columns},
+        columns=columns,
         error_reason=lambda err: f"ingest error: {type(err).__name__}: {err}",
         path_keys=("path", "label_path"), stage="ingest", progress=progress)

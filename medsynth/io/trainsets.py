@@ -28,8 +28,11 @@ def to_condition_values(binary: np.ndarray) -> np.ndarray:
 
 
 def write_shard(samples: list[tuple[dict, np.ndarray, np.ndarray]], condition_names: list[str], tensors_path: Path,
-                index_path: Path) -> pd.DataFrame:
-    """Write (index row, image, masks) samples as one safetensors shard + its index CSV (atomically)."""
+                index_path: Path, columns: Sequence[str] = ()) -> pd.DataFrame:
+    """Write (index row, image, masks) samples as one safetensors shard + its index CSV (atomically).
+
+    ``columns`` are the index's columns, written as the header of a shard without samples.
+    """
     rows = [dict(row, sample=i) for i, (row, _, _) in enumerate(samples)]
     n_channels = len(condition_names)
     if samples:
@@ -43,7 +46,7 @@ def write_shard(samples: list[tuple[dict, np.ndarray, np.ndarray]], condition_na
         meta = json.dumps({"conditions": condition_names, "masks_encoding": "binary uint8; model values = mask - 0.5"},
                           sort_keys=True)
         save_file({"image": images, "masks": masks}, str(tmp), metadata={"medsynth": meta})
-    index = pd.DataFrame(rows)
+    index = pd.DataFrame(rows) if rows else pd.DataFrame(columns=[*columns, "sample"])
     write_csv_atomic(index, index_path)
     return index
 

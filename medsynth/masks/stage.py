@@ -83,7 +83,7 @@ def masks_shard(registered: pd.DataFrame, out_dir: str | Path, segmenters: dict[
     return process_cases(
         [case for case in registered.to_dict("records") if case["status"] == "ok"],  # the others: quarantined upstream
         out_dir, segment,
-        row=lambda case: {k: case[k] for k in ("case_id", "patient_id", "dataset", "modality", "split")},
+        columns=("case_id", "patient_id", "dataset", "modality", "split"),
         error_reason=lambda err: f"segmentation failed: {err}",
         path_keys=("labels_path", "conditions_path"), stage="masks", progress=progress,
         finish=lambda tmp: (tmp / "conditions.json").write_text(json.dumps([s.name for s in specs])))

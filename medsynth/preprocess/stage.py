@@ -22,6 +22,8 @@ from medsynth.preprocess.registration import RegistrationParams, build_template,
 
 log = logging.getLogger(__name__)
 
+#: the manifest columns copied into each row of a registration shard table
+REGISTERED_ID_COLUMNS = ("case_id", "patient_id", "dataset", "modality", "split", "source")
 #: value outside the field of view after resampling
 FILL = {"CT": -1024.0}
 
@@ -81,7 +83,7 @@ def register_shard(cases: pd.DataFrame, grids: dict[str, nib.Nifti1Image], out_d
 
     return process_cases(
         cases.to_dict("records"), out_dir, register,
-        row=lambda case: {k: case[k] for k in ("case_id", "patient_id", "dataset", "modality", "split", "source")},
+        columns=REGISTERED_ID_COLUMNS,
         error_reason=lambda err: f"registration failed: {err}",
         path_keys=("registered_path", "coverage_path", "transform_path", "registered_label_path"),
         stage="register", progress=progress)

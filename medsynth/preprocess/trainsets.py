@@ -89,6 +89,10 @@ def volume_sample(image: np.ndarray, masks: np.ndarray, size: tuple[int, int, in
     return img, msk
 
 
+#: the first columns of a training-set index (then the prompt fields, ``slice``, ``organs``, ``sample``)
+TRAINSET_ID_COLUMNS = ("case_id", "patient_id", "dataset", "modality", "split", "normalisation")
+
+
 def build_training_shard(masks_table: pd.DataFrame, registered: pd.DataFrame, manifest: pd.DataFrame,
                          condition_names: list[str], intensity_cfg: dict, slice_options: SliceOptions,
                          volume_size: tuple[int, int, int], out_2d: tuple[Path, Path], out_3d: tuple[Path, Path]) -> None:
@@ -103,8 +107,7 @@ def build_training_shard(masks_table: pd.DataFrame, registered: pd.DataFrame, ma
         coverage = np.asarray(nib.load(reg.loc[case_id, "coverage_path"]).dataobj, dtype=np.float32)
         image, params = normalise(hu, case["modality"], intensity_cfg)
         masks = np.moveaxis(np.asarray(nib.load(case["conditions_path"]).dataobj, dtype=np.uint8), -1, 0)
-        base = {"case_id": case_id, "patient_id": case["patient_id"], "dataset": case["dataset"],
-                "modality": case["modality"], "split": case["split"], "normalisation": json.dumps(params)}
+        base = {**{key: case[key] for key in TRAINSET_ID_COLUMNS[:-1]}, "normalisation": json.dumps(params)}
         base.update({c: prompts.loc[case_id, c] for c in prompt_columns})
         for z, img, msk in axial_slices(image, masks, coverage, slice_options):
             present = [n for n, m in zip(condition_names, msk) if m.any()]
@@ -112,5 +115,6 @@ def build_training_shard(masks_table: pd.DataFrame, registered: pd.DataFrame, ma
         img3, msk3 = volume_sample(image, masks, volume_size)
         present = [n for n, m in zip(condition_names, msk3) if m.any()]
         volumes.append((dict(base, slice=-1, organs=json.dumps(present)), img3, msk3))
-    write_shard(slices, condition_names, *out_2d)
-    write_shard(volumes, condition_names, *out_3d)
+    columns = [*TRAINSET_ID_COLUMNS, *prompt_columns, "slice", "organs"]  # the header of a shard with no case
+    write_shard(slices, condition_names, *out_2d, columns=columns)
+    write_shard(volumes, condition_names, *out_3d, columns=columns)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from medsynth.cases import SHARD_TABLE
+from medsynth.cases import read_shard_table
 from medsynth.fsutil import write_csv_atomic
 from medsynth.tasks import Job, task
 
@@ -65,7 +65,7 @@ def manifest(job: Job) -> None:
     """The study's case index with patient-level splits, and the ingest quarantine table."""
     from medsynth.data.manifest import build_manifest
 
-    tables = [_read(Path(shard) / SHARD_TABLE) for shard in job.input.shards]
+    tables = [read_shard_table(shard) for shard in job.input.shards]
     index, quarantine = build_manifest(tables, job.params.splits, job.params.seed)
     write_csv_atomic(index, job.output.manifest)
     write_csv_atomic(quarantine, job.output.quarantine)

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from medsynth.cases import SHARD_TABLE
+from medsynth.cases import read_shard_table
 from medsynth.data.manifest import QUARANTINE_COLUMNS
 from medsynth.figures import display, mask_overlay
 from medsynth.fsutil import write_csv_atomic
@@ -25,7 +25,7 @@ def _read(path: str | Path) -> pd.DataFrame:
 
 def masks_for_shard(registered_dir: str, out_dir: str, masks_cfg: dict) -> pd.DataFrame:
     """Pseudo-masks, condition masks and mask QC of one registered shard."""
-    registered = _read(Path(registered_dir) / SHARD_TABLE)
+    registered = read_shard_table(registered_dir)
     specs = [ConditionSpec.from_config(c) for c in masks_cfg["conditions"]]
     return masks_shard(registered, out_dir, masks_cfg["segmenters"], masks_cfg["by_modality"], specs)
 
@@ -35,7 +35,7 @@ def combine_quarantine(ingest_csv: str, registered_dirs: list[str], masks_dirs: 
     parts = [_read(ingest_csv)]
     for stage, dirs in (("registration", registered_dirs), ("masks", masks_dirs)):
         for d in dirs:
-            rows = _read(Path(d) / SHARD_TABLE)
+            rows = read_shard_table(d)
             if "status" in rows:
                 parts.append(rows[rows["status"] == "quarantined"].assign(stage=stage))
     combined = pd.concat(parts, ignore_index=True).reindex(columns=QUARANTINE_COLUMNS).fillna("")
@@ -48,7 +48,7 @@ def draw_mask_figure(registered_dirs: list[str], masks_dirs: list[str], out_png:
     """Condition masks over registered images (the first ``figures.cases`` accepted cases)."""
     window = tuple(intensity_cfg["windows"][figures_cfg.get("ct_window", "soft_tissue")])
     names = json.loads((Path(masks_dirs[0]) / "conditions.json").read_text())
-    masks = pd.concat([_read(Path(d) / SHARD_TABLE) for d in masks_dirs], ignore_index=True)
+    masks = pd.concat([read_shard_table(d) for d in masks_dirs], ignore_index=True)
     masks = masks[masks["status"] == "ok"].sort_values("case_id").head(int(figures_cfg.get("cases", 4)))
     registered = registered_cases(registered_dirs).set_index("case_id")
     rows = []

@@ -11,11 +11,11 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from medsynth.cases import SHARD_TABLE
+from medsynth.cases import SHARD_TABLE, STATUS_COLUMNS, read_shard_table
 from medsynth.figures import display, registration_overlay
 from medsynth.fsutil import atomic_dir
 from medsynth.preprocess.registration import RegistrationParams
-from medsynth.preprocess.stage import register_shard, study_template
+from medsynth.preprocess.stage import REGISTERED_ID_COLUMNS, register_shard, study_template
 from medsynth.preprocess.trainsets import SliceOptions, build_training_shard
 from medsynth.tasks import Job, task
 
@@ -52,7 +52,7 @@ def register_ingest_shard(manifest_csv: str, ingest_shard: str, templates_dir: s
                           preprocess_cfg: dict) -> pd.DataFrame:
     """Register the accepted cases of one ingest shard to their modality's study grid."""
     manifest = _read(manifest_csv)
-    ingested = set(_read(Path(ingest_shard) / SHARD_TABLE)["case_id"])
+    ingested = set(read_shard_table(ingest_shard)["case_id"])
     cases = manifest[manifest["case_id"].isin(ingested)]
     grids = {p.name.split(".")[0]: nib.load(p) for p in sorted(Path(templates_dir).glob("*.nii.gz"))}
     by_modality = {m: registration_params(preprocess_cfg, m) for m in grids}
@@ -70,9 +70,10 @@ def register_ingest_shard(manifest_csv: str, ingest_shard: str, templates_dir: s
                 tables.append(part)
         missing = cases[~cases["modality"].isin(grids)]
         if len(missing):
-            tables.append(missing[["case_id", "patient_id", "dataset", "modality", "split", "source"]].assign(
+            tables.append(missing[list(REGISTERED_ID_COLUMNS)].assign(
                 status="quarantined", reason="registration failed: no template for this modality"))
-        table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["case_id", "status", "reason"])
+        table = (pd.concat(tables, ignore_index=True) if tables
+                 else pd.DataFrame(columns=[*REGISTERED_ID_COLUMNS, *STATUS_COLUMNS]))
         table.to_csv(tmp / SHARD_TABLE, index=False)
     return table
 
@@ -82,7 +83,7 @@ def training_sets_for_shard(manifest_csv: str, registered_dir: str, masks_dir: s
     """2D and 3D training sets of one shard (outputs: slices, slices_index, volumes, volumes_index)."""
     names = json.loads((Path(masks_dir) / "conditions.json").read_text())
     build_training_shard(
-        _read(Path(masks_dir) / SHARD_TABLE), _read(Path(registered_dir) / SHARD_TABLE), _read(manifest_csv), names,
+        read_shard_table(masks_dir), read_shard_table(registered_dir), _read(manifest_csv), names,
         intensity_cfg, SliceOptions.from_config(trainsets_cfg.get("slices") or {}),
         tuple(trainsets_cfg.get("volume_size", (64, 64, 64))),
         (Path(outputs.slices), Path(outputs.slices_index)), (Path(outputs.volumes), Path(outputs.volumes_index)),
@@ -90,7 +91,7 @@ def training_sets_for_shard(manifest_csv: str, registered_dir: str, masks_dir: s
 
 
 def registered_cases(registered_dirs: list[str]) -> pd.DataFrame:
-    tables = [_read(Path(d) / SHARD_TABLE) for d in registered_dirs]
+    tables = [read_shard_table(d) for d in registered_dirs]
     table = pd.concat(tables, ignore_index=True)
     return table[table["status"] == "ok"].sort_values("case_id")
 
