@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pandas as pd
+import pytest
 from workflow import embedded_config, run_snakemake
 
 from medsynth.cases import read_shard_table
@@ -41,3 +42,43 @@ def test_a_shard_whose_cases_all_fail_leaves_valid_tables_and_the_study_goes_on(
     slices = pd.read_csv(results / "trainsets" / "slices" / "shard-000.csv")
     assert set(slices["case_id"]) == {"mine_a_good", "mine_b_good"}
     assert pd.read_csv(results / "trainsets" / "slices" / "shard-001.csv").empty
+
+
+def _labelled_shard(tmp_path, example_dir, extra_id: int | None) -> pd.DataFrame:
+    """A registered-shard table of two cases (the shipped upper-abdomen CT and its TotalSegmentator labels);
+    case ``a``'s label map also holds ``extra_id`` in a block of voxels."""
+    import nibabel as nib
+    import numpy as np
+
+    labels = nib.load(str(example_dir / "labels" / "upper_abdomen_ct_3mm_total.nii.gz"))
+    data = np.asarray(labels.dataobj).astype(np.int16)
+    if extra_id is not None:
+        data[:8, :8, :4] = extra_id
+    nib.save(nib.Nifti1Image(data, labels.affine), str(tmp_path / "a_labels.nii.gz"))
+    image = str(example_dir / "ct" / "upper_abdomen_ct_3mm.nii.gz")
+    return pd.DataFrame([{"case_id": case, "patient_id": case, "dataset": "t", "modality": "CT", "split": "train",
+                          "status": "ok", "registered_path": image, "registered_label_path": str(path)}
+                         for case, path in (("a", tmp_path / "a_labels.nii.gz"),
+                                            ("b", example_dir / "labels" / "upper_abdomen_ct_3mm_total.nii.gz"))])
+
+
+@pytest.mark.parametrize("policy", ["report", "quarantine"])
+def test_label_ids_outside_the_class_map_are_reported_or_quarantined(tmp_path, example_dir, policy):
+    from medsynth.masks.conditions import ConditionSpec
+    from medsynth.masks.stage import masks_shard
+
+    registered = _labelled_shard(tmp_path, example_dir, extra_id=250)  # 'total' names ids 1..117
+    table = masks_shard(registered, tmp_path / "masks", {"shipped": {"backend": "dataset", "class_map": "total"}},
+                        {"CT": "shipped"}, [ConditionSpec.from_config({"name": "liver", "structures": ["liver"]})],
+                        progress=False, unknown_labels=policy).set_index("case_id")
+    assert table.loc["a", "unknown_label_ids"] == "[250]"
+    assert table.loc["b", "status"] == "ok" and table.loc["b", "unknown_label_ids"] == ""
+    if policy == "report":
+        assert table.loc["a", "status"] == "ok"
+        assert (tmp_path / "masks" / "conditions" / "a.nii.gz").exists()
+    else:
+        assert table.loc["a", "status"] == "quarantined"
+        assert table.loc["a", "reason"] == ("label ids [250] are not in the class map of segmenter 'shipped'"
+                                            " (masks.segmenters.shipped.class_map); masks.unknown_labels: quarantine")
+        assert not (tmp_path / "masks" / "conditions" / "a.nii.gz").exists()
+    assert (tmp_path / "masks" / "conditions" / "b.nii.gz").exists()

@@ -55,9 +55,18 @@ class _Segmenters:
         return self.built[name].segment(image, case["modality"])
 
 
+def unknown_label_ids(labels: np.ndarray, names: dict[int, str]) -> list[int]:
+    """Label ids present in ``labels`` that the class map ``names`` does not name (background 0 aside)."""
+    return sorted(int(i) for i in np.unique(labels) if i != 0 and int(i) not in names)
+
+
 def masks_shard(registered: pd.DataFrame, out_dir: str | Path, segmenters: dict[str, dict], by_modality: dict[str, str],
-                specs: list[ConditionSpec], progress: bool = True) -> pd.DataFrame:
-    """Segment the registered cases of a shard and derive their condition masks (folder written atomically)."""
+                specs: list[ConditionSpec], progress: bool = True, unknown_labels: str = "report") -> pd.DataFrame:
+    """Segment the registered cases of a shard and derive their condition masks (folder written atomically).
+
+    Label ids outside the segmenter's class map are listed in the row (``unknown_label_ids``);
+    ``unknown_labels="quarantine"`` (config ``masks.unknown_labels``) also quarantines the case.
+    """
     out_dir = Path(out_dir)
     pool = _Segmenters(segmenters)
 
@@ -69,10 +78,20 @@ def masks_shard(registered: pd.DataFrame, out_dir: str | Path, segmenters: dict[
         labels = np.asarray(seg.labels.dataobj).astype(np.int16)
         voxel_ml = float(np.prod(np.linalg.norm(seg.labels.affine[:3, :3], axis=0))) / 1000.0
         result = condition_masks(labels, seg.names, specs, voxel_ml)
+        unknown = unknown_label_ids(labels, seg.names)
         produced = {"segmenter": name, "labels_path": str(tmp / "labels" / f"{case['case_id']}.nii.gz"),
                     "conditions_path": str(tmp / "conditions" / f"{case['case_id']}.nii.gz"),
                     "structures": json.dumps(sorted(set(seg.names[i] for i in np.unique(labels) if i in seg.names))),
+                    "unknown_label_ids": json.dumps(unknown) if unknown else "",
                     **{f"ml_{k}": round(v, 2) for k, v in result.volumes_ml.items()}}
+        if unknown:
+            message = (f"label ids {unknown} are not in the class map of segmenter {name!r}"
+                       f" (masks.segmenters.{name}.class_map)")
+            if unknown_labels == "quarantine":
+                raise CaseRejected(f"{message}; masks.unknown_labels: quarantine",
+                                   {**produced, "labels_path": "", "conditions_path": ""})
+            log.warning("%s: %s; they are left out of every condition (masks.unknown_labels: report)",
+                        case["case_id"], message)
         if result.reasons:  # mask QC failed: quarantined with what was measured, without files
             raise CaseRejected("; ".join(result.reasons), {**produced, "labels_path": "", "conditions_path": ""})
         write_nifti(nib.Nifti1Image(labels, seg.labels.affine), produced["labels_path"], np.int16)

@@ -27,7 +27,8 @@ def masks_for_shard(registered_dir: str, out_dir: str, masks_cfg: dict) -> pd.Da
     """Pseudo-masks, condition masks and mask QC of one registered shard."""
     registered = read_shard_table(registered_dir)
     specs = [ConditionSpec.from_config(c) for c in masks_cfg["conditions"]]
-    return masks_shard(registered, out_dir, masks_cfg["segmenters"], masks_cfg["by_modality"], specs)
+    return masks_shard(registered, out_dir, masks_cfg["segmenters"], masks_cfg["by_modality"], specs,
+                       unknown_labels=masks_cfg["unknown_labels"])
 
 
 def combine_quarantine(ingest_csv: str, registered_dirs: list[str], masks_dirs: list[str], out_csv: str) -> pd.DataFrame:
