@@ -82,3 +82,38 @@ def test_label_ids_outside_the_class_map_are_reported_or_quarantined(tmp_path, e
                                             " (masks.segmenters.shipped.class_map); masks.unknown_labels: quarantine")
         assert not (tmp_path / "masks" / "conditions" / "a.nii.gz").exists()
     assert (tmp_path / "masks" / "conditions" / "b.nii.gz").exists()
+
+
+class _RunsCode:
+    """Pickles as a call of ``os.getcwd`` (harmless, but code: the safe loader must refuse it)."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.getcwd, ())
+
+
+def test_a_pickle_that_would_run_code_is_refused_as_unsafe_with_how_to_convert_it(tmp_path):
+    import torch
+
+    from medsynth.io.state_dict import UnsafeWeightsFile, load_weights
+    from medsynth.metrics.extractors import extractor_from_file
+    from medsynth.vae.models import build_autoencoder
+
+    evil = tmp_path / "weights.pt"
+    torch.save({"conv.weight": torch.zeros(2), "payload": _RunsCode()}, evil)
+    with pytest.raises(UnsafeWeightsFile) as refused:
+        load_weights(evil)
+    message = str(refused.value)
+    assert message.startswith(f"{evil} was refused as unsafe: it is a pickle that would run code when loaded")
+    assert "getcwd" in message and str(tmp_path / "weights.safetensors") in message
+    assert "weights_only=False will likely succeed" not in message  # torch's advice is not passed on
+    with pytest.raises(UnsafeWeightsFile, match="refused as unsafe"):  # the consumers load through it
+        extractor_from_file("radimagenet_resnet50", evil)
+    with pytest.raises(UnsafeWeightsFile, match="refused as unsafe"):
+        build_autoencoder({"spatial_dims": 3, "backend": "maisi", "in_channels": 1, "out_channels": 1,
+                           "block_out_channels": [4, 4], "layers_per_block": 1, "latent_channels": 2,
+                           "norm_num_groups": 2, "attention": False, "pretrained": str(evil)})
+    plain = tmp_path / "plain.pt"  # a pickle of tensors only still loads
+    torch.save({"w": torch.ones(3)}, plain)
+    assert torch.equal(load_weights(plain)["w"], torch.ones(3))

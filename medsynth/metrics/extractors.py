@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from medsynth.io.state_dict import load_weights
 from medsynth.weights.local import WeightsMissing, model_files
 
 __all__ = ["EXTRACTORS", "ExtractorSpec", "extractor_from_file", "extractor_status", "load_extractor"]
@@ -90,7 +91,7 @@ def extractor_from_file(name: str, path: str | Path) -> nn.Module:
         from medsynth.metrics.radimagenet import RadImageNetResNet50
 
         net = RadImageNetResNet50()
-        net.load_state_dict(torch.load(str(path), map_location="cpu", weights_only=True), strict=True)
+        net.load_state_dict(load_weights(path), strict=True)
         return net.eval().requires_grad_(False)
     if name == "inception":
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3

@@ -34,6 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from medsynth.io.state_dict import load_weights
+
 __all__ = [
     "TINY_VAE_CONFIGS",
     "PretrainedUnavailableError",
@@ -197,15 +199,10 @@ def _load_pretrained(model: nn.Module, cfg: dict) -> nn.Module:
         raise PretrainedUnavailableError(
             f"config key 'pretrained' (vae.model.pretrained={source!r}): no such file; MONAI/MAISI weights "
             f"must be a local .safetensors or .pt state dict; {hint}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        for key in ("state_dict", "autoencoder"):  # wrappers some training scripts add
-            if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-                state = state[key]
+    state = load_weights(path)
+    for key in ("state_dict", "autoencoder"):  # wrappers some training scripts add
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
     model.load_state_dict(state, strict=True)
     return model
 

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medsynth.io.state_dict import load_weights
+
 from ..maisi_backbone import MaisiBackbone, binarize_label_map, label_map
 from .adapter import BackboneAdapter, Conditions
 
@@ -121,10 +123,5 @@ class MaisiUNet3DAdapter(BackboneAdapter):
 
 def _state(path: str, key: str) -> dict:
     """The state dict of a release file (``.pt`` or ``.safetensors``), under ``key`` when the file nests it."""
-    if str(path).endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    state = load_weights(path)
     return state.get(key, state)
