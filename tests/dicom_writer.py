@@ -31,7 +31,8 @@ def write_series(
     drop_slices: tuple[int, ...] = (),
     shift_slice: tuple[int, float] | None = None,
     patient_id: str = "TEST001",
-    series_number: int = 1,
+    series_number: int | None = 1,
+    study_uid: str | None = None,
     shuffle: bool = True,
     seed: int = 0,
 ) -> list[Path]:
@@ -39,14 +40,16 @@ def write_series(
 
     ``drop_slices`` omits slices (a missing-slice series); ``shift_slice=(k, mm)`` moves slice k along
     the normal (uneven spacing). Files are written in shuffled order with random names so the
-    reader must sort by position, not by name.
+    reader must sort by position, not by name. ``patient_id=""``, ``series_number=None`` or
+    ``study_uid=""`` write that element empty, as anonymisers do; ``study_uid=None`` draws a new one.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     data = np.asarray(volume.dataobj, dtype=np.float64)
     affine_lps = LPS_TO_RAS @ volume.affine
     spacing = np.linalg.norm(affine_lps[:3, :3], axis=0)
     row_dir, col_dir = affine_lps[:3, 0] / spacing[0], affine_lps[:3, 1] / spacing[1]
-    study_uid, series_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()
+    study_uid = generate_uid() if study_uid is None else study_uid
+    series_uid, frame_uid = generate_uid(), generate_uid()
     stored = np.round((data - intercept) / slope)
     if stored.min() < 0 or stored.max() > 65535:
         raise ValueError("values do not fit uint16 with this slope/intercept")
@@ -89,3 +92,18 @@ def write_series(
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def alter_instance(path: Path, *, new_instance: bool = False) -> str:
+    """Add 1 to one stored pixel of a DICOM file, in place; ``new_instance`` also gives it a new SOPInstanceUID.
+
+    Returns the file's SOPInstanceUID (after the change): a conflicting copy, or another slice at the same position.
+    """
+    ds = pydicom.dcmread(path)
+    pixels = ds.pixel_array.copy()
+    pixels[0, 0] += 1
+    ds.PixelData = pixels.tobytes()
+    if new_instance:
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(path)
+    return str(ds.SOPInstanceUID)

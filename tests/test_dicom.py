@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+
 import nibabel as nib
 import numpy as np
 import pytest
-from dicom_writer import write_series
+from dicom_writer import alter_instance, write_series
 
 from medsynth.data.ingest import IngestOptions, ingest_case
-from medsynth.io.dicom import DicomSeriesError, find_series, read_series
+from medsynth.io.dicom import DicomSeriesError, find_series, read_series, unique_instances
 from medsynth.io.volume import canonical
 
 
@@ -90,3 +92,50 @@ def test_dicom_case_ingests_to_canonical_nifti_in_hu(tmp_path, ct_lps):
     assert "".join(nib.aff2axcodes(out.affine)) == "RAS"
     assert result["dtype"] == "int16" and result["source_orientation"] == "LPS"
     _assert_same_volume(out, ct_lps)
+
+
+# ---- anonymised series and copies of a series in two folders -------------------------------------
+
+def test_empty_patient_id_and_series_number_are_absent_not_none(tmp_path, ct_small):
+    files = write_series(ct_small, tmp_path / "anon", patient_id="", series_number=None, study_uid="")
+    (series,) = find_series(files)
+    assert (series.patient_id, series.series_number, series.study_uid) == ("", "", "")
+    assert series.patient == (series.series_uid, "SeriesInstanceUID")  # never a constant shared by all such series
+
+
+def _copied_series(tmp_path, volume) -> tuple[list, list]:
+    """One series written to ``scans/copy_a`` and copied byte for byte to ``scans/copy_b``; (files a, files b)."""
+    first = write_series(volume, tmp_path / "scans" / "copy_a")
+    shutil.copytree(tmp_path / "scans" / "copy_a", tmp_path / "scans" / "copy_b")
+    return first, [tmp_path / "scans" / "copy_b" / f.name for f in first]
+
+
+def test_identical_copies_in_two_folders_are_read_once(tmp_path, ct_small):
+    a, b = _copied_series(tmp_path, ct_small)
+    (series,) = find_series(sorted(a + b))
+    assert series.folder == tmp_path / "scans"
+    with pytest.raises(DicomSeriesError, match=r"duplicate slice positions .* in scans/copy_a and .* in scans/copy_b"):
+        read_series(series.files)  # what happened before: the merged copies were quarantined
+    instances = unique_instances(series.files)
+    assert sorted(instances.files) == sorted(a) and sorted(instances.ignored) == sorted(b)  # the sorted-first copy
+    assert instances.note == f"{len(b)} duplicate DICOM files ignored (identical copies in scans/copy_a and scans/copy_b)"
+    _assert_same_volume(read_series(instances.files), ct_small)
+
+
+def test_conflicting_copies_of_one_instance_name_both_folders(tmp_path, ct_small):
+    a, b = _copied_series(tmp_path, ct_small)
+    uid = alter_instance(b[3])
+    with pytest.raises(DicomSeriesError) as err:
+        unique_instances(a + b)
+    assert str(err.value) == (f"conflicting copies of DICOM instance {uid}: {a[3].name} in scans/copy_a and "
+                              f"{b[3].name} in scans/copy_b differ in pixel data")
+
+
+def test_different_instances_at_one_position_name_both_folders(tmp_path, ct_small):
+    a, b = _copied_series(tmp_path, ct_small)
+    alter_instance(b[3], new_instance=True)
+    instances = unique_instances(a + b)
+    assert len(instances.files) == len(a) + 1
+    with pytest.raises(DicomSeriesError, match=rf"^duplicate slice positions \(1 duplicate, e\.g\. "
+                       rf"{a[3].name} in scans/copy_a and {b[3].name} in scans/copy_b both at -?[\d.]+ mm\)$"):
+        read_series(instances.files)

@@ -97,3 +97,36 @@ def test_cli_lists_registry(capsys):
     assert main(["datasets", "-v"]) == 0
     out = capsys.readouterr().out
     assert "amos22" in out and "zenodo" in out and "licence: CC BY 4.0" in out
+
+
+def _dicom_entry(root) -> dict:
+    return {"name": "anon", "kind": "local", "root": str(root), "layout": {}}
+
+
+def test_anonymised_series_get_distinct_patients_never_none(tmp_path, ct_small):
+    root = tmp_path / "anonymised"
+    study = "1.2.826.0.1.3680043.8.498.1"
+    for folder, study_uid in [("s1_a", study), ("s1_b", study), ("s2", None), ("no_study", "")]:
+        write_series(ct_small, root / folder, patient_id="", series_number=None, study_uid=study_uid)
+    write_series(ct_small, root / "named", patient_id="PAT9", series_number=5)
+    table = discover_cases(_dicom_entry(root), root)
+    table["folder"] = [p.split("/")[-1] for p in table["source"]]
+    by_folder = table.set_index("folder")
+    anonymous = by_folder.drop(index="named")
+    assert not any("None" in text for text in [*anonymous["case_id"], *anonymous["patient_id"]])
+    assert all(case.startswith("anon_anon_") for case in anonymous["case_id"]) and anonymous["case_id"].is_unique
+    assert by_folder.loc["s1_a", "patient_id"] == by_folder.loc["s1_b", "patient_id"] == study  # one study, one patient
+    assert anonymous["patient_id"].nunique() == 3  # the two series of one study share a patient, no one else does
+    assert by_folder.loc["named", ["case_id", "patient_id", "patient_id_source"]].tolist() == [
+        "anon_PAT9_5", "PAT9", "PatientID"]  # ids of series with PatientID / SeriesNumber are as before
+    assert by_folder.loc["s2", "patient_id_source"] == "StudyInstanceUID" and by_folder.loc["s2", "patient_id"] != study
+    assert by_folder.loc["no_study", ["patient_id", "patient_id_source"]].tolist() == [
+        by_folder.loc["no_study", "series_uid"], "SeriesInstanceUID"]
+
+
+def test_series_copied_into_two_folders_is_one_case_found_under_both(tmp_path, ct_small):
+    root = tmp_path / "scans"
+    write_series(ct_small, root / "site" / "disk1" / "copy_a", patient_id="P1", series_number=2)
+    shutil.copytree(root / "site" / "disk1" / "copy_a", root / "site" / "disk2" / "copy_b")
+    (row,) = discover_cases(_dicom_entry(root), root).to_dict("records")
+    assert row["case_id"] == "anon_P1_2" and row["source"] == str(root / "site")  # the folder above both copies

@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
-from dicom_writer import write_series
+from dicom_writer import alter_instance, write_series
 
-from medsynth.cases import SHARD_TABLE, CaseRejected
+from medsynth.cases import SHARD_TABLE, CaseRejected, read_shard_table
 from medsynth.data.ingest import IngestOptions, ingest_case, ingest_shard
 from medsynth.io.volume import canonical, nifti_to_sitk, orientation_codes, read_volume
 
@@ -152,3 +152,78 @@ def test_shard_keeps_going_and_leaves_no_partial_files(tmp_path, example_dir):
     assert produced == ["good.nii.gz"]
     assert (tmp_path / "shard-000" / SHARD_TABLE).exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+
+
+# ---- voxel sizes as the file stores them (nibabel repairs zero and negative pixdims on load) --------
+
+def _save_stored_header(tmp_path, image, pixdim: dict[int, float], sform_code=0, qform_code=0, name="img.nii.gz"):
+    """Save ``image`` with header fields written as given, bypassing nibabel's repairs (0 -> 1, -x -> x)."""
+    import gzip
+
+    out = nib.Nifti1Image(np.asarray(image.dataobj), image.affine)
+    raw = bytearray(out.to_bytes())
+    header = np.ndarray((), dtype=out.header.structarr.dtype, buffer=raw)  # a view of the header bytes
+    for axis, value in pixdim.items():
+        header["pixdim"][axis] = value
+    header["sform_code"], header["qform_code"] = sform_code, qform_code
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(bytes(raw)))
+    return path
+
+
+@pytest.mark.parametrize("value, problem", [
+    (0.0, "pixdim[3] = 0 (nibabel would assume 1 mm)"),
+    (-3.0, "pixdim[3] = -3 (negative: readers disagree, nibabel would use 3 mm)"),
+    (float("nan"), "pixdim[3] = nan"),
+])
+def test_quarantine_degenerate_pixdim_in_the_file_header(tmp_path, ct_small, value, problem):
+    path = _save_stored_header(tmp_path, ct_small, {3: value})
+    with pytest.raises(CaseRejected) as err:
+        ingest_case(_row(path), tmp_path / "out", IngestOptions())
+    assert str(err.value) == f"degenerate spacing: {problem} in the file header, which has no sform to override it"
+
+
+def test_a_qform_alone_takes_its_spacing_from_pixdim_too(tmp_path, ct_small):
+    path = _save_stored_header(tmp_path, ct_small, {3: 0.0}, qform_code=1)
+    _reject(tmp_path, _row(path), r"^degenerate spacing: pixdim\[3\] = 0 ")
+
+
+def test_an_sform_overrides_a_zero_pixdim(tmp_path, ct_small):
+    path = _save_stored_header(tmp_path, ct_small, {3: 0.0}, sform_code=1)
+    result = ingest_case(_row(path), tmp_path / "out", IngestOptions())
+    assert result["spacing"] == "x".join(f"{s:g}" for s in ct_small.header.get_zooms())
+
+
+# ---- a real-world folder through discovery, one ingest shard and the manifest ---------------------
+
+def test_shard_with_copied_series_conflicting_copies_and_zero_pixdim(tmp_path, ct_small, example_dir):
+    import shutil
+
+    from medsynth.data.discover import discover_cases
+    from medsynth.data.manifest import build_manifest
+
+    root = tmp_path / "scans"
+    files = {}
+    for name, patient, number in [("copied", "P1", 2), ("conflict", "P2", 3)]:
+        files[name] = write_series(ct_small, root / name / "copy_a", patient_id=patient, series_number=number)
+        shutil.copytree(root / name / "copy_a", root / name / "copy_b")
+    changed = files["conflict"][0].name
+    uid = alter_instance(root / "conflict" / "copy_b" / changed)
+    shutil.copy(example_dir / "ct" / "upper_abdomen_ct_3mm.nii.gz", root / "good.nii.gz")
+    _save_stored_header(root, ct_small, {3: 0.0}, name="zero_slice_spacing.nii.gz")
+    sources = discover_cases({"name": "mine", "kind": "local", "root": str(root), "layout": {}}, root)
+
+    table = ingest_shard(sources, tmp_path / "shard-000", IngestOptions(), progress=False).set_index("case_id")
+    assert table["status"].to_dict() == {"mine_P1_2": "ok", "mine_P2_3": "quarantined", "mine_good": "ok",
+                                         "mine_zero_slice_spacing": "quarantined"}
+    assert table.loc["mine_P1_2", "notes"] == (
+        f"{len(files['copied'])} duplicate DICOM files ignored (identical copies in copied/copy_a and copied/copy_b)")
+    assert table.loc["mine_P1_2", "shape"] == "x".join(str(n) for n in ct_small.shape)
+    assert table.loc["mine_P2_3", "reason"] == (f"conflicting copies of DICOM instance {uid}: {changed} in "
+                                                f"conflict/copy_a and {changed} in conflict/copy_b differ in pixel data")
+    assert table.loc["mine_zero_slice_spacing", "reason"] == ("degenerate spacing: pixdim[3] = 0 (nibabel would assume "
+                                                              "1 mm) in the file header, which has no sform to override it")
+    shard = read_shard_table(tmp_path / "shard-000")  # as the manifest rule reads it: with the notes column
+    manifest, quarantine = build_manifest([shard], {"fractions": {"train": 1.0}}, seed=0)
+    assert manifest["case_id"].tolist() == ["mine_P1_2", "mine_good"]
+    assert quarantine["case_id"].tolist() == ["mine_P2_3", "mine_zero_slice_spacing"]

@@ -3,7 +3,8 @@
 Shipped datasets list their cases explicitly (``cases:`` in the registry). Other datasets describe
 a ``layout``: globs for image files, an optional label-map pattern, an optional CSV of prompt
 fields (e.g. a report or a pathology grade), how to read the patient id from the case id, and the
-modality. DICOM series anywhere under the folder are found by their headers.
+modality. DICOM series anywhere under the folder are found by their headers; a series' patient id is
+its PatientID, else its StudyInstanceUID, else its SeriesInstanceUID (column ``patient_id_source``).
 """
 
 from __future__ import annotations
@@ -145,17 +146,19 @@ def discover_layout(entry: dict, root: Path) -> pd.DataFrame:
         for series in find_series(others):
             if series.modality not in allowed:
                 continue
-            stem = safe_id(f"{series.patient_id or 'anon'}_{series.series_number or series.series_uid[-8:]}")
-            folders = sorted({f.parent for f in series.files})
+            patient_id, patient_id_source = series.patient
             rows.append({
-                "stem": stem, "patient_id": series.patient_id or stem, "modality": series.modality,
-                "source_kind": "dicom", "source": str(folders[0]) if len(folders) == 1 else str(root),
+                "stem": _series_stem(series.patient_id, series.series_number, series.series_uid),
+                "patient_id": patient_id, "patient_id_source": patient_id_source, "modality": series.modality,
+                "source_kind": "dicom", "source": str(series.folder),
                 "series_uid": series.series_uid, "label": "", "split": "",
             })
     table = pd.DataFrame(rows)
     if table.empty:
         return pd.DataFrame(columns=SOURCE_COLUMNS)
     table["case_id"] = _deduplicate([safe_id(f"{entry['name']}_{s}") for s in table["stem"]])
+    if "patient_id_source" in table.columns:  # volume files: the patient id comes from the case id
+        table["patient_id_source"] = table["patient_id_source"].fillna("")
     table["dataset"] = entry["name"]
     prompts = _read_prompts(root, layout)
     if prompts is not None:
@@ -165,12 +168,20 @@ def discover_layout(entry: dict, root: Path) -> pd.DataFrame:
             values = joined[column].tolist()
             target = renames.get(column, column)
             if target in ("modality", "patient_id", "split"):
+                if target == "patient_id" and "patient_id_source" in table.columns:
+                    table["patient_id_source"] = ["prompts_csv" if v else old
+                                                  for v, old in zip(values, table["patient_id_source"])]
                 table[target] = [v or old for v, old in zip(values, table[target])]
             elif target in ("rescale_slope", "rescale_intercept"):
                 table[target] = values
             else:
                 table[f"prompt_{target}"] = values
     return table.drop(columns=["stem"])
+
+
+def _series_stem(patient_id: str, series_number: str, series_uid: str) -> str:
+    """A DICOM series' case name: patient and series number, ``anon`` / the series UID's tail where they are missing."""
+    return safe_id(f"{patient_id or 'anon'}_{series_number or series_uid[-8:]}")
 
 
 def _deduplicate(ids: list[str]) -> list[str]:

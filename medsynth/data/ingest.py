@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 
 from medsynth.cases import CaseRejected, process_cases
-from medsynth.data.qc import QCThresholds, qc_reasons, voxel_spacing
+from medsynth.data.qc import QCThresholds, header_spacing_reasons, qc_reasons, voxel_spacing
 from medsynth.fsutil import sha256_file
-from medsynth.io.dicom import DicomSeriesError, find_series, read_series, series_digest
-from medsynth.io.volume import canonical, orientation_codes, read_volume, write_nifti
+from medsynth.io.dicom import DicomSeriesError, find_series, read_series, series_digest, unique_instances
+from medsynth.io.volume import canonical, orientation_codes, read_volume, stored_nifti_header, write_nifti
 
 log = logging.getLogger(__name__)
 
@@ -42,24 +42,37 @@ class IngestOptions:
         )
 
 
-def _read_source(row: dict, options: IngestOptions) -> tuple[nib.Nifti1Image, str]:
-    """Read the case's image; returns (image, source checksum)."""
+def _read_dicom(row: dict, options: IngestOptions) -> tuple[nib.Nifti1Image, str, str]:
+    """Read the case's DICOM series (identical copies of an instance once); returns (image, checksum, note)."""
     source = Path(row["source"])
+    files = [p for p in sorted(source.rglob("*")) if p.is_file()]
+    matches = [s for s in find_series(files) if s.series_uid == row["series_uid"]]
+    if not matches:
+        raise CaseRejected(f"DICOM series {row['series_uid']} not found under {source}")
+    try:
+        instances = unique_instances(matches[0].files)
+        image = read_series(instances.files, options.dicom_spacing_tolerance)
+    except DicomSeriesError as err:
+        raise CaseRejected(str(err)) from err
+    if instances.note:
+        log.warning("%s: %s", row["case_id"], instances.note)
+    return image, series_digest(instances.files), instances.note
+
+
+def _read_source(row: dict, options: IngestOptions) -> tuple[nib.Nifti1Image, str, str]:
+    """Read the case's image; returns (image, source checksum, note for the shard table)."""
     if row["source_kind"] == "dicom":
-        files = [p for p in sorted(source.rglob("*")) if p.is_file()]
-        matches = [s for s in find_series(files) if s.series_uid == row["series_uid"]]
-        if not matches:
-            raise CaseRejected(f"DICOM series {row['series_uid']} not found under {source}")
-        try:
-            return read_series(matches[0].files, options.dicom_spacing_tolerance), series_digest(matches[0].files)
-        except DicomSeriesError as err:
-            raise CaseRejected(str(err)) from err
+        return _read_dicom(row, options)
+    source = Path(row["source"])
     if not source.exists():
         raise CaseRejected(f"source file missing: {source}")
-    try:
-        return read_volume(source), sha256_file(source)
+    try:  # the header as stored first: nibabel would repair (or fail on) a degenerate pixdim
+        reasons = header_spacing_reasons(stored_nifti_header(source))
+        if not reasons:
+            return read_volume(source), sha256_file(source), ""
     except Exception as err:  # any reader failure is a property of the file, not of the pipeline
         raise CaseRejected(f"unreadable {source.name}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
+    raise CaseRejected("; ".join(reasons))
 
 
 def apply_rescale(image: nib.Nifti1Image, slope, intercept) -> nib.Nifti1Image:
@@ -92,7 +105,7 @@ def ingest_case(row: dict, out_dir: Path, options: IngestOptions) -> dict:
 
     Raises ``CaseRejected`` with the one-line quarantine reason.
     """
-    image, source_digest = _read_source(row, options)
+    image, source_digest, note = _read_source(row, options)
     image = apply_rescale(image, row.get("rescale_slope", ""), row.get("rescale_intercept", ""))
     original_orientation = orientation_codes(image)
     image = canonical(image)
@@ -123,6 +136,7 @@ def ingest_case(row: dict, out_dir: Path, options: IngestOptions) -> dict:
         "dtype": np.dtype(dtype).name,
         "min": float(data.min()),
         "max": float(data.max()),
+        "notes": note,
     }
 
 

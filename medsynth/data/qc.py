@@ -39,6 +39,32 @@ def voxel_spacing(image: nib.Nifti1Image) -> np.ndarray:
     return np.linalg.norm(image.affine[:3, :3], axis=0)
 
 
+def _pixdim_problem(axis: int, value: float) -> str | None:
+    """What is wrong with one stored ``pixdim[axis]`` (a voxel size must be positive and finite), or nothing."""
+    if not np.isfinite(value):
+        return f"pixdim[{axis}] = {value:g}"
+    if value == 0:
+        return f"pixdim[{axis}] = 0 (nibabel would assume 1 mm)"
+    if value < 0:
+        return f"pixdim[{axis}] = {value:g} (negative: readers disagree, nibabel would use {-value:g} mm)"
+    return None
+
+
+def header_spacing_reasons(header: nib.Nifti1Header | None) -> list[str]:
+    """Why the voxel sizes a NIfTI file stores (``stored_nifti_header``) cannot be trusted (empty list: they can).
+
+    Without an sform (``sform_code`` 0) the affine is built from ``pixdim[1..3]``, which nibabel
+    silently repairs on load; with an sform the pixdims are not used. ``None`` (not NIfTI): no reason.
+    """
+    if header is None or int(header["sform_code"]) > 0:
+        return []
+    axes = range(1, min(3, int(header["dim"][0])) + 1)
+    problems = [p for p in (_pixdim_problem(a, float(header["pixdim"][a])) for a in axes) if p]
+    if not problems:
+        return []
+    return [f"degenerate spacing: {', '.join(problems)} in the file header, which has no sform to override it"]
+
+
 def qc_reasons(image: nib.Nifti1Image, modality: str, limits: QCThresholds) -> list[str]:
     """All reasons why ``image`` must be quarantined (empty list: it passes)."""
     reasons: list[str] = []

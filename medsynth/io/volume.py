@@ -13,6 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
+from nibabel.openers import ImageOpener
 
 from medsynth.fsutil import atomic_path
 
@@ -73,6 +74,20 @@ def read_volume(path: str | os.PathLike) -> nib.Nifti1Image:
     if lower.endswith(ITK_SUFFIXES):
         return sitk_to_nifti(sitk.ReadImage(str(path)))
     raise ValueError(f"unsupported volume type: {path.name}")
+
+
+def stored_nifti_header(path: str | os.PathLike) -> nib.Nifti1Header | None:
+    """The header of a NIfTI file exactly as stored; ``None`` for other file types.
+
+    ``nib.load`` repairs the header it returns (a zero ``pixdim`` becomes 1, a negative one its absolute
+    value), so only the stored header shows the spacing the file really declares.
+    """
+    path = Path(path)
+    if not path.name.lower().endswith(NIFTI_SUFFIXES):
+        return None
+    header_class = type(nib.load(str(path)).header)  # NIfTI-1 or -2, and nibabel's errors for a broken file
+    with ImageOpener(str(path)) as fobj:
+        return header_class.from_fileobj(fobj, check=False)
 
 
 def canonical(image: nib.Nifti1Image) -> nib.Nifti1Image:
