@@ -66,6 +66,48 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def remove_stale_temporaries(final: str | os.PathLike) -> list[Path]:
+    """Delete what :func:`atomic_path` / :func:`atomic_dir` left beside ``final`` when a process was killed
+    mid-write (``.<name>.*.tmp*``); returns what was removed. Call it only where no other process writes ``final``."""
+    final = Path(final)
+    removed = sorted(final.parent.glob(f".{final.name}.*.tmp*")) if final.parent.is_dir() else []
+    for path in removed:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return removed
+
+
+class OutputFolderError(OSError):
+    """The results folder cannot take the study's outputs (not writable, not a folder, or too little free space)."""
+
+
+def _existing_ancestor(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists."""
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_output_folder(folder: str | os.PathLike, min_free_gib: float, key: str = "results_dir") -> None:
+    """Fail now, naming the path, when ``folder`` cannot be created or written or its disk has less than
+    ``min_free_gib`` GiB free (config ``min_free_gib``); leaves nothing behind. ``key`` is the config key that sets it."""
+    folder = Path(folder)
+    base = _existing_ancestor(folder)
+    fix = f"choose another folder (config {key}) or fix this one"
+    if not base.is_dir():
+        raise OutputFolderError(f"results folder {folder.absolute()} cannot be created: {base} is a file, not a folder; {fix}")
+    try:  # a file made and removed at once: the one test that also holds for root and read-only mounts
+        with tempfile.TemporaryFile(dir=base, prefix=".medsynth-write-probe."):
+            pass
+    except OSError as err:
+        raise OutputFolderError(f"results folder {folder.absolute()} is not writable ({base}: {err.strerror or err});"
+                                f" {fix}") from None
+    free_gib = shutil.disk_usage(base).free / 2**30
+    if free_gib < min_free_gib:
+        raise OutputFolderError(f"results folder {folder.absolute()} has {free_gib:.2f} GiB free on its disk, less than"
+                                f" the {min_free_gib:g} GiB this study asks for (config min_free_gib); free space or {fix}")
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write text to ``path`` atomically."""
     with atomic_path(path) as tmp:

@@ -4,9 +4,11 @@
 import os
 
 import pandas as pd
+from snakemake.exceptions import WorkflowError
 
 from medsynth.data.manifest import shard_ids as _shard_ids
 from medsynth.data.registry import load_registry, resolve_datasets
+from medsynth.fsutil import OutputFolderError, check_output_folder
 from medsynth.study import Study
 from medsynth.weights.refs import resolve_pretrained
 from medsynth.weights.registry import load_models, model_entry
@@ -29,6 +31,11 @@ PRETRAINED = resolve_pretrained(config, MODEL_REGISTRY, WEIGHTS, BASEDIR)
 S = Study(config, BASEDIR)  # names, paths and per-model settings (medsynth/study.py)
 STUDY = S.name
 RESULTS = S.results
+# an unwritable, uncreatable or full results folder fails now, naming the path, not in the middle of a job
+try:
+    check_output_folder(RESULTS, config["min_free_gib"])
+except OutputFolderError as err:
+    raise WorkflowError(str(err)) from None
 # stage-2 variants (named override sets of config `stage2`), those trained by default, the MedSyn2
 # architecture ablations (base generators with another backbone), and every generator that can be sampled
 VARIANTS = S.variants

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pandas as pd
@@ -15,20 +16,32 @@ def _local_study(root, **overrides) -> dict:
     config = embedded_config(study="mine", datasets=[{"name": "mine", "kind": "local", "root": str(root)}],
                              splits={"fractions": {"train": 1.0}}, **overrides)
     config["volumes"] = {**config["volumes"], "enabled": False}
+    # a short VAE with checkpoints (the fault test kills it); every case is in the train split
+    config["vae"] = {**config["vae"], "steps": 24, "checkpoint_every": 8, "eval_split": "train"}
     return config
 
 
-def test_a_shard_whose_cases_all_fail_leaves_valid_tables_and_the_study_goes_on(tmp_path, example_dir):
-    root = tmp_path / "scans"
+SLICE_TABLES = tuple(f"results/mine/trainsets/slices/shard-{s}.csv" for s in ("000", "001"))
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, example_dir):
+    """A local folder of two valid scans and two broken files, shard size 2 (shard 001: only broken files),
+    run to the QC table and the training sets. Returns (working folder, config)."""
+    work = tmp_path_factory.mktemp("local_study")
+    root = work / "scans"
     root.mkdir()
     shutil.copy(example_dir / "ct" / "upper_abdomen_ct_3mm.nii.gz", root / "a_good.nii.gz")
     shutil.copy(example_dir / "ct" / "upper_abdomen_ct_3mm.nii.gz", root / "b_good.nii.gz")
     (root / "z_truncated.nii.gz").write_bytes(b"\x1f\x8b truncated")
     (root / "z_zero_bytes.nii.gz").write_bytes(b"")
-    config = _local_study(root, shard_size=2)  # shard 000: the two good scans; shard 001: the two broken files
-    results = tmp_path / "results" / "mine"
-    run_snakemake(tmp_path, config, "results/mine/qc/quarantine.csv",
-                  *(f"results/mine/trainsets/slices/shard-{s}.csv" for s in ("000", "001")))
+    config = _local_study(root, shard_size=2)
+    run_snakemake(work, config, "results/mine/qc/quarantine.csv", *SLICE_TABLES)
+    return work, config
+
+
+def test_a_shard_whose_cases_all_fail_leaves_valid_tables_and_the_study_goes_on(study):
+    results = study[0] / "results" / "mine"
     assert set(read_shard_table(results / "ingest" / "shard-001")["status"]) == {"quarantined"}
     for stage in ("registered", "masks"):  # no case reached them: still a CSV with its header
         empty = read_shard_table(results / stage / "shard-001")
@@ -117,3 +130,33 @@ def test_a_pickle_that_would_run_code_is_refused_as_unsafe_with_how_to_convert_i
     plain = tmp_path / "plain.pt"  # a pickle of tensors only still loads
     torch.save({"w": torch.ones(3)}, plain)
     assert torch.equal(load_weights(plain)["w"], torch.ones(3))
+
+
+def test_an_unusable_results_folder_fails_at_the_start_naming_the_path(tmp_path):
+    from medsynth.fsutil import OutputFolderError, check_output_folder
+
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(OutputFolderError, match=f"results folder {tmp_path}/a_file/results cannot be created: "
+                                                f"{tmp_path}/a_file is a file, not a folder"):
+        check_output_folder(tmp_path / "a_file" / "results", 0)
+    with pytest.raises(OutputFolderError, match=r"has [0-9.]+ GiB free on its disk, less than the 1e\+09 GiB this study"
+                                                r" asks for \(config min_free_gib\)"):
+        check_output_folder(tmp_path / "results", 1e9)
+    check_output_folder(tmp_path / "results", 0)  # usable: passes, and leaves nothing behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+    proc = run_snakemake(tmp_path, embedded_config(results_dir=str(tmp_path / "a_file" / "results")), "-n", check=False)
+    assert proc.returncode != 0
+    assert f"results folder {tmp_path}/a_file/results/example cannot be created" in proc.stdout + proc.stderr
+
+
+def test_a_read_only_file_system_is_not_writable_even_for_root(tmp_path):
+    from medsynth.fsutil import OutputFolderError, check_output_folder
+
+    try:  # /sys is read-only for every user on Linux; elsewhere there is nothing to test
+        with open("/sys/medsynth-probe", "w"):
+            pass
+        pytest.skip("/sys is writable here")
+    except OSError:
+        pass
+    with pytest.raises(OutputFolderError, match="results folder /sys/medsynth is not writable"):
+        check_output_folder("/sys/medsynth", 0)

@@ -13,6 +13,9 @@ import copy
 import csv
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import nibabel as nib
@@ -54,6 +57,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def ct_slices() -> dict[str, torch.Tensor]:
+    return six_ct_slices()
+
+
+def six_ct_slices() -> dict[str, torch.Tensor]:
     """Six real CT slices at 16x16: ``image`` [6,1,16,16] in [-1,1], ``masks`` [6,2,16,16] in [-0.5,0.5]."""
     hu = np.asarray(nib.load(str(CT)).dataobj, dtype=np.float32)
     zs = np.linspace(5, hu.shape[2] - 6, 6).astype(int)
@@ -302,7 +309,8 @@ def test_resume_after_crash_is_bit_identical(ct_slices, uninterrupted, tmp_path)
     with pytest.raises(Killed):
         train(tiny_unet(), RectifiedFlowStep(), ct_slices, cfg(tmp_path), on_step_end=kill_at_7)
     assert latest_checkpoint(tmp_path / "checkpoints").name == "step-000004"
-    assert len(read_curve(tmp_path / "loss_curve.csv")) == 7
+    assert len(read_curve(tmp_path / "loss_curve.csv.partial")) == 7  # the killed run's rows, not under the final name
+    assert not (tmp_path / "loss_curve.csv").exists() and not (tmp_path / "final").exists()
     model = tiny_unet(seed=99)  # different init: everything must come from the checkpoint
     result = train(model, RectifiedFlowStep(), ct_slices, cfg(tmp_path))
     assert result.status == "completed" and result.resumed_from.name == "step-000004" and result.step == 12
@@ -310,6 +318,58 @@ def test_resume_after_crash_is_bit_identical(ct_slices, uninterrupted, tmp_path)
     rows = read_curve(tmp_path / "loss_curve.csv")
     assert [int(r["step"]) for r in rows] == list(range(1, 13))  # each step once
     assert rows == read_curve(uninterrupted[1].output_dir / "loss_curve.csv")  # same losses, bit for bit
+
+
+KILLED_RUN = textwrap.dedent('''
+    import os, signal, sys
+    from pathlib import Path
+    sys.path.insert(0, {tests!r})
+    import torch
+    import medsynth.train.checkpoints as checkpoints
+    from test_training import RectifiedFlowStep, cfg, six_ct_slices, tiny_unet, train
+
+    torch.set_num_threads(1)  # as the uninterrupted run (one_torch_thread): same float reductions, same bits
+    out, when = Path(sys.argv[1]), sys.argv[2]
+
+    def kill(*args):
+        os.kill(os.getpid(), signal.SIGKILL)  # no handler, no finally, no flush: what a node failure does
+
+    def kill_at_7(step, row):
+        if step == 7:
+            kill()
+
+    write_model = checkpoints._write_model
+
+    def kill_while_saving(model, folder):
+        write_model(model, folder)  # the final model's files are written, not yet renamed into place
+        kill()
+
+    if when == "saving":
+        checkpoints._write_model = kill_while_saving
+    train(tiny_unet(), RectifiedFlowStep(), six_ct_slices(), cfg(out), on_step_end=kill_at_7 if when == "step" else None)
+''')
+
+
+@pytest.mark.parametrize("when", ["step", "saving"])
+def test_a_job_killed_with_sigkill_leaves_nothing_under_a_final_name_and_resumes_to_the_same_weights(
+        ct_slices, uninterrupted, tmp_path, when):
+    """SIGKILL after step 7 (last checkpoint: step 4), or while the final model is being written: no declared
+    output exists afterwards, and the rerun ends with the uninterrupted run's weights and curve."""
+    script = tmp_path / "killed_run.py"
+    script.write_text(KILLED_RUN.format(tests=str(Path(__file__).parent)))
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, str(script), str(out), when], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert not (out / "final").exists() and not (out / "loss_curve.csv").exists()
+    assert not (out / "train_config.json").exists()
+    assert latest_checkpoint(out / "checkpoints").name == ("step-000004" if when == "step" else "step-000012")
+    model = tiny_unet(seed=99)  # everything must come from the checkpoint
+    result = train(model, RectifiedFlowStep(), ct_slices, cfg(out))
+    assert result.status == "completed" and result.step == 12
+    assert_same_weights(model, uninterrupted[0])
+    assert read_curve(out / "loss_curve.csv") == read_curve(uninterrupted[1].output_dir / "loss_curve.csv")
+    assert not (out / "loss_curve.csv.partial").exists()
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # no temporary folder left
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
@@ -344,7 +404,7 @@ def test_resume_restores_a_deleted_loss_curve_from_the_checkpoint(ct_slices, uni
         return inner(model, batch, step, gen)
 
     assert train(tiny_unet(), step_with_signal, ct_slices, cfg(tmp_path)).status == "preempted"
-    (tmp_path / "loss_curve.csv").unlink()
+    (tmp_path / "loss_curve.csv.partial").unlink()
     train(tiny_unet(), inner, ct_slices, cfg(tmp_path))
     rows = read_curve(tmp_path / "loss_curve.csv")
     assert [int(r["step"]) for r in rows] == list(range(1, 13))

@@ -47,6 +47,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from medsynth.fsutil import atomic_dir
+
 __all__ = [
     "SEGMENTER_TYPES",
     "DEFAULT_PARAMS",
@@ -171,19 +173,19 @@ def encoder_features(model: nn.Module, x: torch.Tensor, batch_size: int = 64) ->
 
 def save_segmenter(model: nn.Module, cfg: Mapping[str, Any], folder: str | Path,
                    meta: Mapping[str, Any] | None = None) -> Path:
-    """Write ``model.safetensors`` (weights) + ``segmenter.json`` (model config, channel counts, ``meta``)."""
+    """Write ``model.safetensors`` (weights) + ``segmenter.json`` (model config, channel counts, ``meta``), atomically."""
     from safetensors.torch import save_model
 
     kind, params = _model_cfg(cfg)
     if kind == "nnunetv2":
         raise ValueError("nnunetv2 segmenters are written by train_segmenter (nnU-Net's model folder)")
     out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
     in_ch, out_ch = _channels(model)
-    save_model(model, str(out / WEIGHTS))
     record = {"model": {"type": kind, "params": params}, "in_channels": in_ch, "out_channels": out_ch,
               "class": f"{type(model).__module__}.{type(model).__qualname__}", "meta": dict(meta or {})}
-    (out / CONFIG).write_text(json.dumps(record, indent=2, default=str) + "\n")
+    with atomic_dir(out) as tmp:  # a process killed while saving leaves no folder under the final name
+        save_model(model, str(tmp / WEIGHTS))
+        (tmp / CONFIG).write_text(json.dumps(record, indent=2, default=str) + "\n")
     return out
 
 

@@ -4,7 +4,9 @@ Per modality, a template is either a configured file or built from the training 
 affine mean). The study grid is that template resampled to the study spacing and centre
 cropped/padded to the study size. Every case is registered affinely to it; the registered image
 (HU for CT, original units for MR), its in-field coverage, its label map (nearest neighbour) and
-the transform are written per case; cases whose registration fails are quarantined.
+the transform are written per case; cases whose registration fails or fails the registration QC
+(``preprocess.registration.qc``: body kept in the grid, final metric, volume scale; grid coverage) are
+quarantined with the measure, its value and the threshold's config key.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from medsynth.cases import process_cases
+from medsynth.cases import CaseRejected, process_cases
 from medsynth.io.volume import canonical, write_nifti
 from medsynth.preprocess.registration import RegistrationParams, build_template, reference_grid, register_affine
+from medsynth.preprocess.registration.qc import RegistrationQC, failures, measure
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +29,8 @@ log = logging.getLogger(__name__)
 REGISTERED_ID_COLUMNS = ("case_id", "patient_id", "dataset", "modality", "split", "source")
 #: value outside the field of view after resampling
 FILL = {"CT": -1024.0}
+#: the registration QC columns of a shard table row (kept in the row of a quarantined case too)
+QC_COLUMNS = ("coverage_fraction", "metric_value", "body_ml", "body_fraction", "registered_body_ml", "affine_det")
 
 
 def study_template(images: list[nib.Nifti1Image], cfg: dict, params: RegistrationParams) -> nib.Nifti1Image:
@@ -44,8 +49,9 @@ def study_template(images: list[nib.Nifti1Image], cfg: dict, params: Registratio
 
 
 def register_case(image: nib.Nifti1Image, grid: nib.Nifti1Image, modality: str, params: RegistrationParams,
-                  label: nib.Nifti1Image | None, out_dir: Path, case_id: str) -> dict:
-    """Register one case to the study grid and write image, coverage, label map and transform."""
+                  label: nib.Nifti1Image | None, out_dir: Path, case_id: str, ct_body_hu: float) -> dict:
+    """Register one case to the study grid, write image, coverage, label map and transform; the row
+    has their paths and the QC measures (``QC_COLUMNS``)."""
     transform = register_affine(image, grid, params)
     fill = FILL.get(modality, float(np.min(np.asarray(image.dataobj))))
     registered = transform.apply(image, grid, "linear", default_value=fill)
@@ -58,8 +64,8 @@ def register_case(image: nib.Nifti1Image, grid: nib.Nifti1Image, modality: str, 
            "coverage_path": str(out_dir / "coverage" / f"{case_id}.nii.gz"),
            "transform_path": str(out_dir / "transforms" / f"{case_id}.json"),
            "registered_label_path": "",
-           "metric_value": transform.metric_value if transform.metric_value is not None else "",
-           "coverage_fraction": float(np.asarray(coverage.dataobj).mean())}
+           "coverage_fraction": float(np.asarray(coverage.dataobj).mean()),
+           **measure(image, modality, transform, grid, ct_body_hu)}
     if label is not None:
         moved = transform.apply(label, grid, "nearest", default_value=0)
         write_nifti(moved, out_dir / "labels" / f"{case_id}.nii.gz", np.int16)
@@ -67,18 +73,35 @@ def register_case(image: nib.Nifti1Image, grid: nib.Nifti1Image, modality: str, 
     return row
 
 
+def check_registration(row: dict, qc: RegistrationQC, metric: str, min_coverage: float) -> None:
+    """Quarantine (``CaseRejected``) a registered case that fails a QC threshold; the reason names each
+    failed measure, its value, the threshold and its config key."""
+    found = []
+    if row["coverage_fraction"] < min_coverage:
+        found.append(f"{row['coverage_fraction']:.1%} of the study grid covered by the case"
+                     f" (< preprocess.min_coverage {min_coverage:g})")
+    found += failures(row, qc, metric)
+    if found:
+        raise CaseRejected("registration QC: " + "; ".join(found), {key: row[key] for key in QC_COLUMNS})
+
+
 def register_shard(cases: pd.DataFrame, grids: dict[str, nib.Nifti1Image], out_dir: str | Path,
-                   params: RegistrationParams, min_coverage: float = 0.05, progress: bool = True) -> pd.DataFrame:
-    """Register every case of a shard (manifest rows) into the folder ``out_dir`` (atomically)."""
+                   params: RegistrationParams, min_coverage: float = 0.05, progress: bool = True,
+                   qc: RegistrationQC | None = None) -> pd.DataFrame:
+    """Register every case of a shard (manifest rows) into the folder ``out_dir`` (atomically).
+
+    ``qc``: the registration QC thresholds (default: the schema's ``preprocess.registration_qc``).
+    """
+    qc = qc or RegistrationQC.from_config()
+
     def register(case: dict, tmp: Path) -> dict:
         if case["modality"] not in grids:
             raise ValueError(f"no study grid for modality {case['modality']}")
         image = nib.load(case["path"])
         label = nib.load(case["label_path"]) if case.get("label_path") else None
-        produced = register_case(image, grids[case["modality"]], case["modality"], params, label, tmp, case["case_id"])
-        if produced["coverage_fraction"] < min_coverage:
-            raise ValueError(f"registration left {produced['coverage_fraction']:.1%} of the study grid covered"
-                             f" (< {min_coverage:.0%})")
+        produced = register_case(image, grids[case["modality"]], case["modality"], params, label, tmp,
+                                 case["case_id"], qc.ct_body_hu)
+        check_registration(produced, qc, params.metric, min_coverage)
         return produced
 
     return process_cases(

@@ -15,6 +15,7 @@ from medsynth.cases import SHARD_TABLE, STATUS_COLUMNS, read_shard_table
 from medsynth.figures import display, registration_overlay
 from medsynth.fsutil import atomic_dir
 from medsynth.preprocess.registration import RegistrationParams
+from medsynth.preprocess.registration.qc import RegistrationQC
 from medsynth.preprocess.stage import REGISTERED_ID_COLUMNS, register_shard, study_template
 from medsynth.preprocess.trainsets import SliceOptions, build_training_shard
 from medsynth.tasks import Job, task
@@ -56,13 +57,15 @@ def register_ingest_shard(manifest_csv: str, ingest_shard: str, templates_dir: s
     cases = manifest[manifest["case_id"].isin(ingested)]
     grids = {p.name.split(".")[0]: nib.load(p) for p in sorted(Path(templates_dir).glob("*.nii.gz"))}
     by_modality = {m: registration_params(preprocess_cfg, m) for m in grids}
+    qc = RegistrationQC.from_config(preprocess_cfg.get("registration_qc"))
     tables = []
     # one params object per modality: register each modality's cases with its own settings
     with atomic_dir(out_dir) as tmp:
         for modality, params in by_modality.items():
             subset = cases[cases["modality"] == modality]
             if len(subset):
-                part = register_shard(subset, grids, tmp / modality, params, float(preprocess_cfg.get("min_coverage", 0.05)))
+                part = register_shard(subset, grids, tmp / modality, params, float(preprocess_cfg.get("min_coverage", 0.05)),
+                                      qc=qc)
                 for key in ("registered_path", "coverage_path", "transform_path", "registered_label_path"):
                     if key in part:
                         part[key] = [str(Path(out_dir) / Path(v).relative_to(tmp)) if v else "" for v in part[key].fillna("")]

@@ -12,6 +12,8 @@ from typing import Any
 
 from torch import nn
 
+from medsynth.fsutil import atomic_dir
+
 __all__ = ["CHECKPOINT_PATTERN", "latest_checkpoint", "list_checkpoints", "run_fingerprint", "save_model"]
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d{6,})$")
@@ -64,22 +66,32 @@ def save_model(model: nn.Module, out_dir: str | Path) -> Path:
     * diffusers ``ModelMixin``: ``save_pretrained`` (safetensors + ``config.json``).
     * anything else: ``model.safetensors`` (state dict) + ``config.json`` (class and, when present, its
       ``config``).
+
+    The files are written into a temporary folder renamed to ``out_dir`` when complete: a process
+    killed while saving leaves no ``out_dir``.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if hasattr(model, "saved_module"):  # a container of several trained players (DMD): save the one it names
         model = model.saved_module()
+    with atomic_dir(out) as tmp:
+        _write_model(model, tmp)
+    return out
+
+
+def _write_model(model: nn.Module, out: Path) -> None:
+    """The files of :func:`save_model` in ``out``."""
     if _has_lora(model):
         from medsynth.train.lora import save_lora
 
-        return save_lora(model, out)
+        save_lora(model, out)
+        return
     try:
         from diffusers import ModelMixin
     except ImportError:  # pragma: no cover - diffusers is a dependency
         ModelMixin = ()  # type: ignore[assignment]
     if ModelMixin and isinstance(model, ModelMixin):
         model.save_pretrained(str(out), safe_serialization=True)
-        return out
+        return
     from safetensors.torch import save_model as st_save_model
 
     st_save_model(model, str(out / "model.safetensors"))
@@ -90,4 +102,3 @@ def save_model(model: nn.Module, out_dir: str | Path) -> Path:
         cfg_json = {"repr": repr(cfg)}
     meta = {"class": f"{type(model).__module__}.{type(model).__qualname__}", "config": cfg_json}
     (out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return out

@@ -22,9 +22,11 @@ So the only loop state is the step counter (:mod:`.seeding`). A checkpoint (``ch
 written by ``accelerator.save_state``) holds the model weights, the AdamW moments and step counts,
 the LR-scheduler state, accelerate's RNG states, the loop state (step, seed, data/noise scheme) and any
 ``extra_state`` objects (:mod:`.checkpoints`). ``train`` called again with a checkpoint in place loads the
-latest one and continues; rows of ``loss_curve.csv`` after that step (written before a kill) are
+latest one and continues; rows of the curve after that step (written before a kill) are
 dropped, and TensorBoard events after it are purged. A run killed after ``k`` steps and restarted ends
-with weights identical (``torch.equal``, on the CPU) to an uninterrupted run.
+with weights identical (``torch.equal``, on the CPU) to an uninterrupted run. Nothing appears under a
+final name before the run completes: the curve grows in ``loss_curve.csv.partial`` and the final model
+is written into a temporary folder that is renamed into place.
 
 Preemption
 ----------
@@ -49,6 +51,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from medsynth.fsutil import remove_stale_temporaries, write_text_atomic
 from medsynth.train.checkpoints import CHECKPOINT_PATTERN, latest_checkpoint, list_checkpoints, run_fingerprint, save_model
 from medsynth.train.config import LOSS_CURVE, TrainConfig, TrainOutputs, TrainResult, resume_refusal
 from medsynth.train.curve import LossCurve
@@ -203,12 +206,13 @@ def train(
     main = accelerator.is_main_process
     rank, world = accelerator.process_index, accelerator.num_processes
     device = accelerator.device
+    if main:  # what a run killed while writing its outputs left beside them
+        for stale in (*remove_stale_temporaries(paths.final), *remove_stale_temporaries(paths.config)):
+            log.info("removed %s (left by a run killed while writing)", stale)
     curve = LossCurve(paths.curve, start, enabled=main, checkpoint=resumed_from)
     writer = SummaryWriter(str(paths.tensorboard), purge_step=start + 1) if main else None
-    if main:
-        record = {k: v for k, v in config.to_json().items() if k != "fingerprint"}  # mtimes: not an output
-        record["processes"] = world  # accelerate workers (medsynth.launch); batch_size is per process
-        paths.config.write_text(json.dumps(record, indent=2) + "\n")
+    record = {k: v for k, v in config.to_json().items() if k != "fingerprint"}  # mtimes: not an output
+    record["processes"] = world  # accelerate workers (medsynth.launch); batch_size is per process
 
     def checkpoint() -> Path:
         root = paths.checkpoints
@@ -220,8 +224,8 @@ def train(
         accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()  # every rank has written its RNG state into tmp before it is renamed
         if main:
-            if paths.curve.exists():
-                shutil.copyfile(paths.curve, tmp / LOSS_CURVE)
+            if curve.working.exists():
+                shutil.copyfile(curve.working, tmp / LOSS_CURVE)
             (tmp / "trainer_state.json").write_text(json.dumps(
                 {"step": state.step, "seed": config.seed, "data_scheme": DATA_SCHEME,
                  "config": config.to_json()}, indent=2) + "\n")
@@ -310,6 +314,9 @@ def train(
     final_dir = None
     if status == "completed" and config.save_final and main:
         final_dir = save_model(accelerator.unwrap_model(model), paths.final)
+    if status == "completed" and main:  # the run's records appear under their names once it is complete
+        curve.finish()
+        write_text_atomic(paths.config, json.dumps(record, indent=2) + "\n")
     accelerator.wait_for_everyone()
     steps_run = len(history)
     return TrainResult(status=status, step=state.step, output_dir=out, checkpoint=last_ckpt, final_dir=final_dir,

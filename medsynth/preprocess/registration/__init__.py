@@ -1,6 +1,7 @@
 """Affine registration of volumes to a study template (antspyx or SimpleITK), and template building.
 
-Modules: params (settings), geometry (RAS/LPS images), transform, sitk_backend, ants_backend, register, template.
+Modules: params (settings), geometry (RAS/LPS images), transform, sitk_backend, ants_backend, register, template,
+qc (registration QC: body kept in the study grid, final metric, volume scale).
 
 Conventions
 -----------
