@@ -57,6 +57,65 @@ def test_a_shard_whose_cases_all_fail_leaves_valid_tables_and_the_study_goes_on(
     assert pd.read_csv(results / "trainsets" / "slices" / "shard-001.csv").empty
 
 
+def _jobs_to_run(work, config, *targets, extra=()) -> dict[str, int]:
+    """Rule -> job count of what snakemake would run now (the "Job stats" table of a dry run)."""
+    out = run_snakemake(work, config, *targets, extra=("-n", *extra)).stdout
+    if "Job stats:" not in out:
+        return {}
+    counts = {}
+    for line in out.split("Job stats:", 1)[1].splitlines()[3:]:  # after the header and its rule line
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+VAE = "results/mine/vae/final"
+
+
+def test_a_study_killed_with_sigkill_mid_training_reruns_only_that_job_and_resumes_to_the_same_weights(study):
+    """SIGKILL to snakemake and its job while the VAE trains (after its first checkpoint): the rerun runs the
+    VAE job alone (nothing upstream), resumes from the checkpoint, and ends with the weights of an
+    uninterrupted run; no declared output of the killed job survived under its name."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.numpy import load_file
+    from workflow import REPO
+
+    work, config = study
+    vae = work / "results" / "mine" / "vae"
+    run_snakemake(work, config, VAE)  # the uninterrupted reference
+    (weights,) = (vae / "final").glob("*.safetensors")
+    reference = load_file(str(weights))
+    reference_curve = (vae / "loss_curve.csv").read_text()
+    shutil.rmtree(vae)
+
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work),
+           "--configfile", str(work / "config.yaml"), "--cores", "2", VAE]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not list((vae / "checkpoints").glob("step-*[0-9]")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # snakemake and the job: no cleanup of any kind
+    proc.wait()
+    assert list((vae / "checkpoints").glob("step-*[0-9]")), "the VAE never wrote a checkpoint"
+    for name in ("final", "loss_curve.csv", "train_config.json", "latent_stats.json", "reconstruction.csv"):
+        assert not (vae / name).exists(), name
+
+    run_snakemake(work, config, extra=("--unlock",))  # what snakemake asks for after a killed run
+    assert _jobs_to_run(work, config, VAE, extra=("--rerun-incomplete",)) == {"vae": 1}  # nothing upstream
+    run_snakemake(work, config, VAE, extra=("--rerun-incomplete",))
+    assert "resumed from" in (work / "results" / "mine" / "logs" / "vae.log").read_text()
+    resumed = load_file(str(vae / "final" / weights.name))
+    assert resumed.keys() == reference.keys() and all((resumed[k] == reference[k]).all() for k in reference)
+    assert (vae / "loss_curve.csv").read_text() == reference_curve
+    assert _jobs_to_run(work, config, VAE, *SLICE_TABLES) == {}  # and then nothing is left to do
+
+
 def _labelled_shard(tmp_path, example_dir, extra_id: int | None) -> pd.DataFrame:
     """A registered-shard table of two cases (the shipped upper-abdomen CT and its TotalSegmentator labels);
     case ``a``'s label map also holds ``extra_id`` in a block of voxels."""
