@@ -34,7 +34,7 @@ def ct_slice_shard(root: Path, names: list[str], n: int = 24, size: int = 32) ->
     hu = np.asarray(nib.load(str(EXAMPLE / "ct" / "upper_abdomen_ct_3mm.nii.gz")).dataobj, dtype=np.float32)
     samples = []
     for i, (z, img, msk) in enumerate(axial_slices(hu_to_unit(hu), threshold_masks(hu), np.ones(hu.shape),
-                                                   SliceOptions(size=size))):
+                                                   SliceOptions.from_config({"size": size}))):
         if i >= n:
             break
         present = [name for name, m in zip(names, msk) if m.any()]

@@ -87,7 +87,7 @@ def test_dicom_case_ingests_to_canonical_nifti_in_hu(tmp_path, ct_lps):
     (series,) = find_series(sorted((tmp_path / "series").iterdir()))
     row = {"case_id": "dcm_case", "modality": "CT", "source_kind": "dicom", "source": str(tmp_path / "series"),
            "series_uid": series.series_uid, "label": ""}
-    result = ingest_case(row, tmp_path / "out", IngestOptions())
+    result = ingest_case(row, tmp_path / "out", IngestOptions.from_config())
     out = nib.load(result["path"])
     assert "".join(nib.aff2axcodes(out.affine)) == "RAS"
     assert result["dtype"] == "int16" and result["source_orientation"] == "LPS"

@@ -40,7 +40,7 @@ def test_lps_and_ras_files_become_ras_with_same_voxels_in_world(request, tmp_pat
 
 
 def test_lps_file_ingests_as_ras(tmp_path, example_dir):
-    result = ingest_case(_row(example_dir / "ct" / "chest_cta_1p5mm.nii.gz"), tmp_path, IngestOptions())
+    result = ingest_case(_row(example_dir / "ct" / "chest_cta_1p5mm.nii.gz"), tmp_path, IngestOptions.from_config())
     out = nib.load(result["path"])
     assert orientation_codes(out) == "RAS" and result["source_orientation"] == "LPS"
     assert result["spacing"] == "1.5x1.5x1.5" and out.get_data_dtype() == np.int16
@@ -58,7 +58,7 @@ def test_itk_formats_read_to_same_geometry(tmp_path, ct_lps, suffix):
 def test_mr_is_stored_float32_and_label_follows_image(tmp_path, example_dir):
     row = _row(example_dir / "mr" / "abdomen_mr_3mm.nii.gz", modality="MR",
                label=example_dir / "labels" / "abdomen_mr_3mm_total_mr.nii.gz")
-    result = ingest_case(row, tmp_path, IngestOptions())
+    result = ingest_case(row, tmp_path, IngestOptions.from_config())
     img, lab = nib.load(result["path"]), nib.load(result["label_path"])
     assert img.get_data_dtype() == np.float32
     np.testing.assert_allclose(img.affine, lab.affine)
@@ -67,7 +67,7 @@ def test_mr_is_stored_float32_and_label_follows_image(tmp_path, example_dir):
 
 # ---- every quarantine reason -------------------------------------------------------------------
 
-def _reject(tmp_path, row, match, options=IngestOptions()):
+def _reject(tmp_path, row, match, options=IngestOptions.from_config()):
     with pytest.raises(CaseRejected, match=match):
         ingest_case(row, tmp_path / "out", options)
     assert not (tmp_path / "out" / "images").exists() or not any((tmp_path / "out" / "images").iterdir())
@@ -146,7 +146,7 @@ def test_shard_keeps_going_and_leaves_no_partial_files(tmp_path, example_dir):
         _row(broken, case_id="bad"),
         _row(example_dir / "ct" / "upper_abdomen_ct_3mm.nii.gz", case_id="good"),
     ])
-    table = ingest_shard(sources, tmp_path / "shard-000", IngestOptions(), progress=False)
+    table = ingest_shard(sources, tmp_path / "shard-000", IngestOptions.from_config(), progress=False)
     assert table.set_index("case_id")["status"].to_dict() == {"bad": "quarantined", "good": "ok"}
     produced = sorted(p.name for p in (tmp_path / "shard-000" / "images").iterdir())
     assert produced == ["good.nii.gz"]
@@ -179,7 +179,7 @@ def _save_stored_header(tmp_path, image, pixdim: dict[int, float], sform_code=0,
 def test_quarantine_degenerate_pixdim_in_the_file_header(tmp_path, ct_small, value, problem):
     path = _save_stored_header(tmp_path, ct_small, {3: value})
     with pytest.raises(CaseRejected) as err:
-        ingest_case(_row(path), tmp_path / "out", IngestOptions())
+        ingest_case(_row(path), tmp_path / "out", IngestOptions.from_config())
     assert str(err.value) == f"degenerate spacing: {problem} in the file header, which has no sform to override it"
 
 
@@ -190,7 +190,7 @@ def test_a_qform_alone_takes_its_spacing_from_pixdim_too(tmp_path, ct_small):
 
 def test_an_sform_overrides_a_zero_pixdim(tmp_path, ct_small):
     path = _save_stored_header(tmp_path, ct_small, {3: 0.0}, sform_code=1)
-    result = ingest_case(_row(path), tmp_path / "out", IngestOptions())
+    result = ingest_case(_row(path), tmp_path / "out", IngestOptions.from_config())
     assert result["spacing"] == "x".join(f"{s:g}" for s in ct_small.header.get_zooms())
 
 
@@ -213,7 +213,7 @@ def test_shard_with_copied_series_conflicting_copies_and_zero_pixdim(tmp_path, c
     _save_stored_header(root, ct_small, {3: 0.0}, name="zero_slice_spacing.nii.gz")
     sources = discover_cases({"name": "mine", "kind": "local", "root": str(root), "layout": {}}, root)
 
-    table = ingest_shard(sources, tmp_path / "shard-000", IngestOptions(), progress=False).set_index("case_id")
+    table = ingest_shard(sources, tmp_path / "shard-000", IngestOptions.from_config(), progress=False).set_index("case_id")
     assert table["status"].to_dict() == {"mine_P1_2": "ok", "mine_P2_3": "quarantined", "mine_good": "ok",
                                          "mine_zero_slice_spacing": "quarantined"}
     assert table.loc["mine_P1_2", "notes"] == (

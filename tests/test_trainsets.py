@@ -15,7 +15,7 @@ def test_slices_skip_uncovered_planes_and_resize(ct_small):
     masks = np.stack([image > 0.2, image < -0.5]).astype(np.uint8)
     coverage = np.zeros(image.shape, np.float32)
     coverage[:, :, 5:25] = 1.0
-    got = list(axial_slices(image, masks, coverage, SliceOptions(size=32, min_coverage=0.5, every=2)))
+    got = list(axial_slices(image, masks, coverage, SliceOptions.from_config({"size": 32, "min_coverage": 0.5, "every": 2})))
     assert [z for z, _, _ in got] == list(range(6, 25, 2))
     z, img, msk = got[0]
     assert img.shape == (1, 32, 32) and msk.shape == (2, 32, 32)
@@ -27,7 +27,7 @@ def test_shard_round_trip(tmp_path, ct_small):
     image = hu_to_unit(np.asarray(ct_small.dataobj))
     masks = (image[None] > 0.2).astype(np.uint8)
     samples = [({"case_id": "c", "slice": z}, img, msk)
-               for z, img, msk in axial_slices(image, masks, np.ones(image.shape), SliceOptions(size=16))]
+               for z, img, msk in axial_slices(image, masks, np.ones(image.shape), SliceOptions.from_config({"size": 16}))]
     index = write_shard(samples, ["dense"], tmp_path / "s.safetensors", tmp_path / "s.csv")
     data = load_shard(tmp_path / "s.safetensors")
     assert data["image"].shape == (30, 1, 16, 16) and data["masks"].shape == (30, 1, 16, 16)

@@ -26,20 +26,20 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class IngestOptions:
-    """Ingest settings from the ``ingest`` config section."""
+    """Ingest settings from the ``ingest`` config section (defaults in the schema)."""
 
-    ct_dtype: str = "auto"
-    dicom_spacing_tolerance: float = 0.1
-    qc: QCThresholds = QCThresholds()
+    ct_dtype: str
+    dicom_spacing_tolerance: float
+    qc: QCThresholds
 
     @classmethod
-    def from_config(cls, cfg: dict) -> "IngestOptions":
-        """Build from the ``ingest`` config section."""
-        return cls(
-            ct_dtype=cfg.get("ct_dtype", "auto"),
-            dicom_spacing_tolerance=float(cfg.get("dicom_spacing_tolerance", 0.1)),
-            qc=QCThresholds.from_config(cfg.get("qc", {})),
-        )
+    def from_config(cls, cfg: dict | None = None) -> "IngestOptions":
+        """Build from the ``ingest`` config section (keys left out take the schema's defaults)."""
+        from medsynth.settings import section
+
+        c = section("ingest", cfg)
+        return cls(ct_dtype=c["ct_dtype"], dicom_spacing_tolerance=float(c["dicom_spacing_tolerance"]),
+                   qc=QCThresholds.from_config(c["qc"]))
 
 
 def _read_dicom(row: dict, options: IngestOptions) -> tuple[nib.Nifti1Image, str, str]:

@@ -75,7 +75,7 @@ def build_manifest(shard_tables: list[pd.DataFrame], split_cfg: dict, seed: int)
     patient_fixed = {p: s for p, s in fixed.items() if p in set(ok["patient_id"])}
     for case_id, split in by_case.items():
         patient_fixed.setdefault(ok.loc[ok["case_id"] == case_id, "patient_id"].iloc[0], split)
-    splits = assign_splits(ok["patient_id"].tolist(), split_cfg.get("fractions", {"train": 0.8, "val": 0.1, "test": 0.1}),
+    splits = assign_splits(ok["patient_id"].tolist(), split_cfg["fractions"],
                            seed, patient_fixed)
     ok["split"] = ok["patient_id"].map(splits)
     prompt_columns = sorted(c for c in ok.columns if c.startswith("prompt_"))

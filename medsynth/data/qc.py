@@ -13,24 +13,26 @@ import numpy as np
 
 @dataclass(frozen=True)
 class QCThresholds:
-    """Limits a volume must respect to enter the study."""
+    """Limits a volume must respect to enter the study (``ingest.qc``; defaults in the schema)."""
 
-    min_slices: int = 16
-    spacing_mm: tuple[float, float] = (0.2, 8.0)
-    ct_value_range: tuple[float, float] = (-3100.0, 30000.0)
-    ct_air_percentile: float = 0.5
-    ct_air_max_hu: float = -500.0
+    min_slices: int
+    spacing_mm: tuple[float, float]
+    ct_value_range: tuple[float, float]
+    ct_air_percentile: float
+    ct_air_max_hu: float
 
     @classmethod
-    def from_config(cls, cfg: dict) -> "QCThresholds":
-        """Build from the ``ingest.qc`` config section."""
-        d = cls()
+    def from_config(cls, cfg: dict | None = None) -> "QCThresholds":
+        """Build from the ``ingest.qc`` config section (keys left out take the schema's defaults)."""
+        from medsynth.settings import section
+
+        c = section("ingest", {"qc": dict(cfg or {})})["qc"]
         return cls(
-            min_slices=int(cfg.get("min_slices", d.min_slices)),
-            spacing_mm=tuple(cfg.get("spacing_mm", d.spacing_mm)),
-            ct_value_range=tuple(cfg.get("ct_value_range", d.ct_value_range)),
-            ct_air_percentile=float(cfg.get("ct_air_percentile", d.ct_air_percentile)),
-            ct_air_max_hu=float(cfg.get("ct_air_max_hu", d.ct_air_max_hu)),
+            min_slices=int(c["min_slices"]),
+            spacing_mm=tuple(c["spacing_mm"]),
+            ct_value_range=tuple(c["ct_value_range"]),
+            ct_air_percentile=float(c["ct_air_percentile"]),
+            ct_air_max_hu=float(c["ct_air_max_hu"]),
         )
 
 

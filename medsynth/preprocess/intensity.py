@@ -68,11 +68,12 @@ class PercentileScale:
 
 
 def normalise(data: np.ndarray, modality: str, cfg: dict) -> tuple[np.ndarray, dict]:
-    """Model-space image in [-1, 1] and the parameters that undo it (from the ``intensity`` config)."""
+    """Model-space image in [-1, 1] and the parameters that undo it (from the ``intensity`` config section:
+    ``ct_hu_range`` for CT, ``mr_percentiles`` for MR)."""
     if modality == "CT":
-        hu_range = tuple(cfg.get("ct_hu_range", (-1024.0, 1024.0)))
+        hu_range = tuple(cfg["ct_hu_range"])
         return hu_to_unit(data, hu_range), {"kind": "ct", "hu_range": list(hu_range)}
-    scale = PercentileScale.fit(data, tuple(cfg.get("mr_percentiles", (0.0, 99.5))))
+    scale = PercentileScale.fit(data, tuple(cfg["mr_percentiles"]))
     return scale.forward(data), {"kind": "mr", "low": scale.low, "high": scale.high}
 
 

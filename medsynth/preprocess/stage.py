@@ -34,17 +34,17 @@ QC_COLUMNS = ("coverage_fraction", "metric_value", "body_ml", "body_fraction", "
 
 
 def study_template(images: list[nib.Nifti1Image], cfg: dict, params: RegistrationParams) -> nib.Nifti1Image:
-    """The study grid image of one modality: template (file or built) -> spacing -> centre crop/pad."""
-    grid = cfg["grid"]
-    if cfg.get("template", {}).get("file"):
-        template = canonical(nib.load(cfg["template"]["file"]))
+    """The study grid image of one modality: template (file or built) -> spacing -> centre crop/pad.
+
+    ``cfg``: the ``preprocess`` section (complete), its ``template.file`` set for this modality or None."""
+    grid, options = cfg["grid"], cfg["template"]
+    if options.get("file"):  # not a schema key: the task sets it from template.files per modality
+        template = canonical(nib.load(options["file"]))
     else:
         if not images:
-            raise ValueError("no training cases of this modality to build a template from (splits, or preprocess.template.file)")
-        options = cfg.get("template", {})
-        template = build_template(images, params, iterations=int(options.get("iterations", 2)),
-                                  spacing_mm=grid["spacing_mm"], start=options.get("start", "largest"),
-                                  unbias=bool(options.get("unbias", False)))
+            raise ValueError("no training cases of this modality to build a template from (splits, or preprocess.template.files)")
+        template = build_template(images, params, iterations=int(options["iterations"]),
+                                  spacing_mm=grid["spacing_mm"], start=options["start"], unbias=bool(options["unbias"]))
     return reference_grid(template, grid["spacing_mm"], grid["size"])
 
 

@@ -26,14 +26,17 @@ from medsynth.preprocess.intensity import normalise
 class SliceOptions:
     """2D set: slice size in pixels, minimum in-field fraction of a slice, keep every n-th slice."""
 
-    size: int = 64
-    min_coverage: float = 0.5
-    every: int = 1
+    size: int
+    min_coverage: float
+    every: int
 
     @classmethod
-    def from_config(cls, cfg: dict) -> "SliceOptions":
-        """Build from ``trainsets.slices``."""
-        return cls(int(cfg.get("size", 64)), float(cfg.get("min_coverage", 0.5)), int(cfg.get("every", 1)))
+    def from_config(cls, cfg: dict | None = None) -> "SliceOptions":
+        """Build from ``trainsets.slices`` (keys left out take the schema's defaults)."""
+        from medsynth.settings import section
+
+        c = section("trainsets", {"slices": dict(cfg or {})})["slices"]
+        return cls(int(c["size"]), float(c["min_coverage"]), int(c["every"]))
 
 
 def _resize(volume: np.ndarray, size: tuple[int, ...], binary: bool) -> np.ndarray:

@@ -15,6 +15,7 @@ from medsynth.figures import display, mask_overlay
 from medsynth.fsutil import write_csv_atomic
 from medsynth.masks.conditions import ConditionSpec
 from medsynth.masks.stage import masks_shard
+from medsynth.settings import section
 from medsynth.tasks import Job, task
 from medsynth.tasks.preprocess import registered_cases
 
@@ -25,6 +26,7 @@ def _read(path: str | Path) -> pd.DataFrame:
 
 def masks_for_shard(registered_dir: str, out_dir: str, masks_cfg: dict) -> pd.DataFrame:
     """Pseudo-masks, condition masks and mask QC of one registered shard."""
+    masks_cfg = section("masks", masks_cfg)
     registered = read_shard_table(registered_dir)
     specs = [ConditionSpec.from_config(c) for c in masks_cfg["conditions"]]
     return masks_shard(registered, out_dir, masks_cfg["segmenters"], masks_cfg["by_modality"], specs,
@@ -47,10 +49,11 @@ def combine_quarantine(ingest_csv: str, registered_dirs: list[str], masks_dirs: 
 
 def draw_mask_figure(registered_dirs: list[str], masks_dirs: list[str], out_png: str, figures_cfg: dict, intensity_cfg: dict) -> None:
     """Condition masks over registered images (the first ``figures.cases`` accepted cases)."""
-    window = tuple(intensity_cfg["windows"][figures_cfg.get("ct_window", "soft_tissue")])
+    figures_cfg = section("figures", figures_cfg)
+    window = tuple(intensity_cfg["windows"][figures_cfg["ct_window"]])
     names = json.loads((Path(masks_dirs[0]) / "conditions.json").read_text())
     masks = pd.concat([read_shard_table(d) for d in masks_dirs], ignore_index=True)
-    masks = masks[masks["status"] == "ok"].sort_values("case_id").head(int(figures_cfg.get("cases", 4)))
+    masks = masks[masks["status"] == "ok"].sort_values("case_id").head(int(figures_cfg["cases"]))
     registered = registered_cases(registered_dirs).set_index("case_id")
     rows = []
     for case in masks.to_dict("records"):

@@ -18,6 +18,7 @@ from medsynth.preprocess.registration import RegistrationParams
 from medsynth.preprocess.registration.qc import RegistrationQC
 from medsynth.preprocess.stage import REGISTERED_ID_COLUMNS, register_shard, study_template
 from medsynth.preprocess.trainsets import SliceOptions, build_training_shard
+from medsynth.settings import section
 from medsynth.tasks import Job, task
 
 log = logging.getLogger(__name__)
@@ -37,13 +38,14 @@ def registration_params(preprocess_cfg: dict, modality: str) -> RegistrationPara
 
 def make_templates(manifest_csv: str, out_dir: str, preprocess_cfg: dict) -> None:
     """One study-grid image per modality of the manifest (``<out_dir>/<modality>.nii.gz``)."""
+    preprocess_cfg = section("preprocess", preprocess_cfg)
     manifest = _read(manifest_csv)
-    files = (preprocess_cfg.get("template") or {}).get("files") or {}
+    files = preprocess_cfg["template"]["files"]
     with atomic_dir(out_dir) as tmp:
         for modality in sorted(set(manifest["modality"])):
             train = manifest[(manifest["modality"] == modality) & (manifest["split"] == "train")]
             images = [nib.load(p) for p in train["path"]]
-            cfg = dict(preprocess_cfg, template=dict(preprocess_cfg.get("template") or {}, file=files.get(modality)))
+            cfg = dict(preprocess_cfg, template=dict(preprocess_cfg["template"], file=files.get(modality)))
             log.info("template %s from %s", modality, files.get(modality) or f"{len(images)} training cases")
             grid = study_template(images, cfg, registration_params(preprocess_cfg, modality))
             nib.save(nib.Nifti1Image(np.asarray(grid.dataobj, np.float32), grid.affine), str(tmp / f"{modality}.nii.gz"))
@@ -52,20 +54,20 @@ def make_templates(manifest_csv: str, out_dir: str, preprocess_cfg: dict) -> Non
 def register_ingest_shard(manifest_csv: str, ingest_shard: str, templates_dir: str, out_dir: str,
                           preprocess_cfg: dict) -> pd.DataFrame:
     """Register the accepted cases of one ingest shard to their modality's study grid."""
+    preprocess_cfg = section("preprocess", preprocess_cfg)
     manifest = _read(manifest_csv)
     ingested = set(read_shard_table(ingest_shard)["case_id"])
     cases = manifest[manifest["case_id"].isin(ingested)]
     grids = {p.name.split(".")[0]: nib.load(p) for p in sorted(Path(templates_dir).glob("*.nii.gz"))}
     by_modality = {m: registration_params(preprocess_cfg, m) for m in grids}
-    qc = RegistrationQC.from_config(preprocess_cfg.get("registration_qc"))
+    qc = RegistrationQC.from_config(preprocess_cfg["registration_qc"])
     tables = []
     # one params object per modality: register each modality's cases with its own settings
     with atomic_dir(out_dir) as tmp:
         for modality, params in by_modality.items():
             subset = cases[cases["modality"] == modality]
             if len(subset):
-                part = register_shard(subset, grids, tmp / modality, params, float(preprocess_cfg.get("min_coverage", 0.05)),
-                                      qc=qc)
+                part = register_shard(subset, grids, tmp / modality, params, float(preprocess_cfg["min_coverage"]), qc=qc)
                 for key in ("registered_path", "coverage_path", "transform_path", "registered_label_path"):
                     if key in part:
                         part[key] = [str(Path(out_dir) / Path(v).relative_to(tmp)) if v else "" for v in part[key].fillna("")]
@@ -85,10 +87,11 @@ def training_sets_for_shard(manifest_csv: str, registered_dir: str, masks_dir: s
                             trainsets_cfg: dict) -> None:
     """2D and 3D training sets of one shard (outputs: slices, slices_index, volumes, volumes_index)."""
     names = json.loads((Path(masks_dir) / "conditions.json").read_text())
+    trainsets_cfg = section("trainsets", trainsets_cfg)
     build_training_shard(
         read_shard_table(masks_dir), read_shard_table(registered_dir), _read(manifest_csv), names,
-        intensity_cfg, SliceOptions.from_config(trainsets_cfg.get("slices") or {}),
-        tuple(trainsets_cfg.get("volume_size", (64, 64, 64))),
+        section("intensity", intensity_cfg), SliceOptions.from_config(trainsets_cfg["slices"]),
+        tuple(trainsets_cfg["volume_size"]),
         (Path(outputs.slices), Path(outputs.slices_index)), (Path(outputs.volumes), Path(outputs.volumes_index)),
     )
 
@@ -102,9 +105,10 @@ def registered_cases(registered_dirs: list[str]) -> pd.DataFrame:
 def draw_registration_figure(templates_dir: str, registered_dirs: list[str], out_png: str, figures_cfg: dict,
                         intensity_cfg: dict) -> None:
     """Registered cases over their templates (the first ``figures.cases`` cases)."""
-    window = tuple(intensity_cfg["windows"][figures_cfg.get("ct_window", "soft_tissue")])
+    figures_cfg = section("figures", figures_cfg)
+    window = tuple(intensity_cfg["windows"][figures_cfg["ct_window"]])
     rows = []
-    for case in registered_cases(registered_dirs).head(int(figures_cfg.get("cases", 4))).to_dict("records"):
+    for case in registered_cases(registered_dirs).head(int(figures_cfg["cases"])).to_dict("records"):
         template = np.asarray(nib.load(os.path.join(templates_dir, f"{case['modality']}.nii.gz")).dataobj, np.float32)
         image = np.asarray(nib.load(case["registered_path"]).dataobj, np.float32)
         rows.append({"case_id": case["case_id"], "modality": case["modality"],
