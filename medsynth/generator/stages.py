@@ -76,6 +76,9 @@ __all__ = ["AdversarialPair", "GeneratorStep", "StageOutputs", "run_base", "run_
 
 log = logging.getLogger(__name__)
 
+#: what a stage-2 model folder says of itself (method, objective, init model, one-step, format)
+STAGE2_META = "medsynth_stage2.json"
+
 _TRAIN_KEYS = {f.name for f in fields(TrainConfig)} - {"output_dir", "save_final", "handle_signals"}
 
 
@@ -279,6 +282,11 @@ def run_stage2(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Pat
     contrastive = contrastive_term(stage_cfg, names)
     if contrastive is not None:
         extras.append(contrastive)
+    meta = {"method": method, "objective": objective, "init": str(init_dir),
+            "one_step": bool(dmd["enabled"] or reflow["distill"]),
+            "format": "lora adapter on the init model (medsynth.train.load_lora)" if method == "lora"
+            else "diffusers save_pretrained"}
+    final_files = {STAGE2_META: json.dumps(meta, indent=2) + "\n"}  # written with the model, in one rename
     adversarial = stage_cfg["adversarial"]
     if adversarial["enabled"]:
         latent = data.dataset.tensors["latent"]
@@ -291,7 +299,7 @@ def run_stage2(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Pat
         groups = [{"params": [p for p in model.parameters() if p.requires_grad]},
                   {"params": list(disc.parameters()), "lr": float(adversarial["lr"])}]
         result = train(AdversarialPair(model, disc), step, data.dataset, train_config(stage_cfg, outputs.folder, fp),
-                       trainable_params=groups, outputs=outputs.train)
+                       trainable_params=groups, outputs=outputs.train, final_files=final_files)
     elif dmd["enabled"]:
         from medsynth.generator.distill import DistillationPair, DistributionMatchingStep
 
@@ -304,15 +312,9 @@ def run_stage2(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Pat
         groups = [{"params": [p for p in model.parameters() if p.requires_grad]},
                   {"params": list(fake.parameters()), "lr": float(dmd["fake_lr"])}]
         result = train(pair, step, data.dataset, train_config(stage_cfg, outputs.folder, fp), trainable_params=groups,
-                       outputs=outputs.train)
+                       outputs=outputs.train, final_files=final_files)
     else:
         result = train(model, build_step(data, stage_cfg, ddpm_cfg, extras), data.dataset,
-                       train_config(stage_cfg, outputs.folder, fp), outputs=outputs.train)
+                       train_config(stage_cfg, outputs.folder, fp), outputs=outputs.train, final_files=final_files)
     _finish(result, outputs.folder)
-    meta = {"method": method, "objective": objective, "init": str(init_dir),
-            "one_step": bool(dmd["enabled"] or reflow["distill"]),
-            "format": "lora adapter on the init model (medsynth.train.load_lora)" if method == "lora"
-            else "diffusers save_pretrained"}
-    if result.final_dir is not None:  # the main process saved the model
-        write_text_atomic(Path(result.final_dir) / "medsynth_stage2.json", json.dumps(meta, indent=2) + "\n")
     return result, model

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ def _has_lora(model: nn.Module) -> bool:
     return any("lora_" in n for n, _ in model.named_parameters())
 
 
-def save_model(model: nn.Module, out_dir: str | Path) -> Path:
+def save_model(model: nn.Module, out_dir: str | Path, extra_files: Mapping[str, str] | None = None) -> Path:
     """Save a trained model to ``out_dir`` (a model with ``saved_module()`` saves that module instead).
 
     * model with LoRA adapters: the adapter only (``adapter_model.safetensors`` +
@@ -67,14 +67,16 @@ def save_model(model: nn.Module, out_dir: str | Path) -> Path:
     * anything else: ``model.safetensors`` (state dict) + ``config.json`` (class and, when present, its
       ``config``).
 
-    The files are written into a temporary folder renamed to ``out_dir`` when complete: a process
-    killed while saving leaves no ``out_dir``.
+    ``extra_files`` (name -> text) are written beside them. The files are written into a temporary
+    folder renamed to ``out_dir`` when complete: a process killed while saving leaves no ``out_dir``.
     """
     out = Path(out_dir)
     if hasattr(model, "saved_module"):  # a container of several trained players (DMD): save the one it names
         model = model.saved_module()
     with atomic_dir(out) as tmp:
         _write_model(model, tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
     return out
 
 

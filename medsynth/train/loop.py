@@ -143,6 +143,7 @@ def train(
     accelerator: Any = None,
     on_step_end: Callable[[int, dict[str, float]], None] | None = None,
     outputs: TrainOutputs | None = None,
+    final_files: Mapping[str, str] | None = None,
 ) -> TrainResult:
     """Train ``model`` for ``config.steps`` optimizer steps (resuming from the newest checkpoint if possible).
 
@@ -159,6 +160,7 @@ def train(
     ``step_scheduler_with_optimizer`` must be False); by default one is made from the config.
     ``on_step_end(step, row)`` is called after each optimizer step with the 1-based step and CSV row.
     ``outputs``: where the run writes (default: :meth:`TrainOutputs.under` ``config.output_dir``).
+    ``final_files``: file name -> text written into the final model folder with the model (one rename).
     """
     if isinstance(dataset, Mapping):
         dataset = TensorDictDataset(dataset)
@@ -313,7 +315,7 @@ def train(
 
     final_dir = None
     if status == "completed" and config.save_final and main:
-        final_dir = save_model(accelerator.unwrap_model(model), paths.final)
+        final_dir = save_model(accelerator.unwrap_model(model), paths.final, extra_files=final_files)
     if status == "completed" and main:  # the run's records appear under their names once it is complete
         curve.finish()
         write_text_atomic(paths.config, json.dumps(record, indent=2) + "\n")
