@@ -50,7 +50,7 @@ def _read_dicom(row: dict, options: IngestOptions) -> tuple[nib.Nifti1Image, str
     if not matches:
         raise CaseRejected(f"DICOM series {row['series_uid']} not found under {source}")
     try:
-        instances = unique_instances(matches[0].files)
+        instances = unique_instances(matches[0].files, matches[0].instance_uids)
         image = read_series(instances.files, options.dicom_spacing_tolerance)
     except DicomSeriesError as err:
         raise CaseRejected(str(err)) from err

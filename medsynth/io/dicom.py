@@ -14,7 +14,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import nibabel as nib
 import numpy as np
@@ -45,6 +45,8 @@ class DicomSeries:
     series_number: str = ""
     description: str = ""
     study_uid: str = ""
+    #: SOPInstanceUID of each file ("" when it has none), read with the header that grouped it
+    instance_uids: dict[Path, str] = field(default_factory=dict)
 
     @property
     def patient(self) -> tuple[str, str]:
@@ -94,6 +96,7 @@ def find_series(files: Iterable[str | os.PathLike]) -> list[DicomSeries]:
             ),
         )
         entry.files.append(path)
+        entry.instance_uids[path] = _text(ds, "SOPInstanceUID")
     return sorted(series.values(), key=lambda s: (s.patient_id, s.series_number, s.series_uid))
 
 
@@ -163,16 +166,20 @@ class UniqueInstances:
         return f"{len(self.ignored)} duplicate DICOM {files} ignored (identical copies in {_join(self.copy_folders)})"
 
 
-def unique_instances(files: Iterable[Path]) -> UniqueInstances:
+def unique_instances(files: Iterable[Path], instance_uids: Mapping[Path, str] | None = None) -> UniqueInstances:
     """Keep one file per SOPInstanceUID (the first in sorted path order) when its copies are identical.
 
     Copies are identical when their bytes are, or their pixels and geometry (``COPY_FIELDS``) are.
-    Raises ``DicomSeriesError`` naming both files and folders when they differ.
+    Raises ``DicomSeriesError`` naming both files and folders when they differ. ``instance_uids``
+    (``DicomSeries.instance_uids``) saves reading each header again.
     """
     groups: dict[str, list[Path]] = {}
     for path in sorted(Path(f) for f in files):
-        ds = _read_header(path)
-        uid = _text(ds, "SOPInstanceUID") if ds is not None else ""
+        if instance_uids is not None and path in instance_uids:
+            uid = instance_uids[path]
+        else:
+            ds = _read_header(path)
+            uid = _text(ds, "SOPInstanceUID") if ds is not None else ""
         groups.setdefault(uid or str(path), []).append(path)  # a file without a UID is an instance of its own
     for uid, (first, *copies) in groups.items():
         for copy in copies:
