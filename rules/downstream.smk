@@ -26,6 +26,7 @@ rule downstream:
     params:
         downstream=DOWNSTREAM,
         grid=config["preprocess"]["grid"],
+        statistics=config["statistics"],
         slice_size=config["trainsets"]["slices"]["size"],
     script:
         "../scripts/downstream.py"

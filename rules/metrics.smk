@@ -30,6 +30,7 @@ rule metrics:
             model_config(wc.model).get("severity_prompt", False)
         ),
         grid=config["preprocess"]["grid"],
+        statistics=config["statistics"],
         slice_size=config["trainsets"]["slices"]["size"],
     script:
         "../scripts/metrics.py"

@@ -135,6 +135,37 @@ def test_frechet_distance_agrees_with_monai_fidmetric_on_the_same_features(extra
     assert fd > 0.05 and monai_fd == pytest.approx(fd, rel=1e-4)
 
 
+def test_frechet_metrics_equal_torch_fidelitys_calculate_metrics(extractor, smooth_images):
+    """One feature pass gives the FD and KID torch-fidelity's own entry point computes, and the features."""
+    import torch_fidelity
+
+    from medsynth.metrics.frechet import UInt8ImageDataset, frechet_distance
+
+    x, y = smooth_images, _noisy(smooth_images, 0.2)
+    ours = frechet_metrics(x, y, extractor, kid_subset_size=20, kid_subsets=10, return_features=True)
+    theirs = torch_fidelity.calculate_metrics(input1=UInt8ImageDataset(x), input2=UInt8ImageDataset(y), fid=True,
+                                              kid=True, feature_extractor=extractor, kid_subset_size=20,
+                                              kid_subsets=10, cache=False, verbose=False, cuda=False,
+                                              save_cpu_ram=True, rng_seed=2020)
+    assert ours["fd"] == theirs[torch_fidelity.KEY_METRIC_FID] and ours["fd"] > 0.05
+    assert ours["kid_mean"] == theirs[torch_fidelity.KEY_METRIC_KID_MEAN]
+    assert ours["kid_std"] == theirs[torch_fidelity.KEY_METRIC_KID_STD]
+    real_f, fake_f = ours["features"]
+    assert real_f.shape[0] == fake_f.shape[0] == 64 and frechet_distance(real_f, fake_f) == ours["fd"]
+
+
+def test_the_low_rank_frechet_distance_equals_the_covariance_one():
+    """Fewer samples than feature dimensions (the bootstrap's case) and more: the same distance."""
+    from medsynth.metrics.frechet import frechet_distance, frechet_distance_lowrank
+
+    rng = np.random.default_rng(0)
+    for n, d in ((30, 200), (80, 16)):
+        a = rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) * 0.1
+        b = rng.normal(0.3, 1.0, size=(n + 5, d))
+        exact = frechet_distance(torch.from_numpy(a), torch.from_numpy(b))
+        assert frechet_distance_lowrank(a, b) == pytest.approx(exact, rel=1e-6)  # eigvals of a rank-deficient product: ~1e-8
+
+
 def test_extractor_reregistration_replaces_module_and_leaves_caller_module_alone(extractor, smooth_images):
     x, y = smooth_images, _noisy(smooth_images, 0.2)
     constant = _encoder(scale=0.0)  # all-zero weights: the same feature for every image
@@ -178,6 +209,7 @@ def test_inception_fid_unavailable_without_weights(empty_hub, monkeypatch, smoot
         raise AssertionError("torch-fidelity must not be called without Inception weights")
 
     monkeypatch.setattr(torch_fidelity, "calculate_metrics", _no_call)
+    monkeypatch.setattr(torch_fidelity.utils, "create_feature_extractor", _no_call)
     res = inception_fid(smooth_images, smooth_images, None)
     assert res["fid"] is None and res["kid_mean"] is None
     assert res["status"].startswith("unavailable: no Inception weights")

@@ -35,6 +35,16 @@ def test_embedded_study_runs_stage2_sampling_and_metrics_from_a_pretrained_backb
     record = json.loads((tmp_path / "work" / metrics).read_text())
     assert np.isfinite(record["fd_self"]["value"]) and record["n_generated"] == record["n_real"] > 0
     assert record["fid"]["status"].startswith("unavailable")  # no Inception weights here, and none stands in
+    fd = record["estimates"]["fd_self"]  # the bootstrap interval of every metric (one test patient: slice blocks)
+    assert fd["value"] == pytest.approx(record["fd_self"]["value"], rel=1e-6) and fd["low"] <= fd["high"]
+    boot = record["bootstrap"]
+    assert boot["unit"].startswith("blocks of 8 consecutive slices") and boot["n_units"] >= 2
+    assert len(boot["replicates"]["fd_self"]) == boot["resamples"] == 1000
+    assert record["estimates"]["ssim"]["value"] == pytest.approx(record["pairs"]["ssim"])
+    assert record["estimates"]["dice"]["value"] == pytest.approx(record["mask_fidelity"]["mean_generated_vs_gt"]["dice"])
+    downstream = json.loads((tmp_path / "work" / results / "downstream" / "real" / "evaluation.json").read_text())
+    assert downstream["estimates"]["mdsc"]["value"] == pytest.approx(downstream["mdsc"])
+    assert downstream["bootstrap"]["units_digest"] == boot["units_digest"]  # the same test slices: paired
     base = json.loads((tmp_path / "work" / results / "base" / "final" / "config.json").read_text())
     assert base["in_channels"] == 9 and base["cross_attention_dim"] == 32  # the tiny SD UNet, widened
     assert list((tmp_path / "work" / results / "stage2" / "victr" / "final").rglob("adapter_model.safetensors"))

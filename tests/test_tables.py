@@ -107,3 +107,44 @@ def test_meddiff_table_gains_over_real_and_filter_counts():
     assert abs(table.loc["real_synth_mgf-victr", "gain over real (points)"] - 5.0) < 1e-9
     assert table.loc["real_synth_mgf-victr", "synthetic kept by the filter"] == "7 of 14"
     assert table.loc["real_synth_mgf-victr", "paper mean Dice gain (%)"] == 1.0
+
+
+def _with_intervals(record: dict, estimates: dict, replicates: dict, digest: str = "abc") -> dict:
+    return {**record, "estimates": {k: {"value": v[0], "low": v[1], "high": v[2]} for k, v in estimates.items()},
+            "bootstrap": {"resamples": 4, "level": 0.9, "seed": 0, "unit": "patient (6 patients)", "n_units": 6,
+                          "units_digest": digest, "replicates": replicates}}
+
+
+def test_a_value_with_its_interval_is_one_cell_in_markdown_and_three_columns_in_the_csv(tmp_path):
+    from medsynth.tables import write_table
+
+    vanilla = _with_intervals(metrics("vanilla", fd=20.0), {"fd_self": (20.0, 18.5, 22.25)}, {})
+    table = victr_table2({"vanilla": vanilla, "victr": metrics("victr", fd=10.0)}, "unet2d_condition", PAPER, "BTCV")
+    write_table(table, tmp_path / "t.csv", tmp_path / "t.md", "T")
+    out = pd.read_csv(tmp_path / "t.csv")
+    fd = [c for c in out.columns if c.startswith("FD (")][0]
+    assert list(out.columns[list(out.columns).index(fd):][:3]) == [fd, f"{fd} CI low", f"{fd} CI high"]
+    assert out.loc[0, fd] == 20.0 and out.loc[0, f"{fd} CI low"] == 18.5 and out.loc[0, f"{fd} CI high"] == 22.25
+    assert out.loc[1, fd] == 10.0 and pd.isna(out.loc[1, f"{fd} CI low"])  # no interval: the cell stays empty
+    md = (tmp_path / "t.md").read_text()
+    assert "20 [18.5, 22.25]" in md
+    assert "90 % percentile bootstrap interval, 4 resamples of the test patient (6 patients)" in md
+
+
+def test_a_gain_over_real_has_the_interval_of_the_paired_differences():
+    from medsynth.tables.builders import meddiff_ft
+    from medsynth.tables.render import Measured
+
+    def ev(mdsc, reps, digest="abc"):
+        record = {"mdsc": mdsc, "mhd95": 10.0, "hd95_unit": "mm", "n_train_real": 10, "n_train_synthetic": 3,
+                  "steps": 5, "n_test": 4, "meddiff_filter": None}
+        return _with_intervals(record, {"mdsc": (mdsc, min(reps), max(reps))}, {"mdsc": reps}, digest)
+
+    real = ev(0.30, [0.20, 0.30, 0.40, 0.30])
+    # the same resamples move together: every paired difference is +0.02 although both spread by 0.2
+    table = meddiff_ft({"real": real, "real_synth-victr": ev(0.32, [0.22, 0.32, 0.42, 0.32])}, PAPER)
+    gain = table.set_index("setting").loc["real_synth-victr", "gain over real (points)"]
+    assert isinstance(gain, Measured) and gain.value == pytest.approx(2.0)
+    assert gain.low == pytest.approx(2.0) and gain.high == pytest.approx(2.0) and "paired" in gain.how
+    other = meddiff_ft({"real": real, "real_synth-victr": ev(0.32, [0.22, 0.32, 0.42, 0.32], digest="xyz")}, PAPER)
+    assert other.set_index("setting").loc["real_synth-victr", "gain over real (points)"] == pytest.approx(2.0)

@@ -216,23 +216,25 @@ def predict_masks(model: nn.Module, images: torch.Tensor | np.ndarray, threshold
 
 def metrics_from_masks(pred: torch.Tensor, ref: torch.Tensor, names: Sequence[str],
                        spacing: Sequence[float] | float | None = None) -> dict[str, Any]:
-    """Per-channel Dice/HD95 of binary ``pred`` against binary ``ref`` + ``mdsc``, ``mhd95``, ``n``, ``hd95_unit``."""
+    """Per-channel Dice/HD95 of binary ``pred`` against binary ``ref`` + ``mdsc``, ``mhd95``, ``n``, ``hd95_unit``,
+    and ``values``: the per-sample metrics (:func:`~medsynth.metrics.masks.mask_metric_values`, for intervals)."""
     names = list(names)
     pred, ref = torch.as_tensor(pred).bool(), as_labels(ref).bool()
     if pred.shape != ref.shape:
         raise ValueError(f"prediction shape {tuple(pred.shape)} != reference shape {tuple(ref.shape)}")
     if len(names) != ref.shape[1]:
         raise ValueError(f"{len(names)} names for {ref.shape[1]} channels")
-    from medsynth.metrics.masks import mask_metrics
+    from medsynth.metrics.masks import mask_metric_values, mask_metrics
 
     unit = "pixel" if spacing is None else "mm"
-    per = mask_metrics(pred, ref, names, spacing=spacing)
+    values = mask_metric_values(pred, ref, spacing)
+    per = mask_metrics(pred, ref, names, spacing=spacing, values=values)
     means = channel_means({n: per[n] for n in names}, ("dice", "hd95"), missing=math.nan)
     result: dict[str, Any] = {"channels": {n: dict(per[n]) for n in names},
                               "mdsc": means["dice"], "mhd95": means["hd95"],
                               "n": int(len(ref)), "n_channels_present": means["n_channels"],
                               "hd95_unit": unit, "spacing": list(np.atleast_1d(spacing).astype(float))
-                              if spacing is not None else None}
+                              if spacing is not None else None, "values": values}
     return result
 
 
@@ -242,7 +244,7 @@ def evaluate_segmenter(model: nn.Module, images: torch.Tensor | np.ndarray, labe
     """Dice/HD95 of ``model`` on real test slices (see module docstring).
 
     Returns ``{"channels": {name: {"dice", "hd95", ...}}, "mdsc", "mhd95", "n", "n_channels_present",
-    "hd95_unit", "spacing"}``.
+    "hd95_unit", "spacing", "values"}``.
     """
     pred = predict_masks(model, images, threshold=0.5, batch_size=batch_size)
     return metrics_from_masks(pred, labels, names, spacing=spacing)

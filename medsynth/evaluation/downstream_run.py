@@ -16,7 +16,7 @@ from medsynth.launch import is_main_process
 from medsynth.metrics.masks import channel_means
 from medsynth.names import MEDDIFF_KINDS
 
-__all__ = ["meddiff_filter", "run_downstream"]
+__all__ = ["downstream_intervals", "meddiff_filter", "run_downstream"]
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +42,25 @@ def meddiff_filter(images: np.ndarray, masks: np.ndarray, real_images: np.ndarra
     return images[keep], eroded.astype(np.uint8), info
 
 
+def downstream_intervals(test_index, values: Mapping, names: Sequence[str], statistics: Mapping | None) -> dict:
+    """``estimates`` / ``bootstrap`` of a downstream record: ``mdsc`` / ``mhd95`` (and ``dice`` / ``hd95``,
+    the same numbers under the metrics records' names), ``jaccard``, ``asd``, per channel ``dice/<c>``."""
+    from medsynth.evaluation.intervals import IntervalSet, mask_estimates
+    from medsynth.settings import section
+
+    intervals = IntervalSet(test_index, section("statistics", statistics or {}))
+    mask_estimates(intervals, values, names)
+    intervals.add("mdsc", intervals.estimates["dice"])
+    intervals.add("mhd95", intervals.estimates["hd95"])
+    return intervals.record()
+
+
 def run_downstream(shards: Sequence[str], synthetic: str | None, setting: str, cfg: Mapping, outputs,
                    evaluation_json: str | Path, grid_cfg: Mapping, slice_size: int,
-                   extractor: str | Path | None = None) -> dict:
+                   extractor: str | Path | None = None, statistics: Mapping | None = None) -> dict:
     """Train and score one downstream setting (module docstring); returns the evaluation record.
-    ``outputs``: where the segmenter trains (:class:`medsynth.train.TrainOutputs`, or a folder)."""
+    ``outputs``: where the segmenter trains (:class:`medsynth.train.TrainOutputs`, or a folder);
+    ``statistics``: config ``statistics`` (bootstrap intervals over the test patients)."""
     from medsynth.downstream import compose_setting, evaluate_segmenter, setting_augments, train_segmenter
     from medsynth.io.generated import load_generated
 
@@ -90,6 +104,7 @@ def run_downstream(shards: Sequence[str], synthetic: str | None, setting: str, c
               "meddiff_filter": filtered if synthetic else None,
               "mdsc": scores["mdsc"], "mhd95": scores["mhd95"], "hd95_unit": scores["hd95_unit"],
               "spacing_mm": spacing, "mean": channel_means(scores["channels"]), "channels": scores["channels"]}
+    record.update(downstream_intervals(index.iloc[test_rows], scores["values"], names, statistics))
     write_metrics_json(evaluation_json, record)
     log.info("downstream %s: mDSC %.4f, mHD95 %s", setting, scores["mdsc"], scores["mhd95"])
     return record

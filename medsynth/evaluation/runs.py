@@ -18,7 +18,7 @@ from medsynth.io.trainsets import load_slices, select_rows
 from medsynth.launch import resolve_device
 from medsynth.metrics.masks import channel_means
 
-__all__ = ["RunFiles", "RunSettings", "controllability", "evaluate_run", "paired_sets"]
+__all__ = ["RunFiles", "RunSettings", "controllability", "evaluate_run", "paired_sets", "severity_grades"]
 
 log = logging.getLogger(__name__)
 
@@ -45,20 +45,31 @@ class RunSettings:
     intensity: Mapping
     select: Mapping
     grid: Mapping | None = None
+    #: config ``statistics`` (bootstrap intervals); ``None``: the schema's defaults
+    statistics: Mapping | None = None
     severity: Mapping | None = None
     severity_prompt: bool = False
     slice_size: int | None = None
 
 
-def controllability(pred: torch.Tensor, names: Sequence[str], prompted: Sequence[str], severity_cfg: Mapping) -> dict:
-    """Graded-severity control: the grade measured on the predicted masks against the prompted grade."""
-    from medsynth.generator.data import DEFAULT_SEVERITY, severity_fractions, severity_grades
+def severity_grades(pred: torch.Tensor, names: Sequence[str], prompted: Sequence[str],
+                    severity_cfg: Mapping) -> tuple[np.ndarray, np.ndarray, dict]:
+    """``(measured, wanted, settings)``: the grade measured on each predicted mask and the prompted grade."""
+    from medsynth.generator.data import DEFAULT_SEVERITY, severity_fractions
+    from medsynth.generator.data import severity_grades as grades
     from medsynth.models.prompts import SEVERITY_WORDS
 
     sev = {**DEFAULT_SEVERITY, **dict(severity_cfg or {})}
-    fractions = severity_fractions(pred.float().numpy(), names, sev["organ"])
-    measured = severity_grades(fractions, sev["thresholds"])
+    measured = grades(severity_fractions(pred.float().numpy(), names, sev["organ"]), sev["thresholds"])
     wanted = np.array([SEVERITY_WORDS.index(w) for w in prompted])
+    return measured, wanted, sev
+
+
+def controllability(pred: torch.Tensor, names: Sequence[str], prompted: Sequence[str], severity_cfg: Mapping) -> dict:
+    """Graded-severity control: the grade measured on the predicted masks against the prompted grade."""
+    from medsynth.models.prompts import SEVERITY_WORDS
+
+    measured, wanted, sev = severity_grades(pred, names, prompted, severity_cfg)
     confusion = {SEVERITY_WORDS[p]: {SEVERITY_WORDS[m]: int(((wanted == p) & (measured == m)).sum())
                                      for m in range(len(SEVERITY_WORDS))} for p in range(len(SEVERITY_WORDS))}
     return {"accuracy": float((measured == wanted).mean()), "n": int(len(wanted)), "organ": sev["organ"],
@@ -90,11 +101,13 @@ def evaluate_run(files: RunFiles, out_json: str | Path, settings: RunSettings, m
     import pandas as pd
 
     from medsynth.downstream import load_segmenter, predict_masks
+    from medsynth.evaluation.intervals import IntervalSet, mask_estimates
     from medsynth.metrics import (
         fd_recipe,
         frechet_metrics,
-        image_metrics,
+        image_metric_values,
         inception_fid,
+        mask_metric_values,
         mask_metrics,
         per_window_fd,
         pretrained_fd,
@@ -121,7 +134,10 @@ def evaluate_run(files: RunFiles, out_json: str | Path, settings: RunSettings, m
     setting = Path(extractor_dir).parent.name
     extractor_label = f"self-trained {segmenter.segmenter_record['model']['type']} encoder, downstream '{setting}'"
 
-    fd = frechet_metrics(real01, fake01, extractor_name, kid=True, kid_subset_size=kid_size, batch_size=batch, cuda=cuda)
+    intervals = IntervalSet(index.iloc[rows], section("statistics", settings.statistics or {}))
+    fd = frechet_metrics(real01, fake01, extractor_name, kid=True, kid_subset_size=kid_size, batch_size=batch, cuda=cuda,
+                         return_features=True)
+    intervals.frechet("fd_self", *fd["features"])
     modalities = set(index.iloc[rows]["modality"].astype(str))
     hu_range = tuple(intensity_cfg["ct_hu_range"]) if modalities == {"CT"} else None  # MR: no HU
     recipes = metrics_cfg["fd_recipes"]
@@ -129,7 +145,9 @@ def evaluate_run(files: RunFiles, out_json: str | Path, settings: RunSettings, m
     inception = inception_fid(recipe_unit_images(torch.from_numpy(real), inception_recipe, hu_range),
                               recipe_unit_images(torch.from_numpy(fake), inception_recipe, hu_range),
                               metrics_cfg["inception_pretrained_path"], kid_subset_size=kid_size, batch_size=batch,
-                              cuda=cuda)
+                              cuda=cuda, return_features=True)
+    if inception.get("features") is not None:
+        intervals.frechet("fid", *inception["features"])
     radimagenet = pretrained_fd("radimagenet_resnet50", metrics_cfg["radimagenet_pretrained_path"],
                                 "metrics.radimagenet_pretrained_path", real, fake,
                                 fd_recipe(recipes["radimagenet_resnet50"]), hu_range, batch_size=batch, cuda=cuda)
@@ -143,11 +161,14 @@ def evaluate_run(files: RunFiles, out_json: str | Path, settings: RunSettings, m
         windowed_radimagenet = pretrained_windowed_fd(
             "radimagenet_resnet50", metrics_cfg["radimagenet_pretrained_path"], "metrics.radimagenet_pretrained_path",
             real, fake, fd_recipe(recipes["radimagenet_resnet50"]), hu_range, windows, batch_size=batch, cuda=cuda)
-    pairs = image_metrics(torch.from_numpy(fake), torch.from_numpy(real))
+    pair_values = image_metric_values(torch.from_numpy(fake), torch.from_numpy(real))
+    pairs = {key: intervals.means(key, pair_values[key]).value for key in ("ssim", "psnr", "l1")}
     spacing = pixel_spacing(settings.grid, settings.slice_size)
     pred_fake = predict_masks(segmenter, fake)
     pred_real = predict_masks(segmenter, real)
     ref = torch.from_numpy(real_masks)
+    fake_values = mask_metric_values(pred_fake, ref, spacing)
+    mask_estimates(intervals, fake_values, list(names))
     record = {
         "model": model, "run": run, "n_real": n, "n_generated": int(len(fake)),
         "image_size": list(real.shape[2:]), "modalities": sorted(modalities),
@@ -164,7 +185,8 @@ def evaluate_run(files: RunFiles, out_json: str | Path, settings: RunSettings, m
         "windowed_status": "ok" if windowed else f"not applicable: modalities {sorted(modalities)} (CT windows)",
         "pairs": {"ssim": pairs["ssim"], "psnr": pairs["psnr"], "l1": pairs["l1"]},
         "mask_fidelity": {"segmenter": extractor_label, "distance_unit": "mm", "spacing_mm": spacing,
-                          "generated_vs_gt": mask_metrics(pred_fake, ref, list(names), spacing=spacing),
+                          "generated_vs_gt": mask_metrics(pred_fake, ref, list(names), spacing=spacing,
+                                                          values=fake_values),
                           "real_vs_gt": mask_metrics(pred_real, ref, list(names), spacing=spacing)},
     }
     record["mask_fidelity"]["mean_generated_vs_gt"] = channel_means(record["mask_fidelity"]["generated_vs_gt"])
@@ -173,8 +195,11 @@ def evaluate_run(files: RunFiles, out_json: str | Path, settings: RunSettings, m
         prompted = sampled["severity"].astype(str).tolist()
         record["controllability"] = {"generated": controllability(pred_fake, names, prompted, settings.severity),
                                      "real": controllability(pred_real, names, prompted, settings.severity)}
+        measured, wanted, _ = severity_grades(pred_fake, names, prompted, settings.severity)
+        intervals.means("control_accuracy", (measured == wanted).astype(np.float64))
     else:
         record["controllability"] = {"status": "not applicable: the model was trained without graded prompts"}
+    record.update(intervals.record())
     write_metrics_json(out_json, record)
     log.info("metrics %s/%s: FD %.4f (%s), FID %s", model, run, fd["fd"], extractor_label, inception["status"])
     return record

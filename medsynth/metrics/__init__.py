@@ -31,7 +31,9 @@ _EXPORTS = {
     "FDRecipe": "recipes", "fd_recipe": "recipes", "recipe_unit_images": "recipes", "RecipeEncoder": "recipes",
     "pretrained_fd": "pretrained_fd", "pretrained_fd_volumes": "pretrained_fd",
     "pretrained_windowed_fd": "pretrained_fd",
-    "channel_means": "masks", "image_metrics": "masks", "mask_metrics": "masks", "mean_over_channels": "masks",
+    "channel_means": "masks", "image_metric_values": "masks", "image_metrics": "masks", "mask_metric_values": "masks",
+    "mask_metrics": "masks", "mean_over_channels": "masks",
+    "extract_features": "frechet", "frechet_distance": "frechet", "frechet_distance_lowrank": "frechet",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -34,6 +34,9 @@ __all__ = [
     "PLANE_LABELS",
     "UInt8ImageDataset",
     "central_slices",
+    "extract_features",
+    "frechet_distance",
+    "frechet_distance_lowrank",
     "frechet_metrics",
     "inception_fid",
     "per_plane_windowed_fd",
@@ -72,45 +75,86 @@ class UInt8ImageDataset(Dataset):
         return self.images[i]
 
 
+def _feature_layer(extractor: str, feature_layer: str | None) -> str:
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    if extractor not in FEATURE_EXTRACTORS_REGISTRY:
+        raise ValueError(f"feature extractor {extractor!r} is not registered with torch-fidelity")
+    return feature_layer or FEATURE_EXTRACTORS_REGISTRY[extractor].get_default_feature_layer_for_metric("fid")
+
+
+def extract_features(sets: Sequence[torch.Tensor | np.ndarray], extractor: str, *, weights_path: str | None = None,
+                     feature_layer: str | None = None, batch_size: int = 64, cuda: bool = False) -> list[torch.Tensor]:
+    """``[N, D]`` features of each image set (``[N, 1, H, W]`` in [0, 1]) with one torch-fidelity extractor,
+    through torch-fidelity's own feature pass (what ``calculate_metrics`` computes its statistics from)."""
+    from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
+
+    layer = _feature_layer(extractor, feature_layer)
+    kwargs = {"feature_extractor_weights_path": str(weights_path)} if weights_path is not None else {}
+    net = create_feature_extractor(extractor, [layer], cuda=bool(cuda), verbose=False, **kwargs)
+    return [get_featuresdict_from_dataset(UInt8ImageDataset(x), net, int(batch_size), bool(cuda), True, False)[layer]
+            for x in sets]
+
+
+def frechet_distance(real_features: torch.Tensor | np.ndarray, fake_features: torch.Tensor | np.ndarray) -> float:
+    """The Fréchet distance of two ``[N, D]`` feature sets (torch-fidelity's statistics and formula)."""
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
+
+    stats = [fid_features_to_statistics(torch.as_tensor(f)) for f in (real_features, fake_features)]
+    return float(fid_statistics_to_metric(stats[0], stats[1], False)[KEY_METRIC_FID])
+
+
+def frechet_distance_lowrank(real_features: np.ndarray, fake_features: np.ndarray) -> float:
+    """The same Fréchet distance as :func:`frechet_distance`, from the ``N x M`` cross matrix of the centred
+    features instead of ``D x D`` covariances: with ``A``, ``B`` the centred feature rows,
+    ``tr sqrt(S_a S_b)`` is the sum of the singular values of ``A B^T`` over ``sqrt((N-1)(M-1))``.
+    Cheap when ``N, M << D`` (bootstrap replicates of 2048-d Inception features)."""
+    a = np.asarray(real_features, dtype=np.float64)
+    b = np.asarray(fake_features, dtype=np.float64)
+    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
+    a, b = a - mu_a, b - mu_b
+    na, nb = len(a) - 1, len(b) - 1
+    cross = np.linalg.svd(a @ b.T, compute_uv=False).sum() / np.sqrt(na * nb)
+    diff = mu_a - mu_b
+    return float(diff @ diff + (a * a).sum() / na + (b * b).sum() / nb - 2.0 * cross)
+
+
 def frechet_metrics(real01: torch.Tensor | np.ndarray, fake01: torch.Tensor | np.ndarray, extractor: str, *,
                     kid: bool = True, kid_subset_size: int | None = None, kid_subsets: int = 100,
                     weights_path: str | None = None, feature_layer: str | None = None, batch_size: int = 64,
-                    cuda: bool = False, rng_seed: int = 2020) -> dict:
-    """FD and KID between ``real01`` and ``fake01`` (``[N, 1, H, W]`` in [0, 1]) via ``torch_fidelity.calculate_metrics``.
+                    cuda: bool = False, rng_seed: int = 2020, return_features: bool = False) -> dict:
+    """FD and KID between ``real01`` and ``fake01`` (``[N, 1, H, W]`` in [0, 1]), computed as torch-fidelity's
+    ``calculate_metrics`` does (its feature pass, statistics, FID formula and KID subsets).
 
     ``extractor``: a registered torch-fidelity feature extractor name; ``feature_layer`` defaults to
     the extractor's FID layer (also used for KID). ``kid_subset_size`` defaults to
     ``min(n_real, n_fake, 1000)`` and may not exceed ``min(n_real, n_fake)``. ``weights_path`` is
     forwarded as ``feature_extractor_weights_path`` (Inception: load locally, no download). Nothing is
     cached on disk. Returns ``{"fd", "kid_mean", "kid_std", "n_real", "n_fake", "extractor",
-    "feature_layer"}`` (KID values ``None`` when ``kid`` is false).
+    "feature_layer"}`` (KID values ``None`` when ``kid`` is false), and ``"features"`` (real, fake
+    ``[N, D]``) with ``return_features`` (for bootstrap intervals).
     """
-    from torch_fidelity import KEY_METRIC_FID, KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, calculate_metrics
-    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+    from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 
-    real, fake = UInt8ImageDataset(real01), UInt8ImageDataset(fake01)
-    n_real, n_fake = len(real), len(fake)
+    n_real, n_fake = len(real01), len(fake01)
     if min(n_real, n_fake) < 2:
         raise ValueError(f"Fréchet/kernel distances need at least 2 images per set, got n_real={n_real}, "
                          f"n_fake={n_fake}")
-    if extractor not in FEATURE_EXTRACTORS_REGISTRY:
-        raise ValueError(f"feature extractor {extractor!r} is not registered with torch-fidelity")
-    layer = feature_layer or FEATURE_EXTRACTORS_REGISTRY[extractor].get_default_feature_layer_for_metric("fid")
+    layer = _feature_layer(extractor, feature_layer)
     subset = min(n_real, n_fake, 1000) if kid_subset_size is None else int(kid_subset_size)
     if kid and not 2 <= subset <= min(n_real, n_fake):
         raise ValueError(f"kid_subset_size must be in [2, min(n_real, n_fake) = {min(n_real, n_fake)}], got {subset}")
-    kwargs = dict(input1=real, input2=fake, fid=True, kid=bool(kid), feature_extractor=extractor,
-                  feature_layer_fid=layer, feature_layer_kid=layer, batch_size=int(batch_size), cuda=bool(cuda),
-                  cache=False, verbose=False, save_cpu_ram=True, rng_seed=int(rng_seed))
+    real_f, fake_f = extract_features([real01, fake01], extractor, weights_path=weights_path, feature_layer=layer,
+                                      batch_size=batch_size, cuda=cuda)
+    out = {"fd": frechet_distance(real_f, fake_f), "kid_mean": None, "kid_std": None, "n_real": n_real,
+           "n_fake": n_fake, "extractor": extractor, "feature_layer": layer}
     if kid:
-        kwargs.update(kid_subset_size=subset, kid_subsets=int(kid_subsets))
-    if weights_path is not None:
-        kwargs["feature_extractor_weights_path"] = str(weights_path)
-    out = calculate_metrics(**kwargs)
-    return {"fd": float(out[KEY_METRIC_FID]),
-            "kid_mean": float(out[KEY_METRIC_KID_MEAN]) if kid else None,
-            "kid_std": float(out[KEY_METRIC_KID_STD]) if kid else None,
-            "n_real": n_real, "n_fake": n_fake, "extractor": extractor, "feature_layer": layer}
+        res = kid_features_to_metric(real_f, fake_f, kid_subsets=int(kid_subsets), kid_subset_size=subset,
+                                     rng_seed=int(rng_seed), verbose=False)
+        out.update(kid_mean=float(res[KEY_METRIC_KID_MEAN]), kid_std=float(res[KEY_METRIC_KID_STD]))
+    if return_features:
+        out["features"] = (real_f, fake_f)
+    return out
 
 
 def inception_fid(real01: torch.Tensor | np.ndarray, fake01: torch.Tensor | np.ndarray,
@@ -127,7 +171,7 @@ def inception_fid(real01: torch.Tensor | np.ndarray, fake01: torch.Tensor | np.n
                 "status": status}
     res = frechet_metrics(real01, fake01, INCEPTION_EXTRACTOR, weights_path=path, **kw)
     return {"fid": res["fd"], "kid_mean": res["kid_mean"], "kid_std": res["kid_std"], "n_real": res["n_real"],
-            "n_fake": res["n_fake"], "status": "ok"}
+            "n_fake": res["n_fake"], "status": "ok", "features": res.get("features")}
 
 
 def _distance(real01: torch.Tensor, fake01: torch.Tensor, extractor: str, **kw) -> dict:

@@ -24,7 +24,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-__all__ = ["channel_means", "image_metrics", "mask_metrics", "mean_over_channels"]
+__all__ = ["channel_means", "image_metric_values", "image_metrics", "mask_metric_values", "mask_metrics",
+           "mean_over_channels"]
 
 Spacing = float | Sequence[float] | None
 
@@ -34,8 +35,8 @@ def _mean(values: torch.Tensor) -> float:
     return float(values.mean()) if values.numel() else math.nan
 
 
-def image_metrics(recon: torch.Tensor, images: torch.Tensor) -> dict:
-    """SSIM / PSNR (data range 2) and L1 of reconstructions against images, averaged over samples."""
+def image_metric_values(recon: torch.Tensor, images: torch.Tensor) -> dict[str, np.ndarray]:
+    """Per-sample SSIM / PSNR (data range 2) and mean absolute error of reconstructions against images."""
     from monai.metrics import PSNRMetric, SSIMMetric
 
     from medsynth.vae.losses import ssim_window  # here, not at module level: medsynth.vae imports this module
@@ -43,17 +44,22 @@ def image_metrics(recon: torch.Tensor, images: torch.Tensor) -> dict:
     spatial = tuple(images.shape[2:])
     ssim = SSIMMetric(spatial_dims=len(spatial), data_range=2.0, win_size=ssim_window(spatial), reduction="none")
     psnr = PSNRMetric(max_val=2.0, reduction="none")
-    return {"ssim": _mean(ssim(recon, images)), "psnr": _mean(psnr(recon, images)),
+    per_sample = (recon - images).abs().double().flatten(1).mean(dim=1)
+    return {"ssim": ssim(recon, images).double().reshape(-1).numpy(),
+            "psnr": psnr(recon, images).double().reshape(-1).numpy(), "l1": per_sample.numpy()}
+
+
+def image_metrics(recon: torch.Tensor, images: torch.Tensor) -> dict:
+    """SSIM / PSNR (data range 2) and L1 of reconstructions against images, averaged over samples."""
+    values = image_metric_values(recon, images)
+    return {"ssim": _mean(torch.from_numpy(values["ssim"])), "psnr": _mean(torch.from_numpy(values["psnr"])),
             "l1": float((recon - images).abs().mean()), "n": int(len(images))}
 
 
-def mask_metrics(pred: torch.Tensor, ref: torch.Tensor, names: list[str], spacing: Spacing = None) -> dict:
-    """Per-channel Dice/Jaccard/HD95/ASD of binary ``pred`` against binary ``ref`` (``[N, C, *spatial]``).
-
-    ``spacing``: voxel size (one number, or one per spatial axis) for HD95/ASD in physical units;
-    ``None`` = unit spacing (voxels). Returns ``{name: {"dice", "jaccard", "hd95", "asd",
-    "n_reference", "n_pred_empty", "status"}}``.
-    """
+def mask_metric_values(pred: torch.Tensor, ref: torch.Tensor, spacing: Spacing = None) -> dict[str, torch.Tensor]:
+    """Per-sample, per-channel ``[N, C]`` Dice / Jaccard / HD95 / ASD of binary masks, NaN where a sample does
+    not count (no reference for Dice / Jaccard; no reference or no prediction for the distances); plus
+    the ``[N, C]`` booleans ``has_ref`` and ``pred_empty`` (reference present, prediction empty)."""
     from monai.metrics import DiceMetric, HausdorffDistanceMetric, MeanIoU, SurfaceDistanceMetric
 
     pred = pred.float() if isinstance(pred, torch.Tensor) else torch.as_tensor(np.asarray(pred), dtype=torch.float32)
@@ -71,19 +77,37 @@ def mask_metrics(pred: torch.Tensor, ref: torch.Tensor, names: list[str], spacin
         asd = SurfaceDistanceMetric(include_background=True, symmetric=True, reduction="none")(
             pred, ref, spacing=spacing)
     dims = tuple(range(2, ref.ndim))
-    ref_any, pred_any = ref.amax(dim=dims) > 0, pred.amax(dim=dims) > 0
+    has_ref, pred_any = ref.amax(dim=dims) > 0, pred.amax(dim=dims) > 0
+    both = has_ref & pred_any
+    nan = torch.tensor(math.nan, dtype=torch.float64)
+    return {"dice": torch.where(has_ref, dice.double(), nan), "jaccard": torch.where(has_ref, iou.double(), nan),
+            "hd95": torch.where(both, hd95.double(), nan), "asd": torch.where(both, asd.double(), nan),
+            "has_ref": has_ref, "pred_empty": has_ref & ~pred_any}
+
+
+def mask_metrics(pred: torch.Tensor, ref: torch.Tensor, names: list[str], spacing: Spacing = None,
+                 values: Mapping[str, torch.Tensor] | None = None) -> dict:
+    """Per-channel Dice/Jaccard/HD95/ASD of binary ``pred`` against binary ``ref`` (``[N, C, *spatial]``).
+
+    ``spacing``: voxel size (one number, or one per spatial axis) for HD95/ASD in physical units;
+    ``None`` = unit spacing (voxels). ``values``: the :func:`mask_metric_values` of the same masks, when
+    the caller has them already. Returns ``{name: {"dice", "jaccard", "hd95", "asd", "n_reference",
+    "n_pred_empty", "status"}}``.
+    """
+    values = values if values is not None else mask_metric_values(pred, ref, spacing)
+    has_ref = values["has_ref"]
     out = {}
     for c, name in enumerate(names):
-        has_ref = ref_any[:, c]
-        both = has_ref & pred_any[:, c]
-        n_ref = int(has_ref.sum())
+        rows = has_ref[:, c]
+        counted = rows & ~values["pred_empty"][:, c]
+        n_ref = int(rows.sum())
         out[name] = {
-            "dice": _mean(dice[has_ref, c]),
-            "jaccard": _mean(iou[has_ref, c]),
-            "hd95": _mean(hd95[both, c]),
-            "asd": _mean(asd[both, c]),
+            "dice": _mean(values["dice"][rows, c]),
+            "jaccard": _mean(values["jaccard"][rows, c]),
+            "hd95": _mean(values["hd95"][counted, c]),
+            "asd": _mean(values["asd"][counted, c]),
             "n_reference": n_ref,
-            "n_pred_empty": int((has_ref & ~pred_any[:, c]).sum()),
+            "n_pred_empty": int(values["pred_empty"][:, c].sum()),
             "status": "ok" if n_ref else "empty",
         }
     return out

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from .paper import load_reported, reported
+from .cells import fd_value, measured, paired_gain
 from .render import NOT_MEASURED, NOT_REPORTED
 
 __all__ = [
@@ -68,14 +69,6 @@ def fd_scale(metrics: Mapping) -> str:
     return f"{metrics['n_real']} real vs {metrics['n_generated']} generated {'x'.join(map(str, shape))} {kind}"
 
 
-def _fd_value(metrics: Mapping, key: str):
-    """The value, or the short reason it is missing (the full hint, e.g. where to put weights, is in the JSON)."""
-    entry = metrics.get(key) or {}
-    if entry.get("value") is not None:
-        return entry["value"]
-    return str(entry.get("status", NOT_MEASURED)).split(" (")[0]
-
-
 def _fd_self_name(metrics_list: Sequence[Mapping]) -> str:
     names = {m.get("fd_self", {}).get("extractor", "") for m in metrics_list}
     return f"FD ({'; '.join(sorted(n for n in names if n))})"
@@ -96,9 +89,9 @@ def victr_table2(metrics: Mapping[str, Mapping], backbone_type: str, paper_dir: 
         s = m.get("sampling", {})
         rows.append({
             "backbone": backbone, "method": method, "run": m["run"],
-            "FID (InceptionV3)": _fd_value(m, "fid"),
+            "FID (InceptionV3)": fd_value(m, "fid"),
             "paper FID": reported(paper, "value", dataset=dataset, backbone=backbone, method=method, metric="FID"),
-            fd_name: _fd_value(m, "fd_self"),
+            fd_name: fd_value(m, "fd_self"),
             "paper MFID (M3D-CLIP)": reported(paper, "value", dataset=dataset, backbone=backbone, method=method,
                                               metric="MFID"),
             "steps": s.get("steps"), "NFE": s.get("nfe"),
@@ -125,9 +118,9 @@ def victr_table3(evaluations: Mapping[str, Mapping], segmenter: str, paper_dir: 
         name = DOWNSTREAM_PAPER_SETTINGS.get(setting, setting)
         rows.append({
             "model": segmenter, "setting": setting,
-            "mDSC (%)": _cell(e, "mdsc", 100.0), "paper mDSC (%)": reported(paper, "value", dataset=dataset, model=segmenter,
-                                                                   setting=name, metric="mDSC"),
-            f"mHD95 ({e.get('hd95_unit', 'mm')})": e["mhd95"],
+            "mDSC (%)": measured(e, "mdsc", _cell(e, "mdsc", 100.0), 100.0),
+            "paper mDSC (%)": reported(paper, "value", dataset=dataset, model=segmenter, setting=name, metric="mDSC"),
+            f"mHD95 ({e.get('hd95_unit', 'mm')})": measured(e, "mhd95", e["mhd95"]),
             "paper mHD95 (mm)": reported(paper, "value", dataset=dataset, model=segmenter, setting=name,
                                          metric="mHD95"),
             "scale": _downstream_scale(e),
@@ -143,7 +136,7 @@ def victr_table4(rows_cfg: Sequence[Mapping], metrics: Mapping[str, Mapping], pa
     for row in rows_cfg:
         m = metrics[row["model"]]
         rows.append({"group": row["group"], "setting": row["setting"], "model": row["model"], "run": m.get("run"),
-                     "FID (InceptionV3)": _fd_value(m, "fid"), fd_name: _fd_value(m, "fd_self"),
+                     "FID (InceptionV3)": fd_value(m, "fid"), fd_name: fd_value(m, "fd_self"),
                      "paper FID": reported(paper, "FID", group=row["group"], setting=row["setting"]),
                      "scale": fd_scale(m)})
     return pd.DataFrame(rows)
@@ -161,7 +154,7 @@ def medsyn2_table1(m: Mapping, paper_dir: str | Path, paper_model: str = "MedSyn
     for w in m.get("windowed", []):
         cell = ours.get((w["window"], w["plane"]))
         rows.append({"window": w["window"], "plane": w["plane"], f"FD ({extractor})": w.get("fd"),
-                     "FID (RadImageNet ResNet-50)": _fd_value({"v": {"value": cell.get("fd"), "status": cell.get(
+                     "FID (RadImageNet ResNet-50)": fd_value({"v": {"value": cell.get("fd"), "status": cell.get(
                          "status")} if cell else {"status": radimagenet.get("status", NOT_MEASURED)}}, "v"),
                      "paper FID (RadImageNet ResNet-50)": reported(paper, "FID", model=paper_model, window=w["window"],
                                                                    plane=w["plane"]),
@@ -180,12 +173,13 @@ def medsyn2_table5(evaluations: Mapping[str, Mapping], paper_dir: str | Path) ->
         mean = e.get("mean", {})
         rows.append({"setting": setting, "paper training_data": paper_row,
                      "n_images": e["n_train_real"] + e["n_train_synthetic"],
-                     "dice (%)": _cell(e, "mdsc", 100.0), "paper dice (%)": reported(paper, "dice", training_data=paper_row),
-                     "jaccard (%)": _cell(mean, "jaccard", 100.0),
+                     "dice (%)": measured(e, "mdsc", _cell(e, "mdsc", 100.0), 100.0),
+                     "paper dice (%)": reported(paper, "dice", training_data=paper_row),
+                     "jaccard (%)": measured(e, "jaccard", _cell(mean, "jaccard", 100.0), 100.0),
                      "paper jaccard (%)": reported(paper, "jaccard", training_data=paper_row),
-                     f"hd95 ({e.get('hd95_unit', 'mm')})": e["mhd95"],
+                     f"hd95 ({e.get('hd95_unit', 'mm')})": measured(e, "mhd95", e["mhd95"]),
                      "paper hd95 (px)": reported(paper, "hd95_px", training_data=paper_row),
-                     f"asd ({e.get('hd95_unit', 'mm')})": _cell(mean, "asd"),
+                     f"asd ({e.get('hd95_unit', 'mm')})": measured(e, "asd", _cell(mean, "asd")),
                      "paper asd (px)": reported(paper, "asd_px", training_data=paper_row),
                      "scale": _downstream_scale(e)})
     return pd.DataFrame(rows)
@@ -274,9 +268,11 @@ def medsyn2_ablation(metrics: Mapping[str, Mapping], architectures: Mapping[str,
         rows.append({"architecture": arch, "backbone": (architectures.get(arch) or {}).get("type", ""),
                      "depthwise_conv": params.get("depthwise_conv", ""),
                      "gated_attention": params.get("gated_attention", ""),
-                     "run": m.get("run"), fd_name: _fd_value(m, "fd_self"),
-                     "mean Dice of re-segmented samples (%)": _cell(fidelity, "dice", 100.0),
-                     "severity control accuracy": control.get("accuracy", NOT_MEASURED),
+                     "run": m.get("run"), fd_name: fd_value(m, "fd_self"),
+                     "mean Dice of re-segmented samples (%)": measured(m, "dice", _cell(fidelity, "dice", 100.0),
+                                                                        100.0),
+                     "severity control accuracy": measured(m, "control_accuracy",
+                                                            control.get("accuracy", NOT_MEASURED)),
                      "paper": "qualitative only (Supp. Fig. 13-15)", "scale": fd_scale(m)})
     return pd.DataFrame(rows)
 
@@ -291,8 +287,8 @@ def maisi_steps(metrics: Sequence[Mapping], paper_dir: str | Path) -> pd.DataFra
         s = m.get("sampling", {})
         steps = s.get("steps")
         rows.append({"model": m["model"], "sampler": s.get("sampler"), "steps": steps, "NFE": s.get("nfe"),
-                     "network evals": s.get("network_evals"), fd_name: _fd_value(m, "fd_self"),
-                     "FID (InceptionV3)": _fd_value(m, "fid"),
+                     "network evals": s.get("network_evals"), fd_name: fd_value(m, "fd_self"),
+                     "FID (InceptionV3)": fd_value(m, "fid"),
                      "paper FID_avg (rectified flow)": reported(paper, "FID_avg", steps=steps)
                      if s.get("sampler") == "euler" else "",
                      "seconds per sample": s.get("seconds_per_sample"), "scale": fd_scale(m)})
@@ -315,9 +311,9 @@ def maisi_main(metrics: Sequence[Mapping], paper_dir: str | Path) -> pd.DataFram
         s = m.get("sampling", {})
         rows.append({"source": "ours", "method": f"{m['model']} ({s.get('sampler')})", "steps": s.get("steps"),
                      "NFE": s.get("nfe"), "seconds per sample": s.get("seconds_per_sample"),
-                     fd_name: _fd_value(m, "fd_self"),
-                     MAISI_FID: _fd_value(m.get("fd_pretrained") or {}, "radimagenet_resnet50"),
-                     "FID (InceptionV3)": _fd_value(m, "fid"), "scale": fd_scale(m)})
+                     fd_name: fd_value(m, "fd_self"),
+                     MAISI_FID: fd_value(m.get("fd_pretrained") or {}, "radimagenet_resnet50"),
+                     "FID (InceptionV3)": fd_value(m, "fid"), "scale": fd_scale(m)})
     for r in paper.to_dict("records") if not paper.empty else []:
         rows.append({"source": "paper", "method": r["method"], "steps": r["steps"], "NFE": "",
                      "seconds per sample": r["seconds"], fd_name: "", MAISI_FID: r["FID_avg"],
@@ -337,10 +333,12 @@ def maisi_contrastive(metrics: Mapping[str, Mapping], roi: str, paper_dir: str |
     for state, m in metrics.items():
         fidelity = (m.get("mask_fidelity") or {}).get("generated_vs_gt", {}).get(roi)
         control = (m.get("controllability") or {}).get("generated", {})
-        rows.append({"contrastive": state, "model": m["model"], fd_name: _fd_value(m, "fd_self"),
-                     f"{roi} Dice of re-segmented samples (%)": _cell(fidelity, "dice", 100.0),
-                     f"{roi} HD95 (mm)": _cell(fidelity, "hd95"),
-                     "severity control accuracy": control.get("accuracy", NOT_MEASURED),
+        rows.append({"contrastive": state, "model": m["model"], fd_name: fd_value(m, "fd_self"),
+                     f"{roi} Dice of re-segmented samples (%)": measured(m, f"dice/{roi}",
+                                                                          _cell(fidelity, "dice", 100.0), 100.0),
+                     f"{roi} HD95 (mm)": measured(m, f"hd95/{roi}", _cell(fidelity, "hd95")),
+                     "severity control accuracy": measured(m, "control_accuracy",
+                                                            control.get("accuracy", NOT_MEASURED)),
                      "paper": NOT_REPORTED,
                      "paper delta": reported(settings, "value", item="contrastive_delta"),
                      "scale": fd_scale(m)})
@@ -382,10 +380,11 @@ def meddiff_ft(evaluations: Mapping[str, Mapping], paper_dir: str | Path) -> pd.
         kind = setting.split("-")[0]
         filt = e.get("meddiff_filter") or {}
         rows.append({"setting": setting, "what": labels.get(kind, kind),
-                     "mDSC (%)": _cell(e, "mdsc", 100.0),
-                     "gain over real (points)": 100.0 * (e["mdsc"] - base) if base is not None and e.get("mdsc")
-                     is not None and kind != "real" else "",
-                     f"mHD95 ({e.get('hd95_unit', 'mm')})": _cell(e, "mhd95"),
+                     "mDSC (%)": measured(e, "mdsc", _cell(e, "mdsc", 100.0), 100.0),
+                     "gain over real (points)": paired_gain(e, evaluations["real"], "mdsc",
+                                                             100.0 * (e["mdsc"] - base), 100.0)
+                     if base is not None and e.get("mdsc") is not None and kind != "real" else "",
+                     f"mHD95 ({e.get('hd95_unit', 'mm')})": measured(e, "mhd95", _cell(e, "mhd95")),
                      "synthetic kept by the filter": f"{filt['kept']} of {filt['of']}" if filt else "",
                      "paper mean Dice gain (%)": reported(summary, "value", item="mean_dice_gain_over_5_datasets_percent")
                      if kind == "real_synth_mgf" else "",

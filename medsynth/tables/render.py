@@ -1,23 +1,58 @@
 """Writing a paper table: one CSV (full precision) and one Markdown file (rounded, with its caption).
 
 Cells the pipeline could not fill say why in words (``"unavailable: no Inception weights"``,
-``"not reported"``); numbers are never invented to fill a gap.
+``"not reported"``); numbers are never invented to fill a gap. A :class:`Measured` cell (a value with
+its bootstrap interval) is one ``value [low, high]`` cell in Markdown; in the CSV the value keeps its
+column and the bounds get two columns beside it (``<column> CI low`` / ``<column> CI high``), and a
+note says how the intervals were made.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from medsynth.fsutil import write_csv_atomic, write_text_atomic
 
-__all__ = ["NOT_REPORTED", "NOT_MEASURED", "format_cell", "write_table"]
+__all__ = ["Measured", "NOT_REPORTED", "NOT_MEASURED", "expand_intervals", "format_cell", "write_table"]
 
 NOT_REPORTED = "not reported"
 NOT_MEASURED = "not measured in this study"
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A table value with its interval; ``how``: the interval's level, method and resampling unit in words."""
+
+    value: float
+    low: float
+    high: float
+    how: str
+
+
+def expand_intervals(table: pd.DataFrame, digits: int = 4) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """``(csv_table, shown_table, notes)``: :class:`Measured` cells as value + ``CI low`` / ``CI high`` columns
+    (CSV) and as ``value [low, high]`` text (Markdown, already formatted), with one note per interval kind."""
+    csv_columns: dict = {}
+    shown = table.astype(object).copy()
+    hows: list[str] = []
+    for column in table.columns:
+        cells = list(table[column])
+        measured = [isinstance(c, Measured) for c in cells]
+        csv_columns[column] = [c.value if isinstance(c, Measured) else c for c in cells]
+        if any(measured):
+            csv_columns[f"{column} CI low"] = [c.low if isinstance(c, Measured) else "" for c in cells]
+            csv_columns[f"{column} CI high"] = [c.high if isinstance(c, Measured) else "" for c in cells]
+            hows += [c.how for c in cells if isinstance(c, Measured) and c.how not in hows]
+    for column in table.columns:
+        shown[column] = [f"{format_cell(c.value, digits)} [{format_cell(c.low, digits)}, {format_cell(c.high, digits)}]"
+                         if isinstance(c, Measured) else c for c in table[column]]
+    notes = [f"value [low, high]: {how}" for how in hows]
+    return pd.DataFrame(csv_columns, index=table.index), shown, notes
 
 
 def format_cell(value, digits: int = 4) -> str:
@@ -39,9 +74,10 @@ def format_cell(value, digits: int = 4) -> str:
 
 def write_table(table: pd.DataFrame, csv_path: str | Path, md_path: str | Path, title: str,
                 notes: Sequence[str] = (), digits: int = 4) -> None:
-    """Write ``table`` as CSV and as a Markdown section (title, table, notes)."""
-    write_csv_atomic(table, csv_path)
-    shown = table.astype(object).map(lambda v: format_cell(v, digits))
+    """Write ``table`` as CSV and as a Markdown section (title, table, notes); see :func:`expand_intervals`."""
+    csv_table, shown, interval_notes = expand_intervals(table, digits)
+    write_csv_atomic(csv_table, csv_path)
+    shown = shown.map(lambda v: format_cell(v, digits))
     lines = [f"## {title}", "", shown.to_markdown(index=False), ""]
-    lines += [f"- {n}" for n in notes]
+    lines += [f"- {n}" for n in [*notes, *interval_notes]]
     write_text_atomic(md_path, "\n".join(lines).rstrip() + "\n")

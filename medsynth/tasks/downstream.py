@@ -19,5 +19,6 @@ def downstream(job: Job) -> None:
     launch_or_run(job, cfg, lambda: run_downstream(
         job.input.shards, job.input.get("synthetic"), job.wildcards.setting, cfg,
         TrainOutputs.declared(job.output.final, job.output.curve, job.output.train_config),
-        job.output.evaluation, job.params.grid, job.params.slice_size, extractor=job.input.get("extractor")),
+        job.output.evaluation, job.params.grid, job.params.slice_size, extractor=job.input.get("extractor"),
+        statistics=job.params.statistics),
         processes=1 if nnunet else launch_processes(cfg, job.resources))

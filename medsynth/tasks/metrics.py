@@ -12,6 +12,6 @@ def metrics(job: Job) -> None:
 
     i, p = job.input, job.params
     files = RunFiles(i.generated, i.index, i.summary, i.shards, i.extractor)
-    settings = RunSettings(p.metrics, p.intensity, p.select, grid=p.grid, severity=p.severity,
+    settings = RunSettings(p.metrics, p.intensity, p.select, grid=p.grid, statistics=p.statistics, severity=p.severity,
                            severity_prompt=p.severity_prompt, slice_size=p.slice_size)
     evaluate_run(files, job.output[0], settings, job.wildcards.model, job.wildcards.run)

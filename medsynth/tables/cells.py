@@ -1,0 +1,53 @@
+"""Table cells from records: a value with its bootstrap interval (:class:`~medsynth.tables.render.Measured`),
+a paired gain over a baseline, or the short reason a value is missing."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from .render import NOT_MEASURED, Measured
+
+__all__ = ["fd_value", "interval_how", "measured", "paired_gain"]
+
+
+def interval_how(record: Mapping) -> str:
+    b = record.get("bootstrap") or {}
+    return (f"{100 * float(b.get('level', 0.95)):g} % percentile bootstrap interval, {b.get('resamples')} resamples "
+            f"of the test {b.get('unit', 'samples')}")
+
+
+def measured(record: Mapping, key: str, point, scale: float = 1.0):
+    """``point`` as a :class:`Measured` cell with the record's interval of estimate ``key`` (scaled like the
+    point) when the record has one and ``point`` is a number; otherwise ``point`` as it is."""
+    est = (record.get("estimates") or {}).get(key) or {}
+    if isinstance(point, bool) or not isinstance(point, (int, float)) or est.get("low") is None \
+            or est.get("high") is None:
+        return point
+    return Measured(point, scale * float(est["low"]), scale * float(est["high"]), interval_how(record))
+
+
+def paired_gain(record: Mapping, base: Mapping, key: str, point, scale: float = 1.0):
+    """``point`` (``record - base`` of estimate ``key``) with the interval of the paired replicate differences
+    when both records were resampled alike (same units, seed and resamples); else ``point`` as it is."""
+    a, b = record.get("bootstrap") or {}, base.get("bootstrap") or {}
+    same = all(a.get(k) is not None and a.get(k) == b.get(k) for k in ("units_digest", "seed", "resamples"))
+    ra, rb = (a.get("replicates") or {}).get(key), (b.get("replicates") or {}).get(key)
+    if isinstance(point, bool) or not isinstance(point, (int, float)) or not same or not ra or not rb:
+        return point
+    from medsynth.stats import percentile_interval
+
+    diffs = [x - y if x is not None and y is not None else None for x, y in zip(ra, rb)]
+    low, high = percentile_interval(diffs, float(a.get("level", 0.95)))
+    if low is None:
+        return point
+    return Measured(point, scale * low, scale * high, interval_how(record) + ", paired with the same resamples of "
+                    "the baseline")
+
+
+def fd_value(metrics: Mapping, key: str):
+    """The value (with its interval), or the short reason it is missing (the full hint, e.g. where to put
+    weights, is in the JSON)."""
+    entry = metrics.get(key) or {}
+    if entry.get("value") is not None:
+        return measured(metrics, key, entry["value"])
+    return str(entry.get("status", NOT_MEASURED)).split(" (")[0]
