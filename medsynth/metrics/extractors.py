@@ -12,6 +12,9 @@ there its cells say ``"unavailable: <reason>"`` and no other network stands in u
 | ``ct_clip`` | ct_clip / models/CT-CLIP-Related/CT-CLIP_v2.pt | 3D volumes | MedSyn2 CLIP score |
 | ``pillar0`` | pillar0 | 3D volumes | MedSyn2 CLIP score |
 | ``self_trained`` | the study's own downstream encoder | 2D slices | every study (always available) |
+
+The 3D CLIP extractors are built from this package's modules with the published key names and loaded
+strictly (:mod:`.m3d_clip`, :mod:`.ct_clip`); no remote code runs. ``pillar0`` has no loader yet.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class ExtractorSpec:
     file: str | None = None  # the weights file inside the model folder (None: the folder)
     spatial_dims: int = 2
     loader: bool = False  # whether load_extractor builds it in this version
+    required: tuple[str, ...] = ()  # files a folder extractor needs inside the model folder
 
 
 EXTRACTORS: dict[str, ExtractorSpec] = {s.name: s for s in (
@@ -45,9 +49,10 @@ EXTRACTORS: dict[str, ExtractorSpec] = {s.name: s for s in (
                   "weights-inception-2015-12-05-6726825d.pth", loader=True),
     ExtractorSpec("radimagenet_resnet50", "RadImageNet ResNet-50", "radimagenet_resnet50",
                   "RadImageNet-ResNet50_notop.pth", loader=True),
-    ExtractorSpec("m3d_clip", "M3D-CLIP image encoder", "m3d_clip", None, spatial_dims=3),
+    ExtractorSpec("m3d_clip", "M3D-CLIP image encoder", "m3d_clip", None, spatial_dims=3, loader=True,
+                  required=("config.json",)),
     ExtractorSpec("ct_clip", "CT-CLIP image encoder", "ct_clip", "models/CT-CLIP-Related/CT-CLIP_v2.pt",
-                  spatial_dims=3),
+                  spatial_dims=3, loader=True),
     ExtractorSpec("pillar0", "Pillar-0 image encoder", "pillar0", None, spatial_dims=3),
     ExtractorSpec("self_trained", "the study's self-trained downstream encoder", loader=True),
 )}
@@ -56,8 +61,9 @@ EXTRACTORS: dict[str, ExtractorSpec] = {s.name: s for s in (
 def _weights(spec: ExtractorSpec, weights_dir: str | Path) -> Path:
     folder = model_files(spec.model, weights_dir)
     path = folder / spec.file if spec.file else folder
-    if not path.exists():
-        raise WeightsMissing(f"{spec.model}: {path} is not among the fetched files")
+    for needed in [path, *(path / name for name in spec.required)]:
+        if not needed.exists():
+            raise WeightsMissing(f"{spec.model}: {needed} is not among the fetched files")
     return path
 
 
@@ -86,7 +92,11 @@ def load_extractor(name: str, weights_dir: str | Path) -> nn.Module:
 
 
 def extractor_from_file(name: str, path: str | Path) -> nn.Module:
-    """The extractor network in eval mode from its weights file (the registry file of :data:`EXTRACTORS`)."""
+    """The extractor network in eval mode from its weights file (the registry file of :data:`EXTRACTORS`).
+
+    ``m3d_clip`` reads the model folder (``config.json`` + weights, :mod:`.m3d_clip`); ``m3d_clip`` and
+    ``ct_clip`` (:mod:`.ct_clip`) map ``[N, 1, X, Y, Z]`` RAS+ HU volumes to ``[N, D]`` CLIP image embeddings.
+    """
     if name == "radimagenet_resnet50":
         from medsynth.metrics.radimagenet import RadImageNetResNet50
 
@@ -98,6 +108,14 @@ def extractor_from_file(name: str, path: str | Path) -> nn.Module:
 
         return FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
                                            feature_extractor_weights_path=str(path)).eval()
+    if name == "m3d_clip":
+        from medsynth.metrics.m3d_clip import load_m3d_clip
+
+        return load_m3d_clip(path)
+    if name == "ct_clip":
+        from medsynth.metrics.ct_clip import load_ct_clip
+
+        return load_ct_clip(path)
     if name == "self_trained":
         raise ValueError(f"{name}: built by the evaluation stage (the study's downstream encoder), not from weights")
     raise ValueError(f"{name}: no loader for this extractor yet")
