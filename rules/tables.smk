@@ -25,3 +25,30 @@ rule table:
         settings=table_settings,
     script:
         "../scripts/table.py"
+
+
+rule claims:
+    """The claims table (the same task as rule table), first in the report: does each headline claim hold?"""
+    input:
+        unpack(lambda wildcards: TABLE_SPECS["claims"].inputs(S)),
+    output:
+        csv=report(
+            f"{RESULTS}/tables/claims.csv",
+            caption="../report/claims.rst",
+            category="Claims",
+            labels={"table": "claims", "format": "csv"},
+        ),
+        md=f"{RESULTS}/tables/claims.md",
+    log:
+        f"{RESULTS}/logs/tables/claims.log",
+    localrule: True
+    conda:
+        "../envs/data.yaml"
+    params:
+        table="claims",
+        settings=table_params("claims", S),
+    script:
+        "../scripts/table.py"
+
+
+ruleorder: claims > table

@@ -144,13 +144,20 @@ def test_full_embedded_study_produces_registered_masks_training_sets_and_figures
     assert volumes["image"].shape[1:] == (1, 64, 64, 64)
     steps = pd.read_csv(tables / "maisi_steps.csv")
     assert {"euler", "heun", "tweedie", "dopri5"} <= set(steps["sampler"])
+    # every measured cell with its bootstrap interval; the claims table with a verdict for every claim
+    assert (t3["mDSC (%) CI low"] <= t3["mDSC (%)"]).all() and (t3["mDSC (%)"] <= t3["mDSC (%) CI high"]).all()
+    assert (t2[f"{fd} CI low"] < t2[fd]).all() and "[" in (tables / "victr_table2.md").read_text()
+    claims = pd.read_csv(tables / "claims.csv", keep_default_na=False)
+    assert len(claims) >= 20 and set(claims["verdict"]) <= {"reproduced", "contradicted", "not resolvable"}
+    assert (claims.loc[claims["paired"] == "paired", "low"] != "").all()
+    assert (claims["published effect"] != "").all()
 
     victr = json.loads((results / "metrics" / "victr" / "euler-30.json").read_text())
     assert 0 <= victr["controllability"]["generated"]["accuracy"] <= 1 and victr["pairs"]["ssim"] > 0
     report = (tmp_path / "results" / "example" / "report.html")
     assert report.stat().st_size > 100_000
     html = report.read_text(errors="ignore")
-    for figure in ("fd_vs_nfe.png", "sample_grid.png", "loss_curves.png", "maisi_steps.csv"):
+    for figure in ("fd_vs_nfe.png", "sample_grid.png", "loss_curves.png", "maisi_steps.csv", "claims.csv"):
         assert figure in html, figure
 
 

@@ -200,6 +200,8 @@ def evaluate_run(files: RunFiles, out_json: str | Path, settings: RunSettings, m
     else:
         record["controllability"] = {"status": "not applicable: the model was trained without graded prompts"}
     record.update(intervals.record())
+    # wall time is measured once per run: a point value without an interval (the claims table says so)
+    record["estimates"]["seconds_per_sample"] = {"value": summary.get("seconds_per_sample"), "low": None, "high": None}
     write_metrics_json(out_json, record)
     log.info("metrics %s/%s: FD %.4f (%s), FID %s", model, run, fd["fd"], extractor_label, inception["status"])
     return record

@@ -59,6 +59,28 @@ def _contrastive_roi(study: "Study") -> dict:
     return {"contrastive_roi": on["contrastive"]["roi"]}
 
 
+def _claims_file(study: "Study") -> str:
+    return os.path.join(study.basedir, study.tables["claims"])
+
+
+def _claims_inputs(study: "Study") -> dict[str, str]:
+    """The claims file and every record its claims need that the study produces (the others: the claim's
+    row says the study does not produce them)."""
+    from medsynth.claims import load_claims, record_paths
+
+    settings = set(study.downstream_settings())
+    paths = record_paths(load_claims(_claims_file(study)),
+                         lambda model, run: study.metrics_json(model, run) if model in study.models else "",
+                         lambda setting: study.downstream_json(setting) if setting in settings else "")
+    return {"claims": _claims_file(study), **{k: v for k, v in paths.items() if v}}
+
+
+def _claims(loaded, inputs, params):
+    from medsynth.claims import claims_table, load_claims
+
+    return claims_table(load_claims(inputs["claims"]), loaded, params["paper_dir"])
+
+
 def _meddiff_inputs(study: "Study") -> dict[str, str]:
     own = f"real_synth-{study.tables['meddiff_model']}"
     settings = [s for s in study.downstream_settings() if s.split("-")[0] in ("real_synth_mg", "real_synth_mgf",
@@ -68,6 +90,22 @@ def _meddiff_inputs(study: "Study") -> dict[str, str]:
 
 #: Table name -> its spec. The name is also the file stem: tables/<name>.csv and .md.
 TABLES: dict[str, TableSpec] = {
+    "claims": TableSpec(
+        "Claims - does each headline claim of the four papers reproduce?",
+        ("published effect: recomputed from the paper's own tables (config/paper_reported); published check: whether"
+         " the number the text states follows from them.",
+         "reproduced effect: the same comparison in this study (kind: difference a - b, ratio a / b or relative"
+         " (a - b) / b), with the percentile bootstrap interval of the replicate effects, paired when both records"
+         " were resampled alike (the same test slices, units and seed).",
+         "verdict: reproduced when the whole interval lies on the claimed side (equivalence: inside the tolerance"
+         " band), contradicted when it lies wholly on the other side (outside the band), otherwise not resolvable"
+         " at this scale.",
+         "The intervals cover the sampling of the test set only (one trained model per record): the spread between"
+         " training seeds is not in them.",
+         "Claims are data: config tables.claims (config/claims.yaml); adding one needs no code."),
+        inputs=_claims_inputs,
+        build=_claims,
+    ),
     "victr_table2": TableSpec(
         "ViCTr Table 2 - image quality of vanilla fine-tuning vs ViCTr",
         ("FID needs torch-fidelity's InceptionV3 weights (config metrics.inception_pretrained_path, or"
@@ -202,7 +240,8 @@ def built_tables(study: "Study") -> list[str]:
     if disabled:
         raise ValueError(f"tables.build names {disabled}, which this study cannot build (e.g. medsyn2_ablation "
                          "needs architectures)")
-    return [n for n in names if n in wanted or n.split("_")[0] in wanted]
+    # the claims table comes with any paper's tables: it is the first thing the report shows
+    return [n for n in names if n in wanted or n.split("_")[0] in wanted or (n == "claims" and set(wanted) & set(PAPERS))]
 
 
 def table_params(name: str, study: "Study") -> dict:
