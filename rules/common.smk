@@ -13,6 +13,7 @@ from medsynth.study import Study
 from medsynth.weights.refs import resolve_pretrained
 from medsynth.weights.registry import load_models, model_entry
 from medsynth.tables.registry import (
+    HEADLINE_TABLES,
     TABLES as TABLE_SPECS,
     built_tables,
     table_names,

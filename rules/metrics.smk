@@ -34,3 +34,28 @@ rule metrics:
         slice_size=config["trainsets"]["slices"]["size"],
     script:
         "../scripts/metrics.py"
+
+
+rule calibration:
+    """Reference rows on the held-out slices: real training slices, VAE reconstructions, degraded copies."""
+    input:
+        shards=slice_shards,
+        extractor=EXTRACTOR,
+        vae=f"{RESULTS}/vae/final",
+    output:
+        f"{RESULTS}/metrics/calibration.json",
+    log:
+        f"{RESULTS}/logs/metrics/calibration.log",
+    conda:
+        "../envs/train.yaml"
+    threads: 1
+    resources:
+        **rule_resources("metrics", mem_mb=3000),
+    params:
+        metrics=METRICS,
+        select=SAMPLING["condition_sets"]["eval"],
+        statistics=config["statistics"],
+        grid=config["preprocess"]["grid"],
+        slice_size=config["trainsets"]["slices"]["size"],
+    script:
+        "../scripts/calibration.py"

@@ -27,28 +27,30 @@ rule table:
         "../scripts/table.py"
 
 
-rule claims:
-    """The claims table (the same task as rule table), first in the report: does each headline claim hold?"""
+rule headline_table:
+    """The claims and calibration tables (the same task as rule table), the first section of the report."""
     input:
-        unpack(lambda wildcards: TABLE_SPECS["claims"].inputs(S)),
+        unpack(table_inputs),
     output:
         csv=report(
-            f"{RESULTS}/tables/claims.csv",
-            caption="../report/claims.rst",
-            category="Claims",
-            labels={"table": "claims", "format": "csv"},
+            f"{RESULTS}/tables/{{table}}.csv",
+            caption="../report/headline.rst",
+            category="Claims and calibration",
+            labels={"table": "{table}", "format": "csv"},
         ),
-        md=f"{RESULTS}/tables/claims.md",
+        md=f"{RESULTS}/tables/{{table}}.md",
     log:
-        f"{RESULTS}/logs/tables/claims.log",
+        f"{RESULTS}/logs/tables/{{table}}.log",
+    wildcard_constraints:
+        table="|".join(HEADLINE_TABLES),
     localrule: True
     conda:
         "../envs/data.yaml"
     params:
-        table="claims",
-        settings=table_params("claims", S),
+        table=lambda wc: wc.table,
+        settings=table_settings,
     script:
-        "../scripts/table.py"
+        "../scripts/headline_table.py"
 
 
-ruleorder: claims > table
+ruleorder: headline_table > table

@@ -31,7 +31,8 @@ def test_embedded_study_runs_stage2_sampling_and_metrics_from_a_pretrained_backb
                            "text_encoder": {"type": "clip", "pretrained": str(repo), "padding": "pipeline"}}
     results = f"{config['results_dir']}/example"
     metrics = f"{results}/metrics/victr/euler-3.json"
-    run_snakemake(tmp_path / "work", config, metrics)
+    calibration = f"{results}/metrics/calibration.json"
+    run_snakemake(tmp_path / "work", config, metrics, calibration)
     record = json.loads((tmp_path / "work" / metrics).read_text())
     assert np.isfinite(record["fd_self"]["value"]) and record["n_generated"] == record["n_real"] > 0
     assert record["fid"]["status"].startswith("unavailable")  # no Inception weights here, and none stands in
@@ -45,6 +46,15 @@ def test_embedded_study_runs_stage2_sampling_and_metrics_from_a_pretrained_backb
     downstream = json.loads((tmp_path / "work" / results / "downstream" / "real" / "evaluation.json").read_text())
     assert downstream["estimates"]["mdsc"]["value"] == pytest.approx(downstream["mdsc"])
     assert downstream["bootstrap"]["units_digest"] == boot["units_digest"]  # the same test slices: paired
+    # the calibration rows, made with the same extractor on the same held-out slices
+    cal = json.loads((tmp_path / "work" / calibration).read_text())
+    rows = {r["name"]: r for r in cal["rows"]}
+    assert {"real", "real: training slices", "VAE reconstruction", "blur_3px", "uniform_noise",
+            "real, shuffled masks"} <= set(rows)
+    assert rows["uniform_noise"]["fd_self"] > rows["blur_3px"]["fd_self"] > 0  # noise is far from real slices
+    assert cal["bootstrap"]["units_digest"] == boot["units_digest"]  # paired with the models' records
+    low, high = rows["VAE reconstruction"]["fd_self_interval"]
+    assert low <= rows["VAE reconstruction"]["fd_self"] <= high
     base = json.loads((tmp_path / "work" / results / "base" / "final" / "config.json").read_text())
     assert base["in_channels"] == 9 and base["cross_attention_dim"] == 32  # the tiny SD UNet, widened
     assert list((tmp_path / "work" / results / "stage2" / "victr" / "final").rglob("adapter_model.safetensors"))

@@ -128,7 +128,7 @@ def test_a_value_with_its_interval_is_one_cell_in_markdown_and_three_columns_in_
     assert out.loc[1, fd] == 10.0 and pd.isna(out.loc[1, f"{fd} CI low"])  # no interval: the cell stays empty
     md = (tmp_path / "t.md").read_text()
     assert "20 [18.5, 22.25]" in md
-    assert "90 % percentile bootstrap interval, 4 resamples of the test patient (6 patients)" in md
+    assert md.count("90 % percentile bootstrap interval, 4 resamples of the test patient (6 patients)") == 1
 
 
 def test_a_gain_over_real_has_the_interval_of_the_paired_differences():

@@ -151,13 +151,17 @@ def test_full_embedded_study_produces_registered_masks_training_sets_and_figures
     assert len(claims) >= 20 and set(claims["verdict"]) <= {"reproduced", "contradicted", "not resolvable"}
     assert (claims.loc[claims["paired"] == "paired", "low"] != "").all()
     assert (claims["published effect"] != "").all()
+    calibration = pd.read_csv(tables / "calibration.csv", keep_default_na=False).set_index("row")
+    assert {"VAE reconstruction", "blur_7px", "victr (euler-30)"} <= set(calibration.index)
+    assert float(calibration.loc["uniform_noise", fd]) > float(calibration.loc["blur_7px", fd])
 
     victr = json.loads((results / "metrics" / "victr" / "euler-30.json").read_text())
     assert 0 <= victr["controllability"]["generated"]["accuracy"] <= 1 and victr["pairs"]["ssim"] > 0
     report = (tmp_path / "results" / "example" / "report.html")
     assert report.stat().st_size > 100_000
     html = report.read_text(errors="ignore")
-    for figure in ("fd_vs_nfe.png", "sample_grid.png", "loss_curves.png", "maisi_steps.csv", "claims.csv"):
+    for figure in ("fd_vs_nfe.png", "sample_grid.png", "loss_curves.png", "maisi_steps.csv", "claims.csv",
+                   "calibration.csv"):
         assert figure in html, figure
 
 

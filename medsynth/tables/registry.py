@@ -20,7 +20,7 @@ from .builders import load_json
 if TYPE_CHECKING:  # the study object is only passed in
     from medsynth.study import Study
 
-__all__ = ["PAPERS", "TableSpec", "TABLES", "built_tables", "table_names", "table_params"]
+__all__ = ["HEADLINE_TABLES", "PAPERS", "TableSpec", "TABLES", "built_tables", "table_names", "table_params"]
 
 Inputs = Callable[["Study"], dict[str, str]]
 Build = Callable[[dict, Mapping[str, str], Mapping], pd.DataFrame]
@@ -81,6 +81,21 @@ def _claims(loaded, inputs, params):
     return claims_table(load_claims(inputs["claims"]), loaded, params["paper_dir"])
 
 
+def _calibration_runs(study: "Study") -> dict[str, str | None]:
+    """model -> run of the calibration table: the default variants, then ViCTr Table 4's rows (the one-step
+    students with their own run; ``None``: the default run)."""
+    runs: dict[str, str | None] = {m: None for m in study.default_variants}
+    for row in study.tables["victr_t4"]:
+        runs.setdefault(row["model"], row.get("run"))
+    return {m: r for m, r in runs.items() if m in study.models}
+
+
+def _calibration(loaded, inputs, params):
+    from .calibration import calibration_table
+
+    return calibration_table(loaded["calibration"], {m: loaded[m] for m in params["models"]})
+
+
 def _meddiff_inputs(study: "Study") -> dict[str, str]:
     own = f"real_synth-{study.tables['meddiff_model']}"
     settings = [s for s in study.downstream_settings() if s.split("-")[0] in ("real_synth_mg", "real_synth_mgf",
@@ -105,6 +120,18 @@ TABLES: dict[str, TableSpec] = {
          "Claims are data: config tables.claims (config/claims.yaml); adding one needs no code."),
         inputs=_claims_inputs,
         build=_claims,
+    ),
+    "calibration": TableSpec(
+        "Calibration - where each model sits between the floor and the ceiling of its metrics",
+        ("Reference rows (rule calibration, config metrics.calibration) on the same held-out slices, with the same"
+         " extractor and sample count as the models: the held-out slices themselves (the re-segmenter's own Dice),"
+         " real training slices (other patients), the VAE's reconstructions (the floor every decoded sample starts"
+         " from), degraded copies (blur, noise, flip, uniform noise) and shuffled masks.",
+         "Model rows: the default run of each default variant and of ViCTr Table 4's rows."),
+        inputs=lambda s: {"calibration": f"{s.results}/metrics/calibration.json",
+                          **{m: s.metrics_json(m, r) for m, r in _calibration_runs(s).items()}},
+        build=_calibration,
+        params=lambda s: {"models": list(_calibration_runs(s))},
     ),
     "victr_table2": TableSpec(
         "ViCTr Table 2 - image quality of vanilla fine-tuning vs ViCTr",
@@ -219,6 +246,8 @@ TABLES: dict[str, TableSpec] = {
 
 #: the paper of each table (its name's prefix), the names ``tables.build`` takes beside table names
 PAPERS = ("victr", "medsyn2", "maisi", "meddiff")
+#: the tables the report opens with (rule headline_table, report category "Claims and calibration")
+HEADLINE_TABLES = ("claims", "calibration")
 
 
 def table_names(study: "Study") -> list[str]:
@@ -240,8 +269,9 @@ def built_tables(study: "Study") -> list[str]:
     if disabled:
         raise ValueError(f"tables.build names {disabled}, which this study cannot build (e.g. medsyn2_ablation "
                          "needs architectures)")
-    # the claims table comes with any paper's tables: it is the first thing the report shows
-    return [n for n in names if n in wanted or n.split("_")[0] in wanted or (n == "claims" and set(wanted) & set(PAPERS))]
+    # the claims and calibration tables come with any paper's tables: the report opens with them
+    return [n for n in names if n in wanted or n.split("_")[0] in wanted
+            or (n in HEADLINE_TABLES and set(wanted) & set(PAPERS))]
 
 
 def table_params(name: str, study: "Study") -> dict:

@@ -47,7 +47,9 @@ def expand_intervals(table: pd.DataFrame, digits: int = 4) -> tuple[pd.DataFrame
         if any(measured):
             csv_columns[f"{column} CI low"] = [c.low if isinstance(c, Measured) else "" for c in cells]
             csv_columns[f"{column} CI high"] = [c.high if isinstance(c, Measured) else "" for c in cells]
-            hows += [c.how for c in cells if isinstance(c, Measured) and c.how not in hows]
+            for c in cells:
+                if isinstance(c, Measured) and c.how not in hows:
+                    hows.append(c.how)
     for column in table.columns:
         shown[column] = [f"{format_cell(c.value, digits)} [{format_cell(c.low, digits)}, {format_cell(c.high, digits)}]"
                          if isinstance(c, Measured) else c for c in table[column]]

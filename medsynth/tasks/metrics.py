@@ -1,4 +1,4 @@
-"""Task of rules/metrics.smk: the metrics of one sampling run."""
+"""Tasks of rules/metrics.smk: the metrics of one sampling run; the calibration rows."""
 
 from __future__ import annotations
 
@@ -15,3 +15,13 @@ def metrics(job: Job) -> None:
     settings = RunSettings(p.metrics, p.intensity, p.select, grid=p.grid, statistics=p.statistics, severity=p.severity,
                            severity_prompt=p.severity_prompt, slice_size=p.slice_size)
     evaluate_run(files, job.output[0], settings, job.wildcards.model, job.wildcards.run)
+
+
+@task()
+def calibration(job: Job) -> None:
+    """FD / Dice / SSIM of reference sets on the held-out slices (real training slices, VAE, degradations)."""
+    from medsynth.evaluation.calibration import run_calibration
+
+    i, p = job.input, job.params
+    run_calibration(i.shards, i.extractor, i.vae, job.output[0], p.metrics, p.select, p.statistics, p.grid,
+                    p.slice_size)
