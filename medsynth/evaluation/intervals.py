@@ -2,7 +2,8 @@
 
 Every metrics and downstream record gains ``estimates`` (``{metric: {"value", "low", "high"}}``, flat
 keys: ``fd_self``, ``fid``, ``ssim``, ``psnr``, ``l1``, ``dice``, ``hd95``, ``jaccard``, ``asd``,
-``control_accuracy``, ``dice/<channel>``, ``hd95/<channel>``; downstream: ``mdsc``, ``mhd95``, ...) and
+``control_accuracy``, ``<metric>/<channel>``, ``real_vs_gt/<metric>[/<channel>]`` (the real slices
+re-segmented), ``fd_window/<window>``; downstream: ``mdsc``, ``mhd95``, ...) and
 ``bootstrap`` (the resampling: unit, resamples, level, seed, units digest, and each metric's
 replicates). Replicates of records scored on the same units with the same seed share their resamples,
 so the claims table pairs them. A point value equals the record's own value of the same metric.
@@ -16,9 +17,16 @@ import numpy as np
 import pandas as pd
 
 from medsynth.metrics.frechet import frechet_distance_lowrank
-from medsynth.stats.bootstrap import BootstrapSettings, Estimate, bootstrap, bootstrap_means, resampling_units
+from medsynth.stats.bootstrap import (
+    BootstrapSettings,
+    Estimate,
+    bootstrap,
+    bootstrap_means,
+    percentile_interval,
+    resampling_units,
+)
 
-__all__ = ["IntervalSet", "mask_estimates"]
+__all__ = ["IntervalSet", "mask_estimates", "window_estimates"]
 
 #: Per-sample mask metric -> its estimate key (the record's channel means).
 MASK_KEYS = ("dice", "jaccard", "hd95", "asd")
@@ -64,6 +72,19 @@ def mask_estimates(intervals: IntervalSet, values: Mapping, names: Sequence[str]
     for key in MASK_KEYS:
         per = np.asarray(values[key], dtype=np.float64)
         intervals.means(f"{prefix}{key}", per)
-        if key in ("dice", "hd95"):
-            for c, name in enumerate(names):
-                intervals.means(f"{prefix}{key}/{name}", per[:, c])
+        for c, name in enumerate(names):
+            intervals.means(f"{prefix}{key}/{name}", per[:, c])
+
+
+def window_estimates(intervals: IntervalSet, rows: Sequence[Mapping]) -> None:
+    """``fd_window/<window>`` of each CT-window row with features (:func:`~medsynth.metrics.per_window_fd`),
+    and ``fd_window/mean``: the mean of the windows' replicates, as the mean row is of their values."""
+    found = [r for r in rows if r.get("features") is not None]
+    for row in found:
+        intervals.frechet(f"fd_window/{row['window']}", *row["features"])
+    if found and len(found) == len(rows) - 1:
+        parts = [intervals.estimates[f"fd_window/{r['window']}"] for r in found]
+        reps = tuple(None if any(p.replicates[b] is None for p in parts) else
+                     float(np.mean([p.replicates[b] for p in parts])) for b in range(len(parts[0].replicates)))
+        low, high = percentile_interval(reps, intervals.settings.level)
+        intervals.add("fd_window/mean", Estimate(float(np.mean([p.value for p in parts])), low, high, reps))

@@ -101,7 +101,7 @@ def evaluate_run(files: RunFiles, out_json: str | Path, settings: RunSettings, m
     import pandas as pd
 
     from medsynth.downstream import load_segmenter, predict_masks
-    from medsynth.evaluation.intervals import IntervalSet, mask_estimates
+    from medsynth.evaluation.intervals import IntervalSet, mask_estimates, window_estimates
     from medsynth.metrics import (
         fd_recipe,
         frechet_metrics,
@@ -155,9 +155,11 @@ def evaluate_run(files: RunFiles, out_json: str | Path, settings: RunSettings, m
     windowed_radimagenet = {"status": f"not applicable: modalities {sorted(modalities)} (CT windows)", "rows": []}
     if modalities == {"CT"}:
         windows = {k: tuple(v) for k, v in (intensity_cfg.get("windows") or {}).items()}
-        for row in per_window_fd(real, fake, tuple(intensity_cfg["ct_hu_range"]), windows, extractor_name,
-                                 kid=False, batch_size=batch, cuda=cuda):
+        window_rows = per_window_fd(real, fake, tuple(intensity_cfg["ct_hu_range"]), windows, extractor_name,
+                                    kid=False, batch_size=batch, cuda=cuda, return_features=True)
+        for row in window_rows:
             windowed.append({"window": row["window"], "plane": "XY", "fd": row.get("fd"), "status": row.get("status")})
+        window_estimates(intervals, window_rows)
         windowed_radimagenet = pretrained_windowed_fd(
             "radimagenet_resnet50", metrics_cfg["radimagenet_pretrained_path"], "metrics.radimagenet_pretrained_path",
             real, fake, fd_recipe(recipes["radimagenet_resnet50"]), hu_range, windows, batch_size=batch, cuda=cuda)
@@ -169,6 +171,8 @@ def evaluate_run(files: RunFiles, out_json: str | Path, settings: RunSettings, m
     ref = torch.from_numpy(real_masks)
     fake_values = mask_metric_values(pred_fake, ref, spacing)
     mask_estimates(intervals, fake_values, list(names))
+    real_values = mask_metric_values(pred_real, ref, spacing)
+    mask_estimates(intervals, real_values, list(names), prefix="real_vs_gt/")
     record = {
         "model": model, "run": run, "n_real": n, "n_generated": int(len(fake)),
         "image_size": list(real.shape[2:]), "modalities": sorted(modalities),
@@ -187,7 +191,8 @@ def evaluate_run(files: RunFiles, out_json: str | Path, settings: RunSettings, m
         "mask_fidelity": {"segmenter": extractor_label, "distance_unit": "mm", "spacing_mm": spacing,
                           "generated_vs_gt": mask_metrics(pred_fake, ref, list(names), spacing=spacing,
                                                           values=fake_values),
-                          "real_vs_gt": mask_metrics(pred_real, ref, list(names), spacing=spacing)},
+                          "real_vs_gt": mask_metrics(pred_real, ref, list(names), spacing=spacing,
+                                                     values=real_values)},
     }
     record["mask_fidelity"]["mean_generated_vs_gt"] = channel_means(record["mask_fidelity"]["generated_vs_gt"])
     record["mask_fidelity"]["mean_real_vs_gt"] = channel_means(record["mask_fidelity"]["real_vs_gt"])

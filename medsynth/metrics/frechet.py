@@ -183,7 +183,8 @@ def _distance(real01: torch.Tensor, fake01: torch.Tensor, extractor: str, **kw) 
                     "status": status}
         kw["weights_path"] = path
     res = frechet_metrics(real01, fake01, extractor, **kw)
-    return {k: res[k] for k in ("fd", "kid_mean", "kid_std", "n_real", "n_fake")} | {"status": "ok"}
+    keys = ("fd", "kid_mean", "kid_std", "n_real", "n_fake", *(("features",) if "features" in res else ()))
+    return {k: res[k] for k in keys} | {"status": "ok"}
 
 
 def _mean_row(rows: list[dict], **label) -> dict:

@@ -153,7 +153,8 @@ def medsyn2_table1(m: Mapping, paper_dir: str | Path, paper_model: str = "MedSyn
     rows = []
     for w in m.get("windowed", []):
         cell = ours.get((w["window"], w["plane"]))
-        rows.append({"window": w["window"], "plane": w["plane"], f"FD ({extractor})": w.get("fd"),
+        rows.append({"window": w["window"], "plane": w["plane"],
+                     f"FD ({extractor})": measured(m, f"fd_window/{w['window']}", w.get("fd")),
                      "FID (RadImageNet ResNet-50)": fd_value({"v": {"value": cell.get("fd"), "status": cell.get(
                          "status")} if cell else {"status": radimagenet.get("status", NOT_MEASURED)}}, "v"),
                      "paper FID (RadImageNet ResNet-50)": reported(paper, "FID", model=paper_model, window=w["window"],
@@ -233,20 +234,27 @@ def medsyn2_table7(m: Mapping, reconstruction: pd.DataFrame, paper_dir: str | Pa
     recon = {r["target"]: r for r in reconstruction.to_dict("records") if r["target"] != "image"}
     comparisons = {"generated_vs_gt": fidelity.get("generated_vs_gt", {}), "real_resegmented_vs_gt":
                    fidelity.get("real_vs_gt", {}), "reconstructed_vs_gt": recon}
+    prefixes = {"generated_vs_gt": "", "real_resegmented_vs_gt": "real_vs_gt/"}
     rows = []
     for comparison, ours in comparisons.items():
         for obj in _objects(ours, paper, comparison=comparison):
             r = ours.get(obj)
+
+            def cell(key: str, scale: float = 1.0):  # with the record's interval (the VAE's table has none yet)
+                point = _cell(r, key, scale)
+                if comparison not in prefixes:
+                    return point
+                return measured(m, f"{prefixes[comparison]}{key}/{obj}", point, scale)
+
+            unit_of = "voxel" if comparison == "reconstructed_vs_gt" else unit
             rows.append({"object": obj, "comparison": comparison,
-                         "dice (%)": _cell(r, "dice", 100.0),
+                         "dice (%)": cell("dice", 100.0),
                          "paper dice (%)": reported(paper, "dice", object=obj, comparison=comparison),
-                         "jaccard (%)": _cell(r, "jaccard", 100.0),
+                         "jaccard (%)": cell("jaccard", 100.0),
                          "paper jaccard (%)": reported(paper, "jaccard", object=obj, comparison=comparison),
-                         f"hd95 ({'voxel' if comparison == 'reconstructed_vs_gt' else unit})":
-                             _cell(r, "hd95"),
+                         f"hd95 ({unit_of})": cell("hd95"),
                          "paper hd95 (mm)": reported(paper, "hd95_mm", object=obj, comparison=comparison),
-                         f"asd ({'voxel' if comparison == 'reconstructed_vs_gt' else unit})":
-                             _cell(r, "asd"),
+                         f"asd ({unit_of})": cell("asd"),
                          "paper asd (mm)": reported(paper, "asd_mm", object=obj, comparison=comparison),
                          "segmenter": fidelity.get("segmenter", "") if comparison != "reconstructed_vs_gt" else "VAE"})
     return pd.DataFrame(rows)
