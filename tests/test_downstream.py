@@ -50,6 +50,33 @@ def disks(n: int, size: int = 32, seed: int = 0, channels: int = 1) -> tuple[np.
     return images, masks
 
 
+def test_training_settings_take_the_schema_defaults():
+    """train_segmenter's settings, the segmenter's params and the augmentation: the schema's defaults."""
+    import math
+
+    from medsynth.downstream import DEFAULT_AUGMENTATION, DEFAULT_TRAIN, segmenter_config, train_settings
+    from medsynth.settings import section
+
+    schema = section("downstream")
+    settings = train_settings({"steps": 5, "fingerprint": "abc"})
+    assert settings["steps"] == 5 and settings["fingerprint"] == "abc"
+    assert {k: v for k, v in settings.items() if k not in ("steps", "fingerprint")} == {
+        k: schema[k] for k in settings if k not in ("steps", "fingerprint")}
+    assert (settings["max_grad_norm"], settings["keep_checkpoints"], settings["log_every"],
+            settings["dice_weight"], settings["bce_weight"]) == (1.0, 2, 10, 1.0, 1.0)
+    assert DEFAULT_TRAIN == train_settings({}) and DEFAULT_AUGMENTATION == schema["augmentation"]
+    assert DEFAULT_AUGMENTATION["rotate_range"] == math.radians(15.0)
+    with pytest.raises(ValueError, match="unknown downstream training keys"):
+        train_settings({"train_select": {}})
+    assert segmenter_config({})["params"] == {"channels": [16, 32, 64], "strides": [2, 2], "num_res_units": 1}
+    assert segmenter_config({"type": "UNETR", "params": {"img_size": [32, 32]}}) == {
+        "type": "unetr", "params": {"img_size": [32, 32], "feature_size": 16, "hidden_size": 192, "mlp_dim": 384,
+                                    "num_heads": 4}}
+    assert segmenter_config({"type": "nnunetv2"})["params"] == {}  # nnunet_params fills those
+    with pytest.raises(ValueError, match="unknown augmentation keys"):
+        augmentation({"probability": 0.5})
+
+
 def test_compose_setting_counts_and_sources():
     real = (np.full((20, 1, 8, 8), -1.0, np.float32), np.full((20, 2, 8, 8), -0.5, np.float32))
     synth = (np.ones((50, 1, 8, 8), np.float32), np.full((50, 2, 8, 8), 0.5, np.float32))
@@ -103,7 +130,7 @@ def test_augmentation_keeps_image_and_label_aligned():
 
 def test_segmentation_step_augmentation_follows_the_loop_generator():
     images, masks = disks(4, size=32, seed=5)
-    step = SegmentationStep(augment={"prob": 1.0})
+    step = SegmentationStep(augment={"prob": 1.0}, dice_weight=1.0, bce_weight=1.0)
     x, y = torch.as_tensor(images), torch.as_tensor((masks > 0).astype(np.float32))
     a = step.augment_batch(x, y, torch.Generator().manual_seed(7))
     b = step.augment_batch(x, y, torch.Generator().manual_seed(7))
@@ -118,7 +145,8 @@ def test_segmentation_step_augmentation_follows_the_loop_generator():
 def trained(tmp_path_factory):
     """A tiny UNet trained on 16 disk images (32x32) for 80 steps."""
     images, masks = disks(16, size=32, seed=0)
-    cfg = {"model": TINY_UNET, "steps": 80, "batch_size": 8, "lr": 1e-2, "seed": 0, "checkpoint_every": 0}
+    cfg = {"model": TINY_UNET, "steps": 80, "batch_size": 8, "lr": 1e-2, "weight_decay": 1e-4, "warmup_steps": 0,
+           "seed": 0, "checkpoint_every": 0}
     out = tmp_path_factory.mktemp("downstream")
     model, result = train_segmenter(images, masks, cfg, out, augment=False)
     return model, result, out
@@ -215,8 +243,8 @@ def test_segmentation_data_and_model_types():
 
 def test_augmented_training_resumes_exactly(tmp_path):
     images, masks = disks(8, size=32, seed=4)
-    cfg = {"model": TINY_UNET, "steps": 6, "batch_size": 4, "lr": 1e-2, "seed": 3, "checkpoint_every": 3,
-           "augmentation": {"prob": 0.5}}
+    cfg = {"model": TINY_UNET, "steps": 6, "batch_size": 4, "lr": 1e-2, "weight_decay": 1e-4, "warmup_steps": 0,
+           "seed": 3, "checkpoint_every": 3, "augmentation": {"prob": 0.5}}
     full, _ = train_segmenter(images, masks, cfg, tmp_path / "full", augment=True)
     resumed_dir = tmp_path / "resumed"
     train_segmenter(images, masks, cfg, resumed_dir, augment=True)

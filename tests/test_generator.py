@@ -71,7 +71,7 @@ VARIANTS = {"victr": {}, "vanilla": {"method": "full", "objective": "flow",
 def trained(tmp_path_factory, shards, text_encoder):
     """VAE -> base -> stage 1 -> stage 2 (victr, vanilla), a few steps each."""
     root = tmp_path_factory.mktemp("run")
-    vae_cfg = {"model": dict(TINY_VAE_CONFIGS["2d"]), "steps": 3, "batch_size": 4, "checkpoint_every": 0,
+    vae_cfg = {"model": dict(TINY_VAE_CONFIGS["2d"]), "steps": 3, "batch_size": 4, "lr": 1e-4, "checkpoint_every": 0,
                "progress": False, "seed": 1, "stats_batch_size": 8}
     vae_summary = run_vae(shards, root / "vae", vae_cfg)
     vae, stats = root / "vae" / "final", root / "vae" / "latent_stats.json"
@@ -184,7 +184,23 @@ def test_variant_config_merges_nested_keys():
 
 
 # ------------------------------------------------------------------------------------------------ sampling
-SAMPLING = {"guidance_scale": 2.0, "seed": 5, "batch_size": 4, "dopri5": {"rtol": 1e-2, "atol": 1e-2}}
+SAMPLING = {"guidance_scale": 2.0, "seed": 5, "batch_size": 4, "dopri5": {"rtol": 1e-2, "atol": 1e-2, "max_num_steps": 1000}}
+
+
+def test_sampling_settings_take_the_schema_defaults():
+    """A spec of a partial section (the reflow one) and a condition set's inpaint options are completed
+    with the schema's `sampling` defaults; the code has none of its own."""
+    from medsynth.generator.integrate import SamplingSpec
+    from medsynth.generator.sampling import condition_set
+    from medsynth.settings import section
+
+    defaults = section("sampling")
+    spec = SamplingSpec.from_config({"run": "euler-20", "guidance_scale": 1.5, "seed": 7}, "euler-20")
+    assert (spec.guidance_scale, spec.seed, spec.batch_size, spec.shift) == (1.5, 7, defaults["batch_size"], defaults["shift"])
+    assert spec.max_num_steps == defaults["dopri5"]["max_num_steps"] and spec.ddpm == defaults["ddpm"]
+    assert condition_set({"split": ["train"], "inpaint": {"channels": ["liver"]}})["inpaint"] == {
+        "channels": ["liver"], "dilate": 1, "schedule": "shrink", "max_dilate": 2, "renoise": False}
+    assert "inpaint" not in condition_set({"split": ["test"]})
 
 
 def test_parse_run():
@@ -465,7 +481,8 @@ def test_guiding_mask_keeps_the_real_latent_outside_the_roi(trained, shards, tex
     root, _, _ = trained
     model = load_trained_generator(GEN, root / "stage1" / "final")
     data = load_latent_data(shards, root / "vae" / "final", root / "vae" / "latent_stats.json", GEN, STAGE2, text_encoder)
-    spec = replace(SamplingSpec.from_config({"seed": 2}, "euler-3"), inpaint={"channels": ["liver"], "dilate": 0})
+    inpaint = {"channels": ["liver"], "dilate": 0, "schedule": "shrink", "max_dilate": 2, "renoise": False}
+    spec = replace(SamplingSpec.from_config({"seed": 2, "guidance_scale": 1.0}, "euler-3"), inpaint=inpaint)
     keep = inpaint_keep_mask(data.dataset.tensors["mask"], data.names, ["liver"], 0)
     assert 0 < float(keep.mean()) < 1  # some latent pixels are liver, some are not
     x0, _, nfe, _ = integrate_latents(model, "flow", data, spec)
@@ -483,7 +500,10 @@ def test_guiding_mask_keeps_the_real_latent_outside_the_roi(trained, shards, tex
     generated = sample_condition_set(*args, *outs, GEN, STAGE2, {"seed": 2, "guidance_scale": 1.0}, "euler-2",
                                      {"split": ["train"], "modality": ["MR"], "inpaint": {"channels": ["liver"]}},
                                      text_encoder=text_encoder)
-    assert json.loads(outs[2].read_text())["spec"]["inpaint"] == {"channels": ["liver"]}
+    # the condition set's inpaint options with the schema's defaults filled in
+    assert json.loads(outs[2].read_text())["spec"]["inpaint"] == {"channels": ["liver"], "dilate": 1,
+                                                                   "schedule": "shrink", "max_dilate": 2,
+                                                                   "renoise": False}
     assert generated.nfe == 2 and np.isfinite(generated.images).all()
 
 

@@ -171,7 +171,8 @@ def test_stages_lora_step_and_sampling_on_grey_ct_with_masks(case, shards, tmp_p
     gen = _gen(case)
     vae_cfg = {"model": {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "pretrained": str(case.files),
                          "pretrained_subfolder": "vae", "local_files_only": True},
-               "steps": 1, "batch_size": 4, "checkpoint_every": 0, "progress": False, "seed": 1, "stats_batch_size": 8}
+               "steps": 1, "batch_size": 4, "lr": 1e-4, "checkpoint_every": 0, "progress": False, "seed": 1,
+               "stats_batch_size": 8}
     run_vae(shards, tmp_path / "vae", vae_cfg)
     vae, stats = tmp_path / "vae" / "final", tmp_path / "vae" / "latent_stats.json"
     assert len(json.loads(stats.read_text())["mean"]) == case.latent

@@ -146,7 +146,7 @@ def test_maisi_release_stages_lora_step_and_sampling_on_ct_volumes(release, shar
              "cond_dropout": 0.5, "warmup_steps": 0, "select": {"split": ["train"]}}
     stage1 = {**stage, "ewc": {"fisher_batches": 1, "fisher_batch_size": 2, "top_fraction": 0.2, "lambda": 10.0}}
     stage2 = {**stage, "method": "lora", "objective": "flow", "lora": {"rank": 2, "alpha": 2.0},
-              "contrastive": {"enabled": True, "roi": "liver"}}
+              "contrastive": {"enabled": True, "roi": "liver"}, "severity_prompt": False}
     out = stages_and_sampling(shards, vae, stats, gen, stage, stage1, stage2, tmp_path,
                               {"guidance_scale": 2.0, "seed": 5, "batch_size": 2})
     images, _, names = load_generated(out[0])

@@ -72,7 +72,7 @@ def known_case(abdomen):
 def registered(request, known_case):
     fixed, moved, true, points = known_case
     before = (_digest(fixed), _digest(moved))
-    tx = register_affine(moved, fixed, RegistrationParams(backend=request.param))
+    tx = register_affine(moved, fixed, RegistrationParams.from_config(dict(backend=request.param)))
     assert (_digest(fixed), _digest(moved)) == before, "registration must not alter its inputs"
     return request.param, tx
 
@@ -88,6 +88,9 @@ def test_params_from_config():
     assert (p.backend, p.iterations, p.shrink_factors, p.smoothing_sigmas, p.seed) == ("sitk", [10, 5], [2, 1], [1.0, 0.0], 7)
     assert p.intensity_range == (-200.0, 300.0)
     defaults = RegistrationParams.from_config({})
+    from medsynth.settings import section
+
+    assert defaults.to_dict() == section("preprocess")["registration"]  # the schema's defaults
     assert (defaults.backend, defaults.metric, defaults.shrink_factors) == ("ants", "mattes", [4, 2, 1])
     assert defaults.smoothing_sigmas == [2.0, 1.0, 0.0] and defaults.iterations == [200, 100, 50]
     assert RegistrationParams.from_config(defaults.to_dict()) == defaults
@@ -119,7 +122,7 @@ def test_register_affine_recovers_known_affine(registered, known_case):
 
 def test_sitk_is_reproducible(known_case):
     fixed, moved, _, _ = known_case
-    params = RegistrationParams(backend="sitk", iterations=[50, 20, 0])
+    params = RegistrationParams.from_config(dict(backend="sitk", iterations=[50, 20, 0]))
     a = register_affine(moved, fixed, params)
     b = register_affine(moved, fixed, params)
     np.testing.assert_array_equal(a.matrix, b.matrix)
@@ -131,7 +134,7 @@ def test_ants_is_reproducible(registered, known_case):
     if backend != "ants":
         pytest.skip("ants only")
     fixed, moved, _, _ = known_case
-    again = register_affine(moved, fixed, RegistrationParams(backend="ants"))
+    again = register_affine(moved, fixed, RegistrationParams.from_config(dict(backend="ants")))
     np.testing.assert_array_equal(again.matrix, tx.matrix)
 
 
@@ -214,7 +217,8 @@ def test_build_template(abdomen, backend):
     small = _downsample(abdomen, 6.0)
     true = _known_transform(small)
     moved = true.inverse().apply(small, small, "linear", default_value=-1024)
-    params = RegistrationParams(backend=backend, shrink_factors=[2, 1], smoothing_sigmas=[1, 0], iterations=[100, 30])
+    params = RegistrationParams.from_config(dict(backend=backend, shrink_factors=[2, 1], smoothing_sigmas=[1, 0],
+                                                 iterations=[100, 30]))
     template = build_template([small, moved, small], params, iterations=2)
     assert template.shape == small.shape and template.get_data_dtype() == np.float32
     np.testing.assert_allclose(template.affine, small.affine)
@@ -240,7 +244,8 @@ def test_template_starts_from_largest_field_of_view_and_partial_scan_registers_i
     data = np.asarray(small.dataobj)
     k0, k1 = data.shape[2] // 2 + 10, data.shape[2] - 2
     slab = nib.Nifti1Image(np.ascontiguousarray(data[:, :, k0:k1]), small.affine @ _shift_k(k0))
-    params = RegistrationParams(backend="sitk", shrink_factors=[2, 1], smoothing_sigmas=[1, 0], iterations=[100, 30])
+    params = RegistrationParams.from_config(dict(backend="sitk", shrink_factors=[2, 1], smoothing_sigmas=[1, 0],
+                                                 iterations=[100, 30]))
     template = build_template([slab, small], params, iterations=1, unbias=False)
     assert template.shape == small.shape  # started from the larger field of view
     tx = register_affine(slab, small, params)
@@ -249,8 +254,8 @@ def test_template_starts_from_largest_field_of_view_and_partial_scan_registers_i
     points = (small.affine @ np.c_[inside + [0, 0, k0], np.ones(len(inside))].T).T[:, :3]
     error = np.linalg.norm(tx.transform_points(points) - points, axis=1).mean()
     assert error < 6.0  # under one voxel of this 6 mm grid
-    off = register_affine(slab, small, RegistrationParams(backend="sitk", shrink_factors=[2, 1], smoothing_sigmas=[1, 0],
-                                                          iterations=[100, 30], init_search_step_mm=0))
+    off = register_affine(slab, small, RegistrationParams.from_config(dict(
+        backend="sitk", shrink_factors=[2, 1], smoothing_sigmas=[1, 0], iterations=[100, 30], init_search_step_mm=0)))
     assert "shift_mm" not in off.info["init_search"]
 
 

@@ -118,6 +118,25 @@ def test_save_load_and_local_pretrained(kind, tmp_path):
         assert torch.allclose(reconstruct(model, x), reconstruct(from_pretrained, x), atol=1e-6)
 
 
+def test_vae_sections_take_the_schema_defaults_of_their_own_section():
+    """2D configs complete with `vae`'s defaults, 3D ones with `volumes.vae`'s (the values the 3D path used
+    when that section was free-form: the tuning code's seed 0, stats_batch_size 8, ... and MAISI's tiny VAE)."""
+    from medsynth.settings import section
+    from medsynth.vae.models import model_config, vae_section
+    from medsynth.vae.tune import TuneConfig
+
+    two, three = vae_section({}), vae_section({"model": {"spatial_dims": 3}})
+    assert two == section("vae") and (two["seed"], two["stats_batch_size"], two["model"]["sample_size"]) == (11, 32, 64)
+    assert three == section("volumes")["vae"] and (three["seed"], three["stats_batch_size"]) == (0, 8)
+    tune = TuneConfig()
+    assert {k: three[k] for k in ("steps", "batch_size", "lr", "weight_decay", "seed", "patch_size", "checkpoint_every",
+                                  "keep_checkpoints", "resume", "progress", "stats_batch_size")} == {
+        k: getattr(tune, k) for k in ("steps", "batch_size", "lr", "weight_decay", "seed", "patch_size",
+                                      "checkpoint_every", "keep_checkpoints", "resume", "progress", "stats_batch_size")}
+    assert {k: v for k, v in three["model"].items() if k != "num_splits"} == TINY_VAE_CONFIGS["3d"]
+    assert model_config(build_autoencoder({"spatial_dims": 3}))["block_out_channels"] == [8, 16, 16]
+
+
 @pytest.mark.filterwarnings("ignore:The `local_dir_use_symlinks`:UserWarning")
 def test_pretrained_unavailable_names_config_key(tmp_path):
     with pytest.raises(PretrainedUnavailableError, match=r"config key 'pretrained'.*vae\.model\.pretrained"):

@@ -52,7 +52,8 @@ VAE_CFG = {"model": dict(TINY_VAE_CONFIGS["3d"]), "steps": 2, "batch_size": 2, "
            "progress": False, "seed": 1, "stats_batch_size": 4}
 STAGE = {"steps": 2, "batch_size": 2, "lr": 0.01, "checkpoint_every": 0, "progress": False, "seed": 3,
          "cond_dropout": 0.25, "warmup_steps": 0, "select": {"split": ["train"]}}
-SAMPLING = {"guidance_scale": 2.0, "batch_size": 2, "seed": 5, "hu_qc": {"enabled": True, "max_tries": 2}}
+SAMPLING = {"guidance_scale": 2.0, "batch_size": 2, "seed": 5, "hu_qc": {"enabled": True, "max_tries": 2},
+            "dopri5": {"max_num_steps": 1000}}
 
 
 def _backbone(kind: str) -> dict:
@@ -219,7 +220,7 @@ def test_victr_stages_and_lora_sampling_on_volumes(kind, shards, vae3d, trained,
     stage1 = {**STAGE, "ewc": {"fisher_batches": 1, "fisher_batch_size": 2, "top_fraction": 0.2, "lambda": 10.0}}
     stage2 = {**STAGE, "method": "lora", "objective": "tweedie", "lora": {"rank": 2, "alpha": 2.0},
               "consistency": {"temporal_weight": 0.1, "spatial_weight": 0.1},
-              "contrastive": {"enabled": True, "roi": "liver"}}
+              "contrastive": {"enabled": True, "roi": "liver"}, "severity_prompt": False}
     run_stage1(shards, vae, stats, root / kind / "final", tmp_path / "stage1", gen, stage1, STAGE,
                text_encoder=text_encoder)
     result, _ = run_stage2(shards, vae, stats, tmp_path / "stage1" / "final", tmp_path / "stage1" / "ewc.safetensors",
@@ -227,7 +228,8 @@ def test_victr_stages_and_lora_sampling_on_volumes(kind, shards, vae3d, trained,
     assert result.status == "completed"
     paths = [tmp_path / f"set.{ext}" for ext in ("safetensors", "csv", "json")]
     sample_condition_set(shards, vae, stats, tmp_path / "stage2" / "final", tmp_path / "stage1" / "final", *paths,
-                         gen, stage2, {"batch_size": 2}, "euler-2", {"split": ["test"]}, text_encoder=text_encoder)
+                         gen, stage2, {"batch_size": 2, "guidance_scale": 1.0, "seed": 0}, "euler-2", {"split": ["test"]},
+                         text_encoder=text_encoder)
     images, _, _ = load_generated(paths[0])
     assert images.shape == (len(TEST_VOLUMES), 1, SIZE, SIZE, SIZE) and np.isfinite(images).all()
 
@@ -244,7 +246,8 @@ def sampled(tmp_path_factory, shards, vae3d, trained, text_encoder):
         for run in kind_runs:
             paths = [out / f"{kind}-{run}.{ext}" for ext in ("safetensors", "csv", "json")]
             sample_condition_set(shards, vae_dir / "final", vae_dir / "latent_stats.json", root / kind / "final",
-                                 None, *paths, GENERATORS[kind], {"objective": "flow"}, SAMPLING, run,
+                                 None, *paths, GENERATORS[kind], {"objective": "flow", "severity_prompt": False},
+                                 SAMPLING, run,
                                  {"split": ["test"]}, text_encoder=text_encoder)
             files[(kind, run)] = paths
     return files
@@ -281,7 +284,8 @@ def extractor(tmp_path_factory, shards):
     y = (torch.nn.functional.interpolate(y, size=size, mode="nearest") > 0.5).float()
     out = tmp_path_factory.mktemp("downstream") / "real"
     cfg = {"model": {"type": "unet", "params": {"channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1}},
-           "steps": 2, "batch_size": 4, "checkpoint_every": 0, "progress": False, "threads": 1}
+           "steps": 2, "batch_size": 4, "lr": 1e-3, "weight_decay": 1e-4, "warmup_steps": 0, "seed": 0,
+           "checkpoint_every": 0, "progress": False, "threads": 1}
     _, result = train_segmenter(x, y, cfg, out)
     assert result.status == "completed"
     return Path(result.final_dir)

@@ -10,7 +10,6 @@ A MONAI segmentation network is trained on 2D slices in four settings (``real``,
 """
 
 from .data import (
-    DEFAULT_AUGMENTATION,
     SETTINGS,
     SegmentationData,
     apply_augmentation,
@@ -25,22 +24,25 @@ from .model import (
     encoder_module,
     load_segmenter,
     save_segmenter,
+    segmenter_config,
     unet_bottom,
 )
 from .train import (
-    DEFAULT_TRAIN,
+    TRAIN_KEYS,
     SegmentationStep,
     evaluate_segmenter,
     metrics_from_masks,
     predict_masks,
     train_config,
     train_segmenter,
+    train_settings,
 )
 
 __all__ = [
     "DEFAULT_AUGMENTATION",
     "DEFAULT_TRAIN",
     "SEGMENTER_TYPES",
+    "TRAIN_KEYS",
     "SETTINGS",
     "SegmentationData",
     "SegmentationStep",
@@ -55,8 +57,23 @@ __all__ = [
     "metrics_from_masks",
     "predict_masks",
     "save_segmenter",
+    "segmenter_config",
     "setting_augments",
     "train_config",
     "train_segmenter",
+    "train_settings",
     "unet_bottom",
 ]
+
+
+def __getattr__(name: str):
+    """``DEFAULT_TRAIN`` (every training key with its default, :func:`train_settings` of nothing) and
+    ``DEFAULT_AUGMENTATION`` (``downstream.augmentation``'s defaults): the schema's values, read from
+    config/schema.yaml when first asked for; the schema is their one home."""
+    if name == "DEFAULT_TRAIN":
+        return train_settings({})
+    if name == "DEFAULT_AUGMENTATION":
+        from medsynth.settings import section
+
+        return section("downstream")["augmentation"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,13 +16,14 @@ in any binary encoding whose foreground is ``> 0`` (the shards' [-0.5, 0.5], {0,
 Augmentation (``real_aug``)
 ---------------------------
 :func:`augmentation` returns a MONAI ``Compose`` of dictionary transforms on ``image`` and ``label``
-together, each applied with probability ``prob`` (default 0.4), in this order:
+together, each applied with probability ``prob``, in this order (the keys are config
+``downstream.augmentation``'s; their defaults, e.g. ``prob`` 0.4, are the schema's):
 
 1. random crop: ``OneOf([Compose([RandScaleCropd(roi_scale=crop_scale), Resized(spatial_size)]),
-   Identityd], weights=[prob, 1 - prob])`` - a crop of ``crop_scale`` (default 0.8) of each side at a
+   Identityd], weights=[prob, 1 - prob])`` - a crop of ``crop_scale`` (0.8) of each side at a
    random position, resized back to the input size (the ``RandSpatialCropd`` + resize variant, chosen
    over ``RandZoomd`` because the crop position is random, not the centre);
-2. ``RandRotated`` (``rotate_range`` radians, default 15 degrees);
+2. ``RandRotated`` (``rotate_range`` radians, 15 degrees);
 3. ``RandGaussianSmoothd`` on the image only (``sigma_range``, pixels);
 4. ``RandAffined`` (``translate_range`` pixels, ``scale_range``, ``shear_range``);
 5. ``Rand2DElasticd`` (``elastic_spacing`` pixels between control points, ``elastic_magnitude``).
@@ -50,7 +51,6 @@ from medsynth.train.data import TensorDictDataset
 
 __all__ = [
     "SETTINGS",
-    "DEFAULT_AUGMENTATION",
     "SegmentationData",
     "as_images",
     "as_labels",
@@ -62,17 +62,6 @@ __all__ = [
 
 SETTINGS = DOWNSTREAM_COMPOSITIONS
 
-DEFAULT_AUGMENTATION: dict[str, Any] = {
-    "prob": 0.4,
-    "crop_scale": 0.8,
-    "rotate_range": math.radians(15.0),
-    "sigma_range": [0.25, 1.0],
-    "translate_range": [4.0, 4.0],
-    "scale_range": [0.1, 0.1],
-    "shear_range": [0.05, 0.05],
-    "elastic_spacing": [16, 16],
-    "elastic_magnitude": [1.0, 2.0],
-}
 
 
 def as_images(images: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -236,9 +225,10 @@ def augmentation(cfg: Mapping[str, Any] | None = None, spatial_size: Sequence[in
                  seed: int = 0):
     """The ``real_aug`` MONAI ``Compose`` (see module docstring), seeded with ``set_random_state(seed)``.
 
-    ``cfg`` overrides :data:`DEFAULT_AUGMENTATION` (``prob``, ``crop_scale``, ``rotate_range``,
+    ``cfg``: config ``downstream.augmentation`` (``prob``, ``crop_scale``, ``rotate_range``,
     ``sigma_range``, ``translate_range``, ``scale_range``, ``shear_range``, ``elastic_spacing``,
-    ``elastic_magnitude``); ``spatial_size`` is the slice size the crop is resized back to.
+    ``elastic_magnitude``); keys left out take the schema's defaults. ``spatial_size`` is the slice size
+    the crop is resized back to.
     """
     from monai.transforms import (
         Compose,
@@ -252,10 +242,13 @@ def augmentation(cfg: Mapping[str, Any] | None = None, spatial_size: Sequence[in
         Resized,
     )
 
-    c = {**DEFAULT_AUGMENTATION, **dict(cfg or {})}
-    unknown = set(c) - set(DEFAULT_AUGMENTATION)
+    from medsynth.settings import section
+
+    defaults = section("downstream")["augmentation"]
+    unknown = set(dict(cfg or {})) - set(defaults)
     if unknown:
-        raise ValueError(f"unknown augmentation keys {sorted(unknown)}; known: {sorted(DEFAULT_AUGMENTATION)}")
+        raise ValueError(f"unknown augmentation keys {sorted(unknown)}; known: {sorted(defaults)}")
+    c = section("downstream", {"augmentation": dict(cfg or {})})["augmentation"]
     p = float(c["prob"])
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"augmentation prob must be in [0, 1], got {p}")

@@ -4,18 +4,17 @@ The downstream evaluations of ViCTr (Table 3), MedSyn2 (Table 5) and MAISI-v2 tr
 segmentation network on real and/or synthetic slices. Here the networks are 2D, multi-label (one
 sigmoid channel per condition mask):
 
-* ``unet``: :class:`monai.networks.nets.UNet` (``spatial_dims=2``; defaults ``channels [16, 32, 64]``,
-  ``strides [2, 2]``, ``num_res_units 1``);
-* ``unetr``: :class:`monai.networks.nets.UNETR` (``spatial_dims=2``; small defaults ``img_size 64``,
-  ``feature_size 16``, ``hidden_size 192``, ``mlp_dim 384``, ``num_heads 4``);
-* ``swinunetr``: :class:`monai.networks.nets.SwinUNETR` (``spatial_dims=2``; ``feature_size 12``);
+* ``unet``: :class:`monai.networks.nets.UNet` (``spatial_dims=2``);
+* ``unetr``: :class:`monai.networks.nets.UNETR` (``spatial_dims=2``);
+* ``swinunetr``: :class:`monai.networks.nets.SwinUNETR` (``spatial_dims=2``);
 * ``nnunetv2``: nnU-Net v2 plans, preprocesses and trains its own network (:mod:`.nnunet`; ``params``:
   :data:`medsynth.downstream.nnunet.DEFAULT_NNUNET_PARAMS`). It cannot be built untrained:
   :func:`medsynth.downstream.train.train_segmenter` trains it and :func:`load_segmenter` returns a
   :class:`~medsynth.downstream.nnunet.NnUNetSegmenter` (same logits contract as the MONAI networks).
 
-``cfg = {"type": ..., "params": {...}}``; ``params`` override the defaults and are passed to the MONAI
-class unchanged.
+``cfg = {"type": ..., "params": {...}}`` (config ``downstream.model``): :func:`segmenter_config` fills in
+the schema's defaults (type ``unet``; the small params of each type, e.g. unet ``channels [16, 32, 64]``),
+and ``params`` are passed to the MONAI class unchanged.
 
 Encoder features (the self-trained extractor of the pipeline's Fréchet distance, "MFID")
 -----------------------------------------------------------------------------------------
@@ -38,7 +37,6 @@ so features are deterministic for fixed weights.
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -51,7 +49,7 @@ from medsynth.fsutil import atomic_dir
 
 __all__ = [
     "SEGMENTER_TYPES",
-    "DEFAULT_PARAMS",
+    "segmenter_config",
     "build_segmenter",
     "unet_bottom",
     "encoder_module",
@@ -61,21 +59,27 @@ __all__ = [
 ]
 
 SEGMENTER_TYPES = ("unet", "unetr", "swinunetr", "nnunetv2")
-DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
-    "unet": {"channels": [16, 32, 64], "strides": [2, 2], "num_res_units": 1},
-    "unetr": {"img_size": [64, 64], "feature_size": 16, "hidden_size": 192, "mlp_dim": 384, "num_heads": 4},
-    "swinunetr": {"feature_size": 12},
-    "nnunetv2": {},  # defaults applied by medsynth.downstream.nnunet.nnunet_params
-}
 WEIGHTS = "model.safetensors"
 CONFIG = "segmenter.json"
 
 
+def segmenter_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``cfg`` (config ``downstream.model``, ``{"type", "params"}``) with the schema's defaults filled in: type
+    ``unet``, and the params of its type that ``params`` leaves out (nnunetv2: its adapter's, see
+    :func:`medsynth.downstream.nnunet.nnunet_params`)."""
+    from medsynth.settings import section
+
+    model = dict(cfg)
+    if "type" in model:
+        model["type"] = str(model["type"]).lower()
+        if model["type"] not in SEGMENTER_TYPES:
+            raise ValueError(f"unknown segmenter type {model['type']!r}; expected one of {SEGMENTER_TYPES}")
+    return section("downstream", {"model": model})["model"]
+
+
 def _model_cfg(cfg: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    kind = str(cfg.get("type", "unet")).lower()
-    if kind not in SEGMENTER_TYPES:
-        raise ValueError(f"unknown segmenter type {kind!r}; expected one of {SEGMENTER_TYPES}")
-    params = {**copy.deepcopy(DEFAULT_PARAMS[kind]), **dict(cfg.get("params") or {})}
+    model = segmenter_config(cfg)
+    kind, params = model["type"], dict(model["params"])
     for reserved in ("spatial_dims", "in_channels", "out_channels"):
         if reserved in params:
             raise ValueError(f"segmenter params must not set {reserved!r} (fixed by the task)")

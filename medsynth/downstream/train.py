@@ -48,8 +48,9 @@ from medsynth.train.data import TensorDictDataset
 from medsynth.train.loop import TrainConfig, TrainOutputs, TrainResult, derive_seed, train
 
 __all__ = [
-    "DEFAULT_TRAIN",
+    "TRAIN_KEYS",
     "SegmentationStep",
+    "train_settings",
     "train_config",
     "train_segmenter",
     "predict_masks",
@@ -57,37 +58,23 @@ __all__ = [
     "metrics_from_masks",
 ]
 
-DEFAULT_TRAIN: dict[str, Any] = {
-    "fingerprint": "",  # medsynth.train.loop.run_fingerprint of the inputs: stale checkpoints are not resumed
-    "model": {"type": "unet", "params": {}},
-    "steps": 2000,
-    "batch_size": 16,
-    "lr": 1e-3,
-    "weight_decay": 1e-4,
-    "warmup_steps": 0,
-    "max_grad_norm": 1.0,
-    "seed": 0,
-    "checkpoint_every": 500,
-    "keep_checkpoints": 2,
-    "log_every": 10,
-    "threads": None,
-    "progress": False,
-    "augmentation": {},
-    "dice_weight": 1.0,
-    "bce_weight": 1.0,
-}
+#: the keys of config ``downstream`` a training run takes (the others choose data and settings); their
+#: defaults are the schema's (:func:`train_settings`)
+TRAIN_KEYS = ("model", "steps", "batch_size", "lr", "weight_decay", "warmup_steps", "max_grad_norm", "seed",
+              "checkpoint_every", "keep_checkpoints", "log_every", "threads", "progress", "augmentation",
+              "dice_weight", "bce_weight")
 
 
 class SegmentationStep:
     """``loss_step`` for :func:`medsynth.train.train`: ``dice_weight * Dice + bce_weight * BCE`` on logits.
 
-    ``augment``: augmentation config (``{}`` for the defaults) or ``None`` for no augmentation. The
-    ``Compose`` is built lazily for the batch's spatial size and re-seeded every micro-batch from the
+    ``augment``: augmentation config (``downstream.augmentation``; keys left out take the schema's
+    defaults) or ``None`` for no augmentation; ``dice_weight`` / ``bce_weight``: config ``downstream``'s.
+    The ``Compose`` is built lazily for the batch's spatial size and re-seeded every micro-batch from the
     loop's generator (see module docstring).
     """
 
-    def __init__(self, augment: Mapping[str, Any] | None = None, dice_weight: float = 1.0,
-                 bce_weight: float = 1.0):
+    def __init__(self, augment: Mapping[str, Any] | None, dice_weight: float, bce_weight: float):
         from monai.losses import DiceLoss
 
         self.augment_cfg = dict(augment) if augment is not None else None
@@ -123,17 +110,25 @@ class SegmentationStep:
                 "bce": bce.detach()}
 
 
-def _merged(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
-    c = {**DEFAULT_TRAIN, **dict(cfg or {})}
-    unknown = set(c) - set(DEFAULT_TRAIN)
+def train_settings(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A downstream training config: ``cfg`` (keys of :data:`TRAIN_KEYS`, and ``fingerprint``, the
+    :func:`medsynth.train.loop.run_fingerprint` of the run's inputs, so that stale checkpoints are not
+    resumed) with every training key, those left out taking the schema's defaults (config ``downstream``),
+    and ``fingerprint`` (``""`` when not given: no inputs recorded). Unknown keys are an error."""
+    from medsynth.settings import section
+
+    c = dict(cfg or {})
+    fingerprint = str(c.pop("fingerprint", ""))  # the run's identity, not a config key
+    unknown = set(c) - set(TRAIN_KEYS)
     if unknown:
-        raise ValueError(f"unknown downstream training keys {sorted(unknown)}; known: {sorted(DEFAULT_TRAIN)}")
-    return c
+        raise ValueError(f"unknown downstream training keys {sorted(unknown)}; known: {sorted(TRAIN_KEYS)}")
+    full = section("downstream", c)
+    return {"fingerprint": fingerprint, **{k: full[k] for k in TRAIN_KEYS}}
 
 
 def train_config(cfg: Mapping[str, Any] | None, out_dir: str | Path) -> TrainConfig:
-    """The loop's :class:`TrainConfig` from a downstream training config (see :data:`DEFAULT_TRAIN`)."""
-    c = _merged(cfg)
+    """The loop's :class:`TrainConfig` from a downstream training config (see :func:`train_settings`)."""
+    c = train_settings(cfg)
     return TrainConfig(steps=int(c["steps"]), batch_size=int(c["batch_size"]), lr=float(c["lr"]),
                        weight_decay=float(c["weight_decay"]), warmup_steps=int(c["warmup_steps"]),
                        max_grad_norm=c["max_grad_norm"], checkpoint_every=int(c["checkpoint_every"]),
@@ -160,11 +155,11 @@ def train_segmenter(images: torch.Tensor | np.ndarray, labels: torch.Tensor | np
                     ) -> tuple[nn.Module, TrainResult]:
     """Train a segmenter on ``images`` (N, 1, H, W) in [-1, 1] and binary ``labels`` (N, C, H, W).
 
-    ``cfg`` keys (defaults :data:`DEFAULT_TRAIN`): ``model`` ({type, params}), ``steps``,
-    ``batch_size``, ``lr``, ``weight_decay``, ``warmup_steps``, ``max_grad_norm``, ``seed``,
-    ``checkpoint_every``, ``keep_checkpoints``, ``log_every``, ``threads`` (torch intra-op threads
-    during training, None = unchanged), ``progress``, ``augmentation`` (used when ``augment``),
-    ``dice_weight``, ``bce_weight``. Weights are initialised from ``derive_seed(seed, "init")``.
+    ``cfg`` keys (config ``downstream``; those left out take the schema's defaults, :func:`train_settings`):
+    ``model`` ({type, params}), ``steps``, ``batch_size``, ``lr``, ``weight_decay``, ``warmup_steps``,
+    ``max_grad_norm``, ``seed``, ``checkpoint_every``, ``keep_checkpoints``, ``log_every``, ``threads``
+    (torch intra-op threads during training), ``progress``, ``augmentation`` (used when ``augment``),
+    ``dice_weight``, ``bce_weight``, and ``fingerprint``. Weights are initialised from ``derive_seed(seed, "init")``.
     ``outputs``: where the run writes (:class:`~medsynth.train.TrainOutputs`, or a folder with its layout
     and ``segmenter/`` as the final model); a checkpoint in ``outputs.checkpoints`` resumes. On completion
     the model (eval mode) is written with :func:`save_segmenter` to ``outputs.final``
@@ -172,11 +167,11 @@ def train_segmenter(images: torch.Tensor | np.ndarray, labels: torch.Tensor | np
     through nnU-Net instead (:func:`medsynth.downstream.nnunet.train_nnunet_segmenter`: same outputs,
     ``result.step`` in epochs; the loop keys ``steps``, ``lr``, ... do not apply).
     """
-    c = _merged(cfg)
+    c = train_settings(cfg)
     x, y = as_images(images), as_labels(labels)
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"need equally many (> 0) images and labels, got {len(x)} and {len(y)}")
-    if str((c["model"] or {}).get("type", "unet")).lower() == "nnunetv2":
+    if str(c["model"]["type"]).lower() == "nnunetv2":
         from medsynth.downstream.nnunet import train_nnunet_segmenter
 
         with _torch_threads(c["threads"]):

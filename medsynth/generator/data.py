@@ -14,7 +14,7 @@ One sample = one 2D slice, or one 3D volume, of a training-set shard (:mod:`meds
 
 Graded severity (the embedded study's target task): the grade of a slice is a measurable property
 of its own mask: the fraction of the slice's pixels inside condition channel ``severity.organ``
-(default ``liver``), binned with ``severity.thresholds`` ``[t0, t1]`` into ``low`` (f < t0), ``mild``
+(config ``generator.severity``), binned with ``severity.thresholds`` ``[t0, t1]`` into ``low`` (f < t0), ``mild``
 (t0 <= f < t1) and ``severe`` (f >= t1) (ViCTr's low/mild/severe words). A generated slice's grade can
 later be measured the same way on its re-segmented mask, so prompt control is checkable.
 """
@@ -50,7 +50,15 @@ __all__ = [
     "build_latent_data",
 ]
 
-DEFAULT_SEVERITY = {"organ": "liver", "thresholds": [0.045, 0.09], "pathology": "liver involvement"}
+
+def __getattr__(name: str):
+    """``DEFAULT_SEVERITY``: the schema's ``generator.severity`` defaults (``{organ, thresholds, pathology}``),
+    read from config/schema.yaml when first asked for; the schema is their one home."""
+    if name == "DEFAULT_SEVERITY":
+        from medsynth.settings import section
+
+        return section("generator")["severity"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def severity_fractions(masks: np.ndarray, names: Sequence[str], organ: str) -> np.ndarray:
@@ -119,7 +127,8 @@ def build_latent_data(shards: Sequence[str | Path], vae: torch.nn.Module, stats:
                       slices: tuple[pd.DataFrame, np.ndarray, np.ndarray, list[str]] | None = None) -> LatentData:
     """Latent dataset of the selected slices (see module docstring).
 
-    ``severity``: ``None`` (no severity phrase) or ``{"organ", "thresholds", "pathology"}``. ``slices``:
+    ``severity``: ``None`` (no severity phrase) or the complete ``generator.severity`` section
+    (``{"organ", "thresholds", "pathology"}``). ``slices``:
     what :func:`load_slices` returned for ``shards``, when the caller has read them already.
     """
     index, images, masks, names = slices if slices is not None else load_slices(shards)
@@ -132,11 +141,10 @@ def build_latent_data(shards: Sequence[str | Path], vae: torch.nn.Module, stats:
     mask = F.interpolate(torch.as_tensor(masks, dtype=torch.float32), size=tuple(latent.shape[2:]), mode="area")
     grades = None
     if severity is not None:
-        sev = {**DEFAULT_SEVERITY, **dict(severity)}
-        fractions = severity_fractions(masks, names, sev["organ"])
-        grades = severity_grades(fractions, sev["thresholds"])
+        fractions = severity_fractions(masks, names, severity["organ"])
+        grades = severity_grades(fractions, severity["thresholds"])
         index = index.assign(severity_fraction=fractions, severity=[SEVERITY_WORDS[g] for g in grades])
-    prompts = slice_prompts(index, grades, (severity or {}).get("pathology", DEFAULT_SEVERITY["pathology"]))
+    prompts = slice_prompts(index, grades, severity["pathology"] if severity is not None else None)
     unique = list(dict.fromkeys(prompts))
     ids = {p: i for i, p in enumerate(unique)}
     tokens, keep, pooled = prompt_table(text_encoder, unique, max_length)

@@ -32,7 +32,7 @@ from medsynth.vae.models import model_device
 __all__ = [
     "FLOW_SAMPLERS",
     "DIFFUSION_SAMPLERS",
-    "INPAINT_DEFAULTS",
+    "SPEC_KEYS",
     "SamplingSpec",
     "GeneratedSet",
     "SamplingPreempted",
@@ -64,34 +64,43 @@ def parse_run(run: str) -> tuple[str, int | None]:
     return sampler, int(steps)
 
 
+#: the keys of config ``sampling`` a :class:`SamplingSpec` takes
+SPEC_KEYS = ("guidance_scale", "seed", "batch_size", "shift", "dopri5", "tweedie_mapping", "ddpm")
+
+
 @dataclass
 class SamplingSpec:
-    """How to sample: solver, steps, guidance and the numerics of each solver (config ``sampling``)."""
+    """How to sample: solver, steps, guidance and the numerics of each solver (config ``sampling``;
+    build it with :meth:`from_config`, which takes the schema's defaults)."""
 
-    sampler: str = "euler"
-    steps: int | None = 30
-    guidance_scale: float = 1.0
-    seed: int = 0
-    batch_size: int = 64
-    shift: float = 1.0
-    rtol: float = 1e-3
-    atol: float = 1e-3
-    max_num_steps: int = 1000
-    tweedie_mapping: str = "variance"
-    ddpm: dict = field(default_factory=dict)
-    inpaint: dict = field(default_factory=dict)  # MedDiff-FT guiding mask (module docstring); {} = off
+    sampler: str
+    steps: int | None
+    guidance_scale: float
+    seed: int
+    batch_size: int
+    shift: float
+    rtol: float
+    atol: float
+    max_num_steps: int
+    tweedie_mapping: str
+    ddpm: dict
+    #: MedDiff-FT guiding mask (module docstring): a condition set's complete ``inpaint`` options; {} = off
+    inpaint: dict = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, sampling_cfg: Mapping, run: str) -> "SamplingSpec":
-        """Spec of run ``<sampler>-<steps>`` with the solver options of config ``sampling``."""
+        """Spec of run ``<sampler>-<steps>`` with the solver options of config ``sampling`` (:data:`SPEC_KEYS`;
+        other keys are ignored, so a section holding some of them works too, e.g. ``stage2.reflow``); the keys
+        it lacks take the schema's ``sampling`` defaults."""
+        from medsynth.settings import section
+
         sampler, steps = parse_run(run)
-        cfg = dict(sampling_cfg or {})
-        dopri = dict(cfg.get("dopri5") or {})
-        return cls(sampler=sampler, steps=steps, guidance_scale=float(cfg.get("guidance_scale", 1.0)),
-                   seed=int(cfg.get("seed", 0)), batch_size=int(cfg.get("batch_size", 64)),
-                   shift=float(cfg.get("shift", 1.0)), rtol=float(dopri.get("rtol", 1e-3)),
-                   atol=float(dopri.get("atol", 1e-3)), max_num_steps=int(dopri.get("max_num_steps", 1000)),
-                   tweedie_mapping=str(cfg.get("tweedie_mapping", "variance")), ddpm=dict(cfg.get("ddpm") or {}))
+        cfg = section("sampling", {k: v for k, v in dict(sampling_cfg).items() if k in SPEC_KEYS})
+        dopri = cfg["dopri5"]
+        return cls(sampler=sampler, steps=steps, guidance_scale=float(cfg["guidance_scale"]), seed=int(cfg["seed"]),
+                   batch_size=int(cfg["batch_size"]), shift=float(cfg["shift"]), rtol=float(dopri["rtol"]),
+                   atol=float(dopri["atol"]), max_num_steps=int(dopri["max_num_steps"]),
+                   tweedie_mapping=str(cfg["tweedie_mapping"]), ddpm=dict(cfg["ddpm"]))
 
 
 @dataclass
@@ -151,7 +160,7 @@ def solve_batch(field_fn: ConditionedField, x1: torch.Tensor, spec: SamplingSpec
     if spec.sampler in DIFFUSION_SAMPLERS:
         if objective != "ddpm":
             raise ValueError(f"sampler {spec.sampler!r} needs a noise-prediction (ddpm) model; this one is {objective!r}")
-        train_steps = int(spec.ddpm.get("num_train_timesteps", 1000))
+        train_steps = int(spec.ddpm["num_train_timesteps"])
         calls = {"n": 0}
 
         def eps_fn(x, timesteps):
@@ -170,9 +179,6 @@ def solve_batch(field_fn: ConditionedField, x1: torch.Tensor, spec: SamplingSpec
         options["mapping"] = spec.tweedie_mapping
     result = sample.solve(spec.sampler, field_fn, x1, spec.steps, **options)
     return result.x0, result.nfe, result.seconds
-
-
-INPAINT_DEFAULTS = {"channels": None, "dilate": 1, "schedule": "shrink", "max_dilate": 2, "renoise": False}
 
 
 def inpaint_keep_mask(mask: torch.Tensor, names: list[str], channels, dilate: int) -> torch.Tensor:
@@ -217,7 +223,7 @@ def integrate_latents(model: nn.Module, objective: str, data: LatentData, spec: 
     noise = torch.randn(latent.shape, generator=gen)
     null_tokens, null_keep = data.tokens[data.null_id:data.null_id + 1], data.keep[data.null_id:data.null_id + 1]
     corrected_field = objective == "tweedie" and spec.sampler != "tweedie"
-    inpaint = {**INPAINT_DEFAULTS, **spec.inpaint} if spec.inpaint else None
+    inpaint = spec.inpaint or None  # complete options (the condition set's, schema defaults filled in)
     keep = None
     if inpaint:
         if spec.sampler != "euler" or objective == "ddpm":

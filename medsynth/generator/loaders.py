@@ -11,8 +11,19 @@ from medsynth.generator.data import LatentData, build_latent_data
 from medsynth.launch import job_device, set_threads
 from medsynth.models.backbones import adapter_for, build_backbone, input_channels, mask_routing
 
-__all__ = ["set_threads", "resolve_text_encoder", "load_vae", "load_latent_data", "check_channels", "backbone_dims",
-           "load_backbone"]
+__all__ = ["set_threads", "prompt_settings", "resolve_text_encoder", "load_vae", "load_latent_data", "check_channels",
+           "backbone_dims", "load_backbone"]
+
+#: the keys of config ``generator`` that make the prompts (the rest describe the backbone)
+PROMPT_KEYS = ("text_encoder", "severity", "max_length", "encode_batch_size")
+
+
+def prompt_settings(gen_cfg: Mapping) -> dict:
+    """The prompt keys of a ``generator`` section (:data:`PROMPT_KEYS`), those left out with the schema's
+    defaults (a caller outside the workflow may pass a partial section)."""
+    from medsynth.settings import section
+
+    return section("generator", {k: gen_cfg[k] for k in PROMPT_KEYS if k in gen_cfg})
 
 
 def resolve_text_encoder(gen_cfg: Mapping, text_encoder):
@@ -21,7 +32,7 @@ def resolve_text_encoder(gen_cfg: Mapping, text_encoder):
         return text_encoder
     from medsynth.models.text import build_text_encoder
 
-    return build_text_encoder(gen_cfg.get("text_encoder") or {}, key="generator.text_encoder")
+    return build_text_encoder(prompt_settings(gen_cfg)["text_encoder"], key="generator.text_encoder")
 
 
 def load_vae(vae_dir: str | Path, stats_path: str | Path):
@@ -34,12 +45,16 @@ def load_vae(vae_dir: str | Path, stats_path: str | Path):
 
 def load_latent_data(shards, vae_dir, stats_path, gen_cfg, stage_cfg, text_encoder, severity: bool | None = None, *,
           vae_stats=None, slices=None) -> LatentData:
-    """The stage's latent dataset; ``vae_stats`` (:func:`_load_vae`) and ``slices`` when already loaded."""
+    """The stage's latent dataset; ``vae_stats`` (:func:`load_vae`) and ``slices`` when already loaded.
+
+    ``stage_cfg``: the stage's section (its ``select`` and, unless ``severity`` says, ``severity_prompt``);
+    the prompt keys of ``gen_cfg`` take the schema's defaults when left out (:func:`prompt_settings`)."""
     vae, stats = vae_stats if vae_stats is not None else load_vae(vae_dir, stats_path)
-    use_severity = bool(stage_cfg.get("severity_prompt", False)) if severity is None else severity
-    return build_latent_data(shards, vae, stats, resolve_text_encoder(gen_cfg, text_encoder), stage_cfg.get("select"),
-                             gen_cfg.get("severity") if use_severity else None, int(gen_cfg.get("max_length", 32)),
-                             int(gen_cfg.get("encode_batch_size", 32)), slices=slices)
+    use_severity = bool(stage_cfg["severity_prompt"]) if severity is None else severity
+    prompts = prompt_settings(gen_cfg)
+    return build_latent_data(shards, vae, stats, resolve_text_encoder(gen_cfg, text_encoder), stage_cfg["select"],
+                             prompts["severity"] if use_severity else None, int(prompts["max_length"]),
+                             int(prompts["encode_batch_size"]), slices=slices)
 
 
 def check_channels(model: nn.Module, data: LatentData) -> None:

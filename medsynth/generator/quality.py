@@ -43,8 +43,9 @@ def hu_quality_check(model: nn.Module, objective: str, data: LatentData, vae: nn
                      qc_cfg: Mapping, real_masks: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """Check ``first`` (generated, [-1, 1]) and regenerate failures; returns ``(images, report)``.
 
-    ``real_images`` (with ``real_masks``, default ``masks``) are the condition set's real slices,
-    checked once as the yardstick.
+    ``qc_cfg``: the complete ``sampling.hu_qc`` section (:func:`medsynth.generator.sampling.sample_condition_set`
+    fills in the schema's defaults). ``real_images`` (with ``real_masks``, default ``masks``) are the
+    condition set's real slices, checked once as the yardstick.
     """
     from dataclasses import replace
 
@@ -54,8 +55,8 @@ def hu_quality_check(model: nn.Module, objective: str, data: LatentData, vae: nn
 
     hu = tuple(float(v) for v in hu_range)
     bounds = organ_hu_bounds(model_to_hu(reference_images, hu), reference_masks, list(names),
-                             method=str(qc_cfg.get("method", "sigma")), k=float(qc_cfg.get("k", 6.0)),
-                             percentiles=tuple(qc_cfg.get("percentiles", (0.5, 99.5))))
+                             method=str(qc_cfg["method"]), k=float(qc_cfg["k"]),
+                             percentiles=tuple(qc_cfg["percentiles"]))
     cond = torch.from_numpy(np.ascontiguousarray(masks))
 
     def check(images: torch.Tensor, idx: torch.Tensor):
@@ -70,12 +71,12 @@ def hu_quality_check(model: nn.Module, objective: str, data: LatentData, vae: nn
 
     n = len(first)
     first_pass = check(torch.from_numpy(first), torch.arange(n))[0]
-    images, passed, tries, rate = regenerate_until_pass(regenerate, check, n, int(qc_cfg.get("max_tries", 3)))
+    images, passed, tries, rate = regenerate_until_pass(regenerate, check, n, int(qc_cfg["max_tries"]))
     real_cond = torch.from_numpy(np.ascontiguousarray(real_masks if real_masks is not None else masks))
     real_pass = hu_check(model_to_hu(torch.from_numpy(real_images.astype(np.float32)), hu), real_cond, bounds,
                          list(names))[0]
     report = {"enabled": True, "bounds": {k: [float(a), float(b)] for k, (a, b) in bounds.items()},
-              "method": str(qc_cfg.get("method", "sigma")), "max_tries": int(qc_cfg.get("max_tries", 3)),
+              "method": str(qc_cfg["method"]), "max_tries": int(qc_cfg["max_tries"]),
               "first_pass_rate": float(first_pass.float().mean()), "pass_rate": float(rate),
               "mean_tries": float(tries.float().mean()), "regenerated": int((tries > 1).sum()),
               "real_pass_rate": float(real_pass.float().mean()), "n": int(n)}

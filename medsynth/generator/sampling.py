@@ -69,11 +69,18 @@ from medsynth.generator.loaders import load_latent_data, load_vae, resolve_text_
 from medsynth.io.generated import write_generated
 from medsynth.launch import resolve_device
 from medsynth.sample.batches import BatchStore
+from medsynth.settings import section
 from medsynth.train.signals import PREEMPTED_EXIT_CODE, SignalFlag
 
-__all__ = ["sample_condition_set"]
+__all__ = ["condition_set", "sample_condition_set"]
 
 log = logging.getLogger(__name__)
+
+
+def condition_set(select: Mapping) -> dict:
+    """A condition set (config ``sampling.condition_sets.<name>``) with the schema's defaults of its options
+    filled in (``inpaint``'s)."""
+    return section("sampling", {"condition_sets": {"set": dict(select)}})["condition_sets"]["set"]
 
 
 def sample_condition_set(shards, vae_dir: str | Path, stats_path: str | Path, model_dir: str | Path,
@@ -82,9 +89,12 @@ def sample_condition_set(shards, vae_dir: str | Path, stats_path: str | Path, mo
                          run: str, select: Mapping, *, text_encoder=None) -> GeneratedSet:
     """Rule ``sample``: generate one image per real slice kept by ``select`` and write the set.
 
-    ``model_cfg`` is the config section the model was trained with (``base``, ``stage1`` or the
-    variant's merged ``stage2``): its ``objective`` picks the field and its ``severity_prompt`` whether
-    the prompts carry the severity grade. Writes ``out_tensors`` (safetensors: ``image`` float32
+    ``model_cfg`` is the complete config section the model was trained with (``base``, ``stage1``, the
+    variant's merged ``stage2`` or ``volumes.training``): its ``objective`` picks the field and its
+    ``severity_prompt`` whether the prompts carry the severity grade. ``sampling_cfg``: config ``sampling``
+    (keys left out take the schema's defaults) and ``hu_range``, the CT window of the HU check (the rule
+    passes ``intensity.ct_hu_range``; left out: the schema's). ``select``: the condition set (its options
+    completed by :func:`condition_set`). Writes ``out_tensors`` (safetensors: ``image`` float32
     ``(N, 1, *spatial)`` in [-1, 1], ``masks`` uint8 ``(N, C, *spatial)`` = the conditioning masks at image
     resolution), ``out_index`` (CSV: one row per sample with case, slice, split, prompt, severity) and
     ``out_summary`` (JSON: NFE, seconds, settings). ``shards`` may be slice or volume shards (``spatial``
@@ -92,8 +102,11 @@ def sample_condition_set(shards, vae_dir: str | Path, stats_path: str | Path, mo
     """
 
     set_threads(gen_cfg)
+    sampling_cfg = dict(sampling_cfg)
+    hu_range = sampling_cfg.pop("hu_range") if "hu_range" in sampling_cfg else section("intensity")["ct_hu_range"]
+    sampling_cfg = section("sampling", sampling_cfg)
     spec = SamplingSpec.from_config(sampling_cfg, run)
-    select = dict(select)
+    select = condition_set(select)
     stochastic = select.pop("stochastic_masks", None)  # MedDiff-FT: generated masks instead of the real ones
     inpaint = select.pop("inpaint", None)  # MedDiff-FT: the guiding mask (regenerate the ROI only)
     if inpaint:
@@ -113,14 +126,14 @@ def sample_condition_set(shards, vae_dir: str | Path, stats_path: str | Path, mo
         from medsynth.generator.mask_generator import stochastic_conditions
 
         data, new_masks = stochastic_conditions(data, masks > 0, names, stochastic, gen_cfg,
-                                                bool(model_cfg.get("severity_prompt", False)), text_encoder)
+                                                bool(model_cfg["severity_prompt"]), text_encoder)
         masks = new_masks.astype(np.float32) - 0.5
-    device = resolve_device(sampling_cfg.get("device", "auto"), "sampling.device")
+    device = resolve_device(sampling_cfg["device"], "sampling.device")
     vae.to(device)
     model = load_trained_generator(gen_cfg, model_dir, init_dir).to(device)
-    objective = str(model_cfg.get("objective", "flow"))
+    objective = str(model_cfg["objective"])
     store = None
-    if sampling_cfg.get("keep_batches", True):
+    if sampling_cfg["keep_batches"]:
         from medsynth.train.loop import run_fingerprint
 
         store = BatchStore(Path(str(out_tensors) + ".batches"),
@@ -133,18 +146,18 @@ def sample_condition_set(shards, vae_dir: str | Path, stats_path: str | Path, mo
         log.warning("%s: %s; the finished batches are in %s, a rerun samples the rest", out_tensors, err,
                     store.folder if store is not None else "(not kept: sampling.keep_batches is off)")
         raise SystemExit(PREEMPTED_EXIT_CODE) from None
-    qc_cfg = dict(sampling_cfg.get("hu_qc") or {})
+    qc_cfg = sampling_cfg["hu_qc"]
     hu_qc: dict = {"enabled": False}
-    if qc_cfg.get("enabled"):
+    if qc_cfg["enabled"]:
         if set(index.iloc[rows]["modality"].astype(str)) != {"CT"}:
             hu_qc = {"enabled": False, "status": "not applicable: the condition set is not all CT"}
         else:
             from medsynth.generator.quality import hu_quality_check
 
-            ref = select_rows(index, qc_cfg.get("reference") or {"split": ["train"], "modality": ["CT"]})
+            ref = select_rows(index, qc_cfg["reference"])
             images, hu_qc = hu_quality_check(model, objective, data, vae, stats, spec, generated.images, masks > 0,
                                              names, real_images[ref], all_masks[ref] > 0, real_images[rows],
-                                             sampling_cfg.get("hu_range", (-1024, 1024)), qc_cfg,
+                                             hu_range, qc_cfg,
                                              real_masks=all_masks[rows] > 0)
             generated.images = images
     write_generated(out_tensors, generated.images, masks > 0, list(names), run)

@@ -13,12 +13,14 @@ The downsampling factor is ``2 ** (len(block_out_channels) - 1)`` in both cases 
 4x compression of MAISI / MAISI-v2). :func:`encode` / :func:`decode` give one calling convention for
 every backend: ``encode(model, x) -> (mean, logvar)`` and ``decode(model, z) -> x``.
 
-Model config keys (the ``vae.model`` section): ``spatial_dims``, ``backend``, ``in_channels``,
+Model config keys (the ``vae.model`` section, or ``volumes.vae.model`` for a 3D VAE; their defaults are
+the schema's, see :func:`vae_section`): ``spatial_dims``, ``backend``, ``in_channels``,
 ``out_channels``, ``block_out_channels``, ``layers_per_block`` (int or one per level),
 ``latent_channels``, ``norm_num_groups``, ``attention`` (mid-block / non-local attention),
 ``pretrained`` (diffusers: hub id or local folder; MONAI: local ``.safetensors``/``.pt`` state
 dict), ``pretrained_subfolder`` and ``local_files_only`` (diffusers only: never contact the hub, fail
-at once when the id is not in the local cache). A pretrained RGB VAE (3 channels, e.g. Stable
+at once when the id is not in the local cache), ``sample_size`` (diffusers only, informational) and
+``num_splits`` (maisi only). A pretrained RGB VAE (3 channels, e.g. Stable
 Diffusion's ``vae/``) keeps taking grey images: the build config records ``image_channels`` (the
 config's ``in_channels``, 1) beside the loaded ``in_channels`` (3), and :func:`encode` / :func:`decode`
 map R = G = B in and the channel mean out.
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,7 @@ __all__ = [
     "TINY_VAE_CONFIGS",
     "PretrainedUnavailableError",
     "build_autoencoder",
+    "vae_section",
     "encode",
     "image_channels",
     "model_device",
@@ -53,6 +57,7 @@ __all__ = [
 
 #: Tiny configurations for CPU tests (same architecture families as the papers, a few thousand weights).
 #: 2D: 32x32 slices -> 4 x 8 x 8 latents; 3D: 16^3 volumes -> 4 x 4^3 latents (MAISI's 4x compression).
+#: Not defaults: :func:`build_autoencoder` completes a config with the schema's (:func:`vae_section`).
 TINY_VAE_CONFIGS: dict[str, dict[str, Any]] = {
     "2d": {
         "spatial_dims": 2,
@@ -64,6 +69,7 @@ TINY_VAE_CONFIGS: dict[str, dict[str, Any]] = {
         "latent_channels": 4,
         "norm_num_groups": 8,
         "attention": False,
+        "sample_size": 32,
         "pretrained": None,
         "local_files_only": True,
     },
@@ -102,11 +108,20 @@ def downsample_factor(cfg: dict) -> int:
     return 2 ** (_levels(cfg) - 1)
 
 
+def vae_section(cfg: Mapping | None) -> dict:
+    """A VAE config section completed with the schema's defaults (validated): those of ``volumes.vae`` for a
+    3D model (``model.spatial_dims: 3``), else those of ``vae`` (the 2D slices). The two sections have
+    different defaults (``volumes.vae``'s are the values the 3D path used before the schema listed them)."""
+    from medsynth.settings import section
+
+    cfg = dict(cfg or {})
+    if dict(cfg.get("model") or {}).get("spatial_dims") == 3:  # which section, not a default
+        return section("volumes", {"vae": cfg})["vae"]
+    return section("vae", cfg)
+
+
 def _check(cfg: dict) -> dict:
-    cfg = {**(TINY_VAE_CONFIGS["2d"] if int(cfg.get("spatial_dims", 2)) == 2 else TINY_VAE_CONFIGS["3d"]), **cfg}
-    dims = int(cfg["spatial_dims"])
-    backend = cfg.get("backend") or ("diffusers" if dims == 2 else "maisi")
-    cfg["backend"] = backend
+    dims, backend = int(cfg["spatial_dims"]), cfg["backend"]
     if dims not in (2, 3):
         raise ValueError(f"vae.model.spatial_dims must be 2 or 3, got {dims}")
     if backend == "diffusers" and dims != 2:
@@ -138,8 +153,8 @@ def _build_diffusers(cfg: dict) -> nn.Module:
         layers_per_block=layers[0],
         latent_channels=int(cfg["latent_channels"]),
         norm_num_groups=int(cfg["norm_num_groups"]),
-        sample_size=int(cfg.get("sample_size", 32)),
-        mid_block_add_attention=bool(cfg.get("attention", False)),
+        sample_size=int(cfg["sample_size"]),
+        mid_block_add_attention=bool(cfg["attention"]),
     )
 
 
@@ -153,15 +168,15 @@ def _build_monai(cfg: dict) -> nn.Module:
         attention_levels=[False] * levels,
         latent_channels=int(cfg["latent_channels"]),
         norm_num_groups=int(cfg["norm_num_groups"]),
-        with_encoder_nonlocal_attn=bool(cfg.get("attention", False)),
-        with_decoder_nonlocal_attn=bool(cfg.get("attention", False)),
+        with_encoder_nonlocal_attn=bool(cfg["attention"]),
+        with_decoder_nonlocal_attn=bool(cfg["attention"]),
     )
     channels = [int(c) for c in cfg["block_out_channels"]]
     if cfg["backend"] == "maisi":
         from monai.apps.generation.maisi.networks.autoencoderkl_maisi import AutoencoderKlMaisi
 
-        # num_splits=1: no tensor splitting (that is a GPU-memory device of MAISI, pointless on tiny inputs)
-        return AutoencoderKlMaisi(**common, num_channels=channels, num_splits=int(cfg.get("num_splits", 1)),
+        # num_splits > 1 splits the convolutions' tensors (a GPU-memory device of MAISI for large volumes)
+        return AutoencoderKlMaisi(**common, num_channels=channels, num_splits=int(cfg["num_splits"]),
                                   dim_split=1, norm_float16=False, save_mem=False)
     from monai.networks.nets import AutoencoderKL
 
@@ -175,8 +190,8 @@ def _load_pretrained(model: nn.Module, cfg: dict) -> nn.Module:
         from diffusers import AutoencoderKL
 
         try:
-            kwargs = {"subfolder": cfg["pretrained_subfolder"]} if cfg.get("pretrained_subfolder") else {}
-            loaded = AutoencoderKL.from_pretrained(str(source), local_files_only=bool(cfg.get("local_files_only")),
+            kwargs = {"subfolder": cfg["pretrained_subfolder"]} if cfg["pretrained_subfolder"] else {}
+            loaded = AutoencoderKL.from_pretrained(str(source), local_files_only=bool(cfg["local_files_only"]),
                                                    **kwargs)
         except Exception as err:  # offline hub lookups raise OSError / HF errors / ValueError
             raise PretrainedUnavailableError(
@@ -210,14 +225,15 @@ def _load_pretrained(model: nn.Module, cfg: dict) -> nn.Module:
 def build_autoencoder(cfg: dict) -> nn.Module:
     """Build the configured autoencoder (see module docstring for the keys).
 
-    Missing keys default to the tiny config of the same ``spatial_dims``. The resolved build config
-    is attached to the module (``model.medsynth_vae_config``) so that :func:`save_autoencoder` can
-    write it beside the weights. Raises :class:`PretrainedUnavailableError` naming the config key
-    when ``pretrained`` is set but cannot be loaded (e.g. a hub id while offline).
+    Missing keys take the schema's defaults (:func:`vae_section`: ``volumes.vae.model``'s for
+    ``spatial_dims: 3``, else ``vae.model``'s). The resolved build config is attached to the module
+    (``model.medsynth_vae_config``) so that :func:`save_autoencoder` can write it beside the weights.
+    Raises :class:`PretrainedUnavailableError` naming the config key when ``pretrained`` is set but
+    cannot be loaded (e.g. a hub id while offline).
     """
-    cfg = _check(copy.deepcopy(dict(cfg)))
+    cfg = _check(copy.deepcopy(vae_section({"model": dict(cfg)})["model"]))
     model = _build_diffusers(cfg) if cfg["backend"] == "diffusers" else _build_monai(cfg)
-    if cfg.get("pretrained"):
+    if cfg["pretrained"]:
         model = _load_pretrained(model, cfg)
     setattr(model, _CONFIG_ATTR, cfg)
     return model

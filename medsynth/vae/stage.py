@@ -25,7 +25,7 @@ from medsynth.train.config import TrainOutputs
 from medsynth.train.seeding import derive_seed
 from medsynth.train.signals import PREEMPTED_EXIT_CODE
 from medsynth.vae.metrics import reconstruction_metrics
-from medsynth.vae.models import build_autoencoder
+from medsynth.vae.models import build_autoencoder, vae_section
 from medsynth.vae.tune import TuneConfig, tune_vae
 
 __all__ = ["VAEOutputs", "run_vae"]
@@ -62,19 +62,23 @@ def _mask_images(masks: np.ndarray) -> np.ndarray:
 
 def run_vae(shards: Sequence[str], outputs: VAEOutputs | str | Path, vae_cfg: Mapping) -> dict:
     """Tune the VAE (module docstring) and write ``outputs`` (:class:`VAEOutputs`, or a folder with that
-    layout); returns :func:`medsynth.vae.tune_vae`'s summary + the reconstruction metrics."""
+    layout); returns :func:`medsynth.vae.tune_vae`'s summary + the reconstruction metrics.
+
+    ``vae_cfg``: config ``vae`` (2D slices) or ``volumes.vae`` (volumes); keys left out take that
+    section's schema defaults (:func:`medsynth.vae.models.vae_section`)."""
+    vae_cfg = vae_section(vae_cfg)
     set_threads(vae_cfg)
     outputs = VAEOutputs.of(outputs)
     index, images, masks, names = load_slices(shards)
-    train_rows = select_rows(index, {"split": [vae_cfg.get("train_split", "train")]})
+    train_rows = select_rows(index, {"split": [vae_cfg["train_split"]]})
     train_images = images[train_rows]
     fit = train_images
-    if vae_cfg.get("include_masks", True):
+    if vae_cfg["include_masks"]:
         fit = np.concatenate([train_images, _mask_images(masks[train_rows])])
     tune_keys = {f.name for f in fields(TuneConfig)}
     tune_cfg = {k: v for k, v in vae_cfg.items() if k in tune_keys}
-    torch.manual_seed(derive_seed(int(vae_cfg.get("seed", 0)), "init"))  # the weights' initialisation is seeded too
-    model = build_autoencoder(dict(vae_cfg.get("model") or {}))
+    torch.manual_seed(derive_seed(int(vae_cfg["seed"]), "init"))  # the weights' initialisation is seeded too
+    model = build_autoencoder(vae_cfg["model"])
     # z-norm statistics of the *image* latents (the generator's data), not of the mask images
     summary = tune_vae(model, fit, tune_cfg, outputs.train, stats_path=outputs.stats, stats_images=train_images)
     if summary["status"] != "completed":
@@ -82,15 +86,16 @@ def run_vae(shards: Sequence[str], outputs: VAEOutputs | str | Path, vae_cfg: Ma
     if not is_main_process():
         return summary  # a worker of a multi-process run: the main process writes the outputs
 
-    eval_rows = select_rows(index, {"split": [vae_cfg.get("eval_split", "test")]})
+    split = vae_cfg["eval_split"]
+    eval_rows = select_rows(index, {"split": [split]})
     if not len(eval_rows):
-        log.warning("no %s slices: reconstruction metrics on the training slices", vae_cfg.get("eval_split", "test"))
+        log.warning("no %s slices: reconstruction metrics on the training slices", split)
         eval_rows = train_rows
     metrics = reconstruction_metrics(model, images[eval_rows], masks[eval_rows], mask_names=names,
-                                     batch_size=int(vae_cfg.get("stats_batch_size", 8)))
-    rows = [{"target": "image", "split": vae_cfg.get("eval_split", "test"), **metrics["image"]}]
+                                     batch_size=int(vae_cfg["stats_batch_size"]))
+    rows = [{"target": "image", "split": split, **metrics["image"]}]
     for name, m in metrics["masks"].items():
-        rows.append({"target": name, "split": vae_cfg.get("eval_split", "test"), "n": m["n_reference"], **m})
+        rows.append({"target": name, "split": split, "n": m["n_reference"], **m})
     table = pd.DataFrame(rows).reindex(columns=["target", "split", "n", "ssim", "psnr", "l1", "dice", "jaccard",
                                                 "hd95", "asd", "n_reference", "n_pred_empty", "status"])
     write_csv_atomic(table, outputs.reconstruction)

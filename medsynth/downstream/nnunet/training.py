@@ -83,13 +83,15 @@ def train_nnunet_segmenter(images: np.ndarray | torch.Tensor, labels: np.ndarray
                            names: Sequence[str] | None = None):
     """Train nnU-Net on the slices; returns ``(NnUNetSegmenter, TrainResult)`` like ``train_segmenter``.
 
-    ``cfg`` is the merged downstream training config (``cfg["model"]["params"]``: see
-    :data:`DEFAULT_NNUNET_PARAMS`; ``cfg["fingerprint"]`` invalidates stale work). The MONAI loop's keys
+    ``cfg`` is the complete downstream training config (``train_segmenter`` passes
+    :func:`medsynth.downstream.train.train_settings`'s, the schema's defaults filled in;
+    ``cfg["model"]["params"]``: see :data:`DEFAULT_NNUNET_PARAMS`; ``cfg["fingerprint"]`` invalidates stale
+    work). The MONAI loop's keys
     (``steps``, ``lr``, ...) do not apply: nnU-Net's trainer class fixes its schedule (e.g.
     ``nnUNetTrainer_100epochs``). A preempted run returns ``(None, result)`` with ``result.status ==
     "preempted"``; rerunning continues from nnU-Net's ``checkpoint_latest.pth``.
     """
-    params = nnunet_params((cfg.get("model") or {}).get("params"))
+    params = nnunet_params(cfg["model"]["params"])
     x = np.asarray(images.detach().cpu() if isinstance(images, torch.Tensor) else images, dtype=np.float32)
     y = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels, dtype=np.float32)
     if len(x) != len(y) or len(x) == 0:
@@ -100,7 +102,7 @@ def train_nnunet_segmenter(images: np.ndarray | torch.Tensor, labels: np.ndarray
     work, final = paths.checkpoints, paths.final
     record = {k: v for k, v in cfg.items() if k != "fingerprint"}  # the settings, as the MONAI loop records them
     paths.config.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    fp = work_fingerprint(x, y, params, augment, str(cfg.get("fingerprint", "")))
+    fp = work_fingerprint(x, y, params, augment, str(cfg["fingerprint"]))
     trainer, conf, fold = trainer_name(params, augment), str(params["configuration"]), params["fold"]
     ds = dataset_folder_name(params)
     model_dir = work / "nnUNet_results" / ds / f"{trainer}__{params['plans']}__{conf}"

@@ -32,7 +32,6 @@ from __future__ import annotations
 from .geometry import metric_image
 from .params import (
     BACKENDS,
-    CT_INTENSITY_RANGE,
     INTERPOLATIONS,
     ITK_TRANSFORM_SUFFIXES,
     METRICS,
@@ -45,7 +44,6 @@ from .transform import AffineTransform
 
 __all__ = [
     "BACKENDS",
-    "CT_INTENSITY_RANGE",
     "INTERPOLATIONS",
     "ITK_TRANSFORM_SUFFIXES",
     "METRICS",

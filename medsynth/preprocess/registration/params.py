@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import SimpleITK as sitk
@@ -16,8 +16,6 @@ INTERPOLATIONS = {
     "nearest": sitk.sitkNearestNeighbor,
     "bspline": sitk.sitkBSpline,
 }
-#: default clip window (HU) of the copies the metric sees
-CT_INTENSITY_RANGE = (-1024.0, 2000.0)
 #: suffixes ``AffineTransform.save`` writes through SimpleITK (ITK transform files, LPS)
 ITK_TRANSFORM_SUFFIXES = (".tfm", ".txt", ".mat", ".h5", ".hdf5")
 
@@ -27,37 +25,38 @@ ANTS_METRIC = {"mattes": "mattes", "meansquares": "meansquares", "correlation": 
 
 @dataclass
 class RegistrationParams:
-    """Settings of :func:`register_affine` (one entry per resolution level in the three lists)."""
+    """Settings of :func:`register_affine` (one entry per resolution level in the three lists): config
+    ``preprocess.registration``, whose defaults are the schema's (build it with :meth:`from_config`)."""
 
-    backend: str = "ants"
-    metric: str = "mattes"
-    shrink_factors: list[int] = field(default_factory=lambda: [4, 2, 1])
+    backend: str
+    metric: str
+    shrink_factors: list[int]
     #: Gaussian smoothing per level, in voxels of the full-resolution image
-    smoothing_sigmas: list[float] = field(default_factory=lambda: [2.0, 1.0, 0.0])
+    smoothing_sigmas: list[float]
     #: maximum optimiser iterations per level (both backends stop earlier on convergence)
-    iterations: list[int] = field(default_factory=lambda: [200, 100, 50])
+    iterations: list[int]
     #: fraction of the fixed voxels sampled by the metric (regular grid with seeded jitter)
-    sampling_fraction: float = 0.1
-    histogram_bins: int = 32
-    seed: int = 42
+    sampling_fraction: float
+    histogram_bins: int
+    seed: int
     #: clip window of the metric's copies (HU for CT); ``None``: no clipping (MR), min shifted to 0
-    intensity_range: tuple[float, float] | None = CT_INTENSITY_RANGE
+    intensity_range: tuple[float, float] | None
     #: SimpleITK only: ``regular_step`` (regular-step gradient descent; fast) or
     #: ``conjugate_gradient`` (conjugate gradient with line search, the optimiser ANTs uses for
     #: linear stages; several times slower, more robust far from the optimum)
-    sitk_optimizer: str = "regular_step"
+    sitk_optimizer: str
     #: SimpleITK only: largest optimiser step, in voxels of the current level (antspyx fixes the
     #: ANTs gradient step of its "Affine" transform at 0.25)
-    max_step_voxels: float = 1.0
-    #: threads for the registration. 1 (default) makes both backends bit-for-bit reproducible;
+    max_step_voxels: float
+    #: threads for the registration. 1 makes both backends bit-for-bit reproducible;
     #: ``None`` leaves the libraries' defaults (all cores), which changes results in the last digits
     #: (ANTs: up to ~0.1 mm) from run to run. For ANTs it takes effect only if set before the
     #: library's first use in the process (see ``_init_ants_threads``).
-    num_threads: int | None = 1
+    num_threads: int | None
     #: step (mm) of the search over superior-inferior shifts that refines the centre-of-mass start
     #: when the two fields of view differ in length (a slab against a whole-trunk template); the
     #: shift with the best coarse-level metric starts the registration. 0 switches the search off.
-    init_search_step_mm: float = 10.0
+    init_search_step_mm: float
 
     def __post_init__(self) -> None:
         self.backend = str(self.backend).lower()
@@ -106,11 +105,14 @@ class RegistrationParams:
             raise ValueError("num_threads must be >= 1 or None")
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any] | None) -> "RegistrationParams":
-        """Build from a config mapping (the ``registration`` section, or a mapping containing one).
+    def from_config(cls, cfg: dict[str, Any] | None = None) -> "RegistrationParams":
+        """Build from a config mapping (the ``registration`` section, or a mapping containing one); keys
+        left out take the schema's defaults (``preprocess.registration``).
 
         Unknown keys are an error (a typo should not silently fall back to a default).
         """
+        from medsynth.settings import section
+
         cfg = dict(cfg or {})
         if "registration" in cfg and isinstance(cfg["registration"], dict):
             cfg = dict(cfg["registration"])
@@ -118,7 +120,8 @@ class RegistrationParams:
         unknown = sorted(set(cfg) - names)
         if unknown:
             raise ValueError(f"unknown registration setting(s): {', '.join(unknown)}")
-        if cfg.get("intensity_range") is not None:
+        cfg = {**section("preprocess")["registration"], **cfg}  # checked below, as ValueError
+        if cfg["intensity_range"] is not None:
             cfg["intensity_range"] = tuple(cfg["intensity_range"])
         return cls(**cfg)
 

@@ -30,7 +30,7 @@ def register_affine(
     final transform, computed by SimpleITK on the same seeded sample points. The backend's own
     last value is in ``info["backend_metric"]``.
     """
-    params = params or RegistrationParams()
+    params = params or RegistrationParams.from_config()
     fixed_metric = metric_image(image_data(fixed), params.intensity_range)
     moving_metric = metric_image(image_data(moving), params.intensity_range)
     com_fixed = center_of_mass_ras(fixed_metric, fixed.affine)

@@ -72,7 +72,7 @@ def build_template(
         raise ValueError("build_template needs at least one image")
     if iterations < 1:
         raise ValueError("iterations must be >= 1")
-    params = params or RegistrationParams()
+    params = params or RegistrationParams.from_config()
     extents = [float(np.prod(np.asarray(im.shape[:3]) * np.linalg.norm(im.affine[:3, :3], axis=0))) for im in images]
     if start not in ("largest", "median"):
         raise ValueError(f"start must be 'largest' or 'median', got {start!r}")
