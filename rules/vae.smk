@@ -23,5 +23,6 @@ rule vae:
         **rule_resources("vae", mem_mb=4000, gpu=0),
     params:
         vae=config["vae"],
+        statistics=config["statistics"],
     script:
         "../scripts/vae.py"

@@ -25,6 +25,7 @@ rule volume_vae:
         **rule_resources("volume_vae", mem_mb=6000, gpu=0),
     params:
         vae=VOLUMES.get("vae", {}),
+        statistics=config["statistics"],
     script:
         "../scripts/volume_vae.py"
 

@@ -99,3 +99,24 @@ def test_channel_means_skip_empty_channels_like_the_point_value():
 def test_settings_are_checked():
     with pytest.raises(ValueError, match="resamples"):
         BootstrapSettings.from_config({"resamples": 1, "level": 0.95, "seed": 0, "min_units": 5, "block_slices": 8})
+
+
+def test_one_unit_has_no_interval_rather_than_a_zero_width_one():
+    units = resampling_units(_index(1, 4), _settings(min_units=5, block_slices=8))  # 4 slices: one block
+    assert units.n_units == 1 and units.draws(100, 0) == []
+    est = bootstrap_means(np.arange(4.0), units.draws(100, 0), 0.95)
+    assert est.value == 1.5 and (est.low, est.high) == (None, None)
+
+
+def test_the_vae_reconstruction_table_gets_intervals_per_target():
+    import torch
+
+    from medsynth.vae.stage import reconstruction_intervals
+
+    index = _index(6, 3)
+    values = {"image": {"ssim": np.linspace(0.5, 0.9, 18), "psnr": np.full(18, 20.0), "l1": np.full(18, 0.1)},
+              "masks": {k: torch.ones(18, 2) for k in ("dice", "jaccard", "hd95", "asd")}}
+    out = reconstruction_intervals(index, values, ["liver", "lungs"], {"bootstrap": {"resamples": 50}})
+    assert out["image"]["psnr_low"] == out["image"]["psnr_high"] == 20.0
+    assert out["image"]["ssim_low"] < 0.7 < out["image"]["ssim_high"]
+    assert out["liver"]["dice_low"] == 1.0 and "50 resamples of the test patient (6 patients)" in out["lungs"]["interval"]

@@ -68,7 +68,10 @@ class ResamplingUnits:
         return digest.hexdigest()[:16]
 
     def draws(self, resamples: int, seed: int) -> list[np.ndarray]:
-        """Sample positions of each replicate: ``n_units`` units drawn with replacement, all their samples."""
+        """Sample positions of each replicate: ``n_units`` units drawn with replacement, all their samples.
+        None with fewer than two units: one unit has no spread to resample (its interval is undefined)."""
+        if self.n_units < 2:
+            return []
         members = [np.flatnonzero(self.labels == u) for u in range(self.n_units)]
         rng = np.random.default_rng(seed)
         return [np.concatenate([members[u] for u in rng.integers(0, self.n_units, self.n_units)])

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from .paper import load_reported, reported
-from .cells import fd_value, measured, paired_gain
+from .cells import fd_value, measured, measured_row, paired_gain
 from .render import NOT_MEASURED, NOT_REPORTED
 
 __all__ = [
@@ -214,13 +214,13 @@ def medsyn2_table6(reconstruction: pd.DataFrame, paper_dir: str | Path) -> pd.Da
     for obj in _objects(ours, paper):
         r = ours.get(obj)
         rows.append({"object": obj,
-                     "dice (%)": _cell(r, "dice", 100.0),
+                     "dice (%)": measured_row(r, "dice", _cell(r, "dice", 100.0), 100.0),
                      "paper dice (%)": reported(paper, "dice", object=obj),
-                     "jaccard (%)": _cell(r, "jaccard", 100.0),
+                     "jaccard (%)": measured_row(r, "jaccard", _cell(r, "jaccard", 100.0), 100.0),
                      "paper jaccard (%)": reported(paper, "jaccard", object=obj),
-                     "hd95 (voxel)": _cell(r, "hd95"),
+                     "hd95 (voxel)": measured_row(r, "hd95", _cell(r, "hd95")),
                      "paper hd95 (voxel)": reported(paper, "hd95_voxel", object=obj),
-                     "asd (voxel)": _cell(r, "asd"),
+                     "asd (voxel)": measured_row(r, "asd", _cell(r, "asd")),
                      "paper asd (voxel)": reported(paper, "asd_voxel", object=obj),
                      "scale": f"{int(r['n_reference'])} test slices with the object" if r else ""})
     return pd.DataFrame(rows)
@@ -240,10 +240,10 @@ def medsyn2_table7(m: Mapping, reconstruction: pd.DataFrame, paper_dir: str | Pa
         for obj in _objects(ours, paper, comparison=comparison):
             r = ours.get(obj)
 
-            def cell(key: str, scale: float = 1.0):  # with the record's interval (the VAE's table has none yet)
+            def cell(key: str, scale: float = 1.0):  # with its interval: the metrics record's, or the VAE table's
                 point = _cell(r, key, scale)
                 if comparison not in prefixes:
-                    return point
+                    return measured_row(r, key, point, scale)
                 return measured(m, f"{prefixes[comparison]}{key}/{obj}", point, scale)
 
             unit_of = "voxel" if comparison == "reconstructed_vs_gt" else unit

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from .render import NOT_MEASURED, Measured
 
-__all__ = ["fd_value", "interval_how", "measured", "paired_gain"]
+__all__ = ["fd_value", "interval_how", "measured", "measured_row", "paired_gain"]
 
 
 def interval_how(record: Mapping) -> str:
@@ -51,3 +51,16 @@ def fd_value(metrics: Mapping, key: str):
     if entry.get("value") is not None:
         return measured(metrics, key, entry["value"])
     return str(entry.get("status", NOT_MEASURED)).split(" (")[0]
+
+
+def measured_row(row: Mapping | None, key: str, point, scale: float = 1.0):
+    """``point`` with the interval a table row (a CSV record) gives in ``<key>_low`` / ``<key>_high`` and
+    ``interval`` (the VAE's reconstruction table); otherwise ``point`` as it is."""
+    import math
+
+    if row is None or isinstance(point, bool) or not isinstance(point, (int, float)):
+        return point
+    low, high = row.get(f"{key}_low"), row.get(f"{key}_high")
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (low, high)):
+        return point
+    return Measured(point, scale * float(low), scale * float(high), str(row.get("interval", "bootstrap interval")))

@@ -17,4 +17,4 @@ def vae(job: Job) -> None:
     cfg, out = job.params.vae, job.output
     train = TrainOutputs.declared(out.final, out.curve, out.train_config)
     outputs = VAEOutputs(train, Path(out.stats), Path(out.reconstruction))
-    launch_or_run(job, cfg, lambda: run_vae(job.input.shards, outputs, cfg))
+    launch_or_run(job, cfg, lambda: run_vae(job.input.shards, outputs, cfg, job.params.statistics))

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medsynth.metrics.masks import image_metrics, mask_metrics
+from medsynth.metrics.masks import image_metric_values, image_metrics, mask_metric_values, mask_metrics
 from medsynth.vae.models import model_device, reconstruct
 
 __all__ = ["reconstruct_batched", "reconstruction_metrics"]
@@ -46,15 +46,20 @@ def reconstruct_batched(model: nn.Module, x: torch.Tensor, batch_size: int = 8) 
 
 def reconstruction_metrics(model: nn.Module, images: torch.Tensor | np.ndarray,
                            masks: torch.Tensor | np.ndarray | None = None, *, batch_size: int = 8,
-                           mask_names: list[str] | None = None, threshold: float = 0.0) -> dict:
+                           mask_names: list[str] | None = None, threshold: float = 0.0,
+                           return_values: bool = False) -> dict:
     """MedSyn2 Supp. 7.3 reconstruction metrics of ``model`` on images and (optionally) masks.
 
     Returns ``{"image": {"ssim", "psnr", "l1", "n"}, "masks": {name: {"dice", "jaccard", "hd95",
     "asd", "n_reference", "n_pred_empty", "status"}}}``; mask names default to ``mask_0``, ...
+    With ``return_values``, also ``"values"``: the per-sample image metrics and the per-sample, per-channel
+    mask metrics (:func:`~medsynth.metrics.masks.image_metric_values` / ``mask_metric_values``).
     """
     images = _as_tensor(images)
     recon = reconstruct_batched(model, images, batch_size).clamp(-1.0, 1.0)
     result: dict = {"image": image_metrics(recon, images), "masks": {}}
+    if return_values:
+        result["values"] = {"image": image_metric_values(recon, images), "masks": None}
     if masks is None:
         return result
     masks = _as_tensor(masks)
@@ -66,5 +71,8 @@ def reconstruction_metrics(model: nn.Module, images: torch.Tensor | np.ndarray,
         return result
     flat = masks.reshape(n * c, 1, *masks.shape[2:])
     recon_masks = reconstruct_batched(model, flat, batch_size).reshape(n, c, *masks.shape[2:])
-    result["masks"] = mask_metrics(recon_masks > threshold, masks > 0, names)
+    values = mask_metric_values(recon_masks > threshold, masks > 0)
+    result["masks"] = mask_metrics(recon_masks > threshold, masks > 0, names, values=values)
+    if return_values:
+        result["values"]["masks"] = values
     return result

@@ -60,12 +60,38 @@ def _mask_images(masks: np.ndarray) -> np.ndarray:
     return flat[(flat > 0).reshape(len(flat), -1).any(axis=1)]
 
 
-def run_vae(shards: Sequence[str], outputs: VAEOutputs | str | Path, vae_cfg: Mapping) -> dict:
+def reconstruction_intervals(test_index: pd.DataFrame, values: Mapping, names: Sequence[str],
+                             statistics: Mapping | None) -> dict[str, dict]:
+    """``{target: {"<metric>_low", "<metric>_high", "interval"}}``: bootstrap intervals (over the test patients,
+    :mod:`medsynth.stats`) of the reconstruction table's image and per-channel mask metrics."""
+    from medsynth.settings import section
+    from medsynth.stats import BootstrapSettings, bootstrap_means, resampling_units
+
+    settings = BootstrapSettings.from_config(section("statistics", statistics or {})["bootstrap"])
+    units = resampling_units(test_index.reset_index(drop=True), settings)
+    draws = units.draws(settings.resamples, settings.seed)
+    how = (f"{100 * settings.level:g} % percentile bootstrap interval, {settings.resamples} resamples of the test "
+           f"{units.unit}")
+    out: dict[str, dict] = {"image": {"interval": how}}
+    for key in ("ssim", "psnr", "l1"):
+        est = bootstrap_means(values["image"][key], draws, settings.level)
+        out["image"].update({f"{key}_low": est.low, f"{key}_high": est.high})
+    for c, name in enumerate(names if values["masks"] is not None else ()):
+        out[name] = {"interval": how}
+        for key in ("dice", "jaccard", "hd95", "asd"):
+            est = bootstrap_means(values["masks"][key][:, c].numpy(), draws, settings.level)
+            out[name].update({f"{key}_low": est.low, f"{key}_high": est.high})
+    return out
+
+
+def run_vae(shards: Sequence[str], outputs: VAEOutputs | str | Path, vae_cfg: Mapping,
+            statistics: Mapping | None = None) -> dict:
     """Tune the VAE (module docstring) and write ``outputs`` (:class:`VAEOutputs`, or a folder with that
     layout); returns :func:`medsynth.vae.tune_vae`'s summary + the reconstruction metrics.
 
     ``vae_cfg``: config ``vae`` (2D slices) or ``volumes.vae`` (volumes); keys left out take that
-    section's schema defaults (:func:`medsynth.vae.models.vae_section`)."""
+    section's schema defaults (:func:`medsynth.vae.models.vae_section`). ``statistics``: config
+    ``statistics`` (the reconstruction table's intervals)."""
     vae_cfg = vae_section(vae_cfg)
     set_threads(vae_cfg)
     outputs = VAEOutputs.of(outputs)
@@ -92,12 +118,15 @@ def run_vae(shards: Sequence[str], outputs: VAEOutputs | str | Path, vae_cfg: Ma
         log.warning("no %s slices: reconstruction metrics on the training slices", split)
         eval_rows = train_rows
     metrics = reconstruction_metrics(model, images[eval_rows], masks[eval_rows], mask_names=names,
-                                     batch_size=int(vae_cfg["stats_batch_size"]))
-    rows = [{"target": "image", "split": split, **metrics["image"]}]
+                                     batch_size=int(vae_cfg["stats_batch_size"]), return_values=True)
+    intervals = reconstruction_intervals(index.iloc[eval_rows], metrics.pop("values"), names, statistics)
+    rows = [{"target": "image", "split": split, **metrics["image"], **intervals["image"]}]
     for name, m in metrics["masks"].items():
-        rows.append({"target": name, "split": split, "n": m["n_reference"], **m})
+        rows.append({"target": name, "split": split, "n": m["n_reference"], **m, **intervals.get(name, {})})
+    bounds = [f"{k}_{side}" for k in ("ssim", "psnr", "l1", "dice", "jaccard", "hd95", "asd") for side in ("low", "high")]
     table = pd.DataFrame(rows).reindex(columns=["target", "split", "n", "ssim", "psnr", "l1", "dice", "jaccard",
-                                                "hd95", "asd", "n_reference", "n_pred_empty", "status"])
+                                                "hd95", "asd", "n_reference", "n_pred_empty", "status", *bounds,
+                                                "interval"])
     write_csv_atomic(table, outputs.reconstruction)
     summary["reconstruction"] = metrics
     log.info("vae: %.4f s/step; reconstruction %s", summary["seconds_per_step"], metrics["image"])
