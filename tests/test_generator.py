@@ -418,6 +418,12 @@ def test_hu_quality_check_resamples_failures_and_records_pass_rates(trained, sha
                              {**SAMPLING, "hu_qc": {**qc, "max_tries": tries}}, "euler-2", {"split": ["test"]},
                              text_encoder=text_encoder)
         summaries[tries] = json.loads(out[2].read_text())["hu_qc"]
+        index = pd.read_csv(out[1])  # each slice's check, for the metrics' intervals (not in the summary)
+        assert "per_sample" not in summaries[tries]
+        assert index["hu_qc_pass"].mean() == pytest.approx(summaries[tries]["pass_rate"])
+        assert index["hu_qc_first_pass"].mean() == pytest.approx(summaries[tries]["first_pass_rate"])
+        assert index["hu_qc_real_pass"].mean() == pytest.approx(summaries[tries]["real_pass_rate"])
+        assert index["hu_qc_tries"].between(1, tries).all()
     one, three = summaries[1], summaries[3]
     assert one["enabled"] and set(one["bounds"]) <= set(NAMES) and one["bounds"]
     assert one["pass_rate"] == one["first_pass_rate"] and one["mean_tries"] == 1.0  # check only

@@ -204,6 +204,10 @@ def evaluate_run(files: RunFiles, out_json: str | Path, settings: RunSettings, m
         intervals.means("control_accuracy", (measured == wanted).astype(np.float64))
     else:
         record["controllability"] = {"status": "not applicable: the model was trained without graded prompts"}
+    for column, key in (("hu_qc_first_pass", "hu_qc_first_pass_rate"), ("hu_qc_pass", "hu_qc_pass_rate"),
+                        ("hu_qc_real_pass", "hu_qc_real_pass_rate")):
+        if column in sampled.columns:  # the HU check ran: its pass rates with their intervals
+            intervals.means(key, sampled[column].to_numpy(dtype=np.float64))
     record.update(intervals.record())
     # wall time is measured once per run: a point value without an interval (the claims table says so)
     record["estimates"]["seconds_per_sample"] = {"value": summary.get("seconds_per_sample"), "low": None, "high": None}

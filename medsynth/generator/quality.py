@@ -41,7 +41,8 @@ def hu_quality_check(model: nn.Module, objective: str, data: LatentData, vae: nn
                      first: np.ndarray, masks: np.ndarray, names: Sequence[str], reference_images: np.ndarray,
                      reference_masks: np.ndarray, real_images: np.ndarray, hu_range: Sequence[float],
                      qc_cfg: Mapping, real_masks: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
-    """Check ``first`` (generated, [-1, 1]) and regenerate failures; returns ``(images, report)``.
+    """Check ``first`` (generated, [-1, 1]) and regenerate failures; returns ``(images, report)``; the report's
+    ``per_sample`` holds each slice's first-attempt pass, final pass, tries and its real slice's pass.
 
     ``qc_cfg``: the complete ``sampling.hu_qc`` section (:func:`medsynth.generator.sampling.sample_condition_set`
     fills in the schema's defaults). ``real_images`` (with ``real_masks``, default ``masks``) are the
@@ -79,7 +80,10 @@ def hu_quality_check(model: nn.Module, objective: str, data: LatentData, vae: nn
               "method": str(qc_cfg["method"]), "max_tries": int(qc_cfg["max_tries"]),
               "first_pass_rate": float(first_pass.float().mean()), "pass_rate": float(rate),
               "mean_tries": float(tries.float().mean()), "regenerated": int((tries > 1).sum()),
-              "real_pass_rate": float(real_pass.float().mean()), "n": int(n)}
+              "real_pass_rate": float(real_pass.float().mean()), "n": int(n),
+              # per generated slice (the index CSV's hu_qc_* columns, the metrics' intervals), popped by the caller
+              "per_sample": {"hu_qc_first_pass": first_pass.int().tolist(), "hu_qc_pass": passed.int().tolist(),
+                             "hu_qc_tries": tries.int().tolist(), "hu_qc_real_pass": real_pass.int().tolist()}}
     log.info("HU quality check: %.3f pass at first, %.3f after up to %d tries (real slices %.3f)",
              report["first_pass_rate"], rate, report["max_tries"], report["real_pass_rate"])
     return images.numpy().astype(np.float32), report

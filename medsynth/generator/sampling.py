@@ -163,7 +163,10 @@ def sample_condition_set(shards, vae_dir: str | Path, stats_path: str | Path, mo
     write_generated(out_tensors, generated.images, masks > 0, list(names), run)
     cols = [c for c in ("case_id", "patient_id", "modality", "split", "slice", "organs", "severity_fraction", "severity",
                         "prompt") if c in data.index]
-    write_csv_atomic(data.index[cols].assign(sample=range(len(data.index))), out_index)
+    table = data.index[cols].assign(sample=range(len(data.index)))
+    for column, values in hu_qc.pop("per_sample", {}).items():  # each slice's HU check (the metrics' intervals)
+        table[column] = values
+    write_csv_atomic(table, out_index)
     write_summary(generated, out_summary, run=run, model=str(model_dir), conditions=list(names),
                   objective=objective, hu_qc=hu_qc)
     if store is not None:

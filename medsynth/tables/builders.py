@@ -22,22 +22,9 @@ from .cells import fd_value, measured, measured_row, paired_gain
 from .render import NOT_MEASURED, NOT_REPORTED
 
 __all__ = [
-    "BACKBONE_PAPER_NAMES",
-    "DOWNSTREAM_PAPER_SETTINGS",
-    "load_json",
-    "fd_scale",
-    "victr_table2",
-    "victr_table3",
-    "victr_table4",
-    "medsyn2_table1",
-    "medsyn2_table5",
-    "medsyn2_table6",
-    "medsyn2_table7",
-    "maisi_steps",
-    "maisi_main",
-    "maisi_contrastive",
-    "maisi_hu_qc",
-    "meddiff_ft",
+    "BACKBONE_PAPER_NAMES", "DOWNSTREAM_PAPER_SETTINGS", "load_json", "fd_scale", "victr_table2", "victr_table3",
+    "victr_table4", "medsyn2_table1", "medsyn2_table5", "medsyn2_table6", "medsyn2_table7", "maisi_steps",
+    "maisi_main", "maisi_contrastive", "maisi_hu_qc", "meddiff_ft",
 ]
 
 #: Backbone type of the config -> the name ViCTr Table 2 uses for it.
@@ -362,11 +349,13 @@ def maisi_hu_qc(metrics: Mapping[str, Mapping], paper_dir: str | Path) -> pd.Dat
         enabled = bool(qc.get("enabled"))
         why = qc.get("status", "HU quality check disabled (sampling.hu_qc.enabled)")
         rows.append({"model": model, "run": m["run"],
-                     "pass rate, first attempt": qc["first_pass_rate"] if enabled else why,
-                     "pass rate": qc["pass_rate"] if enabled else why,
+                     "pass rate, first attempt": measured(m, "hu_qc_first_pass_rate", qc["first_pass_rate"])
+                     if enabled else why,
+                     "pass rate": measured(m, "hu_qc_pass_rate", qc["pass_rate"]) if enabled else why,
                      "max tries": qc.get("max_tries", "") if enabled else "",
                      "mean tries": qc.get("mean_tries", "") if enabled else "",
-                     "real slices' pass rate": qc.get("real_pass_rate", "") if enabled else "",
+                     "real slices' pass rate": measured(m, "hu_qc_real_pass_rate", qc.get("real_pass_rate", ""))
+                     if enabled else "",
                      "bound rule": qc.get("method", "") if enabled else "",
                      "paper pass rate (final model)": reported(settings, "value",
                                                                item="hu_quality_check_pass_rate_final_model"),
