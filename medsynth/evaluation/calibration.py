@@ -74,7 +74,13 @@ def run_calibration(shards: Sequence[str], extractor_dir: str | Path, vae_dir: s
                     slice_size: int) -> dict:
     """The calibration record (module docstring), written to ``out_json``; ``select``: the ``eval`` set."""
     from medsynth.downstream import load_segmenter, predict_masks
-    from medsynth.metrics import frechet_metrics, image_metric_values, mask_metric_values, register_module_extractor
+    from medsynth.metrics import (
+        extract_features,
+        frechet_distance,
+        image_metric_values,
+        mask_metric_values,
+        register_module_extractor,
+    )
     from medsynth.settings import section
 
     torch.set_num_threads(1)
@@ -99,17 +105,19 @@ def run_calibration(shards: Sequence[str], extractor_dir: str | Path, vae_dir: s
             "VAE reconstruction": (_reconstructions(vae_dir, real, batch), True, "the held-out slices through the VAE")}
     for name, spec in cfg["degradations"].items():
         sets[name] = (degrade(real, spec, rng), True, f"the held-out slices, {spec}")
+    # one feature pass over the held-out slices and every reference set
+    features = extract_features([(x + 1) / 2 for x in (real, *(v[0] for v in sets.values()))], extractor,
+                                batch_size=batch)
+    real_f = features[0]
     out_rows = []
-    for name, (fake, paired, what) in sets.items():
-        res = frechet_metrics((real + 1) / 2, (fake + 1) / 2, extractor, kid=False, batch_size=batch,
-                              return_features=True)
+    for (name, (fake, paired, what)), fake_f in zip(sets.items(), features[1:]):
         if paired:
-            est = intervals.frechet(f"{name}/fd_self", *res["features"])
+            est = intervals.frechet(f"{name}/fd_self", real_f, fake_f)
         else:  # other slices: the held-out side is resampled, the reference set stays as drawn
-            real_f, other_f = (np.asarray(f, np.float64) for f in res["features"])
+            real64, other64 = (np.asarray(f, np.float64) for f in (real_f, fake_f))
             est = intervals.add(f"{name}/fd_self", bootstrap(
-                lambda r: frechet_distance_lowrank(real_f[r], other_f), n, intervals.draws, intervals.settings.level))
-        row = {"name": name, "what": what, "n": int(len(fake)), "fd_self": res["fd"],
+                lambda r: frechet_distance_lowrank(real64[r], other64), n, intervals.draws, intervals.settings.level))
+        row = {"name": name, "what": what, "n": int(len(fake)), "fd_self": frechet_distance(real_f, fake_f),
                "fd_self_interval": [est.low, est.high]}
         if paired:
             values = mask_metric_values(predict_masks(segmenter, fake), ref, spacing)
