@@ -71,10 +71,12 @@ def resolve_device(name: str | None = "auto", key: str = "device"):
 
 
 def set_threads(cfg: Mapping) -> None:
-    """Torch intra-op threads from a section's ``threads`` key (at least 1)."""
+    """Torch intra-op threads from the ``threads`` key of a complete config section (``vae``, ``volumes.vae``,
+    ``generator``, ``downstream``: validated, or completed by :func:`medsynth.settings.section`, so the
+    schema gives the default); at least 1."""
     import torch
 
-    torch.set_num_threads(max(1, int(cfg.get("threads", 1) or 1)))
+    torch.set_num_threads(max(1, int(cfg["threads"])))
 
 
 def launch_processes(stage_cfg: Mapping | None, resources: Mapping | None) -> int:

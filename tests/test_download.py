@@ -112,7 +112,7 @@ def test_link_that_keeps_breaking_still_makes_progress(server, tmp_path):
 def test_interrupted_download_keeps_part_for_later_resume(server, tmp_path):
     url = server.add_file("/flaky.bin", PAYLOAD, drop_after=100_000)
     dest = tmp_path / "flaky.bin"
-    policy = DownloadPolicy(retries=1, backoff_s=0.001, timeout_s=5.0, progress=False)
+    policy = DownloadPolicy.from_config({"retries": 1, "backoff_s": 0.001, "timeout_s": 5.0, "progress": False})
     with pytest.raises(DownloadError, match="giving up"):
         download_file(url, dest, checksum=sha256(PAYLOAD), policy=policy)
     assert not dest.exists()
@@ -215,7 +215,7 @@ def test_gives_up_after_retries(server, tmp_path, caplog):
 def test_unreachable_server_gives_up_without_showing_the_query(tmp_path, caplog):
     with RunningServer() as state:  # started and stopped: its port now refuses connections
         url = state.url("/gone.bin") + "?X-Signature=QUERYSECRET"
-    policy = DownloadPolicy(retries=1, backoff_s=0.01, timeout_s=2.0, progress=False)
+    policy = DownloadPolicy.from_config({"retries": 1, "backoff_s": 0.01, "timeout_s": 2.0, "progress": False})
     caplog.set_level(logging.INFO, logger="medsynth")
     with pytest.raises(DownloadError, match="giving up") as info:
         download_file(url, tmp_path / "gone.bin", policy=policy)
@@ -609,6 +609,8 @@ def test_redact_url(url, shown):
 
 
 def test_policy_from_config():
-    policy = DownloadPolicy.from_config({"retries": "2", "backoff_s": 0.5, "progress": False})
+    from medsynth.settings import section
+
+    policy = DownloadPolicy.from_config({"retries": 2, "backoff_s": 0.5, "progress": False})
     assert (policy.retries, policy.backoff_s, policy.progress) == (2, 0.5, False)
-    assert policy.timeout_s == DownloadPolicy().timeout_s
+    assert policy.timeout_s == section("download")["timeout_s"]  # the schema's default

@@ -72,7 +72,9 @@ def test_training_settings_take_the_schema_defaults():
     assert segmenter_config({"type": "UNETR", "params": {"img_size": [32, 32]}}) == {
         "type": "unetr", "params": {"img_size": [32, 32], "feature_size": 16, "hidden_size": 192, "mlp_dim": 384,
                                     "num_heads": 4}}
-    assert segmenter_config({"type": "nnunetv2"})["params"] == {}  # nnunet_params fills those
+    from medsynth.downstream.nnunet import DEFAULT_NNUNET_PARAMS
+
+    assert segmenter_config({"type": "nnunetv2"})["params"] == DEFAULT_NNUNET_PARAMS  # the adapter's settings
     with pytest.raises(ValueError, match="unknown augmentation keys"):
         augmentation({"probability": 0.5})
 

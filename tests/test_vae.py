@@ -128,7 +128,7 @@ def test_vae_sections_take_the_schema_defaults_of_their_own_section():
     two, three = vae_section({}), vae_section({"model": {"spatial_dims": 3}})
     assert two == section("vae") and (two["seed"], two["stats_batch_size"], two["model"]["sample_size"]) == (11, 32, 64)
     assert three == section("volumes")["vae"] and (three["seed"], three["stats_batch_size"]) == (0, 8)
-    tune = TuneConfig()
+    tune = TuneConfig.from_config({})
     assert {k: three[k] for k in ("steps", "batch_size", "lr", "weight_decay", "seed", "patch_size", "checkpoint_every",
                                   "keep_checkpoints", "resume", "progress", "stats_batch_size")} == {
         k: getattr(tune, k) for k in ("steps", "batch_size", "lr", "weight_decay", "seed", "patch_size",
@@ -175,14 +175,14 @@ def test_ssim_loss_values():
 
 
 def test_perceptual_optional_and_clear_error():
-    assert build_perceptual_loss(LossConfig(), 2) is None  # weight 0 by default
+    assert build_perceptual_loss(LossConfig.from_config({}), 2) is None  # weight 0 by default
     try:
         import lpips  # noqa: F401
         pytest.skip("lpips installed: LPIPS would try to download its weights")
     except ImportError:
         pass
     with pytest.raises(PerceptualUnavailableError, match=r"losses\.perceptual_weight"):
-        build_perceptual_loss(LossConfig(perceptual_weight=0.1, perceptual_network="squeeze"), 2)
+        build_perceptual_loss(LossConfig.from_config({"perceptual_weight": 0.1, "perceptual_network": "squeeze"}), 2)
     with pytest.raises(ValueError, match="unknown losses config keys"):
         LossConfig.from_config({"perceptual_wieght": 1.0})
 
@@ -200,9 +200,10 @@ class ConstantDisc(nn.Module):
 
 
 def test_adversarial_warmup_and_least_squares_values():
-    cfg = LossConfig(l1_weight=1.0, kl_weight=0.0, adv_weight=0.5, adv_warmup_steps=3, disc_channels=8)
+    cfg = LossConfig.from_config({"l1_weight": 1.0, "kl_weight": 0.0, "adv_weight": 0.5, "adv_warmup_steps": 3,
+                              "disc_channels": 8})
     assert [adversarial_active(cfg, s) for s in range(5)] == [False, False, False, True, True]
-    assert not adversarial_active(LossConfig(), 10)
+    assert not adversarial_active(LossConfig.from_config({}), 10)
     losses = VAELoss(cfg, spatial_dims=2)
     assert type(losses.discriminator).__name__ == "PatchDiscriminator"
     x = torch.zeros(2, 1, 16, 16)

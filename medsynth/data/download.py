@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -42,25 +43,24 @@ class _Incomplete(Exception):
 
 @dataclass(frozen=True)
 class DownloadPolicy:
-    """How hard to try: number of attempts, exponential backoff and socket timeout."""
+    """How hard to try: number of attempts, exponential backoff and socket timeout (config ``download``; build
+    it with :meth:`from_config`, which takes the schema's defaults)."""
 
-    retries: int = 5
-    backoff_s: float = 1.0
-    backoff_max_s: float = 60.0
-    timeout_s: float = 60.0
-    chunk_bytes: int = CHUNK_BYTES
-    progress: bool = True
+    retries: int
+    backoff_s: float
+    backoff_max_s: float
+    timeout_s: float
+    progress: bool
+    chunk_bytes: int = CHUNK_BYTES  # not a config key: the transfer's read size
 
     @classmethod
-    def from_config(cls, cfg: dict) -> "DownloadPolicy":
-        """Build from the ``download`` section of the study config."""
-        return cls(
-            retries=int(cfg.get("retries", cls.retries)),
-            backoff_s=float(cfg.get("backoff_s", cls.backoff_s)),
-            backoff_max_s=float(cfg.get("backoff_max_s", cls.backoff_max_s)),
-            timeout_s=float(cfg.get("timeout_s", cls.timeout_s)),
-            progress=bool(cfg.get("progress", cls.progress)),
-        )
+    def from_config(cls, cfg: Mapping | None = None) -> "DownloadPolicy":
+        """Build from the ``download`` section of the study config (keys left out take the schema's defaults)."""
+        from medsynth.settings import section
+
+        c = section("download", cfg)
+        return cls(retries=int(c["retries"]), backoff_s=float(c["backoff_s"]), backoff_max_s=float(c["backoff_max_s"]),
+                   timeout_s=float(c["timeout_s"]), progress=bool(c["progress"]))
 
 
 def redact_url(url: str) -> str:
@@ -109,15 +109,16 @@ def download_file(
     *,
     checksum: str | None = None,
     headers: dict[str, str] | None = None,
-    policy: DownloadPolicy = DownloadPolicy(),
+    policy: DownloadPolicy | None = None,
     session: requests.Session | None = None,
 ) -> Path:
     """Download ``url`` to ``dest``; resume, retry with backoff, verify, then rename into place.
 
     ``checksum`` is ``"sha256:<hex>"``, ``"md5:<hex>"`` or a bare sha256. An existing ``dest`` with
-    the right checksum is kept as is. Raises ``ChecksumMismatch`` (the bad bytes are deleted) or
-    ``DownloadError``.
+    the right checksum is kept as is. ``policy``: default the schema's ``download`` settings. Raises
+    ``ChecksumMismatch`` (the bad bytes are deleted) or ``DownloadError``.
     """
+    policy = policy if policy is not None else DownloadPolicy.from_config()
     dest = Path(dest)
     shown = redact_url(url)
     if dest.exists() and checksum and verify_checksum(dest, checksum) is None:

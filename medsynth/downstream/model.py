@@ -65,7 +65,7 @@ CONFIG = "segmenter.json"
 
 def segmenter_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """``cfg`` (config ``downstream.model``, ``{"type", "params"}``) with the schema's defaults filled in: type
-    ``unet``, and the params of its type that ``params`` leaves out (nnunetv2: its adapter's, see
+    ``unet``, and the params of its type that ``params`` leaves out (nnunetv2: its adapter's settings, see
     :func:`medsynth.downstream.nnunet.nnunet_params`)."""
     from medsynth.settings import section
 

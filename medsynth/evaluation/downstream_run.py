@@ -24,21 +24,23 @@ log = logging.getLogger(__name__)
 def meddiff_filter(images: np.ndarray, masks: np.ndarray, real_images: np.ndarray, extractor: str | Path | None,
                     cfg: Mapping) -> tuple[np.ndarray, np.ndarray, dict]:
     """MedDiff-FT quality filter + mask erosion: keep the synthetic slices whose encoder features lie
-    closest to the real training slices' (``keep_fraction``), erode their labels (``erosion``)."""
+    closest to the real training slices' (``keep_fraction``), erode their labels (``erosion``). ``cfg``:
+    config ``downstream.meddiff`` (keys left out take the schema's defaults)."""
     from medsynth.downstream import encoder_features, load_segmenter
     from medsynth.sample.meddiff import erode_masks, quality_filter
+    from medsynth.settings import section
 
+    cfg = section("downstream", {"meddiff": dict(cfg)})["meddiff"]
     if extractor is None:
         raise ValueError("the MedDiff-FT filter needs the self-trained feature extractor (downstream real segmenter)")
     segmenter = load_segmenter(extractor)
     keep, scores = quality_filter(encoder_features(segmenter, torch.from_numpy(real_images)),
                                   encoder_features(segmenter, torch.from_numpy(images)),
-                                  keep_fraction=float(cfg.get("keep_fraction", 0.5)),
-                                  method=str(cfg.get("filter_method", "mahalanobis")))
+                                  keep_fraction=float(cfg["keep_fraction"]), method=str(cfg["filter_method"]))
     keep = keep.numpy()
-    eroded = erode_masks(torch.from_numpy(masks[keep] > 0), int(cfg.get("erosion", 1))).numpy()
-    info = {"kept": int(keep.sum()), "of": int(len(keep)), "erosion": int(cfg.get("erosion", 1)),
-            "method": str(cfg.get("filter_method", "mahalanobis"))}
+    eroded = erode_masks(torch.from_numpy(masks[keep] > 0), int(cfg["erosion"])).numpy()
+    info = {"kept": int(keep.sum()), "of": int(len(keep)), "erosion": int(cfg["erosion"]),
+            "method": str(cfg["filter_method"])}
     return images[keep], eroded.astype(np.uint8), info
 
 
@@ -59,18 +61,29 @@ def run_downstream(shards: Sequence[str], synthetic: str | None, setting: str, c
                    evaluation_json: str | Path, grid_cfg: Mapping, slice_size: int,
                    extractor: str | Path | None = None, statistics: Mapping | None = None) -> dict:
     """Train and score one downstream setting (module docstring); returns the evaluation record.
-    ``outputs``: where the segmenter trains (:class:`medsynth.train.TrainOutputs`, or a folder);
-    ``statistics``: config ``statistics`` (bootstrap intervals over the test patients)."""
-    from medsynth.downstream import compose_setting, evaluate_segmenter, setting_augments, train_segmenter
+    ``cfg``: config ``downstream`` (keys left out take the schema's defaults); ``outputs``: where the segmenter
+    trains (:class:`medsynth.train.TrainOutputs`, or a folder); ``statistics``: config ``statistics`` (bootstrap
+    intervals over the test patients)."""
+    from medsynth.downstream import (
+        TRAIN_KEYS,
+        compose_setting,
+        evaluate_segmenter,
+        setting_augments,
+        train_segmenter,
+    )
     from medsynth.io.generated import load_generated
+    from medsynth.settings import section
+    from medsynth.train.loop import run_fingerprint
 
+    fingerprint = run_fingerprint(dict(cfg), setting, files=[*shards, *([synthetic] if synthetic else [])])
+    cfg = section("downstream", cfg)
     kind, _, model_name = setting.partition("-")
     meddiff = kind in MEDDIFF_KINDS
     index, images, masks, names = load_slices(shards)
-    train_rows = select_rows(index, cfg.get("train_select") or {"split": ["train"]})
-    test_rows = select_rows(index, cfg.get("test_select") or {"split": ["test"]})
+    train_rows = select_rows(index, cfg["train_select"])
+    test_rows = select_rows(index, cfg["test_select"])
     if not len(test_rows):
-        raise ValueError(f"downstream.test_select {cfg.get('test_select')} keeps no slice: nothing to score on")
+        raise ValueError(f"downstream.test_select {cfg['test_select']} keeps no slice: nothing to score on")
     real = (images[train_rows], (masks[train_rows] > 0).astype(np.float32))
     synth, filtered = None, None
     if synthetic:
@@ -79,17 +92,13 @@ def run_downstream(shards: Sequence[str], synthetic: str | None, setting: str, c
             raise ValueError(f"{synthetic}: condition channels {s_names} differ from the training sets' {names}")
         if kind == "real_synth_mgf":
             s_images, s_masks, filtered = meddiff_filter(s_images, s_masks, real[0], extractor,
-                                                          dict(cfg.get("meddiff") or {}))
-        order = torch.randperm(len(s_images), generator=torch.Generator().manual_seed(int(cfg.get("seed", 0))))
+                                                          cfg["meddiff"])
+        order = torch.randperm(len(s_images), generator=torch.Generator().manual_seed(int(cfg["seed"])))
         synth = (s_images[order.numpy()], s_masks[order.numpy()].astype(np.float32))
     x, y, summary = compose_setting("real_synth" if meddiff else kind, real, synth,
-                                    float(cfg.get("synthetic_fraction", 0.3)), int(cfg.get("seed", 0)))
-    from medsynth.downstream import DEFAULT_TRAIN
-
-    from medsynth.train.loop import run_fingerprint
-
-    train_cfg = {k: v for k, v in cfg.items() if k in DEFAULT_TRAIN}
-    train_cfg["fingerprint"] = run_fingerprint(dict(cfg), setting, files=[*shards, *([synthetic] if synthetic else [])])
+                                    float(cfg["synthetic_fraction"]), int(cfg["seed"]))
+    train_cfg = {k: v for k, v in cfg.items() if k in TRAIN_KEYS}
+    train_cfg["fingerprint"] = fingerprint
     model, result = train_segmenter(x, y, train_cfg, outputs, augment=setting_augments("real_synth" if meddiff else kind))
     if result.status != "completed":
         raise SystemExit(result.exit_code)  # preempted: checkpoint written, rerun resumes

@@ -123,14 +123,14 @@ def evaluate_run(files: RunFiles, out_json: str | Path, settings: RunSettings, m
     index, rows, names, real, real_masks, fake = paired_sets(files.shards, settings.select, files.generated)
     sampled = pd.read_csv(files.index, keep_default_na=False)
     summary = json.loads(Path(files.summary).read_text())
-    device = resolve_device(metrics_cfg.get("device", "auto"), "metrics.device")
+    device = resolve_device(metrics_cfg["device"], "metrics.device")
     cuda = device.type == "cuda"  # torch-fidelity's feature extraction on the GPU
     segmenter = load_segmenter(extractor_dir).to(device)
     extractor_name = register_module_extractor(SELF_EXTRACTOR, SegmenterEncoder(segmenter))
     real01, fake01 = torch.from_numpy((real + 1.0) / 2.0), torch.from_numpy((fake + 1.0) / 2.0)
     n = len(real)
-    kid_size = max(2, min(int(metrics_cfg.get("kid_subset_size", 50)), n))
-    batch = int(metrics_cfg.get("batch_size", 64))
+    kid_size = max(2, min(int(metrics_cfg["kid_subset_size"]), n))
+    batch = int(metrics_cfg["batch_size"])
     setting = Path(extractor_dir).parent.name
     extractor_label = f"self-trained {segmenter.segmenter_record['model']['type']} encoder, downstream '{setting}'"
 

@@ -39,10 +39,10 @@ def evaluate_volume_run(files: RunFiles, out_json: str | Path, settings: RunSett
     """Metrics of one sampling run of volumes (module docstring) in :func:`evaluate_run`'s JSON layout.
 
     ``files.shards``: the 3D training-set shards (``trainsets/volumes``); ``settings.select`` the condition
-    set the run was sampled for (one generated volume per real volume, same masks). ``settings.metrics`` keys:
-    ``batch_size``, ``kid_subset_size``, ``central_fraction`` (of the slices per axis, MAISI 2.5D: 0.4),
-    ``extractor_size`` (optional ``[H, W]`` of the extractor's input), ``inception_pretrained_path``,
-    ``radimagenet_pretrained_path``, ``fd_recipes``;
+    set the run was sampled for (one generated volume per real volume, same masks). ``settings.metrics``:
+    config ``metrics`` (keys left out take the schema's defaults: ``batch_size``, ``kid_subset_size``,
+    ``central_fraction`` of the slices per axis, ``inception_pretrained_path``, ``radimagenet_pretrained_path``,
+    ``fd_recipes``, ...) and the rule's ``extractor_size`` (optional ``[H, W]`` of the extractor's input);
     ``settings.intensity``: ``ct_hu_range`` and ``windows`` (``{name: [level, width]}``). ``settings.grid``
     (``spacing_mm``, ``size`` of the registration grid) gives mm distances; without it they are in voxels.
     ``windowed`` rows ``{"window", "plane", "fd", "status"}`` use MedSyn2 Table 1's plane labels XY / YZ /
@@ -67,7 +67,7 @@ def evaluate_volume_run(files: RunFiles, out_json: str | Path, settings: RunSett
     from medsynth.settings import section
 
     extractor_dir, intensity_cfg, grid_cfg = files.extractor, settings.intensity, settings.grid
-    extra = ("extractor_size", "central_fraction")  # the volume rule's own keys beside the metrics section
+    extra = ("extractor_size",)  # the volume rule's own key beside the metrics section
     metrics_cfg = {**section("metrics", {k: v for k, v in settings.metrics.items() if k not in extra}),
                    **{k: settings.metrics[k] for k in extra if k in settings.metrics}}
     index, rows, names, real, real_masks, fake = paired_sets(files.shards, settings.select, files.generated)
@@ -79,15 +79,15 @@ def evaluate_volume_run(files: RunFiles, out_json: str | Path, settings: RunSett
     sampled_rows = len(pd.read_csv(files.index, keep_default_na=False))
     if sampled_rows != len(fake):
         raise ValueError(f"{files.index}: {sampled_rows} rows for {len(fake)} generated volumes")
-    device = resolve_device(metrics_cfg.get("device", "auto"), "metrics.device")
+    device = resolve_device(metrics_cfg["device"], "metrics.device")
     cuda = device.type == "cuda"  # torch-fidelity's feature extraction on the GPU
     segmenter = load_segmenter(extractor_dir).to(device)
     size = extractor_input_size(segmenter, metrics_cfg)
     extractor_name = register_module_extractor(SELF_EXTRACTOR, SegmenterEncoder(segmenter, size))
     setting = Path(extractor_dir).parent.name
     extractor_label = f"self-trained {segmenter.segmenter_record['model']['type']} encoder, downstream '{setting}'"
-    batch = int(metrics_cfg.get("batch_size", 64))
-    fraction = float(metrics_cfg.get("central_fraction", 0.4))
+    batch = int(metrics_cfg["batch_size"])
+    fraction = float(metrics_cfg["central_fraction"])
     real_t, fake_t = torch.from_numpy(real), torch.from_numpy(fake)
 
     # unwindowed 2.5D FD (+ KID) per plane on the central slices, and its mean over the planes
@@ -96,7 +96,7 @@ def evaluate_volume_run(files: RunFiles, out_json: str | Path, settings: RunSett
         r01 = (central_slices(real_t, axis, fraction) + 1.0) / 2.0
         f01 = (central_slices(fake_t, axis, fraction) + 1.0) / 2.0
         n_slices = min(len(r01), len(f01)) if n_slices is None else min(n_slices, len(r01), len(f01))
-        kid_size = max(2, min(int(metrics_cfg.get("kid_subset_size", 50)), len(r01), len(f01)))
+        kid_size = max(2, min(int(metrics_cfg["kid_subset_size"]), len(r01), len(f01)))
         res = frechet_metrics(r01, f01, extractor_name, kid=True, kid_subset_size=kid_size, batch_size=batch, cuda=cuda)
         per_plane[PLANE_LABELS[plane]] = {k: res[k] for k in ("fd", "kid_mean", "kid_std", "n_real", "n_fake")}
     fd_mean = {k: float(np.mean([p[k] for p in per_plane.values()])) for k in ("fd", "kid_mean", "kid_std")}
@@ -111,7 +111,7 @@ def evaluate_volume_run(files: RunFiles, out_json: str | Path, settings: RunSett
     inception = inception_fid(*(recipe_unit_images(s, inception_recipe, hu_range, g)
                                 for s, g in zip(inception_sets, groups)),
                               metrics_cfg["inception_pretrained_path"], kid_subset_size=max(2, min(
-                                  int(metrics_cfg.get("kid_subset_size", 50)), n_slices)), batch_size=batch, cuda=cuda)
+                                  int(metrics_cfg["kid_subset_size"]), n_slices)), batch_size=batch, cuda=cuda)
     radimagenet = pretrained_fd_volumes("radimagenet_resnet50", metrics_cfg["radimagenet_pretrained_path"],
                                         "metrics.radimagenet_pretrained_path", real_t, fake_t,
                                         fd_recipe(recipes["radimagenet_resnet50"]), hu_range, batch_size=batch,

@@ -11,7 +11,7 @@ from medsynth.generator.data import LatentData, build_latent_data
 from medsynth.launch import job_device, set_threads
 from medsynth.models.backbones import adapter_for, build_backbone, input_channels, mask_routing
 
-__all__ = ["set_threads", "prompt_settings", "resolve_text_encoder", "load_vae", "load_latent_data", "check_channels",
+__all__ = ["set_generator_threads", "prompt_settings", "resolve_text_encoder", "load_vae", "load_latent_data", "check_channels",
            "backbone_dims", "load_backbone"]
 
 #: the keys of config ``generator`` that make the prompts (the rest describe the backbone)
@@ -24,6 +24,13 @@ def prompt_settings(gen_cfg: Mapping) -> dict:
     from medsynth.settings import section
 
     return section("generator", {k: gen_cfg[k] for k in PROMPT_KEYS if k in gen_cfg})
+
+
+def set_generator_threads(gen_cfg: Mapping) -> None:
+    """Torch intra-op threads of a generator job: ``generator.threads`` (the schema's default when left out)."""
+    from medsynth.settings import section
+
+    set_threads(section("generator", {k: gen_cfg[k] for k in ("threads",) if k in gen_cfg}))
 
 
 def resolve_text_encoder(gen_cfg: Mapping, text_encoder):

@@ -18,19 +18,26 @@ import torch
 import torch.nn.functional as F
 
 from medsynth.generator.data import (
-    DEFAULT_SEVERITY,
     LatentData,
     prompt_table,
     severity_fractions,
     severity_grades,
     slice_prompts,
 )
+from medsynth.generator.loaders import prompt_settings
 from medsynth.models.prompts import SEVERITY_WORDS
+from medsynth.settings import section
 from medsynth.train.data import TensorDictDataset
 
-__all__ = ["stochastic_conditions"]
+__all__ = ["mask_generator_options", "stochastic_conditions"]
 
 _OPTIONS = ("max_union", "p_perturb", "max_shift", "max_dilate")
+
+
+def mask_generator_options(cfg: Mapping | None) -> dict:
+    """A condition set's ``stochastic_masks`` options with the schema's defaults of those left out (validated)."""
+    sets = section("sampling", {"condition_sets": {"set": {"stochastic_masks": dict(cfg or {})}}})["condition_sets"]
+    return sets["set"]["stochastic_masks"]
 
 
 def stochastic_conditions(data: LatentData, masks: np.ndarray, names: Sequence[str], cfg: Mapping,
@@ -38,17 +45,20 @@ def stochastic_conditions(data: LatentData, masks: np.ndarray, names: Sequence[s
     """``data`` with every mask replaced by a stochastic one (module docstring); returns ``(data, masks)``.
 
     ``masks``: the selected real slices' binary masks ``(N, C, H, W)``; the result has as many
-    conditions as ``data``.
+    conditions as ``data``. ``cfg``: the set's ``stochastic_masks`` options and ``gen_cfg`` config ``generator``
+    (its ``severity`` and ``max_length``); keys left out take the schema's defaults.
     """
     from medsynth.sample.meddiff import stochastic_masks
 
+    cfg = mask_generator_options(cfg)
     real = torch.from_numpy(np.ascontiguousarray(masks > 0))
-    gen = torch.Generator().manual_seed(int(cfg.get("seed", 0)))
-    new = stochastic_masks(real, len(real), gen, **{k: cfg[k] for k in _OPTIONS if k in cfg}).numpy().astype(bool)
+    gen = torch.Generator().manual_seed(int(cfg["seed"]))
+    new = stochastic_masks(real, len(real), gen, **{k: cfg[k] for k in _OPTIONS}).numpy().astype(bool)
     index = data.index.copy()
     index["organs"] = [json.dumps([n for c, n in enumerate(names) if new[i, c].any()]) for i in range(len(new))]
     grades = None
-    severity = {**DEFAULT_SEVERITY, **dict(gen_cfg.get("severity") or {})}
+    prompts_cfg = prompt_settings(gen_cfg)
+    severity = prompts_cfg["severity"]
     if severity_prompt:
         fractions = severity_fractions(new.astype(np.float32), names, severity["organ"])
         grades = severity_grades(fractions, severity["thresholds"])
@@ -57,7 +67,7 @@ def stochastic_conditions(data: LatentData, masks: np.ndarray, names: Sequence[s
     prompts = slice_prompts(index, grades, severity["pathology"])
     unique = list(dict.fromkeys(prompts))
     ids = {p: i for i, p in enumerate(unique)}
-    tokens, keep, pooled = prompt_table(text_encoder, unique, int(gen_cfg.get("max_length", 32)))
+    tokens, keep, pooled = prompt_table(text_encoder, unique, int(prompts_cfg["max_length"]))
     latent = data.dataset.tensors["latent"]
     mask = F.interpolate(torch.from_numpy(new.astype(np.float32) - 0.5), size=tuple(latent.shape[2:]), mode="area")
     dataset = TensorDictDataset({"latent": latent, "mask": mask.contiguous(),

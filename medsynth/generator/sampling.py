@@ -65,7 +65,7 @@ from medsynth.generator.integrate import (
     load_trained_generator,
     write_summary,
 )
-from medsynth.generator.loaders import load_latent_data, load_vae, resolve_text_encoder, set_threads
+from medsynth.generator.loaders import load_latent_data, load_vae, resolve_text_encoder, set_generator_threads
 from medsynth.io.generated import write_generated
 from medsynth.launch import resolve_device
 from medsynth.sample.batches import BatchStore
@@ -101,7 +101,7 @@ def sample_condition_set(shards, vae_dir: str | Path, stats_path: str | Path, mo
     ``(H, W)`` or ``(X, Y, Z)``); the VAE and ``gen_cfg["backbone"]`` must have the same dimensionality.
     """
 
-    set_threads(gen_cfg)
+    set_generator_threads(gen_cfg)
     sampling_cfg = dict(sampling_cfg)
     hu_range = sampling_cfg.pop("hu_range") if "hu_range" in sampling_cfg else section("intensity")["ct_hu_range"]
     sampling_cfg = section("sampling", sampling_cfg)

@@ -52,7 +52,7 @@ from medsynth.generator.loaders import (
     load_latent_data,
     load_vae,
     resolve_text_encoder,
-    set_threads,
+    set_generator_threads,
 )
 from medsynth.models.backbones import build_backbone
 from medsynth.train.loop import derive_seed, run_fingerprint
@@ -151,7 +151,7 @@ def run_base(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Path,
              gen_cfg: Mapping, stage_cfg: Mapping, *, text_encoder=None):
     """Train the base generator from scratch (or from ``generator.backbone.pretrained``); ``outputs``:
     where it writes (:class:`StageOutputs`, or a folder with that layout)."""
-    set_threads(gen_cfg)
+    set_generator_threads(gen_cfg)
     outputs, stage_cfg = StageOutputs.of(outputs), section("base", stage_cfg)
     data = load_latent_data(shards, vae_dir, stats_path, gen_cfg, stage_cfg, text_encoder)
     torch.manual_seed(derive_seed(int(stage_cfg["seed"]), "init"))  # seeded initialisation
@@ -184,7 +184,7 @@ def run_stage1(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Pat
                outputs: StageOutputs | str | Path, gen_cfg: Mapping, stage_cfg: Mapping, base_cfg: Mapping, *,
                text_encoder=None):
     """ViCTr stage 1: EWC layer selection on the base's own data, then EWC-penalised fine-tuning."""
-    set_threads(gen_cfg)
+    set_generator_threads(gen_cfg)
     outputs, stage_cfg, base_cfg = StageOutputs.of(outputs), section("stage1", stage_cfg), section("base", base_cfg)
     text_encoder = resolve_text_encoder(gen_cfg, text_encoder)
     ewc_cfg = stage_cfg["ewc"]
@@ -222,11 +222,14 @@ def reflow_pairs(model: nn.Module, data: LatentData, reflow_cfg: Mapping, object
 
     The model (the stage-2 starting point) integrates one noise draw per training condition with the
     configured sampler; the dataset's ``latent`` becomes that sample and ``noise`` the draw it came
-    from, so stage 2 regresses the straight coupling ``noise - sample`` (Liu et al. 2023).
+    from, so stage 2 regresses the straight coupling ``noise - sample`` (Liu et al. 2023). ``reflow_cfg``:
+    ``stage2.reflow`` or ``stage2.dmd.pairs`` (``run`` and sampling keys); a ``run`` left out takes
+    ``stage2.reflow.run``'s schema default, the sampling keys ``sampling``'s (:meth:`SamplingSpec.from_config`).
     """
     from medsynth.generator.integrate import SamplingSpec, integrate_latents
 
-    spec = SamplingSpec.from_config(reflow_cfg, str(reflow_cfg.get("run", "euler-20")))
+    run = reflow_cfg["run"] if "run" in reflow_cfg else section("stage2")["reflow"]["run"]
+    spec = SamplingSpec.from_config(reflow_cfg, str(run))
     x0, noise, nfe, seconds = integrate_latents(model.eval(), objective, data, spec)
     data.dataset.tensors["latent"] = x0.contiguous()
     data.dataset.tensors["noise"] = noise.contiguous()
@@ -246,7 +249,7 @@ def run_stage2(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Pat
     """
     stage_cfg = section("stage2", stage_cfg)
     check_stage2(stage_cfg)  # before anything is loaded: options that exclude each other, named
-    set_threads(gen_cfg)
+    set_generator_threads(gen_cfg)
     outputs = StageOutputs.of(outputs)
     method, objective = str(stage_cfg["method"]), str(stage_cfg["objective"])
     model = load_backbone(gen_cfg, init_dir)

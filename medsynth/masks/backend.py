@@ -15,7 +15,7 @@ __all__ = ["Segmentation", "Segmenter", "WeightsUnavailable", "make_segmenter"]
 
 def make_segmenter(cfg: dict) -> Segmenter:
     """Build the backend named by ``cfg['backend']`` (classical, totalsegmentator, lungmask)."""
-    backend = cfg.get("backend", "classical")
+    backend = cfg["backend"]  # required by the schema (masks.segmenters.<name>.backend)
     options = dict(cfg.get(backend) or {})
     if backend == "classical":
         from medsynth.masks.classical import ClassicalCTSegmenter

@@ -68,10 +68,12 @@ def _pair(v: Sequence | None, cast=float) -> tuple | None:
 
 
 def fd_recipe(cfg: Mapping) -> FDRecipe:
-    """The :class:`FDRecipe` of a ``metrics.fd_recipes.<extractor>`` section."""
-    return FDRecipe(hu_window=_pair(cfg.get("hu_window")), scaling=str(cfg.get("scaling", "window")),
+    """The :class:`FDRecipe` of a complete ``metrics.fd_recipes.<extractor>`` section (validated, or
+    ``section("metrics")["fd_recipes"][name]``: the defaults are the schema's, which differ per extractor);
+    ``mean``, ``std`` and ``size`` left out (inception has none) are none."""
+    return FDRecipe(hu_window=_pair(cfg["hu_window"]), scaling=str(cfg["scaling"]),
                     mean=_pair(cfg.get("mean")), std=_pair(cfg.get("std")), size=_pair(cfg.get("size"), int),
-                    central_fraction=float(cfg.get("central_fraction", 0.4)))
+                    central_fraction=float(cfg["central_fraction"]))
 
 
 def recipe_unit_images(images: torch.Tensor, recipe: FDRecipe, hu_range: Sequence[float] | None,

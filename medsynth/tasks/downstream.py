@@ -15,7 +15,7 @@ def downstream(job: Job) -> None:
 
     cfg = job.params.downstream
     # nnU-Net runs its own trainer (one process); the MONAI segmenters train under accelerate like the generators
-    nnunet = str((cfg.get("model") or {}).get("type", "unet")).lower() == "nnunetv2"
+    nnunet = str(cfg["model"]["type"]).lower() == "nnunetv2"  # cfg: the validated downstream section
     launch_or_run(job, cfg, lambda: run_downstream(
         job.input.shards, job.input.get("synthetic"), job.wildcards.setting, cfg,
         TrainOutputs.declared(job.output.final, job.output.curve, job.output.train_config),

@@ -21,8 +21,8 @@ def stage_outputs(job: Job):
 
 
 def _train(job: Job, work) -> None:
-    stage = job.params.stage
-    launch_or_run(job, stage, work, mixed_precision=stage.get("mixed_precision", "no"))
+    stage = job.params.stage  # a complete (validated) training section: base, stage1, a variant's stage2, ...
+    launch_or_run(job, stage, work, mixed_precision=stage["mixed_precision"])
 
 
 @task(seed=lambda job: job.params.stage.get("seed"))

@@ -15,6 +15,7 @@ Terms, each with its weight in the ``losses`` config section:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -42,32 +43,37 @@ class PerceptualUnavailableError(RuntimeError):
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Weights and options of the VAE loss (the ``losses`` section of the tune config)."""
+    """Weights and options of the VAE loss (config ``vae.losses``, the ``losses`` of the tune config); build it
+    with :meth:`from_config`, which takes the schema's defaults (config/schema.yaml is their one home)."""
 
-    l1_weight: float = 1.0
-    kl_weight: float = 1e-6
-    ssim_weight: float = 0.0
-    perceptual_weight: float = 0.0
-    perceptual_network: str = "squeeze"
-    perceptual_cache_dir: str | None = None
-    perceptual_pretrained_path: str | None = None
-    adv_weight: float = 0.0
-    adv_criterion: str = "least_squares"
-    adv_warmup_steps: int = 0
-    disc_channels: int = 16
-    disc_layers: int = 2
-    disc_norm: str = "INSTANCE"
-    disc_lr: float | None = None
+    l1_weight: float
+    kl_weight: float
+    ssim_weight: float
+    perceptual_weight: float
+    perceptual_network: str
+    perceptual_cache_dir: str | None
+    perceptual_pretrained_path: str | None
+    adv_weight: float
+    adv_criterion: str
+    adv_warmup_steps: int
+    disc_channels: int
+    disc_layers: int
+    disc_norm: str
+    disc_lr: float | None
 
     @classmethod
-    def from_config(cls, cfg: dict | None) -> "LossConfig":
-        """Build from a dict, rejecting unknown keys (typos would silently disable a term)."""
+    def from_config(cls, cfg: Mapping | None) -> "LossConfig":
+        """Build from a ``vae.losses`` section; keys left out take the schema's defaults (validated). Unknown
+        keys are an error (a typo would silently disable a term)."""
+        from medsynth.settings import section
+
         cfg = dict(cfg or {})
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(cfg) - known)
         if unknown:
             raise ValueError(f"unknown losses config keys {unknown}; known: {sorted(known)}")
-        return cls(**cfg)
+        full = section("vae", {"losses": cfg})["losses"]
+        return cls(**{name: full[name] for name in sorted(known)})
 
     def as_dict(self) -> dict:
         """Plain dict (for logs / provenance)."""

@@ -23,7 +23,8 @@ MedSyn2 Sec. 3).
 Tune config keys: ``steps``, ``batch_size`` (global, divided over the processes), ``lr``,
 ``weight_decay``, ``seed``, ``patch_size`` (int or list; ``null`` = whole images), ``checkpoint_every``,
 ``keep_checkpoints``, ``resume``, ``progress``, ``stats_batch_size`` and ``losses`` (see
-:class:`medsynth.vae.losses.LossConfig`).
+:class:`medsynth.vae.losses.LossConfig`); keys left out take the schema's defaults
+(:meth:`TuneConfig.from_config`).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -57,30 +58,36 @@ __all__ = ["TuneConfig", "tune_vae", "latest_checkpoint", "latent_statistics", "
 
 @dataclass(frozen=True)
 class TuneConfig:
-    """Options of :func:`tune_vae` (see module docstring)."""
+    """Options of :func:`tune_vae` (see module docstring); build it with :meth:`from_config`, which takes the
+    schema's defaults (config/schema.yaml is their one home)."""
 
-    steps: int = 100
-    batch_size: int = 4
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    seed: int = 0
-    patch_size: int | list[int] | None = None
-    checkpoint_every: int = 50
-    keep_checkpoints: int = 2
-    resume: bool = True
-    progress: bool = True
-    stats_batch_size: int = 8
-    losses: dict = field(default_factory=dict)
+    steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    seed: int
+    patch_size: int | list[int] | None
+    checkpoint_every: int
+    keep_checkpoints: int
+    resume: bool
+    progress: bool
+    stats_batch_size: int
+    losses: dict
 
     @classmethod
-    def from_config(cls, cfg: dict | None) -> "TuneConfig":
-        """Build from a dict, rejecting unknown keys."""
+    def from_config(cls, cfg: Mapping | None) -> "TuneConfig":
+        """Build from a tune config (the fields of this class), rejecting unknown keys. Keys left out take the
+        schema's defaults of ``volumes.vae`` (validated): the values this tuning code used before the schema
+        held them (rule ``vae`` passes a complete ``vae`` or ``volumes.vae`` section, so none is left out)."""
+        from medsynth.settings import section
+
         cfg = dict(cfg or {})
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(cfg) - known)
         if unknown:
             raise ValueError(f"unknown vae tune config keys {unknown}; known: {sorted(known)}")
-        return cls(**cfg)
+        full = section("volumes", {"vae": cfg})["vae"]
+        return cls(**{name: full[name] for name in sorted(known)})
 
 
 def _check_images(model: nn.Module, images: torch.Tensor, patch: list[int] | None) -> None:

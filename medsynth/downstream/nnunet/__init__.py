@@ -27,7 +27,7 @@ reads ``nnUNet_raw`` / ``nnUNet_preprocessed`` / ``nnUNet_results`` at import ti
 the run's checkpoints folder (``outputs.checkpoints``, a work folder kept between attempts); every
 command's output is appended to ``<checkpoints>/logs/<step>.log``. A failing
 command raises :class:`NnUNetCommandError` naming the command and the last lines of its output.
-``params`` (defaults :data:`DEFAULT_NNUNET_PARAMS`):
+``params`` (defaults: the schema's, :func:`default_nnunet_params`, also :data:`DEFAULT_NNUNET_PARAMS`):
 
 * ``configuration`` ("2d"), ``fold`` ("all": train on every case, nnU-Net's pseudo-validation on the same
   cases), ``plans`` ("nnUNetPlans", the plans identifier), ``planner`` ("ExperimentPlanner"; must produce
@@ -69,7 +69,7 @@ the deepest stage, global-average-pooled (``D`` = features of the last stage).
 from .commands import entry_point, nnunet_env, run_command
 from .dataset import encode_labels, export_dataset
 from .inference import NnUNetSegmenter, load_nnunet_segmenter, softmax_to_channel_logits
-from .params import DEFAULT_NNUNET_PARAMS, INTENSITY_OFFSET, NnUNetCommandError, dataset_folder_name, nnunet_params
+from .params import INTENSITY_OFFSET, NnUNetCommandError, dataset_folder_name, default_nnunet_params, nnunet_params
 from .training import loss_curve_rows, train_nnunet_segmenter
 
 __all__ = [
@@ -78,6 +78,7 @@ __all__ = [
     "NnUNetCommandError",
     "NnUNetSegmenter",
     "dataset_folder_name",
+    "default_nnunet_params",
     "encode_labels",
     "entry_point",
     "export_dataset",
@@ -89,3 +90,11 @@ __all__ = [
     "softmax_to_channel_logits",
     "train_nnunet_segmenter",
 ]
+
+
+def __getattr__(name: str):
+    """``DEFAULT_NNUNET_PARAMS``: the schema's nnU-Net params defaults (:func:`default_nnunet_params`), read from
+    config/schema.yaml when first asked for."""
+    if name == "DEFAULT_NNUNET_PARAMS":
+        return default_nnunet_params()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

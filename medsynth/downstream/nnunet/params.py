@@ -1,26 +1,11 @@
-"""nnU-Net settings (``downstream.model.params`` of ``type: nnunetv2``), the constants of the adapter and its error."""
+"""nnU-Net settings (``downstream.model.params`` of ``type: nnunetv2``; defaults in the schema), the constants of
+the adapter and its error."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-
-
-
-DEFAULT_NNUNET_PARAMS: dict[str, Any] = {
-    "configuration": "2d",
-    "fold": "all",
-    "trainer": "nnUNetTrainer",
-    "trainer_no_augmentation": "nnUNetTrainerNoDA",
-    "device": "cpu",
-    "plans": "nnUNetPlans",
-    "planner": "ExperimentPlanner",
-    "dataset_id": 901,
-    "dataset_name": "medsynth",
-    "num_processes": 1,
-    "plans_overrides": {},
-}
 INTENSITY_OFFSET = 2.0  # written intensities x + 2 in [1, 3]: nothing is zero, so nnU-Net never crops
 ZSCORE_EPS = 1e-8  # nnunetv2 ZScoreNormalization's eps (float32)
 RECORD = "segmenter.json"  # = medsynth.downstream.model.CONFIG
@@ -33,12 +18,32 @@ class NnUNetCommandError(RuntimeError):
     """An nnU-Net subprocess failed; the message names the command, its exit code and its last output lines."""
 
 
+def default_nnunet_params() -> dict[str, Any]:
+    """The schema's defaults of ``downstream.model.params`` for ``type: nnunetv2`` (config/schema.yaml is their
+    one home); also :data:`DEFAULT_NNUNET_PARAMS`."""
+    from medsynth.settings import section
+
+    return section("downstream", {"model": {"type": "nnunetv2"}})["model"]["params"]
+
+
+def __getattr__(name: str) -> Any:
+    """``DEFAULT_NNUNET_PARAMS``: :func:`default_nnunet_params`, read from the schema when first asked for."""
+    if name == "DEFAULT_NNUNET_PARAMS":
+        return default_nnunet_params()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def nnunet_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``params`` merged over :data:`DEFAULT_NNUNET_PARAMS` (unknown keys are an error)."""
-    p = {**DEFAULT_NNUNET_PARAMS, **dict(params or {})}
-    unknown = set(p) - set(DEFAULT_NNUNET_PARAMS)
+    """``params`` with the schema's defaults of those left out (:func:`default_nnunet_params`; unknown keys are
+    an error), normalised: ``fold`` a string, ``dataset_id`` / ``num_processes`` integers."""
+    from medsynth.settings import section
+
+    given = dict(params or {})
+    known = default_nnunet_params()
+    unknown = set(given) - set(known)
     if unknown:
-        raise ValueError(f"unknown nnunetv2 params {sorted(unknown)}; known: {sorted(DEFAULT_NNUNET_PARAMS)}")
+        raise ValueError(f"unknown nnunetv2 params {sorted(unknown)}; known: {sorted(known)}")
+    p = dict(section("downstream", {"model": {"type": "nnunetv2", "params": given}})["model"]["params"])
     p["dataset_id"] = int(p["dataset_id"])
     if not 1 <= p["dataset_id"] <= 999:
         raise ValueError(f"nnunetv2 dataset_id must be in 1..999, got {p['dataset_id']}")
