@@ -14,6 +14,7 @@ from typing import Any
 
 from medsynth.configmerge import variant_config
 from medsynth.names import DOWNSTREAM_KINDS, run_pattern
+from medsynth.replicates import replicate_names, split_replicate, with_replicate_seed
 from medsynth.variants import stage2_variant
 
 __all__ = ["Study"]
@@ -37,13 +38,21 @@ class Study:
         self.default_variants = [v for v in config["default_variants"] if v in self.variants]
         #: MedSyn2 architecture ablations: base generators trained from scratch with another backbone
         self.architectures = dict(config["architectures"])
+        odd = [n for n in [*self.variants, *self.architectures] if "@" in n]
+        if odd:
+            raise ValueError(f"variant / architecture names {odd} contain '@', which names replicates (<name>@k)")
         for variant in self.variants:  # a variant whose options exclude each other fails at parse time
             self.stage2_config(variant)
         clash = set(self.architectures) & {"base", "stage1", *self.variants}
         if clash:
             raise ValueError(f"config architectures {sorted(clash)} clash with base / stage1 / variant names")
-        #: generators that can be sampled
-        self.models = ["base", "stage1", *self.variants, *self.architectures]
+        #: training seeds per model of a table (config `replicates`); replicate k >= 1 of a variant or
+        #: architecture is the model `<name>@k` (medsynth.replicates)
+        self.replicates = int(config["replicates"])
+        replicated = [*self.variants, *self.architectures]
+        self.replicate_models = [r for m in replicated for r in replicate_names(m, self.replicates)[1:]]
+        #: generators that can be sampled (replicate 0 of each is the model itself)
+        self.models = ["base", "stage1", *self.variants, *self.architectures, *self.replicate_models]
         self.sampling = config["sampling"]
         self.condition_sets = list(self.sampling["condition_sets"])
         self.default_run = self.sampling["default_run"]
@@ -63,18 +72,40 @@ class Study:
         return {
             "dataset": "|".join(datasets),
             "shard": r"\d+",
-            "variant": alternatives(self.variants),
-            "arch": alternatives(self.architectures),
+            "variant": alternatives([*self.variants, *self.replicas_of(self.variants)]),
+            "arch": alternatives([*self.architectures, *self.replicas_of(self.architectures)]),
             "model": alternatives(self.models),
             "run": run_pattern(),
             "setting": rf"real|real_aug|({kinds})-(" + "|".join(re.escape(m) for m in self.models) + ")",
             "conditions": alternatives(self.condition_sets),
         }
 
+    def replicas_of(self, models) -> list[str]:
+        """The replicate names (``<model>@k``, k >= 1) of ``models``."""
+        return [r for m in models for r in replicate_names(m, self.replicates)[1:]]
+
+    def replicates_of(self, model: str) -> list[str]:
+        """Every replicate of ``model`` (itself first): config `replicates` names for a variant or architecture."""
+        if model in self.variants or model in self.architectures:
+            return replicate_names(model, self.replicates)
+        return [model]
+
     # -- paths -------------------------------------------------------------------------------
     def metrics_json(self, model: str, run: str | None = None) -> str:
         """Metrics file of one sampling run (default: the study's default run)."""
         return f"{self.results}/metrics/{model}/{run or self.default_run}.json"
+
+    def replicate_paths(self, path: str) -> list[str]:
+        """``path`` and the same file of each other replicate of its model: a metrics file of a model, or the
+        evaluation of a downstream setting with synthetic slices of a model; ``[path]`` for any other file."""
+        root = re.escape(self.results)
+        m = re.fullmatch(rf"{root}/metrics/(?P<model>[^/]+)/(?P<run>[^/]+)\.json", path)
+        if m:
+            return [self.metrics_json(r, m["run"]) for r in self.replicates_of(m["model"])]
+        m = re.fullmatch(rf"{root}/downstream/(?P<kind>[^/-]+)-(?P<model>[^/]+)/evaluation\.json", path)
+        if m:
+            return [self.downstream_json(f"{m['kind']}-{r}") for r in self.replicates_of(m["model"])]
+        return [path]
 
     def downstream_json(self, setting: str) -> str:
         """Evaluation file of one downstream setting."""
@@ -96,7 +127,9 @@ class Study:
 
     # -- what each model was trained with ----------------------------------------------------
     def architecture_backbone(self, name: str) -> dict:
-        """`generator.backbone` of architecture `name`: its entry, deep-merged onto the one it `extends`."""
+        """`generator.backbone` of architecture `name` (or of a replicate of it): its entry, deep-merged onto
+        the one it `extends`."""
+        name = split_replicate(name)[0]
         entry = dict(self.architectures[name])
         parent = entry.pop("extends", None)
         if parent is None:
@@ -107,31 +140,37 @@ class Study:
 
     def model_generator(self, model: str) -> dict:
         """`generator` section of a model: an architecture's own backbone, else the study's."""
-        if model in self.architectures:
+        if split_replicate(model)[0] in self.architectures:
             return {**self.config["generator"], "backbone": self.architecture_backbone(model)}
         return self.config["generator"]
 
-    def architecture_stage(self) -> dict:
-        """Training recipe of the architecture ablations: config `base` with `architecture_training` overrides."""
-        return {**self.config["base"], **self.config["architecture_training"]}
+    def architecture_stage(self, arch: str | None = None) -> dict:
+        """Training recipe of the architecture ablations: config `base` with `architecture_training` overrides
+        (with the seeds of replicate k for ``arch`` = ``<name>@k``)."""
+        stage = {**self.config["base"], **self.config["architecture_training"]}
+        return with_replicate_seed(stage, split_replicate(arch)[1]) if arch else stage
 
     def stage2_config(self, variant: str) -> dict:
-        """Config `stage2` with the overrides of ``variant`` merged in, checked for options that exclude each other."""
-        return stage2_variant(self.config["stage2"], self.config["variants"], variant)
+        """Config `stage2` with the overrides of ``variant`` merged in, checked for options that exclude each other
+        (for a replicate ``<variant>@k``: with replicate k's seeds)."""
+        name, k = split_replicate(variant)
+        return with_replicate_seed(stage2_variant(self.config["stage2"], self.config["variants"], name), k)
 
     def model_config(self, model: str) -> dict:
         """Config section a model was trained with: `base`, `stage1`, the variant's merged `stage2` or an
         architecture's training recipe."""
-        if model in self.architectures:
-            return self.architecture_stage()
+        if split_replicate(model)[0] in self.architectures:
+            return self.architecture_stage(model)
         if model in ("base", "stage1"):
             return self.config[model]
         return self.stage2_config(model)
 
     def model_sampling(self, model: str) -> dict:
-        """`sampling` settings of a model: the section, with the model's own `sampling` overrides (one-step students)."""
+        """`sampling` settings of a model: the section, with the model's own `sampling` overrides (one-step
+        students) and, for a replicate, its own sampling seed."""
         own = self.model_config(model).get("sampling") or {}  # only stage-2 variants have their own
-        return {**self.sampling, **own, "hu_range": self.config["intensity"]["ct_hu_range"]}
+        sampling = {**self.sampling, **own, "hu_range": self.config["intensity"]["ct_hu_range"]}
+        return with_replicate_seed(sampling, split_replicate(model)[1], nested=False)  # not the condition sets'
 
     def stage2_init(self, variant: str) -> str:
         """The model a stage-2 variant starts from (config `stage2.init`: stage1, or base for no_stage1)."""
@@ -144,7 +183,7 @@ class Study:
         """Trained weights of ``model`` (+ the stage-1 model a LoRA variant adapts)."""
         if model in ("base", "stage1"):
             return {"model": f"{self.results}/{model}/final"}
-        if model in self.architectures:
+        if split_replicate(model)[0] in self.architectures:
             return {"model": f"{self.results}/architectures/{model}/final"}
         inputs = {"model": f"{self.results}/stage2/{model}/final"}
         if self.model_config(model)["method"] == "lora":

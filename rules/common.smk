@@ -14,8 +14,8 @@ from medsynth.weights.refs import resolve_pretrained
 from medsynth.weights.registry import load_models, model_entry
 from medsynth.tables.registry import (
     HEADLINE_TABLES,
-    TABLES as TABLE_SPECS,
     built_tables,
+    table_input_files,
     table_names,
     table_params,
 )
@@ -174,7 +174,7 @@ def downstream_inputs(wildcards):
 
 def table_inputs(wildcards):
     """The named input files of table ``wildcards.table`` (its registry entry's)."""
-    return TABLE_SPECS[wildcards.table].inputs(S)
+    return table_input_files(wildcards.table, S)
 
 
 def table_settings(wildcards):

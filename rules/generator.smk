@@ -126,6 +126,6 @@ rule architecture:
         **rule_resources("architecture", mem_mb=4000, gpu=0),
     params:
         generator=lambda wc: model_generator(wc.arch),
-        stage=architecture_stage(),
+        stage=lambda wc: architecture_stage(wc.arch),
     script:
         "../scripts/architecture.py"

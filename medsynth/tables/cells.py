@@ -12,8 +12,11 @@ __all__ = ["fd_value", "interval_how", "measured", "measured_row", "paired_gain"
 
 def interval_how(record: Mapping) -> str:
     b = record.get("bootstrap") or {}
-    return (f"{100 * float(b.get('level', 0.95)):g} % percentile bootstrap interval, {b.get('resamples')} resamples "
-            f"of the test {b.get('unit', 'samples')}")
+    how = (f"{100 * float(b.get('level', 0.95)):g} % percentile bootstrap interval, {b.get('resamples')} resamples "
+           f"of the test {b.get('unit', 'samples')}")
+    if (b.get("seeds") or 1) > 1:
+        how += f", each from {b['seeds']} training seeds drawn with replacement (two-level bootstrap)"
+    return how
 
 
 def measured(record: Mapping, key: str, point, scale: float = 1.0):
@@ -23,7 +26,9 @@ def measured(record: Mapping, key: str, point, scale: float = 1.0):
     if isinstance(point, bool) or not isinstance(point, (int, float)) or est.get("low") is None \
             or est.get("high") is None:
         return point
-    return Measured(point, scale * float(est["low"]), scale * float(est["high"]), interval_how(record))
+    spread = est.get("seed_sd")
+    return Measured(point, scale * float(est["low"]), scale * float(est["high"]), interval_how(record),
+                    None if spread is None else abs(scale) * float(spread), est.get("seeds"))
 
 
 def paired_gain(record: Mapping, base: Mapping, key: str, point, scale: float = 1.0):

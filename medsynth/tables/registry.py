@@ -8,6 +8,7 @@ its builder in :mod:`.builders`).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -20,9 +21,11 @@ from .builders import load_json
 if TYPE_CHECKING:  # the study object is only passed in
     from medsynth.study import Study
 
-__all__ = ["HEADLINE_TABLES", "PAPERS", "TableSpec", "TABLES", "built_tables", "table_names", "table_params"]
+__all__ = ["HEADLINE_TABLES", "PAPERS", "TableSpec", "TABLES", "built_tables", "table_input_files", "table_names",
+           "table_params"]
 
 Inputs = Callable[["Study"], dict[str, str]]
+_REPLICA = re.compile(r"^(.+)@([1-9]\d*)$")  # the input key of a replicate's record (table_input_files)
 Build = Callable[[dict, Mapping[str, str], Mapping], pd.DataFrame]
 
 
@@ -115,8 +118,9 @@ TABLES: dict[str, TableSpec] = {
          "verdict: reproduced when the whole interval lies on the claimed side (equivalence: inside the tolerance"
          " band), contradicted when it lies wholly on the other side (outside the band), otherwise not resolvable"
          " at this scale.",
-         "The intervals cover the sampling of the test set only (one trained model per record): the spread between"
-         " training seeds is not in them.",
+         "With config replicates: 1 the intervals cover the sampling of the test set only (one trained model per"
+         " record), not the spread between training seeds; with replicates: N > 1 each record pools N training seeds"
+         " and its interval is a two-level bootstrap over seeds and test units.",
          "Claims are data: config tables.claims (config/claims.yaml); adding one needs no code."),
         inputs=_claims_inputs,
         build=_claims,
@@ -125,8 +129,8 @@ TABLES: dict[str, TableSpec] = {
         "Calibration - where each model sits between the floor and the ceiling of its metrics",
         ("Reference rows (rule calibration, config metrics.calibration) on the same held-out slices, with the same"
          " extractor and sample count as the models: the held-out slices themselves (the re-segmenter's own Dice),"
-         " real training slices (other patients), the VAE's reconstructions (the floor every decoded sample starts"
-         " from), degraded copies (blur, noise, flip, uniform noise) and shuffled masks.",
+         " real training slices (other patients, or other slabs of the same patients with trainsets.slices.slabs),"
+         " the VAE's reconstructions (the floor every decoded sample starts from), degraded copies (blur, noise, flip, uniform noise) and shuffled masks.",
          "Model rows: the default run of each default variant and of ViCTr Table 4's rows."),
         inputs=lambda s: {"calibration": f"{s.results}/metrics/calibration.json",
                           **{m: s.metrics_json(m, r) for m, r in _calibration_runs(s).items()}},
@@ -274,6 +278,28 @@ def built_tables(study: "Study") -> list[str]:
             or (n in HEADLINE_TABLES and set(wanted) & set(PAPERS))]
 
 
+def table_input_files(name: str, study: "Study") -> dict[str, str]:
+    """The named input files of table ``name``: its spec's, plus ``<key>@k`` for replicate k of each record of
+    a replicated model (config ``replicates``; :func:`build_table` pools them back into ``<key>``)."""
+    inputs = TABLES[name].inputs(study)
+    out = dict(inputs)
+    for key, path in inputs.items():
+        for k, other in enumerate(study.replicate_paths(path)[1:], start=1):
+            out[f"{key}@{k}"] = other
+    return out
+
+
+def _pooled(loaded: Mapping[str, dict]) -> dict[str, dict]:
+    """``loaded`` with each record's replicates (``<key>@k``) pooled into ``<key>`` (:func:`medsynth.stats.pool_records`)."""
+    from medsynth.stats import pool_records
+
+    groups: dict[str, dict[int, dict]] = {}
+    for key, record in loaded.items():
+        m = _REPLICA.match(key)
+        groups.setdefault(m[1] if m else key, {})[int(m[2]) if m else 0] = record
+    return {key: pool_records([by_k[k] for k in sorted(by_k)]) for key, by_k in groups.items()}
+
+
 def table_params(name: str, study: "Study") -> dict:
     """Params of the table rule for ``name``: where the published values are, and the spec's own."""
     paper_dir = os.path.join(study.basedir, study.tables["paper_reported"])
@@ -284,5 +310,6 @@ def build_table(name: str, inputs: Mapping[str, str], params: Mapping) -> pd.Dat
     """The table ``name`` from its input files (the rule's named inputs) and the rule's params."""
     if name not in TABLES:
         raise KeyError(f"unknown table {name!r}; known: {sorted(TABLES)}")
-    loaded = {k: load_json(v) for k, v in inputs.items() if str(v).endswith(".json")}
+    loaded = _pooled({k: load_json(v) for k, v in inputs.items() if str(v).endswith(".json")})
+    inputs = {k: v for k, v in inputs.items() if not _REPLICA.match(k)}
     return TABLES[name].build(loaded, inputs, params)

@@ -26,12 +26,15 @@ NOT_MEASURED = "not measured in this study"
 
 @dataclass(frozen=True)
 class Measured:
-    """A table value with its interval; ``how``: the interval's level, method and resampling unit in words."""
+    """A table value with its interval; ``how``: the interval's level, method and resampling unit in words;
+    ``spread``: the standard deviation across ``seeds`` training seeds (config ``replicates``), if pooled."""
 
     value: float
     low: float
     high: float
     how: str
+    spread: float | None = None
+    seeds: int | None = None
 
 
 def expand_intervals(table: pd.DataFrame, digits: int = 4) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
@@ -40,6 +43,7 @@ def expand_intervals(table: pd.DataFrame, digits: int = 4) -> tuple[pd.DataFrame
     csv_columns: dict = {}
     shown = table.astype(object).copy()
     hows: list[str] = []
+    seeds: list[int] = []
     for column in table.columns:
         cells = list(table[column])
         measured = [isinstance(c, Measured) for c in cells]
@@ -47,14 +51,25 @@ def expand_intervals(table: pd.DataFrame, digits: int = 4) -> tuple[pd.DataFrame
         if any(measured):
             csv_columns[f"{column} CI low"] = [c.low if isinstance(c, Measured) else "" for c in cells]
             csv_columns[f"{column} CI high"] = [c.high if isinstance(c, Measured) else "" for c in cells]
+            if any(isinstance(c, Measured) and c.spread is not None for c in cells):
+                csv_columns[f"{column} seed sd"] = [c.spread if isinstance(c, Measured) and c.spread is not None
+                                                    else "" for c in cells]
             for c in cells:
                 if isinstance(c, Measured) and c.how not in hows:
                     hows.append(c.how)
+                if isinstance(c, Measured) and c.seeds and c.spread is not None and c.seeds not in seeds:
+                    seeds.append(c.seeds)
     for column in table.columns:
-        shown[column] = [f"{format_cell(c.value, digits)} [{format_cell(c.low, digits)}, {format_cell(c.high, digits)}]"
-                         if isinstance(c, Measured) else c for c in table[column]]
+        shown[column] = [_shown(c, digits) if isinstance(c, Measured) else c for c in table[column]]
     notes = [f"value [low, high]: {how}" for how in hows]
+    notes += [f"value ± sd: the mean over {n} training seeds (config replicates) ± their standard deviation"
+              for n in seeds]
     return pd.DataFrame(csv_columns, index=table.index), shown, notes
+
+
+def _shown(c: Measured, digits: int) -> str:
+    spread = f" ± {format_cell(c.spread, digits)}" if c.spread is not None else ""
+    return f"{format_cell(c.value, digits)}{spread} [{format_cell(c.low, digits)}, {format_cell(c.high, digits)}]"
 
 
 def format_cell(value, digits: int = 4) -> str:

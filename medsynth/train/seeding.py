@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import torch
+
+from medsynth.seeds import derive_seed
 
 __all__ = ["DATA_SCHEME", "LoopState", "derive_seed", "stream_indices"]
 
@@ -35,18 +36,6 @@ class LoopState:
         if state.get("data_scheme", DATA_SCHEME) != DATA_SCHEME:
             raise ValueError(f"checkpoint data scheme {state.get('data_scheme')!r} != {DATA_SCHEME!r}")
         self.step = int(state["step"])
-
-
-def derive_seed(seed: int, *keys: str | int) -> int:
-    """A 63-bit seed for an independent stream named by ``keys`` (numpy ``SeedSequence`` hashing)."""
-    words = [int(seed) & 0xFFFFFFFF]
-    for k in keys:
-        if isinstance(k, str):
-            words.extend(k.encode())
-        else:
-            words.append(int(k) & 0xFFFFFFFF)
-    state = np.random.SeedSequence(words).generate_state(2, dtype=np.uint32)
-    return (int(state[0]) << 31) ^ int(state[1])
 
 
 def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
