@@ -26,6 +26,7 @@ include: "rules/metrics.smk"
 include: "rules/volumes.smk"
 include: "rules/tables.smk"
 include: "rules/report.smk"
+include: "rules/readers.smk"
 
 
 rule all:

@@ -210,6 +210,8 @@ def final_outputs():
         *expand(f"{RESULTS}/stage2/{{variant}}/final", variant=DEFAULT_VARIANTS),
         *report_inputs(),
         f"{RESULTS}/report.html",
+        f"{RESULTS}/readers/kit",  # the reader-study kit (rules/readers.smk); its key kept apart
+        f"{RESULTS}/readers/key.csv",
     ]
 
 

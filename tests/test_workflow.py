@@ -155,6 +155,19 @@ def test_full_embedded_study_produces_registered_masks_training_sets_and_figures
     assert {"VAE reconstruction", "blur_7px", "victr (euler-30)"} <= set(calibration.index)
     assert float(calibration.loc["uniform_noise", fd]) > float(calibration.loc["blur_7px", fd])
 
+    # the reader-study kit of the study's own samples (rules/readers.smk), its key kept apart
+    kit_cases = pd.read_csv(results / "readers" / "kit" / "cases.csv")
+    key = pd.read_csv(results / "readers" / "key.csv")
+    assert list(kit_cases.columns) == ["case_id"] and list(key["case_id"]) == list(kit_cases["case_id"])
+    assert set(key["truth"]) == {"real", "synthetic"} and (results / "readers" / "kit" / "index.html").exists()
+    # a simulated reader's answers scored through rule reader_scores: every case right, all "match"
+    answers = results / "readers" / "answers"
+    answers.mkdir()
+    pd.DataFrame({"reader_id": "simulated", "case_id": key["case_id"], "turing": key["truth"],
+                  "match": "match"}).to_csv(answers / "answers-simulated.csv", index=False)
+    run_snakemake(tmp_path, embedded_config(), "results/example/readers/scores/visual_turing.csv")
+    turing = pd.read_csv(results / "readers" / "scores" / "visual_turing.csv")
+    assert turing.loc[turing["reader"] == "simulated", "accuracy"].astype(float).tolist() == [1.0]
     victr = json.loads((results / "metrics" / "victr" / "euler-30.json").read_text())
     assert 0 <= victr["controllability"]["generated"]["accuracy"] <= 1 and victr["pairs"]["ssim"] > 0
     report = (tmp_path / "results" / "example" / "report.html")
