@@ -48,3 +48,16 @@ def test_volume_sample_and_crop_pad():
     assert img.shape == (1, 16, 16, 16) and msk.shape == (1, 16, 16, 16)
     padded = centre_crop_or_pad(np.ones((4, 6)), (6, 4), fill=0.0)
     np.testing.assert_array_equal(padded, np.pad(np.ones((4, 4)), ((1, 1), (0, 0))))
+
+
+def test_held_out_slabs_split_slices_and_drop_the_gap_around_them():
+    import pytest
+
+    options = SliceOptions.from_config({"slabs": {"test": {"p1": [10, 14]}, "gap": 2}})
+    splits = [options.slice_split("p1", z, "val") for z in range(6, 19)]
+    assert splits == ["train", "train", None, None, "test", "test", "test", "test", "test", None, None, "train",
+                      "train"]
+    assert options.slice_split("p2", 12, "val") == "val"  # a patient without a slab keeps its patient-level split
+    assert SliceOptions.from_config({}).slice_split("p1", 12, "test") == "test"  # no slabs: patient-level splits
+    with pytest.raises(ValueError, match="last slice 3 before first 5"):
+        SliceOptions.from_config({"slabs": {"test": {"p1": [5, 3]}}})

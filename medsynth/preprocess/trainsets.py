@@ -24,11 +24,14 @@ from medsynth.preprocess.intensity import normalise
 
 @dataclass(frozen=True)
 class SliceOptions:
-    """2D set: slice size in pixels, minimum in-field fraction of a slice, keep every n-th slice."""
+    """2D set: slice size in pixels, minimum in-field fraction of a slice, keep every n-th slice, and the
+    slice-level held-out slabs (patient id -> first and last test slice) with the gap dropped around them."""
 
     size: int
     min_coverage: float
     every: int
+    test_slabs: tuple[tuple[str, int, int], ...]
+    slab_gap: int
 
     @classmethod
     def from_config(cls, cfg: dict | None = None) -> "SliceOptions":
@@ -36,7 +39,23 @@ class SliceOptions:
         from medsynth.settings import section
 
         c = section("trainsets", {"slices": dict(cfg or {})})["slices"]
-        return cls(int(c["size"]), float(c["min_coverage"]), int(c["every"]))
+        slabs = c["slabs"]
+        test = tuple((str(p), int(a), int(b)) for p, (a, b) in sorted(slabs["test"].items()))
+        for patient, first, last in test:
+            if last < first:
+                raise ValueError(f"trainsets.slices.slabs.test.{patient}: last slice {last} before first {first}")
+        return cls(int(c["size"]), float(c["min_coverage"]), int(c["every"]), test, int(slabs["gap"]))
+
+    def slice_split(self, patient_id: str, z: int, split: str) -> str | None:
+        """The split of slice ``z`` of a patient whose patient-level split is ``split``: ``"test"`` inside the
+        patient's test slab, ``None`` (dropped) within ``slab_gap`` slices of it, else ``"train"``; ``split``
+        itself for a patient without a slab."""
+        for patient, first, last in self.test_slabs:
+            if patient == str(patient_id):
+                if first <= z <= last:
+                    return "test"
+                return None if first - self.slab_gap <= z <= last + self.slab_gap else "train"
+        return split
 
 
 def _resize(volume: np.ndarray, size: tuple[int, ...], binary: bool) -> np.ndarray:
@@ -113,8 +132,11 @@ def build_training_shard(masks_table: pd.DataFrame, registered: pd.DataFrame, ma
         base = {**{key: case[key] for key in TRAINSET_ID_COLUMNS[:-1]}, "normalisation": json.dumps(params)}
         base.update({c: prompts.loc[case_id, c] for c in prompt_columns})
         for z, img, msk in axial_slices(image, masks, coverage, slice_options):
+            split = slice_options.slice_split(case["patient_id"], z, case["split"])
+            if split is None:
+                continue  # in the gap around a held-out slab
             present = [n for n, m in zip(condition_names, msk) if m.any()]
-            slices.append((dict(base, slice=z, organs=json.dumps(present)), img, msk))
+            slices.append((dict(base, split=split, slice=z, organs=json.dumps(present)), img, msk))
         img3, msk3 = volume_sample(image, masks, volume_size)
         present = [n for n, m in zip(condition_names, msk3) if m.any()]
         volumes.append((dict(base, slice=-1, organs=json.dumps(present)), img3, msk3))
