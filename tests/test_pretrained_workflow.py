@@ -25,6 +25,8 @@ def test_embedded_study_runs_stage2_sampling_and_metrics_from_a_pretrained_backb
     make_tiny_sd15(repo)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the rules read local files only
     config = micro_generative_config()
+    # Stable Diffusion's UNet takes 4 latent channels: a VAE without the embedded study's latent folding
+    config["vae"]["model"] = {**config["vae"]["model"], "block_out_channels": [16, 32, 32], "latent_pack": 1}
     config["generator"] = {**config["generator"],
                            "backbone": {"type": "unet2d_condition", "pretrained": str(repo),
                                         "params": {"in_channels": 4 + len(config["masks"]["conditions"])}},

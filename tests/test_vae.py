@@ -510,3 +510,23 @@ def test_grey_ct_into_a_pretrained_rgb_vae(ct_slices, tmp_path):
     with pytest.raises(PretrainedUnavailableError, match="2-channel images cannot"):
         build_autoencoder({"spatial_dims": 2, "in_channels": 2, "out_channels": 2,
                            "pretrained": str(tmp_path / "sd"), "pretrained_subfolder": "vae"})
+
+
+def test_latent_pack_folds_the_latent_grid_into_channels_and_round_trips(tmp_path):
+    from medsynth.vae.models import latent_pack, model_config, save_autoencoder
+
+    plain = build_autoencoder({**TINY_VAE_CONFIGS["2d"], "block_out_channels": [16, 32]}).eval()
+    packed = build_autoencoder({**TINY_VAE_CONFIGS["2d"], "block_out_channels": [16, 32], "latent_pack": 2}).eval()
+    packed.load_state_dict(plain.state_dict())  # the same network: only the latents' layout differs
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        mean, logvar = encode(plain, x)
+        pmean, plogvar = encode(packed, x)
+        assert tuple(mean.shape) == (2, 4, 16, 16) and tuple(pmean.shape) == (2, 16, 8, 8)
+        assert torch.equal(pmean, F.pixel_unshuffle(mean, 2)) and torch.equal(plogvar, F.pixel_unshuffle(logvar, 2))
+        assert torch.equal(decode(packed, pmean), decode(plain, mean))
+        assert torch.equal(reconstruct(packed, x), reconstruct(plain, x))
+    loaded = load_autoencoder(save_autoencoder(packed, tmp_path / "vae"))
+    assert latent_pack(model_config(loaded)) == 2  # the folding travels with the saved model
+    with pytest.raises(Exception, match="latent_pack"):  # 2D only: the 3D section has no such key
+        build_autoencoder({**TINY_VAE_CONFIGS["3d"], "latent_pack": 2})

@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from medsynth.io.state_dict import load_weights
 
@@ -104,8 +105,14 @@ def _per_level(value: int | list[int], levels: int) -> list[int]:
 
 
 def downsample_factor(cfg: dict) -> int:
-    """Spatial compression factor per axis: ``2 ** (len(block_out_channels) - 1)``."""
+    """Spatial compression factor per axis of the VAE itself: ``2 ** (len(block_out_channels) - 1)``."""
     return 2 ** (_levels(cfg) - 1)
+
+
+def latent_pack(cfg: Mapping | None) -> int:
+    """Space-to-depth factor of the latents (``model.latent_pack``; 1 for a 3D config or a build config saved
+    before the key existed)."""
+    return int((cfg or {}).get("latent_pack") or 1)  # a saved build record, not a config default
 
 
 def vae_section(cfg: Mapping | None) -> dict:
@@ -130,6 +137,8 @@ def _check(cfg: dict) -> dict:
         raise ValueError("vae.model.backend 'maisi' is 3D only (MaisiGroupNorm3D); use 'diffusers' or 'monai' for 2D")
     if backend not in ("diffusers", "maisi", "monai"):
         raise ValueError(f"vae.model.backend must be diffusers, maisi or monai, got {backend!r}")
+    if latent_pack(cfg) > 1 and dims != 2:
+        raise ValueError("vae.model.latent_pack folds 2D latents only; leave it at 1 for 3D")
     groups = int(cfg["norm_num_groups"])
     bad = [c for c in cfg["block_out_channels"] if int(c) % groups]
     if bad:
@@ -296,16 +305,23 @@ def encode(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     x = _grey_into_rgb(model, x)
     if _is_diffusers(model):
         dist = model.encode(x).latent_dist
-        return dist.mean, dist.logvar
-    if _is_monai(model):
+        mean, logvar = dist.mean, dist.logvar
+    elif _is_monai(model):
         mu, sigma = model.encode(x)
-        return mu, 2.0 * torch.log(sigma)
-    mean, logvar = model.encode(x)
+        mean, logvar = mu, 2.0 * torch.log(sigma)
+    else:
+        mean, logvar = model.encode(x)
+    pack = latent_pack(model_config(model))
+    if pack > 1:  # each p x p patch of the latent grid into channels (vae.model.latent_pack)
+        mean, logvar = F.pixel_unshuffle(mean, pack), F.pixel_unshuffle(logvar, pack)
     return mean, logvar
 
 
 def decode(model: nn.Module, z: torch.Tensor) -> torch.Tensor:
     """Decode latents ``z`` back to image space (``(B, image channels, *spatial)``; RGB -> grey, see encode)."""
+    pack = latent_pack(model_config(model))
+    if pack > 1:
+        z = F.pixel_shuffle(z, pack)
     if _is_diffusers(model):
         return _rgb_to_grey(model, model.decode(z).sample)
     return _rgb_to_grey(model, model.decode(z))

@@ -48,7 +48,7 @@ from medsynth.train.loop import make_accelerator, train
 from medsynth.vae.latents import latent_statistics, save_latent_statistics
 from medsynth.vae.losses import LossConfig, VAELoss
 from medsynth.vae.metrics import reconstruction_metrics
-from medsynth.vae.models import downsample_factor, image_channels, model_config, save_autoencoder
+from medsynth.vae.models import downsample_factor, image_channels, latent_pack, model_config, save_autoencoder
 from medsynth.vae.step import VAEPair, VAEStep
 
 log = logging.getLogger(__name__)
@@ -99,10 +99,10 @@ def _check_images(model: nn.Module, images: torch.Tensor, patch: list[int] | Non
     if images.ndim - 2 != int(cfg["spatial_dims"]) or images.shape[1] != image_channels(model):
         raise ValueError(f"images {tuple(images.shape)} do not match the {cfg['spatial_dims']}D VAE for "
                          f"{image_channels(model)}-channel images")
-    factor = downsample_factor(cfg)
+    factor = downsample_factor(cfg) * latent_pack(cfg)  # the latent grid folds by latent_pack too
     sizes = patch if patch is not None else list(images.shape[2:])
     if any(s % factor for s in sizes):
-        raise ValueError(f"training size {sizes} must be divisible by the VAE downsampling factor {factor}")
+        raise ValueError(f"training size {sizes} must be divisible by the VAE downsampling factor x latent_pack = {factor}")
 
 
 def tune_vae(model: nn.Module, images: torch.Tensor | np.ndarray, cfg: dict, outputs: TrainOutputs | str | Path, *,
