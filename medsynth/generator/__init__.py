@@ -8,29 +8,39 @@
   :func:`run_stage2` (variant = a named override set of the ``stage2`` config section).
 """
 
-from .data import (
-    LatentData,
-    build_latent_data,
-    load_slices,
-    select_rows,
-    severity_fractions,
-    severity_grades,
-    slice_prompts,
-)
-from .step import GeneratorStep
-from .stages import run_base, run_stage1, run_stage2, variant_config
+from __future__ import annotations
 
-__all__ = [
-    "GeneratorStep",
-    "LatentData",
-    "build_latent_data",
-    "load_slices",
-    "run_base",
-    "run_stage1",
-    "run_stage2",
-    "select_rows",
-    "severity_fractions",
-    "severity_grades",
-    "slice_prompts",
-    "variant_config",
-]
+import importlib
+from typing import Any
+
+#: public name -> submodule; loaded on first use, so that importing one submodule (e.g. ``medsynth.generator.data``) does
+#: not import the others' dependencies (peft, accelerate, transformers)
+_EXPORTS = {
+    "LatentData": "data",
+    "build_latent_data": "data",
+    "load_slices": "data",
+    "select_rows": "data",
+    "severity_fractions": "data",
+    "severity_grades": "data",
+    "slice_prompts": "data",
+    "GeneratorStep": "step",
+    "run_base": "stages",
+    "run_stage1": "stages",
+    "run_stage2": "stages",
+    "variant_config": "stages",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

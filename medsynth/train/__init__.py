@@ -11,56 +11,54 @@
 * :mod:`.data` - ``TensorDictDataset``, ``load_slice_dataset`` (training-set shards).
 """
 
-from .data import TensorDictDataset, load_slice_dataset
-from .ewc import (
-    anchor_parameters,
-    ewc_penalty,
-    fisher_diagonal,
-    group_scores,
-    load_ewc,
-    save_ewc,
-    select_layers,
-    unfreeze,
-)
-from .flow import EWCTerm, RectifiedFlowStep, call_model
-from .lora import add_lora, load_lora, lora_parameters, lora_targets, merge_lora, save_lora
-from .loop import (
-    PREEMPTED_EXIT_CODE,
-    TrainConfig,
-    TrainOutputs,
-    TrainResult,
-    derive_seed,
-    latest_checkpoint,
-    save_model,
-    train,
-)
+from __future__ import annotations
 
-__all__ = [
-    "PREEMPTED_EXIT_CODE",
-    "EWCTerm",
-    "RectifiedFlowStep",
-    "TensorDictDataset",
-    "TrainConfig",
-    "TrainOutputs",
-    "TrainResult",
-    "add_lora",
-    "anchor_parameters",
-    "call_model",
-    "derive_seed",
-    "ewc_penalty",
-    "fisher_diagonal",
-    "group_scores",
-    "latest_checkpoint",
-    "load_ewc",
-    "load_lora",
-    "load_slice_dataset",
-    "lora_parameters",
-    "lora_targets",
-    "merge_lora",
-    "save_ewc",
-    "save_lora",
-    "save_model",
-    "select_layers",
-    "train",
-    "unfreeze",
-]
+import importlib
+from typing import Any
+
+#: public name -> submodule; loaded on first use, so that importing one submodule (e.g. ``medsynth.train.data``) does
+#: not import the others' dependencies (peft, accelerate, transformers)
+_EXPORTS = {
+    "TensorDictDataset": "data",
+    "load_slice_dataset": "data",
+    "anchor_parameters": "ewc",
+    "ewc_penalty": "ewc",
+    "fisher_diagonal": "ewc",
+    "group_scores": "ewc",
+    "load_ewc": "ewc",
+    "save_ewc": "ewc",
+    "select_layers": "ewc",
+    "unfreeze": "ewc",
+    "EWCTerm": "flow",
+    "RectifiedFlowStep": "flow",
+    "call_model": "flow",
+    "add_lora": "lora",
+    "load_lora": "lora",
+    "lora_parameters": "lora",
+    "lora_targets": "lora",
+    "merge_lora": "lora",
+    "save_lora": "lora",
+    "PREEMPTED_EXIT_CODE": "loop",
+    "TrainConfig": "loop",
+    "TrainOutputs": "loop",
+    "TrainResult": "loop",
+    "derive_seed": "loop",
+    "latest_checkpoint": "loop",
+    "save_model": "loop",
+    "train": "loop",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
