@@ -114,6 +114,9 @@ def sample_grid_from_files(shards: Sequence[str], select: Mapping, generated: Ma
     real, cond = images[rows], (masks[rows] > 0)
     sets = {label: load_generated(p)[0] for label, p in generated.items()}
     modality = str(index.iloc[rows[0]]["modality"]) if len(rows) else "CT"
-    window = (intensity_cfg.get("windows") or {}).get(window_name, (40, 400))
+    windows = intensity_cfg["windows"]
+    if window_name not in windows:
+        raise ValueError(f"figures.ct_window = {window_name!r} is not a window of intensity.windows ({', '.join(windows)})")
+    window = windows[window_name]
     return sample_grid(real, cond, sets, modality, intensity_cfg["ct_hu_range"], window, names,
                        pick_conditions(cond, count), path)

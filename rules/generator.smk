@@ -95,7 +95,7 @@ rule stage2:
     params:
         generator=config["generator"],
         stage=stage2_config,
-        ddpm=SAMPLING.get("ddpm", {}),
+        ddpm=SAMPLING["ddpm"],
     script:
         "../scripts/stage2.py"
 

@@ -25,10 +25,8 @@ rule metrics:
         metrics=METRICS,
         intensity=config["intensity"],
         select=SAMPLING["condition_sets"]["eval"],
-        severity=config["generator"].get("severity"),
-        severity_prompt=lambda wc: bool(
-            model_config(wc.model).get("severity_prompt", False)
-        ),
+        severity=config["generator"]["severity"],
+        severity_prompt=lambda wc: bool(model_config(wc.model)["severity_prompt"]),
         grid=config["preprocess"]["grid"],
         statistics=config["statistics"],
         slice_size=config["trainsets"]["slices"]["size"],

@@ -21,8 +21,8 @@ rule sample_grid:
         labels=[f"{m} {r}" for m, r in GRID_RUNS],
         select=SAMPLING["condition_sets"]["eval"],
         intensity=config["intensity"],
-        window=config["figures"].get("ct_window", "soft_tissue"),
-        n_conditions=config["figures"].get("cases", 4),
+        window=config["figures"]["ct_window"],
+        n_conditions=config["figures"]["cases"],
     script:
         "../scripts/sample_grid.py"
 
@@ -30,10 +30,7 @@ rule sample_grid:
 rule fd_vs_nfe:
     """Frechet distance against NFE for every run of the steps sweep."""
     input:
-        [
-            metrics_json(SAMPLING.get("steps_model", "victr"), run)
-            for run in SAMPLING.get("steps_runs", [])
-        ],
+        [metrics_json(SAMPLING["steps_model"], run) for run in SAMPLING["steps_runs"]],
     output:
         report(
             f"{RESULTS}/figures/fd_vs_nfe.png",

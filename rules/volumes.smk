@@ -24,7 +24,7 @@ rule volume_vae:
     resources:
         **rule_resources("volume_vae", mem_mb=6000, gpu=0),
     params:
-        vae=VOLUMES.get("vae", {}),
+        vae=VOLUMES["vae"],
         statistics=config["statistics"],
     script:
         "../scripts/volume_vae.py"
@@ -56,7 +56,7 @@ rule volume_generator:
         **rule_resources("volume_generator", mem_mb=6000, gpu=0),
     params:
         generator=volume_generator_config(),
-        stage=VOLUMES.get("training", {}),
+        stage=VOLUMES["training"],
     script:
         "../scripts/volume_generator.py"
 
@@ -84,7 +84,7 @@ rule volume_sample:
         **rule_resources("volume_sample", mem_mb=4000, gpu=0),
     params:
         generator=volume_generator_config(),
-        model_cfg=VOLUMES.get("training", {}),
+        model_cfg=VOLUMES["training"],
         sampling={
             **SAMPLING,
             **(VOLUMES.get("sampling") or {}),

@@ -25,7 +25,8 @@ def test_matching_by_glob():
 
 
 def test_binary_channels_and_volumes():
-    specs = [ConditionSpec("liver", ("liver",)), ConditionSpec("kidneys", ("kidney_*",))]
+    specs = [ConditionSpec.from_config({"name": "liver", "structures": ["liver"]}),
+             ConditionSpec.from_config({"name": "kidneys", "structures": ["kidney_*"]})]
     result = condition_masks(_labels(), NAMES, specs, voxel_ml=0.027)
     assert result.channels.shape == (2, 20, 20, 20) and result.channels.dtype == np.uint8
     assert result.channels[0].sum() == 6 * 8 * 16 and result.channels[1].sum() == 27
@@ -48,9 +49,9 @@ def test_values_are_mapped_to_plus_minus_half():
 
 
 def test_mask_qc_reasons():
-    specs = [ConditionSpec("lungs", ("lung_*",), required=True, max_ml=1.0),
-             ConditionSpec("spleen", ("spleen",), required=True),
-             ConditionSpec("kidneys", ("kidney_*",), min_ml=5.0)]
+    specs = [ConditionSpec.from_config({"name": "lungs", "structures": ["lung_*"], "required": True, "max_ml": 1.0}),
+             ConditionSpec.from_config({"name": "spleen", "structures": ["spleen"], "required": True}),
+             ConditionSpec.from_config({"name": "kidneys", "structures": ["kidney_*"], "min_ml": 5.0})]
     result = condition_masks(_labels(), NAMES, specs, voxel_ml=0.027)
     assert any(r.startswith("mask volume out of range: lungs") for r in result.reasons)
     assert "empty mask: spleen" in result.reasons

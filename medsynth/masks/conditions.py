@@ -22,18 +22,20 @@ class ConditionSpec:
 
     name: str
     structures: tuple[str, ...]
-    boundary: bool = False
-    min_ml: float = 0.0
-    max_ml: float | None = None
-    required: bool = False
+    boundary: bool
+    min_ml: float
+    max_ml: float | None
+    required: bool
 
     @classmethod
     def from_config(cls, cfg: dict) -> "ConditionSpec":
-        """Build from one entry of ``masks.conditions``."""
-        return cls(
-            name=cfg["name"], structures=tuple(cfg["structures"]), boundary=bool(cfg.get("boundary", False)),
-            min_ml=float(cfg.get("min_ml", 0.0)), max_ml=cfg.get("max_ml"), required=bool(cfg.get("required", False)),
-        )
+        """Build from one entry of ``masks.conditions`` (keys left out take the schema's defaults)."""
+        from medsynth.settings import section
+
+        c = section("masks", {"conditions": [dict(cfg)]})["conditions"][0]
+        return cls(name=c["name"], structures=tuple(c["structures"]), boundary=bool(c["boundary"]),
+                   min_ml=float(c["min_ml"]), max_ml=None if c["max_ml"] is None else float(c["max_ml"]),
+                   required=bool(c["required"]))
 
 
 @dataclass
