@@ -16,8 +16,7 @@ does) does not import torch-fidelity.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from medsynth.lazy import lazy_exports
 
 _EXPORTS = {
     "model_to_hu": "windows", "apply_window": "windows", "windowed": "windows",
@@ -39,14 +38,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'medsynth.metrics' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
