@@ -7,7 +7,12 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# A study config is merged onto the config it `extends` (default: the embedded study's, so a study of
+# your own data inherits the embedded recipe); `extends: null` stands alone (the paper studies), and the
+# schema's defaults fill in what it leaves out. One level: the extended file's own `extends` is not read.
+if config.get("extends", "config/config.yaml"):
+
+    configfile: config.get("extends", "config/config.yaml")
 
 
 validate(config, "config/schema.yaml")

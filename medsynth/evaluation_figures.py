@@ -67,8 +67,9 @@ def sample_grid(real: np.ndarray, masks: np.ndarray, generated: Mapping[str, np.
 
 
 def fd_vs_nfe(metrics: Sequence[Mapping], path: str | Path) -> Path:
-    """FD (self-trained encoder) against NFE, one line per sampler (MAISI-v2 steps ablation, ViCTr few-step)."""
-    rows = [{"sampler": m["sampling"]["sampler"], "nfe": m["sampling"]["nfe"], "fd": m["fd_self"]["value"],
+    """FD (self-trained encoder) against NFE, one line per sampler (MAISI-v2 steps ablation, ViCTr few-step);
+    the adaptive dopri5 is its own point (``dopri5-auto``) beside the fixed-step ``dopri5`` line."""
+    rows = [{"sampler": _line_label(m["sampling"]), "nfe": m["sampling"]["nfe"], "fd": m["fd_self"]["value"],
              "model": m["model"]} for m in metrics if m.get("fd_self", {}).get("value") is not None]
     table = pd.DataFrame(rows).sort_values(["sampler", "nfe"])
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
@@ -86,19 +87,34 @@ def fd_vs_nfe(metrics: Sequence[Mapping], path: str | Path) -> Path:
     return save_figure(fig, path)
 
 
+def _line_label(sampling: Mapping) -> str:
+    """The sampler of a run summary, ``dopri5-auto`` for the adaptive dopri5 (no step count)."""
+    adaptive = sampling["sampler"] == "dopri5" and sampling.get("steps") is None
+    return "dopri5-auto" if adaptive else sampling["sampler"]
+
+
 def loss_curves(curves: Mapping[str, str | Path], path: str | Path, smooth: int = 10) -> Path:
-    """Training loss of each stage (``label -> loss_curve.csv``), running mean over ``smooth`` steps."""
+    """Training loss of each stage (``label -> loss_curve.csv``), running mean over ``smooth`` steps. A curve
+    without rows (a stage run with ``steps: 0``, e.g. a frozen pretrained VAE) is absent, named in a note."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
+    absent = []
     for label, csv in curves.items():
         curve = pd.read_csv(csv)
+        if curve.empty:
+            absent.append(label)
+            continue
         column = "loss" if "loss" in curve else ("total" if "total" in curve else curve.columns[-1])
         y = curve[column].rolling(smooth, min_periods=1).mean()
         x = curve["step"] if "step" in curve else np.arange(len(curve))
         ax.plot(x, y / max(float(y.iloc[0]), 1e-12), label=label, linewidth=1)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(f"loss / first value (running mean of {smooth})")
-    ax.set_yscale("log")
-    ax.legend(fontsize=7)
+    if ax.lines:
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    if absent:
+        ax.text(0.01, 0.01, f"not trained (no optimizer steps, e.g. a frozen VAE): {', '.join(absent)}",
+                transform=ax.transAxes, fontsize=7, va="bottom")
     ax.grid(alpha=0.3)
     return save_figure(fig, path)
 

@@ -16,7 +16,7 @@ __all__ = [
     "run_pattern",
 ]
 
-#: ODE samplers of the flow / Tweedie generators (``<sampler>-<steps>``; dopri5 is adaptive: ``dopri5-auto``)
+#: ODE samplers of the flow / Tweedie generators (``<sampler>-<steps>``; dopri5 also adaptive: ``dopri5-auto``)
 FLOW_SAMPLERS: tuple[str, ...] = ("euler", "heun", "dopri5", "tweedie")
 #: Schedulers of the DDPM-objective generators (``ddpm-<steps>``, ``ddim-<steps>``)
 DIFFUSION_SAMPLERS: tuple[str, ...] = ("ddpm", "ddim")
@@ -32,6 +32,6 @@ DOWNSTREAM_KINDS: tuple[str, ...] = DOWNSTREAM_COMPOSITIONS + MEDDIFF_KINDS
 
 
 def run_pattern() -> str:
-    """Regular expression of a sampling run name: ``<sampler>-<steps>`` or ``dopri5-auto``."""
-    fixed = "|".join(s for s in SAMPLERS if s != "dopri5")
-    return rf"({fixed})-\d+|dopri5-auto"
+    """Regular expression of a sampling run name: ``<sampler>-<steps>`` (``dopri5-50``: fixed steps) or
+    ``dopri5-auto`` (adaptive)."""
+    return rf"({'|'.join(SAMPLERS)})-\d+|dopri5-auto"

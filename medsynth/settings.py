@@ -13,7 +13,7 @@ import copy
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["SCHEMA", "section"]
+__all__ = ["SCHEMA", "check_frozen_vae", "section"]
 
 #: the study config's JSON schema (YAML)
 SCHEMA = Path(__file__).resolve().parents[1] / "config" / "schema.yaml"
@@ -27,3 +27,16 @@ def section(name: str, values: Mapping | None = None) -> dict:
     config = {"study": "section-defaults", "datasets": ["example"], name: copy.deepcopy(dict(values or {}))}
     validate(config, str(SCHEMA))
     return config[name]
+
+
+def check_frozen_vae(cfg: Mapping, name: str = "vae") -> None:
+    """Refuse ``steps: 0`` (frozen: the pretrained VAE as released, no tuning) without ``model.pretrained``:
+    a frozen random VAE is meaningless. ``cfg``: config section ``name`` (``vae`` or ``volumes.vae``); the study
+    (:class:`medsynth.study.Study`) calls this when the workflow reads the config, :func:`medsynth.vae.models.vae_section` when a stage
+    does. The schema cannot say it in words."""
+    model = cfg.get("model") or {}
+    if cfg.get("steps") == 0 and not model.get("pretrained"):
+        raise ValueError(
+            f"{name}.steps: 0 freezes the VAE (used as released, no tuning), but {name}.model.pretrained is "
+            f"{model.get('pretrained')!r}: a frozen randomly initialised VAE is meaningless; set "
+            f"{name}.model.pretrained to the released weights (e.g. a registry model) or {name}.steps >= 1")

@@ -14,10 +14,15 @@ from typing import Any
 
 from medsynth.configmerge import variant_config
 from medsynth.names import DOWNSTREAM_KINDS, run_pattern
+from medsynth.settings import check_frozen_vae
 from medsynth.replicates import replicate_names, split_replicate, with_replicate_seed
+from medsynth.targets import restrict, target_select
 from medsynth.variants import stage2_variant
 
-__all__ = ["Study"]
+__all__ = ["Study", "VOLUME_MODEL"]
+
+#: the 3D generator's name in table rows and `sampling.steps_model` (its metrics: volumes/metrics/<run>.json)
+VOLUME_MODEL = "volumes"
 
 
 class Study:
@@ -34,6 +39,8 @@ class Study:
         self.results = f"{config['results_dir']}/{self.name}"
         #: stage-2 variants: named override sets of config `stage2`
         self.variants = list(config["variants"])
+        #: stage-2 target tasks (config `targets`): a variant with `target: <name>` is fine-tuned and measured on them
+        self.targets = dict(config["targets"])
         #: the variants `snakemake` trains by default; the others when an output asks for them
         self.default_variants = [v for v in config["default_variants"] if v in self.variants]
         #: MedSyn2 architecture ablations: base generators trained from scratch with another backbone
@@ -46,6 +53,8 @@ class Study:
         clash = set(self.architectures) & {"base", "stage1", *self.variants}
         if clash:
             raise ValueError(f"config architectures {sorted(clash)} clash with base / stage1 / variant names")
+        if VOLUME_MODEL in {*self.variants, *self.architectures}:
+            raise ValueError(f"{VOLUME_MODEL!r} names the 3D generator: rename the variant / architecture")
         #: training seeds per model of a table (config `replicates`); replicate k >= 1 of a variant or
         #: architecture is the model `<name>@k` (medsynth.replicates)
         self.replicates = int(config["replicates"])
@@ -61,6 +70,9 @@ class Study:
         self.metrics = config["metrics"]
         self.tables = config["tables"]
         self.extractor_setting = self.metrics["extractor_setting"]
+        # `steps: 0` freezes a pretrained VAE; a frozen random one fails now, not in the VAE job
+        check_frozen_vae(config["vae"], "vae")
+        check_frozen_vae(self.volumes["vae"], "volumes.vae")
 
     # -- wildcards ---------------------------------------------------------------------------
     def wildcard_constraints(self, datasets) -> dict[str, str]:
@@ -92,7 +104,10 @@ class Study:
 
     # -- paths -------------------------------------------------------------------------------
     def metrics_json(self, model: str, run: str | None = None) -> str:
-        """Metrics file of one sampling run (default: the study's default run)."""
+        """Metrics file of one sampling run (default: the study's default run); the model ``volumes`` is the 3D
+        generator (config `volumes`, default run `volumes.run`)."""
+        if model == VOLUME_MODEL:
+            return f"{self.results}/volumes/metrics/{run or self.volumes['run']}.json"
         return f"{self.results}/metrics/{model}/{run or self.default_run}.json"
 
     def replicate_paths(self, path: str) -> list[str]:
@@ -152,9 +167,26 @@ class Study:
 
     def stage2_config(self, variant: str) -> dict:
         """Config `stage2` with the overrides of ``variant`` merged in, checked for options that exclude each other
-        (for a replicate ``<variant>@k``: with replicate k's seeds)."""
+        (for a replicate ``<variant>@k``: with replicate k's seeds); a variant with a `target` selects only the
+        target's slices."""
         name, k = split_replicate(variant)
-        return with_replicate_seed(stage2_variant(self.config["stage2"], self.config["variants"], name), k)
+        cfg = stage2_variant(self.config["stage2"], self.config["variants"], name)
+        if cfg.get("target") is not None:
+            where = f"variants.{name}.target"
+            cfg["select"] = restrict(cfg["select"], target_select(self.targets, cfg["target"], where))
+        return with_replicate_seed(cfg, k)
+
+    def model_target(self, model: str) -> str | None:
+        """The stage-2 target of ``model`` (config `stage2.target` of its variant); None for any other model."""
+        if split_replicate(model)[0] in self.variants:
+            return self.stage2_config(model).get("target")
+        return None
+
+    def condition_select(self, model: str, conditions: str) -> dict:
+        """Condition set ``conditions`` (config `sampling.condition_sets`) as ``model`` is sampled and measured on
+        it: restricted to the model's target's slices, if it has one."""
+        return restrict(self.sampling["condition_sets"][conditions], target_select(self.targets,
+                                                                                   self.model_target(model)))
 
     def model_config(self, model: str) -> dict:
         """Config section a model was trained with: `base`, `stage1`, the variant's merged `stage2` or an
@@ -240,11 +272,20 @@ class Study:
         return self.sampling["steps_model"]
 
     def grid_runs(self) -> list[tuple[str, str]]:
-        """(model, run) pairs of the sample grid: each default variant with the default run, then ViCTr's samplers."""
+        """(model, run) pairs of the sample grid: each default variant with the default run, then ViCTr's samplers;
+        only the models of the first default variant's target (one grid shows one set of real conditions)."""
         steps_runs = self.sampling["steps_runs"]
-        return list(dict.fromkeys([(v, self.default_run) for v in self.default_variants]
-                                  + [(self.steps_model(), r) for r in ("tweedie-2", "dopri5-auto")
+        steps_model = [] if self.steps_model() == VOLUME_MODEL else [self.steps_model()]  # the grid shows slices
+        runs = list(dict.fromkeys([(v, self.default_run) for v in self.default_variants]
+                                  + [(m, r) for m in steps_model for r in ("tweedie-2", "dopri5-auto")
                                      if r in steps_runs]))
+        target = self.model_target(runs[0][0]) if runs else None
+        return [(m, r) for m, r in runs if self.model_target(m) == target]
+
+    def grid_select(self) -> dict:
+        """The real conditions of the sample grid: the `eval` set of the grid's models."""
+        runs = self.grid_runs()
+        return self.condition_select(runs[0][0], "eval") if runs else dict(self.sampling["condition_sets"]["eval"])
 
     def loss_curves(self) -> dict[str, str]:
         """Loss curve of each training the report plots, by label."""

@@ -150,6 +150,7 @@ model_generator = S.model_generator
 architecture_stage = S.architecture_stage
 model_config = S.model_config
 model_sampling = S.model_sampling
+condition_select = S.condition_select
 stage2_init = S.stage2_init
 metrics_json = S.metrics_json
 downstream_json = S.downstream_json

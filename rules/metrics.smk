@@ -24,7 +24,7 @@ rule metrics:
     params:
         metrics=METRICS,
         intensity=config["intensity"],
-        select=SAMPLING["condition_sets"]["eval"],
+        select=lambda wc: condition_select(wc.model, "eval"),
         severity=config["generator"]["severity"],
         severity_prompt=lambda wc: bool(model_config(wc.model)["severity_prompt"]),
         grid=config["preprocess"]["grid"],

@@ -19,7 +19,7 @@ rule sample_grid:
         "../envs/train.yaml"
     params:
         labels=[f"{m} {r}" for m, r in GRID_RUNS],
-        select=SAMPLING["condition_sets"]["eval"],
+        select=S.grid_select(),
         intensity=config["intensity"],
         window=config["figures"]["ct_window"],
         n_conditions=config["figures"]["cases"],

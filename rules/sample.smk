@@ -28,6 +28,6 @@ rule sample:
         generator=lambda wc: model_generator(wc.model),
         model_cfg=lambda wc: model_config(wc.model),
         sampling=lambda wc: model_sampling(wc.model),
-        select=lambda wc: SAMPLING["condition_sets"][wc.conditions],
+        select=lambda wc: condition_select(wc.model, wc.conditions),
     script:
         "../scripts/sample.py"

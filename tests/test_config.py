@@ -28,8 +28,26 @@ def test_every_key_has_a_description_and_a_default():
 
 @pytest.mark.parametrize("config_file", sorted((REPO / "config").glob("config.yaml")) + sorted((REPO / "config" / "studies").glob("*.yaml")))
 def test_configs_validate(config_file):
-    config = yaml.safe_load(config_file.read_text())
+    """Each config as snakemake sees it: merged onto the config it `extends` (default: the embedded one)."""
+    from paper_dag import study_config
+
+    config = study_config(config_file) if config_file.parent.name == "studies" else yaml.safe_load(
+        config_file.read_text())
     validate(config, str(REPO / "config" / "schema.yaml"))
+
+
+def test_a_study_extends_the_embedded_config_unless_it_says_null(tmp_path):
+    from paper_dag import study_config
+
+    own = tmp_path / "mine.yaml"
+    own.write_text("study: mine\ndatasets: [example]\nbase: {steps: 7}\n")
+    merged = study_config(own)
+    assert merged["base"]["steps"] == 7 and merged["base"]["lr"] == yaml.safe_load(
+        (REPO / "config" / "config.yaml").read_text())["base"]["lr"]
+    own.write_text("study: mine\nextends: null\ndatasets: [example]\nbase: {steps: 7}\n")
+    alone = study_config(own)
+    validate(alone, str(REPO / "config" / "schema.yaml"))
+    assert alone["base"]["lr"] == SCHEMA["properties"]["base"]["properties"]["lr"]["default"]
 
 
 def test_defaults_fill_missing_keys():

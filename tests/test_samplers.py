@@ -28,6 +28,7 @@ from medsynth.sample import (
     SampleResult,
     diffusion_sample,
     dopri5,
+    dopri5_fixed,
     euler,
     heun,
     make_scheduler,
@@ -161,19 +162,16 @@ def test_tweedie_multi_step_is_euler_on_corrected_field():
 
 def test_solve_nfe_and_result():
     x1 = _noise(0)
-    expected = {"euler": 6, "heun": 12, "tweedie": 6}
+    expected = {"euler": 6, "heun": 12, "tweedie": 6, "dopri5": 37}
     for method in SOLVERS:
         r = solve(method, gaussian_field, x1, 6)
         assert isinstance(r, SampleResult)
         assert r.x0.shape == x1.shape and torch.isfinite(r.x0).all()
         assert r.seconds >= 0.0
-        if method == "dopri5":
-            assert r.nfe > 0
-        else:
-            assert r.nfe == expected[method]
+        assert r.nfe == expected[method]
     assert torch.allclose(solve("heun", gaussian_field, x1, 6).x0, heun(gaussian_field, x1, 6))
-    # dopri5 ignores steps
-    assert solve("dopri5", gaussian_field, x1, None).nfe == solve("dopri5", gaussian_field, x1, 3).nfe
+    # dopri5 without steps is adaptive
+    assert solve("dopri5", gaussian_field, x1, None).nfe not in (0, 37)
 
 
 def test_solve_errors():
@@ -184,6 +182,73 @@ def test_solve_errors():
         solve("euler", gaussian_field, x1, None)
     with pytest.raises(RuntimeError, match="max_num_steps"):
         dopri5(gaussian_field, x1, rtol=1e-12, atol=1e-12, max_num_steps=2)
+
+
+# --------------------------------------------------------------------------- Dormand-Prince, fixed steps
+
+A = 1.7  # the linear field dx/dt = A x, integrated from t = 1 to 0: x0 = x1 exp(-A)
+
+
+def linear_field(x, t):
+    return A * x
+
+
+def test_dopri5_fixed_takes_exactly_steps_and_is_fifth_order():
+    x1 = _noise(0)
+    target = x1 * torch.exp(torch.tensor(-A, dtype=x1.dtype))
+    errors = {}
+    for steps in (1, 2, 3, 16, 32, 50):
+        counted = CountingField(linear_field)
+        errors[steps] = (dopri5_fixed(counted, x1, steps) - target).abs().max().item()
+        assert counted.nfe == 6 * steps + 1  # FSAL: one evaluation at t = 1, then 6 per step, none rejected
+    assert 24 < errors[16] / errors[32] < 45  # 5th order: 2^5 = 32
+    assert errors[50] < 1e-10
+
+
+def test_dopri5_fixed_through_solve_and_errors():
+    x1 = _noise(0)
+    r = solve("dopri5", gaussian_field, x1, 50)
+    assert r.nfe == 301 and (r.x0 - S * x1).abs().max() < 1e-8
+    assert torch.equal(r.x0, dopri5_fixed(gaussian_field, x1, 50))
+    for bad in (0, 2.5):
+        with pytest.raises(ValueError, match="steps"):
+            dopri5_fixed(gaussian_field, x1, bad)
+    with pytest.raises(RuntimeError, match="fixed steps"):  # a non-finite field fails loudly
+        dopri5_fixed(lambda x, t: x / 0.0, x1, 4)
+
+
+def test_dopri5_auto_unchanged():
+    from torchdiffeq import odeint
+
+    from medsynth.generator.integrate import SamplingSpec, solve_batch
+
+    x1, calls = _noise(0), []
+
+    def func(t, x):  # torchdiffeq called directly, as dopri5-auto always has been
+        calls.append(float(t))
+        return gaussian_field(x, torch.full((x.shape[0],), float(t), dtype=x.dtype))
+
+    tol = {"rtol": 1e-3, "atol": 1e-3, "max_num_steps": 500}
+    reference = odeint(func, x1, torch.tensor([1.0, 0.0], dtype=torch.float64), rtol=1e-3, atol=1e-3,
+                       method="dopri5", options={"max_num_steps": 500})[-1]
+    r = solve("dopri5", gaussian_field, x1, None, **tol)
+    assert torch.equal(r.x0, reference) and r.nfe == len(calls)
+    spec = SamplingSpec.from_config({"dopri5": tol}, "dopri5-auto")
+    x0, nfe, _ = solve_batch(gaussian_field, x1, spec, "flow", torch.Generator())
+    assert spec.steps is None and torch.equal(x0, reference) and nfe == len(calls)
+    fixed = SamplingSpec.from_config({"dopri5": tol}, "dopri5-50")
+    x0, nfe, _ = solve_batch(gaussian_field, x1, fixed, "flow", torch.Generator())
+    assert fixed.steps == 50 and nfe == 301 and torch.equal(x0, dopri5_fixed(gaussian_field, x1, 50))
+
+
+def test_parse_dopri5_runs():
+    from medsynth.generator.integrate import parse_run
+
+    assert parse_run("dopri5-50") == ("dopri5", 50) and parse_run("dopri5-1") == ("dopri5", 1)
+    assert parse_run("dopri5-auto") == ("dopri5", None)
+    for bad in ("dopri5-0", "dopri5-x", "dopri5-", "dopri5"):
+        with pytest.raises(ValueError, match="steps >= 1"):
+            parse_run(bad)
 
 
 def test_counting_field():

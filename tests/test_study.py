@@ -27,10 +27,10 @@ def _study(**overrides) -> Study:
 def test_schema_run_pattern_is_the_sampler_list():
     pattern = SCHEMA["properties"]["sampling"]["properties"]["default_run"]["pattern"]
     schema_samplers = re.match(r"\^\(([a-z0-9|]+)\)", pattern).group(1).split("|")
-    assert sorted(schema_samplers + ["dopri5"]) == sorted(SAMPLERS)
-    for run in ("euler-30", "ddim-5", "dopri5-auto"):
+    assert sorted(schema_samplers) == sorted(SAMPLERS)
+    for run in ("euler-30", "ddim-5", "dopri5-auto", "dopri5-50"):
         assert re.fullmatch(run_pattern(), run) and re.fullmatch(pattern, run)
-    for run in ("dopri5-3", "euler-auto", "rk4-10"):
+    for run in ("dopri5-x", "euler-auto", "rk4-10"):
         assert not re.fullmatch(run_pattern(), run) and not re.fullmatch(pattern, run)
 
 
@@ -86,7 +86,7 @@ def test_a_study_builds_its_own_papers_tables_and_any_other_on_request():
         built_tables(_study(tables={"build": ["maisi_v2"]}))
     with pytest.raises(ValueError, match="cannot build"):
         built_tables(_study(architectures={}, tables={"build": ["medsyn2_ablation"]}))
-    for paper, stem in (("victr", "victr"), ("medsyn2", "medsyn2"), ("maisi_v2", "maisi")):
+    for paper, stem in (("victr", "victr"), ("medsyn2", "medsyn2"), ("maisi_v2", "maisi"), ("meddiff_ft", "meddiff")):
         study = yaml.safe_load((REPO / "config" / "studies" / f"{paper}.yaml").read_text())
         assert study["tables"]["build"] == [stem], paper
 
@@ -111,3 +111,65 @@ def test_stage2_conflicts_names_every_conflict_and_passes_the_shipped_variants()
     assert any("stage2.contrastive" in f for f in found)
     s = _study()
     assert all(not stage2_conflicts(s.stage2_config(v)) for v in s.variants)
+
+
+def test_a_variant_with_a_target_trains_and_is_measured_on_the_targets_slices():
+    base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    targets = {"btcv": {"label": "BTCV", "select": {"dataset": ["btcv"]}},
+               "amos": {"label": "AMOS", "select": {"dataset": ["amos22"], "modality": ["MR"]}}}
+    variants = {**base["variants"], "victr": {"target": "btcv"},
+                "victr_amos": {"target": "amos", "select": {"split": ["train"], "modality": ["CT", "MR"]}}}
+    study = _study(targets=targets, variants=variants, default_variants=["victr", "victr_amos"], replicates=2)
+    # stage 2 of a target: its select (split train, modality CT) AND the target's slices
+    assert study.stage2_config("victr")["select"] == {"split": ["train"], "modality": ["CT"], "dataset": ["btcv"]}
+    assert study.stage2_config("victr_amos@1")["select"] == {"split": ["train"], "modality": ["MR"],
+                                                             "dataset": ["amos22"]}
+    assert study.model_target("victr_amos@1") == "amos" and study.model_target("stage1") is None
+    assert study.model_target("vanilla") is None
+    # its condition sets too (samples, metrics, synthetic downstream data); the set's options are kept
+    assert study.condition_select("victr", "eval") == {"split": ["test"], "dataset": ["btcv"]}
+    assert study.condition_select("vanilla", "eval") == dict(study.sampling["condition_sets"]["eval"])
+    assert study.condition_select("victr", "train_inpaint")["inpaint"]["channels"] == ["liver"]
+    # a target whose slices the variant's select excludes is an error when the config is parsed
+    with pytest.raises(ValueError, match="modality \\['CT'\\] and the target's \\['MR'\\]"):
+        _study(targets=targets, variants={**variants, "victr_amos": {"target": "amos"}})
+
+
+def test_a_target_stage2_select_and_grid_use_one_target():
+    base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    targets = {"btcv": {"select": {"dataset": ["btcv"]}}, "amos": {"select": {"dataset": ["amos22"]}}}
+    stage2 = {**base["stage2"], "select": {"split": ["train"]}}
+    variants = {**base["variants"], "victr": {"target": "btcv"}, "vanilla": {**base["variants"]["vanilla"],
+                                                                            "target": "btcv"},
+                "victr_amos": {"target": "amos"}}
+    study = _study(targets=targets, variants=variants, stage2=stage2,
+                   default_variants=["victr", "vanilla", "victr_amos"])
+    assert study.stage2_config("victr_amos")["select"] == {"split": ["train"], "dataset": ["amos22"]}
+    assert {m for m, _ in study.grid_runs()} == {"victr", "vanilla"}  # the grid shows BTCV's conditions
+    assert study.grid_select() == {"split": ["test"], "dataset": ["btcv"]}
+    with pytest.raises(ValueError, match="variants.bad.target = 'nowhere' is not in config `targets`"):
+        _study(targets=targets, variants={**variants, "bad": {"target": "nowhere"}})
+
+
+def test_a_frozen_vae_without_pretrained_weights_fails_when_the_config_is_parsed():
+    base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    with pytest.raises(ValueError, match="vae.steps: 0 freezes the VAE"):
+        _study(vae={**base["vae"], "steps": 0})
+    with pytest.raises(ValueError, match="volumes.vae.steps: 0"):
+        _study(volumes={**base["volumes"], "vae": {**base["volumes"]["vae"], "steps": 0}})
+
+
+def test_the_model_volumes_is_the_3d_generator_in_tables_and_the_steps_sweep():
+    base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    study = _study(sampling={**base["sampling"], "steps_model": "volumes"},
+                   tables={**base["tables"], "maisi_main": [{"model": "volumes", "run": "euler-5"}]})
+    assert study.metrics_json("volumes", "euler-5") == f"{study.results}/volumes/metrics/euler-5.json"
+    assert study.metrics_json("volumes") == f"{study.results}/volumes/metrics/{base['volumes']['run']}.json"
+    from medsynth.tables.registry import table_input_files
+
+    assert set(table_input_files("maisi_steps", study).values()) == {
+        f"{study.results}/volumes/metrics/{r}.json" for r in base["sampling"]["steps_runs"]}
+    assert list(table_input_files("maisi_main", study).values()) == [f"{study.results}/volumes/metrics/euler-5.json"]
+    assert all(m != "volumes" for m, _ in study.grid_runs())  # the sample grid shows 2D slices only
+    with pytest.raises(ValueError, match="3D generator"):
+        _study(variants={**base["variants"], "volumes": {}})

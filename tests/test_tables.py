@@ -44,9 +44,11 @@ def test_reported_finds_rows_and_says_when_the_paper_has_none():
 
 def test_victr_table2_puts_ours_beside_the_paper_and_keeps_unavailable_fid_as_text():
     table = victr_table2({"vanilla": metrics("vanilla", fd=20.0), "victr": metrics("victr", fd=10.0)},
-                         "unet2d_condition", PAPER, "BTCV")
+                         "unet2d_condition", PAPER, [{"dataset": "BTCV", "vanilla": "vanilla", "victr": "victr"}])
     row = table.set_index("method").loc["victr"]
     assert row["paper FID"] == 21.98 and row["backbone"] == "Stable Diffusion"
+    # steps and seconds are published per backbone over all datasets (dataset "all")
+    assert row["paper steps"] == 4 and row["paper seconds"] == 3.12
     assert row["FID (InceptionV3)"].startswith("unavailable: no Inception weights")
     fd_column = [c for c in table.columns if c.startswith("FD (")][0]
     assert "self-trained" in fd_column and row[fd_column] == 10.0
@@ -66,8 +68,24 @@ def test_table_with_a_missing_paper_value_still_renders(tmp_path):
     assert pd.read_csv(tmp_path / "t.csv").shape == table.shape
 
 
+def test_victr_table2_has_one_row_pair_per_target_dataset():
+    loaded = {m: metrics(m, fd=fd) for m, fd in (("vanilla", 20.0), ("victr", 10.0), ("vanilla_amos", 30.0),
+                                                  ("victr_amos", 15.0))}
+    columns = [{"dataset": "BTCV", "vanilla": "vanilla", "victr": "victr"},
+               {"dataset": "AMOS", "vanilla": "vanilla_amos", "victr": "victr_amos"}]
+    table = victr_table2(loaded, "unet2d_condition", PAPER, columns)
+    assert list(zip(table["dataset"], table["method"], table["model"])) == [
+        ("BTCV", "vanilla", "vanilla"), ("BTCV", "victr", "victr"), ("AMOS", "vanilla", "vanilla_amos"),
+        ("AMOS", "victr", "victr_amos")]
+    amos = table.set_index(["dataset", "method"]).loc[("AMOS", "victr")]
+    assert amos["paper FID"] == 20.37 and amos["paper MFID (M3D-CLIP)"] == 19.11
+    fd_column = [c for c in table.columns if c.startswith("FD (")][0]
+    assert amos[fd_column] == 15.0
+
+
 def test_missing_paper_file_renders_every_paper_cell_as_not_reported(tmp_path):
-    table = victr_table2({"victr": metrics("victr")}, "unet2d_condition", tmp_path / "empty", "BTCV")
+    table = victr_table2({"victr": metrics("victr")}, "unet2d_condition", tmp_path / "empty",
+                         [{"dataset": "BTCV", "vanilla": "victr", "victr": "victr"}])
     assert (table[["paper FID", "paper MFID (M3D-CLIP)"]] == NOT_REPORTED).all().all()
 
 
@@ -86,7 +104,8 @@ def test_make_table_from_files(tmp_path):
     for model in ("vanilla", "victr"):
         files[model] = tmp_path / f"{model}.json"
         files[model].write_text(json.dumps(metrics(model)))
-    params = {"paper_dir": str(PAPER), "dataset": "AMOS", "backbone": "unet2d_condition"}
+    params = {"paper_dir": str(PAPER), "columns": [{"dataset": "AMOS", "vanilla": "vanilla", "victr": "victr"}],
+              "backbone": "unet2d_condition"}
     make_table("victr_table2", {k: str(v) for k, v in files.items()}, params, tmp_path / "t2.csv", tmp_path / "t2.md")
     out = pd.read_csv(tmp_path / "t2.csv")
     assert list(out["method"]) == ["vanilla", "victr"] and out.loc[0, "paper FID"] == 25.43  # AMOS row
@@ -119,7 +138,8 @@ def test_a_value_with_its_interval_is_one_cell_in_markdown_and_three_columns_in_
     from medsynth.tables import write_table
 
     vanilla = _with_intervals(metrics("vanilla", fd=20.0), {"fd_self": (20.0, 18.5, 22.25)}, {})
-    table = victr_table2({"vanilla": vanilla, "victr": metrics("victr", fd=10.0)}, "unet2d_condition", PAPER, "BTCV")
+    table = victr_table2({"vanilla": vanilla, "victr": metrics("victr", fd=10.0)}, "unet2d_condition", PAPER,
+                         [{"dataset": "BTCV", "vanilla": "vanilla", "victr": "victr"}])
     write_table(table, tmp_path / "t.csv", tmp_path / "t.md", "T")
     out = pd.read_csv(tmp_path / "t.csv")
     fd = [c for c in out.columns if c.startswith("FD (")][0]

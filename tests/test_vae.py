@@ -530,3 +530,70 @@ def test_latent_pack_folds_the_latent_grid_into_channels_and_round_trips(tmp_pat
     assert latent_pack(model_config(loaded)) == 2  # the folding travels with the saved model
     with pytest.raises(Exception, match="latent_pack"):  # 2D only: the 3D section has no such key
         build_autoencoder({**TINY_VAE_CONFIGS["3d"], "latent_pack": 2})
+
+
+# ------------------------------------------------------------------------------------------ frozen (steps 0)
+
+
+def test_frozen_pretrained_2d_vae_through_the_stage(tmp_path):
+    """``steps: 0`` (ViCTr's frozen VAE encoder): a tiny pretrained diffusers AutoencoderKL folder through rule
+    vae's stage function: no optimizer step, no checkpoint, every declared output (final/ with the pretrained
+    weights bit for bit, the statistics of the training images' latents, reconstruction.csv of the test
+    split, a loss curve with the columns of a tuned run's and no rows, train_config.json)."""
+    from diffusers import AutoencoderKL
+
+    from conftest import ct_slice_shard
+    from medsynth.io.trainsets import load_slices, select_rows
+    from medsynth.vae.stage import run_vae
+
+    torch.manual_seed(0)
+    released = AutoencoderKL(in_channels=1, out_channels=1, latent_channels=4, block_out_channels=(16, 32, 32),
+                             down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+                             layers_per_block=1, norm_num_groups=8, sample_size=32)
+    released.save_pretrained(tmp_path / "released")
+    shards = ct_slice_shard(tmp_path / "shard", ["soft", "lung", "bone", "contrast", "empty"], n=12)
+    cfg = {"model": {**TINY_VAE_CONFIGS["2d"], "pretrained": str(tmp_path / "released")}, "steps": 0,
+           "batch_size": 4, "checkpoint_every": 1, "progress": False, "seed": 1, "stats_batch_size": 4}
+    summary = run_vae(shards, tmp_path / "vae", cfg)
+    out = tmp_path / "vae"
+    assert summary["status"] == "completed" and summary["steps"] == 0 and summary["last_terms"] == {}
+    assert not (out / "checkpoints").exists() or not any((out / "checkpoints").iterdir())
+    frozen = load_autoencoder(out / "final")  # the saved format of a tuned run: every consumer loads it unchanged
+    want = AutoencoderKL.from_pretrained(str(tmp_path / "released")).state_dict()
+    got = frozen.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    index, images, _, _ = load_slices(shards)
+    train = torch.as_tensor(images[select_rows(index, {"split": ["train"]})]).float()
+    stats = load_latent_statistics(out / "latent_stats.json")
+    expected = latent_statistics(frozen.eval(), train, 4)
+    assert np.allclose(stats["mean"], expected["mean"], atol=1e-6) and np.allclose(stats["std"], expected["std"], atol=1e-6)
+    recon = pd.read_csv(out / "reconstruction.csv").set_index("target")
+    assert recon.loc["image", "split"] == "test" and np.isfinite(recon.loc["image", ["ssim", "psnr"]]).all()
+    curve = pd.read_csv(out / "loss_curve.csv")
+    assert curve.empty and list(curve.columns) == ["step", "lr", "grad_norm", *VAELoss.TERMS, "loss"]
+    record = json.loads((out / "train_config.json").read_text())
+    assert record["steps"] == 0 and record["frozen"] is True and record["processes"] == 1
+
+
+def test_frozen_random_vae_is_refused_when_the_config_is_read(tmp_path):
+    from medsynth.settings import check_frozen_vae, section
+    from medsynth.vae.models import vae_section
+
+    with pytest.raises(ValueError, match=r"vae\.steps.*vae\.model\.pretrained"):
+        vae_section({"steps": 0})
+    with pytest.raises(ValueError, match=r"volumes\.vae\.steps.*volumes\.vae\.model\.pretrained"):
+        vae_section({"steps": 0, "model": {"spatial_dims": 3}})
+    with pytest.raises(ValueError, match=r"vae\.steps.*vae\.model\.pretrained"):
+        check_frozen_vae(section("vae", {"steps": 0}), "vae")  # what rules/vae.smk calls as the workflow starts
+    assert vae_section({"steps": 0, "model": {"pretrained": "some/vae"}})["steps"] == 0  # the schema allows 0
+    assert section("vae")["steps"] == 200 and section("volumes")["vae"]["steps"] == 100  # defaults unchanged
+
+
+def test_loss_curves_figure_notes_a_curve_without_rows(tmp_path):
+    """A frozen VAE's curve (the columns, no rows) is absent from the figure, named in a note: no crash."""
+    from medsynth.evaluation_figures import loss_curves
+
+    (tmp_path / "vae.csv").write_text("step,lr,grad_norm,l1,loss\n")
+    pd.DataFrame({"step": [1, 2, 3], "loss": [1.0, 0.5, 0.25]}).to_csv(tmp_path / "base.csv", index=False)
+    assert loss_curves({"vae": tmp_path / "vae.csv", "base": tmp_path / "base.csv"}, tmp_path / "a.png").is_file()
+    assert loss_curves({"vae": tmp_path / "vae.csv"}, tmp_path / "b.png").is_file()

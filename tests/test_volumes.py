@@ -321,3 +321,30 @@ def test_volume_metrics_feed_medsyn2_table1(sampled, shards, extractor, tmp_path
     lung_xy = table[(table["window"] == "lung") & (table["plane"] == "XY")].iloc[0]
     assert isinstance(lung_xy["paper FID (RadImageNet ResNet-50)"], float)
     assert lung_xy["FID (RadImageNet ResNet-50)"] == "unavailable: metrics.radimagenet_pretrained_path is not set"
+
+
+# ------------------------------------------------------------------------------------------------ frozen VAE
+def test_frozen_released_maisi_vae_on_volumes(shards, tmp_path):
+    """``volumes.vae.steps: 0`` (MAISI-v2 reuses MAISI's VAE frozen): the release's state dict file
+    (``models/autoencoder_v1.pt``, a tiny MAISI VAE) through rule volume_vae's stage function: final/ holds its
+    weights bit for bit, the statistics and the reconstruction table are written, the curve has no rows."""
+    from medsynth.vae import build_autoencoder
+
+    torch.manual_seed(0)
+    released = build_autoencoder(dict(TINY_VAE_CONFIGS["3d"]))
+    (tmp_path / "models").mkdir()
+    torch.save(released.state_dict(), tmp_path / "models" / "autoencoder_v1.pt")
+    cfg = {**VAE_CFG, "model": {**TINY_VAE_CONFIGS["3d"], "pretrained": str(tmp_path / "models" / "autoencoder_v1.pt")},
+           "steps": 0}
+    summary = run_vae(shards, tmp_path / "vae", cfg)
+    root = tmp_path / "vae"
+    assert summary["status"] == "completed" and summary["steps"] == 0 and not (root / "checkpoints").exists()
+    vae = load_autoencoder(root / "final")
+    want, got = released.state_dict(), vae.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    stats = load_latent_statistics(root / "latent_stats.json")
+    assert len(stats["mean"]) == LATENT and all(s > 0 for s in stats["std"])
+    recon = pd.read_csv(root / "reconstruction.csv").set_index("target")
+    assert recon.loc["image", "n"] == len(TEST_VOLUMES) and np.isfinite(recon.loc["image", ["ssim", "psnr"]]).all()
+    assert pd.read_csv(root / "loss_curve.csv").empty
+    assert json.loads((root / "train_config.json").read_text())["steps"] == 0

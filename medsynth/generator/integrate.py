@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 
 
 def parse_run(run: str) -> tuple[str, int | None]:
-    """``"euler-30"`` -> ``("euler", 30)``; ``"dopri5-auto"`` -> ``("dopri5", None)`` (adaptive)."""
+    """``"euler-30"`` -> ``("euler", 30)``; ``"dopri5-auto"`` -> ``("dopri5", None)`` (adaptive);
+    ``"dopri5-50"`` -> ``("dopri5", 50)`` (50 equal Dormand-Prince steps, :func:`medsynth.sample.dopri5_fixed`)."""
     sampler, _, steps = str(run).partition("-")
     if sampler not in FLOW_SAMPLERS + DIFFUSION_SAMPLERS:
         raise ValueError(f"sampling run {run!r}: sampler must be one of {FLOW_SAMPLERS + DIFFUSION_SAMPLERS}")
@@ -60,7 +61,8 @@ def parse_run(run: str) -> tuple[str, int | None]:
             raise ValueError(f"sampling run {run!r}: only dopri5 chooses its steps ('auto')")
         return sampler, None
     if not steps.isdigit() or int(steps) < 1:
-        raise ValueError(f"sampling run {run!r}: expected <sampler>-<steps>, e.g. euler-30 or dopri5-auto")
+        raise ValueError(f"sampling run {run!r}: expected <sampler>-<steps> with steps >= 1 (e.g. euler-30, "
+                         "dopri5-50) or dopri5-auto")
     return sampler, int(steps)
 
 
@@ -173,12 +175,20 @@ def solve_batch(field_fn: ConditionedField, x1: torch.Tensor, spec: SamplingSpec
         return x0, calls["n"], time.perf_counter() - start
     if objective == "ddpm":
         raise ValueError(f"a ddpm (noise-prediction) model samples with ddpm or ddim, not {spec.sampler!r}")
-    options: dict = {"shift": spec.shift} if spec.sampler != "dopri5" else {
-        "rtol": spec.rtol, "atol": spec.atol, "max_num_steps": spec.max_num_steps}
+    result = sample.solve(spec.sampler, field_fn, x1, spec.steps, **_solver_options(spec))
+    return result.x0, result.nfe, result.seconds
+
+
+def _solver_options(spec: SamplingSpec) -> dict:
+    """:func:`medsynth.sample.solve`'s options of a flow sampler: the shift (and the Tweedie mapping),
+    dopri5-auto's tolerances and step cap, none for dopri5-<N> (equal steps)."""
+    if spec.sampler == "dopri5":
+        return {} if spec.steps is not None else {"rtol": spec.rtol, "atol": spec.atol,
+                                                  "max_num_steps": spec.max_num_steps}
+    options: dict = {"shift": spec.shift}
     if spec.sampler == "tweedie":
         options["mapping"] = spec.tweedie_mapping
-    result = sample.solve(spec.sampler, field_fn, x1, spec.steps, **options)
-    return result.x0, result.nfe, result.seconds
+    return options
 
 
 def inpaint_keep_mask(mask: torch.Tensor, names: list[str], channels, dilate: int) -> torch.Tensor:

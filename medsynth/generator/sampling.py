@@ -8,7 +8,8 @@ backbone (MedSyn2) is integrated through its implied velocity
 either.
 
 A *sampling run* is one trained model (``base``, ``stage1`` or a stage-2 variant) x one sampler
-setting (``euler``, ``heun``, ``dopri5``, ``tweedie``, ``ddpm``, ``ddim`` with a step count) x one
+setting (``euler``, ``heun``, ``dopri5``, ``tweedie``, ``ddpm``, ``ddim`` with a step count, or the
+adaptive ``dopri5-auto``) x one
 *condition set* (the masks and compound prompts of the real slices that a config ``select`` keeps:
 ``eval`` = the held-out test slices the metrics compare against, ``train`` = the real training slices
 whose masks label the synthetic images of the downstream segmentation).

@@ -20,6 +20,8 @@ name          update                                                          NF
               every interval, including the last one (the corrector there
               evaluates the field at ``t = 0``)
 ``dopri5``    adaptive Dormand-Prince 5(4) from :mod:`torchdiffeq`             adaptive (> 0)
+              (``steps`` None); with ``steps``: exactly ``steps`` equal        ``6 * steps + 1``
+              Dormand-Prince steps, nothing rejected (:func:`dopri5_fixed`)
 ``tweedie``   Euler on the Tweedie-corrected field ``u = v - (1 - abar) s``    ``steps``
               (ViCTr Sec. 3.2, :func:`medsynth.objectives.tweedie_corrected_velocity`)
 ============  ==============================================================  ==================
@@ -59,6 +61,7 @@ __all__ = [
     "euler",
     "heun",
     "dopri5",
+    "dopri5_fixed",
     "tweedie_sampler",
     "solve",
     "make_scheduler",
@@ -186,6 +189,40 @@ def dopri5(
     return path[-1]
 
 
+def dopri5_fixed(field: Field, x1: torch.Tensor, steps: int) -> torch.Tensor:
+    """Dormand-Prince 5(4) with exactly ``steps`` equal steps from ``t = 1`` to ``t = 0``; ``6 * steps + 1`` NFE.
+
+    torchdiffeq's ``dopri5`` (same tableau, 5th-order solution propagated, FSAL: 6 new evaluations per
+    step plus the one at ``t = 1``) with its controller disarmed: ``step_t`` = the uniform
+    :func:`time_grid` ``(steps)``, which cuts every step that would cross the next grid time back onto
+    it; ``rtol = 0``, ``atol = inf``, so every error ratio is 0 (no step rejected) and the next step is
+    proposed 10x larger, so it is cut back too. The first step is two intervals: torchdiffeq cuts a
+    step only when the grid time lies strictly inside it, and a first step of exactly one interval could
+    land on the grid time uncut and leave its grid pointer behind. ``max_num_steps = steps`` and a count
+    of the evaluations make any other step sequence (or a non-finite field) a :class:`RuntimeError`.
+    The result is torchdiffeq's interpolant at ``t = 0``, the end point of the last step up to rounding.
+    """
+    from torchdiffeq import odeint
+
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    steps, calls = int(steps), [0]
+
+    def func(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        calls[0] += 1
+        return field(x, torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device))
+
+    grid = time_grid(steps, device=x1.device, dtype=torch.float64)
+    options = {"step_t": grid, "first_step": 2.0 / steps, "max_num_steps": steps}
+    try:
+        path = odeint(func, x1, grid[[0, -1]], rtol=0.0, atol=float("inf"), method="dopri5", options=options)
+    except AssertionError as err:  # torchdiffeq's step cap and its checks of the state are asserts
+        raise RuntimeError(f"dopri5 with {steps} fixed steps failed: {err}") from err
+    if calls[0] != 6 * steps + 1:
+        raise RuntimeError(f"dopri5 with {steps} fixed steps took {calls[0]} evaluations, not {6 * steps + 1}")
+    return path[-1]
+
+
 def tweedie_sampler(
     field: Field,
     x1: torch.Tensor,
@@ -228,9 +265,10 @@ def _sync(x: torch.Tensor) -> None:
 def solve(method: str, field: Field, x1: torch.Tensor, steps: int | None = None, **options: Any) -> SampleResult:
     """Integrate ``field`` from the noise ``x1`` (``t = 1``) to data (``t = 0``) with the solver ``method``.
 
-    ``method`` is one of :data:`SOLVERS`. ``steps`` is required by the fixed-step solvers and ignored by
-    ``dopri5`` (adaptive). ``options`` go to the solver: ``shift`` (euler, heun, tweedie), ``mapping``
-    (tweedie), ``rtol`` / ``atol`` / ``max_num_steps`` (dopri5). Runs under :func:`torch.no_grad`; the
+    ``method`` is one of :data:`SOLVERS`. ``steps`` is required by the fixed-step solvers; ``dopri5`` is
+    adaptive with ``steps`` None and takes ``steps`` equal steps otherwise (:func:`dopri5_fixed`).
+    ``options`` go to the solver: ``shift`` (euler, heun, tweedie), ``mapping`` (tweedie), ``rtol`` /
+    ``atol`` / ``max_num_steps`` (adaptive dopri5; fixed dopri5 takes none). Runs under :func:`torch.no_grad`; the
     wall time is taken with :func:`time.perf_counter` around the solve (after a CUDA synchronise on
     GPU) and the NFE with a :class:`CountingField`.
     """
@@ -246,8 +284,10 @@ def solve(method: str, field: Field, x1: torch.Tensor, steps: int | None = None,
             x0 = euler(counted, x1, steps, **options)
         elif method == "heun":
             x0 = heun(counted, x1, steps, **options)
-        elif method == "dopri5":
+        elif method == "dopri5" and steps is None:
             x0 = dopri5(counted, x1, **options)
+        elif method == "dopri5":
+            x0 = dopri5_fixed(counted, x1, steps, **options)
         else:
             x0 = tweedie_sampler(counted, x1, steps, **options)
     _sync(x0)

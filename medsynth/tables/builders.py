@@ -62,32 +62,40 @@ def _fd_self_name(metrics_list: Sequence[Mapping]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ ViCTr
-def victr_table2(metrics: Mapping[str, Mapping], backbone_type: str, paper_dir: str | Path,
-                 dataset: str) -> pd.DataFrame:
-    """ViCTr Table 2: FID / MFID of vanilla fine-tuning vs ViCTr per backbone, with steps and seconds.
+def victr_t2_key(model: str, run: str | None = None) -> str:
+    """Input name of a Table 2 record: the model, or ``<model> <run>`` for a run other than the default."""
+    return model if run is None else f"{model} {run}"
 
-    ``metrics``: method (``vanilla``, ``victr``) -> metrics JSON of its default sampling run.
+
+def victr_table2(metrics: Mapping[str, Mapping], backbone_type: str, paper_dir: str | Path,
+                 columns: Sequence[Mapping[str, str]]) -> pd.DataFrame:
+    """ViCTr Table 2: FID / MFID of vanilla fine-tuning vs ViCTr per dataset and backbone, with steps and seconds.
+
+    ``metrics``: :func:`victr_t2_key` -> metrics JSON of that model's run; ``columns``: the paper's datasets,
+    each ``{dataset, vanilla: <model>, victr: <model>}`` with optional ``vanilla_run`` / ``victr_run``
+    (config ``tables.victr_t2``; default: the study's default run).
     """
     paper = load_reported(paper_dir, "victr_table2")
     backbone = BACKBONE_PAPER_NAMES.get(backbone_type, backbone_type)
     fd_name = _fd_self_name(list(metrics.values()))
     rows = []
-    for method, m in metrics.items():
-        s = m.get("sampling", {})
-        rows.append({
-            "backbone": backbone, "method": method, "run": m["run"],
-            "FID (InceptionV3)": fd_value(m, "fid"),
-            "paper FID": reported(paper, "value", dataset=dataset, backbone=backbone, method=method, metric="FID"),
-            fd_name: fd_value(m, "fd_self"),
-            "paper MFID (M3D-CLIP)": reported(paper, "value", dataset=dataset, backbone=backbone, method=method,
-                                              metric="MFID"),
-            "steps": s.get("steps"), "NFE": s.get("nfe"),
-            "seconds per sample": s.get("seconds_per_sample"),
-            "paper steps": reported(paper, "value", dataset=dataset, backbone=backbone, method=method, metric="steps"),
-            "paper seconds": reported(paper, "value", dataset=dataset, backbone=backbone, method=method,
-                                      metric="seconds"),
-            "scale": fd_scale(m),
-        })
+    for column in columns:
+        dataset = column["dataset"]
+        for method in ("vanilla", "victr"):
+            m = metrics[victr_t2_key(column[method], column.get(f"{method}_run"))]
+            s = m.get("sampling", {})
+            published = {metric: reported(paper, "value", dataset=dataset, backbone=backbone, method=method,
+                                          metric=metric) for metric in ("FID", "MFID")}
+            # the paper gives steps and seconds per backbone, over all datasets (its rows: dataset "all")
+            cost = {metric: reported(paper, "value", dataset="all", backbone=backbone, method=method, metric=metric)
+                    for metric in ("steps", "seconds")}
+            rows.append({
+                "dataset": dataset, "backbone": backbone, "method": method, "model": column[method], "run": m["run"],
+                "FID (InceptionV3)": fd_value(m, "fid"), "paper FID": published["FID"],
+                fd_name: fd_value(m, "fd_self"), "paper MFID (M3D-CLIP)": published["MFID"],
+                "steps": s.get("steps"), "NFE": s.get("nfe"), "seconds per sample": s.get("seconds_per_sample"),
+                "paper steps": cost["steps"], "paper seconds": cost["seconds"], "scale": fd_scale(m),
+            })
     return pd.DataFrame(rows)
 
 

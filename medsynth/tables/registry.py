@@ -48,6 +48,13 @@ def _victr_dataset(study: "Study") -> dict:
     return {"dataset": study.tables["victr_dataset"]}
 
 
+def _victr_t2(study: "Study") -> list[dict]:
+    """ViCTr Table 2's datasets (config `tables.victr_t2`; none: `victr_dataset` with vanilla and victr)."""
+    rows = study.tables["victr_t2"] or [{"dataset": study.tables["victr_dataset"], "vanilla": "vanilla",
+                                         "victr": "victr"}]
+    return [dict(row) for row in rows]
+
+
 def _medsyn2_table1(loaded, inputs, params):
     table = builders.medsyn2_table1(loaded["victr"], params["paper_dir"])
     if "volumes" in loaded:  # a 3D study: the volume generator's window x plane rows
@@ -143,9 +150,10 @@ TABLES: dict[str, TableSpec] = {
          " weights-inception-2015-12-05-6726825d.pth in the torch hub cache); without them the cell says so.",
          "The paper's MFID uses M3D-CLIP features; ours is the Frechet distance on the encoder named in the column.",
          "seconds per sample: wall time of the sampler + VAE decoding on this run's device (not deterministic)."),
-        inputs=lambda s: {"vanilla": s.metrics_json("vanilla"), "victr": s.metrics_json("victr")},
-        build=lambda loaded, inputs, p: builders.victr_table2(loaded, p["backbone"], p["paper_dir"], p["dataset"]),
-        params=lambda s: {**_victr_dataset(s), "backbone": s.config["generator"]["backbone"]["type"]},
+        inputs=lambda s: {builders.victr_t2_key(row[m], row.get(f"{m}_run")): s.metrics_json(row[m], row.get(f"{m}_run"))
+                          for row in _victr_t2(s) for m in ("vanilla", "victr")},
+        build=lambda loaded, inputs, p: builders.victr_table2(loaded, p["backbone"], p["paper_dir"], p["columns"]),
+        params=lambda s: {"columns": _victr_t2(s), "backbone": s.config["generator"]["backbone"]["type"]},
     ),
     "victr_table3": TableSpec(
         "ViCTr Table 3 - downstream segmentation per training setting",

@@ -118,13 +118,17 @@ def latent_pack(cfg: Mapping | None) -> int:
 def vae_section(cfg: Mapping | None) -> dict:
     """A VAE config section completed with the schema's defaults (validated): those of ``volumes.vae`` for a
     3D model (``model.spatial_dims: 3``), else those of ``vae`` (the 2D slices). The two sections have
-    different defaults (``volumes.vae``'s are the values the 3D path used before the schema listed them)."""
-    from medsynth.settings import section
+    different defaults (``volumes.vae``'s are the values the 3D path used before the schema listed them).
+    ``steps: 0`` (frozen) without ``model.pretrained`` is a ValueError (:func:`medsynth.settings.check_frozen_vae`)."""
+    from medsynth.settings import check_frozen_vae, section
 
     cfg = dict(cfg or {})
     if dict(cfg.get("model") or {}).get("spatial_dims") == 3:  # which section, not a default
-        return section("volumes", {"vae": cfg})["vae"]
-    return section("vae", cfg)
+        full, name = section("volumes", {"vae": cfg})["vae"], "volumes.vae"
+    else:
+        full, name = section("vae", cfg), "vae"
+    check_frozen_vae(full, name)
+    return full
 
 
 def _check(cfg: dict) -> dict:

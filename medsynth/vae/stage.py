@@ -4,7 +4,9 @@
 channels as single-channel images, MedSyn2 Supp. 7.1.1), or with ``vae.model`` the 3D MAISI config
 (``spatial_dims: 3``) on whole volumes, and writes the final model, ``latent_stats.json`` (statistics of
 the *image* latents), the loss curve and the reconstruction table (SSIM/PSNR of the images and
-Dice/Jaccard/HD95/ASD per mask channel of the ``eval_split`` slices, MedSyn2 Table 6).
+Dice/Jaccard/HD95/ASD per mask channel of the ``eval_split`` slices, MedSyn2 Table 6). ``steps: 0``
+freezes a pretrained VAE (ViCTr, MAISI-v2: used as released): no tuning, the same outputs (a loss curve
+without rows).
 """
 
 from __future__ import annotations

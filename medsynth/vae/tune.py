@@ -13,6 +13,9 @@ rate is constant (``lr_schedule: constant``, no clipping), and the loop gives it
 * checkpoints every ``checkpoint_every`` steps and at the end (the loop's layout, ``accelerator.save_state``),
   resumed automatically by a rerun with the same settings and images (bit for bit on the CPU);
   ``resume: false`` starts over;
+* ``steps: 0`` (frozen, ViCTr's and MAISI-v2's VAE): no optimizer step and no checkpoint; the same
+  outputs (``final/`` of the pretrained weights unchanged, the statistics, ``train_config.json``, a curve
+  with the columns and no rows);
 * SIGTERM / SIGUSR1 (SLURM before a time limit): the step in progress finishes, a checkpoint is written
   and the summary's ``status`` is ``"preempted"`` (no ``final/``); the rerun resumes.
 
@@ -41,9 +44,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from medsynth.fsutil import atomic_dir
+from medsynth.fsutil import atomic_dir, write_text_atomic
 from medsynth.train.checkpoints import latest_checkpoint
-from medsynth.train.config import TrainConfig, TrainOutputs
+from medsynth.train.config import TrainConfig, TrainOutputs, TrainResult
+from medsynth.train.curve import in_progress_path, write_curve
 from medsynth.train.loop import make_accelerator, train
 from medsynth.vae.latents import latent_statistics, save_latent_statistics
 from medsynth.vae.losses import LossConfig, VAELoss
@@ -105,6 +109,19 @@ def _check_images(model: nn.Module, images: torch.Tensor, patch: list[int] | Non
         raise ValueError(f"training size {sizes} must be divisible by the VAE downsampling factor x latent_pack = {factor}")
 
 
+def _frozen(paths: TrainOutputs, settings: dict, world: int, main: bool) -> TrainResult:
+    """The records of a zero-step run (``steps: 0``, the pretrained VAE frozen): the loss curve with the
+    columns of a tuned run's and no rows, and ``train_config.json``; no checkpoint."""
+    if main:
+        paths.curve.parent.mkdir(parents=True, exist_ok=True)
+        in_progress_path(paths.curve).unlink(missing_ok=True)  # a killed tuning run's rows are not this run's
+        write_curve(paths.curve, [], ["step", "lr", "grad_norm", *VAELoss.TERMS, "loss"])
+        record = {k: v for k, v in settings.items() if k != "fingerprint"}
+        write_text_atomic(paths.config, json.dumps({**record, "frozen": True, "processes": world}, indent=2) + "\n")
+    log.info("vae.steps 0: the pretrained VAE as released (frozen), no tuning")
+    return TrainResult(status="completed", step=0, output_dir=paths.final.parent)
+
+
 def tune_vae(model: nn.Module, images: torch.Tensor | np.ndarray, cfg: dict, outputs: TrainOutputs | str | Path, *,
              on_step: Callable[[int, dict[str, float]], None] | None = None,
              stats_images: torch.Tensor | np.ndarray | None = None, stats_path: str | Path | None = None) -> dict:
@@ -140,24 +157,28 @@ def tune_vae(model: nn.Module, images: torch.Tensor | np.ndarray, cfg: dict, out
     world, main = accelerator.num_processes, accelerator.is_main_process
     if opts.batch_size % world:
         raise ValueError(f"vae batch_size {opts.batch_size} must be divisible by the {world} training processes")
-    torch.manual_seed(opts.seed)  # the discriminator's initialisation
-    losses = VAELoss(loss_cfg, spatial_dims, in_channels=images.shape[1])
-    groups = [{"params": list(model.parameters())}]
-    if losses.discriminator is not None:
-        groups.append({"params": list(losses.discriminator.parameters()), "lr": loss_cfg.disc_lr or opts.lr})
     # identity of this run (settings + training images): checkpoints of another run are never continued
     fingerprint = hashlib.sha256(json.dumps(dict(cfg), sort_keys=True, default=str).encode()
                                  + images.numpy().tobytes()).hexdigest()
     if not opts.resume and main:
         shutil.rmtree(paths.checkpoints, ignore_errors=True)
     accelerator.wait_for_everyone()
-    config = TrainConfig(steps=opts.steps, batch_size=opts.batch_size // world, lr=opts.lr,
-                         weight_decay=opts.weight_decay, max_grad_norm=None, lr_schedule="constant",
-                         checkpoint_every=opts.checkpoint_every, keep_checkpoints=opts.keep_checkpoints,
-                         seed=opts.seed, output_dir=str(paths.final.parent), save_final=False, progress=opts.progress,
-                         fingerprint=fingerprint)
-    result = train(VAEPair(model, losses), VAEStep(patch, opts.seed), {"image": images}, config,
-                   trainable_params=groups, accelerator=accelerator, on_step_end=on_step, outputs=paths)
+    settings = dict(steps=opts.steps, batch_size=opts.batch_size // world, lr=opts.lr, weight_decay=opts.weight_decay,
+                    max_grad_norm=None, lr_schedule="constant", checkpoint_every=opts.checkpoint_every,
+                    keep_checkpoints=opts.keep_checkpoints, seed=opts.seed, output_dir=str(paths.final.parent),
+                    save_final=False, progress=opts.progress, fingerprint=fingerprint)
+    if opts.steps == 0:  # frozen (ViCTr, MAISI-v2): the pretrained VAE as released, no optimizer step
+        model.to(accelerator.device)  # where a tuned model would be: the statistics and metrics run there
+        result = _frozen(paths, settings, world, main)
+        accelerator.wait_for_everyone()
+    else:
+        torch.manual_seed(opts.seed)  # the discriminator's initialisation
+        losses = VAELoss(loss_cfg, spatial_dims, in_channels=images.shape[1])
+        groups = [{"params": list(model.parameters())}]
+        if losses.discriminator is not None:
+            groups.append({"params": list(losses.discriminator.parameters()), "lr": loss_cfg.disc_lr or opts.lr})
+        result = train(VAEPair(model, losses), VAEStep(patch, opts.seed), {"image": images}, TrainConfig(**settings),
+                       trainable_params=groups, accelerator=accelerator, on_step_end=on_step, outputs=paths)
 
     model.eval()
     final_dir = stats = saved_stats = None
