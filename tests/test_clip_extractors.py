@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from medsynth.fsutil import sha256_file
 from medsynth.metrics.clip_weights import CheckpointLayoutError
 from medsynth.metrics.ct_clip import CTClipConfig, ct_clip_input
-from medsynth.metrics.extractors import EXTRACTORS, extractor_status, load_extractor
+from medsynth.metrics.extractors import EXTRACTORS, extractor_from_file, extractor_status, load_extractor
 from medsynth.metrics.m3d_clip import m3d_input
 from medsynth.weights import WeightsMissing
 
@@ -274,3 +274,36 @@ def test_ct_clip_fetched_without_its_file_is_unavailable(tmp_path):
     fetched(tmp_path, "ct_clip", {"README.md": lambda p: p.write_text("x")})
     status = extractor_status("ct_clip", tmp_path)
     assert status.startswith("unavailable: ct_clip: ") and "CT-CLIP_v2.pt is not among the fetched files" in status
+
+
+@pytest.mark.parametrize("name", ["m3d_clip", "ct_clip"])
+def test_clip_fd_of_volume_sets_from_model_units(tmp_path, name):
+    """The 3D path's whole-volume CLIP FD (fd_pretrained.<name> of the volume metrics): model-unit volumes go
+    back to HU, one embedding each, the Frechet distance of the two sets; no weights: "unavailable"."""
+    from medsynth.metrics import clip_fd_volumes
+    from medsynth.metrics.frechet import frechet_distance
+
+    if name == "m3d_clip":
+        write_m3d(tmp_path, m3d_reference()[2])
+        path = tmp_path / "m3d_clip" / "files"
+    else:
+        write_ct_clip(tmp_path, ct_clip_state(TINY_CT))
+        path = tmp_path / "ct_clip" / "files" / EXTRACTORS["ct_clip"].file
+    hu_range = (-1024.0, 1024.0)
+
+    def model_units(hu: torch.Tensor) -> torch.Tensor:
+        return (hu.clamp(*hu_range) - hu_range[0]) / (hu_range[1] - hu_range[0]) * 2.0 - 1.0
+
+    real, fake = model_units(ct_volumes(6, 0)), model_units(ct_volumes(6, 1, shift=300.0, radius2=0.3))
+    res = clip_fd_volumes(name, path, f"metrics.{name}_pretrained_path", real, fake, hu_range, batch_size=4)
+    assert res["status"] == "ok" and res["n_real"] == res["n_fake"] == 6 and "HU" in res["input"]
+    net = extractor_from_file(name, path)
+    with torch.no_grad():
+        expected = frechet_distance(net(ct_volumes(6, 0).clamp(*hu_range)), net(ct_volumes(6, 1, 300.0, 0.3)
+                                                                                 .clamp(*hu_range)))
+    assert res["value"] == pytest.approx(expected, rel=1e-3, abs=1e-6) and res["value"] > 0
+    same = clip_fd_volumes(name, path, "k", real, real, hu_range)["value"]
+    assert abs(same) < 1e-6
+    missing = clip_fd_volumes(name, None, f"metrics.{name}_pretrained_path", real, fake, hu_range)
+    assert missing["value"] is None and missing["status"].startswith(f"unavailable: metrics.{name}_pretrained_path")
+    assert clip_fd_volumes(name, path, "k", real, fake, None)["status"].startswith("not applicable")

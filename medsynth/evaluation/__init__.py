@@ -22,7 +22,9 @@
     floor, on the real images (``real_vs_gt``) (MedSyn2 Table 7);
   - ``controllability`` (models trained with graded prompts): the severity grade measured on the
     re-segmented generated image (liver fraction, :mod:`medsynth.generator.data`) against the
-    prompted grade; accuracy and confusion counts; the real images' accuracy beside it.
+    prompted grade; accuracy and confusion counts; the real images' accuracy beside it. Grades read
+    from case metadata (``generator.severity.from_field``) have no image measure: ``status`` "not
+    applicable" instead of a circular number.
 * :func:`evaluate_volume_run` (3D studies, :mod:`.volumes`): the same record for a sampling run of volumes
   ``(N, 1, X, Y, Z)`` against the real volumes of its condition set, with the 2D self-trained
   extractor applied to slices: ``windowed`` holds MedSyn2 Table 1's FD per CT window x plane (XY / YZ /

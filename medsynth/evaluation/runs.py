@@ -18,7 +18,8 @@ from medsynth.io.trainsets import load_slices, select_rows
 from medsynth.launch import resolve_device
 from medsynth.metrics.masks import channel_means
 
-__all__ = ["RunFiles", "RunSettings", "controllability", "evaluate_run", "paired_sets", "severity_grades"]
+__all__ = ["RunFiles", "RunSettings", "controllability", "evaluate_run", "metadata_grade_status", "paired_sets",
+           "severity_grades"]
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +66,24 @@ def severity_grades(pred: torch.Tensor, names: Sequence[str], prompted: Sequence
     return measured, wanted, sev
 
 
+def metadata_grade_status(severity_cfg: Mapping | None) -> str | None:
+    """The controllability status when the prompted grades come from a metadata field
+    (``generator.severity.from_field``): the mask-area grade measured on a re-segmented image is another
+    quantity, so comparing the two would be circular. ``None`` for the mask-area grade."""
+    field = (severity_cfg or {}).get("from_field")
+    if not field:
+        return None
+    return f"not applicable: grades from metadata field {field}; no image measure of them"
+
+
 def controllability(pred: torch.Tensor, names: Sequence[str], prompted: Sequence[str], severity_cfg: Mapping) -> dict:
-    """Graded-severity control: the grade measured on the predicted masks against the prompted grade."""
+    """Graded-severity control: the grade measured on the predicted masks against the prompted grade
+    (``{"status": ...}`` when the grades come from metadata: :func:`metadata_grade_status`)."""
     from medsynth.models.prompts import SEVERITY_WORDS
 
+    status = metadata_grade_status(severity_cfg)
+    if status is not None:
+        return {"status": status}
     measured, wanted, sev = severity_grades(pred, names, prompted, severity_cfg)
     confusion = {SEVERITY_WORDS[p]: {SEVERITY_WORDS[m]: int(((wanted == p) & (measured == m)).sum())
                                      for m in range(len(SEVERITY_WORDS))} for p in range(len(SEVERITY_WORDS))}
@@ -196,7 +211,10 @@ def evaluate_run(files: RunFiles, out_json: str | Path, settings: RunSettings, m
     }
     record["mask_fidelity"]["mean_generated_vs_gt"] = channel_means(record["mask_fidelity"]["generated_vs_gt"])
     record["mask_fidelity"]["mean_real_vs_gt"] = channel_means(record["mask_fidelity"]["real_vs_gt"])
-    if settings.severity_prompt and "severity" in sampled.columns:
+    metadata_status = metadata_grade_status(settings.severity)
+    if settings.severity_prompt and metadata_status is not None:
+        record["controllability"] = {"status": metadata_status}
+    elif settings.severity_prompt and "severity" in sampled.columns:
         prompted = sampled["severity"].astype(str).tolist()
         record["controllability"] = {"generated": controllability(pred_fake, names, prompted, settings.severity),
                                      "real": controllability(pred_real, names, prompted, settings.severity)}

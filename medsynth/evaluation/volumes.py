@@ -50,6 +50,7 @@ def evaluate_volume_run(files: RunFiles, out_json: str | Path, settings: RunSett
     """
     from medsynth.downstream import load_segmenter
     from medsynth.metrics import (
+        clip_fd_volumes,
         fd_recipe,
         frechet_metrics,
         image_metrics,
@@ -116,6 +117,11 @@ def evaluate_volume_run(files: RunFiles, out_json: str | Path, settings: RunSett
                                         "metrics.radimagenet_pretrained_path", real_t, fake_t,
                                         fd_recipe(recipes["radimagenet_resnet50"]), hu_range, batch_size=batch,
                                         cuda=cuda)
+    # whole-volume CLIP embeddings (ViCTr's MFID network, MedSyn2's CT-CLIP); "unavailable" without weights
+    spacing = voxel_spacing(grid_cfg, real.shape[2:]) if grid_cfg else None
+    clip = {name: clip_fd_volumes(name, metrics_cfg[f"{name}_pretrained_path"], f"metrics.{name}_pretrained_path",
+                                  real_t, fake_t, hu_range, spacing, device=device)
+            for name in ("m3d_clip", "ct_clip")}
 
     windowed: list[dict] = []
     windowed_radimagenet = {"status": f"not applicable: modalities {sorted(modalities)} (CT windows)", "rows": []}
@@ -130,7 +136,6 @@ def evaluate_volume_run(files: RunFiles, out_json: str | Path, settings: RunSett
             "radimagenet_resnet50", metrics_cfg["radimagenet_pretrained_path"], "metrics.radimagenet_pretrained_path",
             real_t, fake_t, fd_recipe(recipes["radimagenet_resnet50"]), hu_range, windows, batch_size=batch, cuda=cuda)
     pairs = image_metrics(fake_t, real_t)
-    spacing = voxel_spacing(grid_cfg, real.shape[2:]) if grid_cfg else None
     pred_fake = resegment_volumes(segmenter, fake, size, batch)
     pred_real = resegment_volumes(segmenter, real, size, batch)
     ref = torch.from_numpy(real_masks)
@@ -147,7 +152,7 @@ def evaluate_volume_run(files: RunFiles, out_json: str | Path, settings: RunSett
         "fd_self": {"value": fd_mean["fd"], "kid_mean": fd_mean["kid_mean"], "kid_std": fd_mean["kid_std"],
                     "per_plane": per_plane, "central_fraction": fraction, "extractor_input_size": size,
                     "extractor": extractor_label},
-        "fd_pretrained": {"radimagenet_resnet50": radimagenet},
+        "fd_pretrained": {"radimagenet_resnet50": radimagenet, **clip},
         "windowed": windowed,
         "windowed_pretrained": {"radimagenet_resnet50": windowed_radimagenet},
         "windowed_status": "ok" if windowed else f"not applicable: modalities {sorted(modalities)} (CT windows)",

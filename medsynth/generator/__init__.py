@@ -2,6 +2,8 @@
 
 * :mod:`.data` - training-set shards -> VAE latents (z-normalised), condition masks at latent size and
   compound text prompts (embedded once per unique prompt); the graded-severity prompt of the target task.
+* :mod:`.conditioning` - the prompts' token table: MedSyn2's report conditioning (pre-prompt and report
+  encoded separately, concatenated), the no-mask prompt variants of mask dropout, grades from metadata.
 * :mod:`.objective` / :mod:`.step` - the training objective (one main term plus extra terms) and
   :class:`GeneratorStep`, the loop's ``loss_step``.
 * :mod:`.stages` - one entry function per rule: :func:`run_base`, :func:`run_stage1`,

@@ -16,12 +16,17 @@ Graded severity (the embedded study's target task): the grade of a slice is a me
 of its own mask: the fraction of the slice's pixels inside condition channel ``severity.organ``
 (config ``generator.severity``), binned with ``severity.thresholds`` ``[t0, t1]`` into ``low`` (f < t0), ``mild``
 (t0 <= f < t1) and ``severe`` (f >= t1) (ViCTr's low/mild/severe words). A generated slice's grade can
-later be measured the same way on its re-segmented mask, so prompt control is checkable.
+later be measured the same way on its re-segmented mask, so prompt control is checkable. With
+``severity.from_field`` the grade is instead the case's metadata value (``prompt_<field>`` mapped by
+``severity.levels``, :func:`medsynth.generator.conditioning.metadata_grades`); a case without one gets no
+severity phrase.
+
+Report conditioning (``generator.report``, MedSyn2) and the prompts' no-mask variants (``mask_dropout``):
+:mod:`medsynth.generator.conditioning`.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +36,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from medsynth.models.prompts import SEVERITY_WORDS, compound_prompt, mask_preprompt
+from medsynth.generator.conditioning import encode_conditions, metadata_grades, prompt_table, slice_prompts
+from medsynth.models.prompts import SEVERITY_WORDS
 from medsynth.io.trainsets import load_slices, select_rows, shard_condition_names
 from medsynth.train.data import TensorDictDataset
 from medsynth.vae.latents import normalise_latents
@@ -46,6 +52,7 @@ __all__ = [
     "select_rows",
     "severity_fractions",
     "severity_grades",
+    "slice_grades",
     "slice_prompts",
     "build_latent_data",
 ]
@@ -77,23 +84,18 @@ def severity_grades(fractions: np.ndarray, thresholds: Sequence[float]) -> np.nd
     return np.digitize(np.asarray(fractions, dtype=np.float64), t, right=False).astype(np.int64)
 
 
-def _report(row: Mapping) -> str:
-    parts = [str(row.get("prompt_region", "") or "").strip()]
-    contrast = str(row.get("prompt_contrast", "") or "").strip()
-    if contrast and contrast.lower() != "none":
-        parts.append(f"{contrast} phase")
-    return ", ".join(p for p in parts if p)
-
-
-def slice_prompts(index: pd.DataFrame, grades: np.ndarray | None = None, pathology: str | None = None) -> list[str]:
-    """The compound prompt of every row (see module docstring); ``grades`` adds the severity phrase."""
-    prompts = []
-    for i, row in enumerate(index.to_dict("records")):
-        organs = json.loads(row["organs"]) if str(row.get("organs", "")).strip() else []
-        severity = int(grades[i]) if grades is not None else None
-        prompts.append(compound_prompt(mask_preprompt(organs), report=_report(row), severity=severity,
-                                       modality=str(row.get("modality", "")), pathology=pathology))
-    return prompts
+def slice_grades(index: pd.DataFrame, masks: np.ndarray, names: Sequence[str], severity: Mapping
+                 ) -> tuple[np.ndarray, dict]:
+    """``(grades, columns)``: each row's grade (0 low, 1 mild, 2 severe; -1 none) under a ``generator.severity``
+    section, and the index columns that record it (``severity_fraction`` for the mask-area grade,
+    ``severity``: the word, "" where none)."""
+    field = severity.get("from_field")
+    if field:
+        grades = metadata_grades(index, field, severity.get("levels"))
+        return grades, {"severity": [SEVERITY_WORDS[g] if g >= 0 else "" for g in grades]}
+    fractions = severity_fractions(masks, names, severity["organ"])
+    grades = severity_grades(fractions, severity["thresholds"])
+    return grades, {"severity_fraction": fractions, "severity": [SEVERITY_WORDS[g] for g in grades]}
 
 
 @dataclass
@@ -107,6 +109,10 @@ class LatentData:
     index: pd.DataFrame  # the selected rows, with prompt, severity columns
     names: list[str] = field(default_factory=list)  # the condition channels of ``mask``
     pooled: torch.Tensor | None = None  # (P + 1, pooled_dim): SDXL / SD3 / Flux text encoders' pooled vectors
+    #: (P + 1,) long: each prompt's id with the mask pre-prompt replaced (``mask_dropout``); None: not built
+    no_mask: torch.Tensor | None = None
+    #: first token of the report part (``generator.report``); None: the prompts have no report part
+    report_start: int | None = None
 
     @property
     def null_id(self) -> int:
@@ -124,12 +130,15 @@ def _latents(vae: torch.nn.Module, images: np.ndarray, stats: dict, batch_size: 
 def build_latent_data(shards: Sequence[str | Path], vae: torch.nn.Module, stats: dict, text_encoder,
                       select: Mapping[str, Sequence] | None = None, severity: Mapping | None = None,
                       max_length: int = 32, batch_size: int = 32, *,
-                      slices: tuple[pd.DataFrame, np.ndarray, np.ndarray, list[str]] | None = None) -> LatentData:
+                      slices: tuple[pd.DataFrame, np.ndarray, np.ndarray, list[str]] | None = None,
+                      report: Mapping | None = None, mask_variants: bool = False) -> LatentData:
     """Latent dataset of the selected slices (see module docstring).
 
     ``severity``: ``None`` (no severity phrase) or the complete ``generator.severity`` section
-    (``{"organ", "thresholds", "pathology"}``). ``slices``:
-    what :func:`load_slices` returned for ``shards``, when the caller has read them already.
+    (``{"organ", "thresholds", "pathology"}``, optionally ``from_field`` / ``levels``). ``slices``:
+    what :func:`load_slices` returned for ``shards``, when the caller has read them already. ``report``:
+    the ``generator.report`` section when enabled (else ``None``); ``mask_variants``: also encode each
+    prompt's no-mask variant (for ``mask_dropout``; :mod:`medsynth.generator.conditioning`).
     """
     index, images, masks, names = slices if slices is not None else load_slices(shards)
     rows = select_rows(index, select)
@@ -141,24 +150,12 @@ def build_latent_data(shards: Sequence[str | Path], vae: torch.nn.Module, stats:
     mask = F.interpolate(torch.as_tensor(masks, dtype=torch.float32), size=tuple(latent.shape[2:]), mode="area")
     grades = None
     if severity is not None:
-        fractions = severity_fractions(masks, names, severity["organ"])
-        grades = severity_grades(fractions, severity["thresholds"])
-        index = index.assign(severity_fraction=fractions, severity=[SEVERITY_WORDS[g] for g in grades])
-    prompts = slice_prompts(index, grades, severity["pathology"] if severity is not None else None)
-    unique = list(dict.fromkeys(prompts))
-    ids = {p: i for i, p in enumerate(unique)}
-    tokens, keep, pooled = prompt_table(text_encoder, unique, max_length)
-    index = index.assign(prompt=prompts)
+        grades, columns = slice_grades(index, masks, names, severity)
+        index = index.assign(**columns)
+    table = encode_conditions(index, grades, severity["pathology"] if severity is not None else None, text_encoder,
+                              max_length, report, mask_variants)
+    index = index.assign(prompt=[table.prompts[i] for i in table.ids])
     dataset = TensorDictDataset({"latent": latent, "mask": mask.contiguous(),
-                                 "prompt": torch.as_tensor([ids[p] for p in prompts], dtype=torch.long)})
-    return LatentData(dataset, unique, tokens, keep, index, list(names), pooled)
-
-
-def prompt_table(text_encoder, prompts: Sequence[str], max_length: int
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """``(tokens, keep, pooled)`` of ``prompts`` plus the empty prompt (the last row, the null condition);
-    ``pooled`` is ``None`` for a text encoder without pooled vectors."""
-    rows = list(prompts) + [""]
-    tokens, keep = text_encoder.encode(rows, max_length)
-    pooled = text_encoder.encode_pooled(rows, max_length) if getattr(text_encoder, "pooled_dim", None) else None
-    return tokens.float().contiguous(), keep.contiguous(), None if pooled is None else pooled.float().contiguous()
+                                 "prompt": torch.as_tensor(table.ids, dtype=torch.long)})
+    return LatentData(dataset, table.prompts, table.tokens, table.keep, index, list(names), table.pooled,
+                      table.no_mask, table.report_start)

@@ -11,11 +11,11 @@ from medsynth.generator.data import LatentData, build_latent_data
 from medsynth.launch import job_device, set_threads
 from medsynth.models.backbones import adapter_for, build_backbone, input_channels, mask_routing
 
-__all__ = ["set_generator_threads", "prompt_settings", "resolve_text_encoder", "load_vae", "load_latent_data", "check_channels",
+__all__ = ["set_generator_threads", "prompt_settings", "report_settings", "resolve_text_encoder", "load_vae", "load_latent_data", "check_channels",
            "backbone_dims", "load_backbone"]
 
 #: the keys of config ``generator`` that make the prompts (the rest describe the backbone)
-PROMPT_KEYS = ("text_encoder", "severity", "max_length", "encode_batch_size")
+PROMPT_KEYS = ("text_encoder", "severity", "max_length", "encode_batch_size", "report")
 
 
 def prompt_settings(gen_cfg: Mapping) -> dict:
@@ -24,6 +24,12 @@ def prompt_settings(gen_cfg: Mapping) -> dict:
     from medsynth.settings import section
 
     return section("generator", {k: gen_cfg[k] for k in PROMPT_KEYS if k in gen_cfg})
+
+
+def report_settings(prompts: Mapping) -> dict | None:
+    """The ``report`` section of complete prompt settings (:func:`prompt_settings`) when enabled, else ``None``."""
+    report = prompts["report"]
+    return dict(report) if report["enabled"] else None
 
 
 def set_generator_threads(gen_cfg: Mapping) -> None:
@@ -54,14 +60,16 @@ def load_latent_data(shards, vae_dir, stats_path, gen_cfg, stage_cfg, text_encod
           vae_stats=None, slices=None) -> LatentData:
     """The stage's latent dataset; ``vae_stats`` (:func:`load_vae`) and ``slices`` when already loaded.
 
-    ``stage_cfg``: the stage's section (its ``select`` and, unless ``severity`` says, ``severity_prompt``);
-    the prompt keys of ``gen_cfg`` take the schema's defaults when left out (:func:`prompt_settings`)."""
+    ``stage_cfg``: the stage's section (its ``select``, ``mask_dropout`` (> 0: the prompts' no-mask variants
+    are encoded too) and, unless ``severity`` says, ``severity_prompt``); the prompt keys of ``gen_cfg`` take
+    the schema's defaults when left out (:func:`prompt_settings`)."""
     vae, stats = vae_stats if vae_stats is not None else load_vae(vae_dir, stats_path)
     use_severity = bool(stage_cfg["severity_prompt"]) if severity is None else severity
     prompts = prompt_settings(gen_cfg)
     return build_latent_data(shards, vae, stats, resolve_text_encoder(gen_cfg, text_encoder), stage_cfg["select"],
                              prompts["severity"] if use_severity else None, int(prompts["max_length"]),
-                             int(prompts["encode_batch_size"]), slices=slices)
+                             int(prompts["encode_batch_size"]), slices=slices, report=report_settings(prompts),
+                             mask_variants=float(stage_cfg.get("mask_dropout", 0.0)) > 0)
 
 
 def check_channels(model: nn.Module, data: LatentData) -> None:

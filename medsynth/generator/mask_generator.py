@@ -4,7 +4,8 @@ A condition set whose selection carries ``stochastic_masks: {seed, max_union, p_
 max_dilate}`` keeps its real slices' prompt fields (modality, region, phase) but replaces every mask
 by a generated one (weighted random unions of real masks with random shifts and dilations/erosions);
 the organ list and the severity grade of the compound prompt are recomputed from the new mask, so the
-prompt describes what the model is asked to draw. The synthetic images sampled from these
+prompt describes what the model is asked to draw (a grade read from case metadata, ``severity.from_field``,
+stays the case's; a report, ``generator.report``, stays the case's). The synthetic images sampled from these
 conditions are labelled with the new masks (the downstream segmentation's MedDiff-FT settings).
 """
 
@@ -17,15 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medsynth.generator.data import (
-    LatentData,
-    prompt_table,
-    severity_fractions,
-    severity_grades,
-    slice_prompts,
-)
-from medsynth.generator.loaders import prompt_settings
-from medsynth.models.prompts import SEVERITY_WORDS
+from medsynth.generator.conditioning import encode_conditions
+from medsynth.generator.data import LatentData, slice_grades
+from medsynth.generator.loaders import prompt_settings, report_settings
 from medsynth.settings import section
 from medsynth.train.data import TensorDictDataset
 
@@ -59,18 +54,16 @@ def stochastic_conditions(data: LatentData, masks: np.ndarray, names: Sequence[s
     grades = None
     prompts_cfg = prompt_settings(gen_cfg)
     severity = prompts_cfg["severity"]
-    if severity_prompt:
-        fractions = severity_fractions(new.astype(np.float32), names, severity["organ"])
-        grades = severity_grades(fractions, severity["thresholds"])
-        index["severity_fraction"] = fractions
-        index["severity"] = [SEVERITY_WORDS[g] for g in grades]
-    prompts = slice_prompts(index, grades, severity["pathology"])
-    unique = list(dict.fromkeys(prompts))
-    ids = {p: i for i, p in enumerate(unique)}
-    tokens, keep, pooled = prompt_table(text_encoder, unique, int(prompts_cfg["max_length"]))
+    if severity_prompt:  # the new mask's area grade; a metadata grade (severity.from_field) is the case's
+        grades, columns = slice_grades(index, new.astype(np.float32), names, severity)
+        for column, values in columns.items():
+            index[column] = values
+    table = encode_conditions(index, grades, severity["pathology"], text_encoder, int(prompts_cfg["max_length"]),
+                              report_settings(prompts_cfg))
     latent = data.dataset.tensors["latent"]
     mask = F.interpolate(torch.from_numpy(new.astype(np.float32) - 0.5), size=tuple(latent.shape[2:]), mode="area")
     dataset = TensorDictDataset({"latent": latent, "mask": mask.contiguous(),
-                                 "prompt": torch.as_tensor([ids[p] for p in prompts], dtype=torch.long)})
-    index = index.assign(prompt=prompts)
-    return LatentData(dataset, unique, tokens, keep, index, list(names), pooled), new
+                                 "prompt": torch.as_tensor(table.ids, dtype=torch.long)})
+    index = index.assign(prompt=[table.prompts[i] for i in table.ids])
+    return LatentData(dataset, table.prompts, table.tokens, table.keep, index, list(names), table.pooled,
+                      report_start=table.report_start), new

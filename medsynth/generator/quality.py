@@ -13,6 +13,7 @@ reference's own yardstick, the pass rate of the real slices of the condition set
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -33,8 +34,8 @@ def subset(data: LatentData, indices: Sequence[int]) -> LatentData:
     """The conditions ``indices`` of ``data`` (same prompt table)."""
     idx = torch.as_tensor(list(indices), dtype=torch.long)
     tensors = {k: v[idx] for k, v in data.dataset.tensors.items()}
-    return LatentData(TensorDictDataset(tensors), data.prompts, data.tokens, data.keep,
-                      data.index.iloc[idx.numpy()].reset_index(drop=True), list(data.names), data.pooled)
+    return replace(data, dataset=TensorDictDataset(tensors), index=data.index.iloc[idx.numpy()].reset_index(drop=True),
+                   names=list(data.names))
 
 
 def hu_quality_check(model: nn.Module, objective: str, data: LatentData, vae: nn.Module, stats: dict, spec,

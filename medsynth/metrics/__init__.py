@@ -28,7 +28,7 @@ _EXPORTS = {
     "frechet_metrics": "frechet", "inception_fid": "frechet", "per_plane_windowed_fd": "frechet",
     "per_window_fd": "frechet", "to_uint8_rgb": "frechet",
     "FDRecipe": "recipes", "fd_recipe": "recipes", "recipe_unit_images": "recipes", "RecipeEncoder": "recipes",
-    "pretrained_fd": "pretrained_fd", "pretrained_fd_volumes": "pretrained_fd",
+    "pretrained_fd": "pretrained_fd", "pretrained_fd_volumes": "pretrained_fd", "clip_fd_volumes": "pretrained_fd",
     "pretrained_windowed_fd": "pretrained_fd",
     "channel_means": "masks", "image_metric_values": "masks", "image_metrics": "masks", "mask_metric_values": "masks",
     "mask_metrics": "masks", "mean_over_channels": "masks",

@@ -21,13 +21,22 @@ from medsynth.metrics.frechet import (
     PLANE_LABELS,
     PLANES,
     central_slices,
+    frechet_distance_lowrank,
     frechet_metrics,
     per_plane_windowed_fd,
     per_window_fd,
 )
 from medsynth.metrics.recipes import FDRecipe, RecipeEncoder, recipe_unit_images
 
-__all__ = ["pretrained_fd", "pretrained_fd_volumes", "pretrained_windowed_fd", "weights_status"]
+__all__ = ["clip_fd_volumes", "pretrained_fd", "pretrained_fd_volumes", "pretrained_windowed_fd",
+           "weights_status"]
+
+#: the input each whole-volume CLIP extractor is given (its loader applies the authors' preprocessing)
+CLIP_INPUTS = {
+    "m3d_clip": "whole volumes in HU, min-max per volume, foreground crop, resized to 32 x 256 x 256 (M3D-CLIP's)",
+    "ct_clip": "whole volumes in HU clipped to [-1000, 1000] / 1000, resampled to 0.75 x 0.75 x 1.5 mm, "
+               "cropped / padded to 480 x 480 x 240 (CT-CLIP's)",
+}
 
 
 def weights_status(name: str, path: str | Path | None, key: str) -> str:
@@ -37,7 +46,12 @@ def weights_status(name: str, path: str | Path | None, key: str) -> str:
     if path is None:
         return (f"unavailable: {key} is not set (set it to {spec.model}/{spec.file}: the weights rule fetches "
                 f"registry model {spec.model})")
-    if not Path(path).is_file():
+    if spec.file is None:  # a model folder (M3D-CLIP: config.json + weights)
+        missing = [f for f in spec.required if not (Path(path) / f).is_file()]
+        if not Path(path).is_dir() or missing:
+            return (f"unavailable: {key} = {str(path)!r} is not {spec.model}'s model folder (missing "
+                    f"{', '.join(missing) or 'the folder'}; fetch registry model {spec.model})")
+    elif not Path(path).is_file():
         return f"unavailable: {key} = {str(path)!r} is not a file (fetch registry model {spec.model})"
     if not spec.loader:
         return f"unavailable: the {name} extractor is registered but this version has no loader for it yet"
@@ -120,3 +134,38 @@ def pretrained_windowed_fd(name: str, path: str | Path | None, key: str, real: n
         unregister_module_extractor(ext)
     keep = ("window", "plane", "fd", "n_real", "n_fake", "status")
     return _entry(name, recipe, "ok", rows=[{k: r.get(k) for k in keep} for r in rows])
+
+
+def clip_fd_volumes(name: str, path: str | Path | None, key: str, real: np.ndarray | torch.Tensor,
+                    fake: np.ndarray | torch.Tensor, hu_range: Sequence[float] | None,
+                    spacing: Sequence[float] | None = None, batch_size: int = 2,
+                    device: torch.device | str = "cpu") -> dict:
+    """FD of the whole-volume CLIP image embeddings (``m3d_clip``: ViCTr's MFID network; ``ct_clip``:
+    MedSyn2's) of two ``[N, 1, X, Y, Z]`` model-unit CT volume sets (``hu_range``: the window the model
+    units map back to HU; ``spacing``: voxel size in mm, for CT-CLIP's resampling). One embedding per
+    volume, the Frechet distance of the two embedding sets (exact for fewer volumes than dimensions:
+    :func:`~.frechet.frechet_distance_lowrank`). ``{"value", "status", "extractor", "input", "n_real",
+    "n_fake"}``; "unavailable: <reason>" without weights, "not applicable" for MR or fewer than 2 volumes."""
+    entry = {"value": None, "extractor": EXTRACTORS[name].title, "input": CLIP_INPUTS[name]}
+    status = weights_status(name, path, key)
+    if status != "ok":
+        return {**entry, "status": status}
+    if hu_range is None:
+        return {**entry, "status": f"not applicable: {name} embeds CT volumes in HU, these are not CT"}
+    if min(len(real), len(fake)) < 2:
+        return {**entry, "status": f"not applicable: {len(real)} real / {len(fake)} generated volumes (needs 2 each)"}
+    net = extractor_from_file(name, path).to(device)
+    lo, hi = float(hu_range[0]), float(hu_range[1])
+
+    def embed(volumes: torch.Tensor) -> np.ndarray:
+        out = []
+        for i in range(0, len(volumes), int(batch_size)):
+            hu = (volumes[i:i + int(batch_size)].float() + 1.0) / 2.0 * (hi - lo) + lo
+            with torch.no_grad():
+                feats = net(hu, tuple(spacing)) if name == "ct_clip" and spacing else net(hu)
+            out.append(feats.float().cpu().numpy())
+        return np.concatenate(out)
+
+    real_f, fake_f = embed(torch.as_tensor(real)), embed(torch.as_tensor(fake))
+    return {**entry, "status": "ok", "value": frechet_distance_lowrank(real_f, fake_f), "n_real": len(real_f),
+            "n_fake": len(fake_f)}

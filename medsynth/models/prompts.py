@@ -6,7 +6,9 @@
   The pre-prompt comes before the optional report (MedSyn2 Sec. 3.2); ViCTr's pathology prompts grade
   severity as ``low``, ``mild`` or ``severe`` (Sec. 3.3).
 * :func:`condition_dropout` - MedSyn2's conditioning randomisation (Sec. 3.3) and the unconditional
-  branch for classifier-free guidance: per sample, drop the report, the mask, both or neither.
+  branch for classifier-free guidance: per sample, drop the report, the mask, both or neither;
+  :func:`independent_dropout_probs` gives its four outcomes' probabilities for independent report and
+  mask drops (config ``report_dropout`` / ``mask_dropout``).
 
 MedSyn2 trains with five paraphrases of the pre-prompt and three of the empty-mask sentence (Supp.
 7.2, Fig. 9) and tests with the first of each. The figure's wording is not in the text; variant 0 is
@@ -31,6 +33,7 @@ __all__ = [
     "severity_word",
     "compound_prompt",
     "condition_dropout",
+    "independent_dropout_probs",
     "batch_prompts",
 ]
 
@@ -166,6 +169,19 @@ def condition_dropout(
     if "report" in batch:
         out["report"] = [None if d else r for r, d in zip(batch["report"], drop_report.tolist())]
     return out, {"report": drop_report, "mask": drop_mask}
+
+
+def independent_dropout_probs(report: float, mask: float) -> dict[str, float]:
+    """The four outcomes of :func:`condition_dropout` when the report is dropped with probability ``report``
+    and, independently, the mask with probability ``mask`` (MedSyn2's four conditioning modes, Supp. 7.2).
+
+    >>> independent_dropout_probs(0.25, 0.5)
+    {'neither': 0.375, 'report': 0.125, 'mask': 0.375, 'both': 0.125}
+    """
+    r, m = float(report), float(mask)
+    if not (0.0 <= r <= 1.0 and 0.0 <= m <= 1.0):
+        raise ValueError(f"report and mask dropout must lie in [0, 1], got {r}, {m}")
+    return {"neither": (1 - r) * (1 - m), "report": r * (1 - m), "mask": (1 - r) * m, "both": r * m}
 
 
 def batch_prompts(batch: Mapping, pathology: str | None = None) -> list[str]:

@@ -172,6 +172,19 @@ class _PromptCache:
         rep = rep * rep_keep[..., None]
         return torch.cat([pre, rep], dim=1), torch.cat([pre_keep, rep_keep], dim=1)
 
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text untruncated, special tokens included (what ``encode`` cuts at ``max_length``)."""
+        tokenizer = self._length_tokenizer()
+        return [len(ids) for ids in tokenizer([str(t) for t in texts], truncation=False, verbose=False)["input_ids"]]
+
+    def _length_tokenizer(self):
+        return self.tokenizer
+
+    @property
+    def separator_token(self) -> str | None:
+        """The tokenizer's separator token (``[SEP]`` for BERT tokenizers), ``None`` where it has none."""
+        return getattr(self._length_tokenizer(), "sep_token", None)
+
     def clear_cache(self) -> None:
         self._cache.clear()
 
@@ -334,6 +347,9 @@ class PipelineTextEncoder(_PromptCache):
             self.dim, self.pooled_dim = t5.dim, sum(p.pooled_dim for p in clips)
         else:  # flux
             self.dim, self.pooled_dim = t5.dim, clips[0].pooled_dim
+
+    def _length_tokenizer(self):
+        return self.parts[-1].tokenizer  # the encoder of the long tokens (T5; SDXL: CLIP-G)
 
     def _clip_length(self, max_length: int) -> int:
         return min(max_length, *(p.max_positions for p in self.parts if p.kind == "clip"))
