@@ -5,12 +5,14 @@ slurmd and munge on this machine (partitions `cpu` and `gpu`, one fake GPU), so 
 root and apt; it is skipped otherwise, or with MEDSYNTH_SKIP_SLURM=1. The data stage of the
 embedded study runs through `snakemake --profile profiles/slurm` and must give byte-identical
 outputs to a local run; then the manifest rule, given `gpu: 1` by a study-config override, must be
-submitted to the `gpu` partition with a GPU request.
+submitted to the `gpu` partition with a GPU request; training rules (the VAE, the downstream extractor) and a
+metrics rule (calibration) run through the profile too.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -19,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -171,3 +174,34 @@ def test_jobs_of_one_rule_go_out_as_a_job_array(slurm_cluster, tmp_path):
     assert {state for state, _ in _squeue(tasks).values()} == {"COMPLETED"}
     shards = [p for p in (tmp_path / "array" / "results" / "example" / "ingest").glob("shard-*") if p.is_dir()]
     assert len(shards) == len(cases)
+
+
+def _small_study() -> dict:
+    """The embedded study on a coarse grid (6 mm, 32-pixel slices, patient-level test split) with a few training
+    steps: the same rules and code paths, cheap enough to run through the test cluster."""
+    config = embedded_config()
+    config["preprocess"] = {**config["preprocess"], "grid": {"spacing_mm": [6.0, 6.0, 6.0], "size": [64, 56, 56]}}
+    config["trainsets"] = {**config["trainsets"], "slices": {**config["trainsets"]["slices"], "size": 32, "slabs": {}},
+                           "volume_size": [32, 32, 32]}
+    config["vae"] = {**config["vae"], "steps": 12, "checkpoint_every": 0,
+                     "model": {**config["vae"]["model"], "sample_size": 32}}
+    config["downstream"] = {**config["downstream"], "steps": 12, "checkpoint_every": 0}
+    return config
+
+
+def test_a_training_rule_and_a_metrics_rule_run_through_slurm(slurm_cluster, tmp_path):
+    """Issue 13 item 4: the VAE and the downstream extractor (training rules) and the calibration table's
+    metrics (a metrics rule) are submitted through the profile and give their outputs."""
+    profile = _test_profile(tmp_path / "profile")
+    work = tmp_path / "train"
+    targets = ("results/example/vae/final", "results/example/metrics/calibration.json")
+    out = _run_slurm(work, profile, _small_study(), *targets)
+    submitted = SUBMITTED.findall(out)
+    rules = {Path(log).parent.relative_to(work / ".snakemake" / "slurm_logs").parts[0] for _, _, log in submitted}
+    assert {"rule_vae", "rule_downstream", "rule_calibration"} <= rules, sorted(rules)
+    states = _squeue([jobid for _, jobid, _ in submitted])
+    assert {state for state, _ in states.values()} == {"COMPLETED"}, states
+    assert (work / "results/example/vae/final").is_dir()
+    calibration = json.loads((work / "results/example/metrics/calibration.json").read_text())
+    rows = {row["name"]: row for row in calibration["rows"]}
+    assert np.isfinite(rows["VAE reconstruction"]["fd_self"]) and rows["uniform_noise"]["fd_self"] > 0
