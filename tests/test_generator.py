@@ -124,6 +124,38 @@ def test_latent_dataset_shapes_and_prompt_cache(trained, shards, text_encoder):
     assert [["low", "mild", "severe"][g] for g in grades] == data.index["severity"].tolist()
 
 
+def test_latents_streamed_shard_by_shard_equal_those_of_all_slices_at_once(trained, shards, text_encoder, tmp_path):
+    """The training set split over three shards (with a select that empties one) is read one shard at a time,
+    and the latents, masks, grades and prompts are those of encoding the same slices read at once: the
+    encoder's batches cross the shard boundaries (batch size 5 divides no shard)."""
+    from medsynth.io.trainsets import load_shard, write_shard
+    from medsynth.vae import load_autoencoder, load_latent_statistics
+
+    root = trained[0]
+    vae, stats = load_autoencoder(root / "vae" / "final"), load_latent_statistics(root / "vae" / "latent_stats.json")
+    index = pd.read_csv(shards[1], keep_default_na=False)
+    data = load_shard(shards[0])
+    split = []
+    for k, rows in enumerate((range(0, 7), range(7, 9), range(9, 24))):
+        part = index.iloc[list(rows)]
+        samples = [({c: r[c] for c in index.columns if c != "sample"}, data["image"][r["sample"]],
+                    data["masks"][r["sample"]] + 0.5) for _, r in part.iterrows()]
+        if k == 1:  # a shard the select below empties: only MR slices
+            samples = [s for s in samples if s[0]["modality"] == "MR"]
+        write_shard(samples, NAMES, tmp_path / f"shard-{k:03d}.safetensors", tmp_path / f"shard-{k:03d}.csv")
+        split += [str(tmp_path / f"shard-{k:03d}.safetensors"), str(tmp_path / f"shard-{k:03d}.csv")]
+    select = {"split": ["train"], "modality": ["CT"]}
+    streamed = build_latent_data(split, vae, stats, text_encoder, select, GEN["severity"], max_length=16, batch_size=5)
+    at_once = build_latent_data(split, vae, stats, text_encoder, select, GEN["severity"], max_length=16, batch_size=5,
+                                slices=load_slices(split))
+    # 8 CT training slices, one of them in the shard that keeps MR only
+    assert len(streamed.index) == 7 == len(load_slices(split, select)[0]) and set(streamed.index["modality"]) == {"CT"}
+    for key in ("latent", "mask", "prompt"):
+        assert torch.equal(streamed.dataset.tensors[key], at_once.dataset.tensors[key]), key
+    assert streamed.index.drop(columns="shard").equals(at_once.index.drop(columns="shard"))
+    assert streamed.prompts == at_once.prompts
+
+
 def test_vae_outputs(trained):
     root, summary, _ = trained
     assert (root / "vae" / "final" / "config.json").exists() and summary["steps"] == 3

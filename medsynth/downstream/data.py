@@ -113,13 +113,13 @@ class SegmentationData:
     def from_shards(cls, shards: Sequence[str | Path], select: Mapping[str, Sequence] | None = None
                     ) -> "SegmentationData":
         """The slices of 2D training-set shards, filtered by index columns (``{"split": ["test"]}``)."""
-        from medsynth.io.trainsets import load_slices, select_rows
+        from medsynth.io.trainsets import load_slices
 
-        index, images, masks, names = load_slices(shards)
-        rows = select_rows(index, select)
-        if not len(rows):
-            raise ValueError(f"select {dict(select or {})} keeps no slice of the shards")
-        return cls.from_arrays(images[rows], masks[rows], names)
+        try:  # the selected slices only, shard by shard
+            index, images, masks, names = load_slices(shards, select)
+        except ValueError as err:
+            raise ValueError(f"select {dict(select or {})} keeps no slice of the shards") from err
+        return cls.from_arrays(images, masks, names)
 
     def __len__(self) -> int:
         return len(self.image)

@@ -99,7 +99,7 @@ def paired_sets(shards: Sequence[str], select: Mapping, generated_path: str | Pa
     """
     from medsynth.io.generated import load_generated
 
-    index, images, masks, names = load_slices(shards)
+    index, images, masks, names = load_slices(shards, select)  # the selected slices only, shard by shard
     rows = select_rows(index, select)
     real, real_masks = images[rows].astype(np.float32), masks[rows] > 0
     fake, fake_masks, fake_names = load_generated(generated_path)

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from medsynth.generator.conditioning import encode_conditions, metadata_grades, prompt_table, slice_prompts
 from medsynth.models.prompts import SEVERITY_WORDS
-from medsynth.io.trainsets import load_slices, select_rows, shard_condition_names
+from medsynth.io.trainsets import iter_slices, load_slices, select_rows, shard_condition_names
 from medsynth.train.data import TensorDictDataset
 from medsynth.vae.latents import normalise_latents
 from medsynth.vae.models import encode, model_device
@@ -119,12 +119,38 @@ class LatentData:
         return len(self.prompts)
 
 
+class _LatentEncoder:
+    """Posterior means of images added part by part, encoded in batches of ``batch_size`` across the parts'
+    boundaries (the batches, hence the latents, are those of encoding all the images at once)."""
+
+    def __init__(self, vae: torch.nn.Module, stats: dict, batch_size: int):
+        self.vae, self.stats, self.batch_size = vae.eval(), stats, int(batch_size)
+        self.pending: list[torch.Tensor] = []
+        self.out: list[torch.Tensor] = []
+
+    @torch.no_grad()
+    def _encode(self, x: torch.Tensor) -> None:
+        self.out.append(normalise_latents(encode(self.vae, x.to(model_device(self.vae)))[0].cpu(), self.stats))
+
+    def add(self, images: np.ndarray) -> None:
+        self.pending.append(torch.as_tensor(images, dtype=torch.float32))
+        x = torch.cat(self.pending)
+        full = len(x) - len(x) % self.batch_size
+        for i in range(0, full, self.batch_size):
+            self._encode(x[i:i + self.batch_size])
+        self.pending = [x[full:]] if full < len(x) else []
+
+    def latents(self) -> torch.Tensor:
+        if self.pending:
+            self._encode(torch.cat(self.pending))
+            self.pending = []
+        return torch.cat(self.out).contiguous()
+
+
 @torch.no_grad()
-def _latents(vae: torch.nn.Module, images: np.ndarray, stats: dict, batch_size: int) -> torch.Tensor:
-    vae.eval()
-    x, device = torch.as_tensor(images, dtype=torch.float32), model_device(vae)
-    out = [encode(vae, x[i:i + batch_size].to(device))[0].cpu() for i in range(0, len(x), batch_size)]
-    return normalise_latents(torch.cat(out), stats).contiguous()
+def latent_size(vae: torch.nn.Module, image: np.ndarray) -> tuple[int, ...]:
+    """The latent grid of one ``(1, C, *spatial)`` image under ``vae`` (an encode of that image)."""
+    return tuple(encode(vae.eval(), torch.as_tensor(image, dtype=torch.float32).to(model_device(vae)))[0].shape[2:])
 
 
 def build_latent_data(shards: Sequence[str | Path], vae: torch.nn.Module, stats: dict, text_encoder,
@@ -140,18 +166,31 @@ def build_latent_data(shards: Sequence[str | Path], vae: torch.nn.Module, stats:
     the ``generator.report`` section when enabled (else ``None``); ``mask_variants``: also encode each
     prompt's no-mask variant (for ``mask_dropout``; :mod:`medsynth.generator.conditioning`).
     """
-    index, images, masks, names = slices if slices is not None else load_slices(shards)
-    rows = select_rows(index, select)
-    if not len(rows):
+    # shard by shard (one shard's images in memory at a time), unless the caller read the slices already
+    if slices is not None:
+        rows = select_rows(slices[0], select)
+        parts = [(slices[0].iloc[rows].reset_index(drop=True), slices[1][rows], slices[2][rows], slices[3])]
+    else:
+        parts = iter_slices(shards, select)
+    encoder, size = _LatentEncoder(vae, stats, batch_size), None
+    indices, masks_lat, grade_parts, names = [], [], [], []
+    for index, images, masks, names in parts:
+        if not len(index):
+            continue
+        size = size or latent_size(vae, images[:1])
+        encoder.add(images)
+        masks_lat.append(F.interpolate(torch.as_tensor(masks, dtype=torch.float32), size=size, mode="area"))
+        if severity is not None:
+            grade_parts.append(slice_grades(index, masks, names, severity))
+        indices.append(index)
+    if not indices:
         raise ValueError(f"select {dict(select or {})} keeps no slice of the training sets")
-    index = index.iloc[rows].reset_index(drop=True)
-    images, masks = images[rows], masks[rows]
-    latent = _latents(vae, images, stats, batch_size)
-    mask = F.interpolate(torch.as_tensor(masks, dtype=torch.float32), size=tuple(latent.shape[2:]), mode="area")
+    index, latent, mask = pd.concat(indices, ignore_index=True), encoder.latents(), torch.cat(masks_lat)
     grades = None
     if severity is not None:
-        grades, columns = slice_grades(index, masks, names, severity)
-        index = index.assign(**columns)
+        grades = np.concatenate([g for g, _ in grade_parts])
+        index = index.assign(**{k: np.concatenate([np.asarray(c[k], dtype=object if k == "severity" else None)
+                                                    for _, c in grade_parts]) for k in grade_parts[0][1]})
     table = encode_conditions(index, grades, severity["pathology"] if severity is not None else None, text_encoder,
                               max_length, report, mask_variants)
     index = index.assign(prompt=[table.prompts[i] for i in table.ids])

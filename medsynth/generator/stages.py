@@ -41,7 +41,7 @@ from torch import nn
 from medsynth.configmerge import variant_config
 from medsynth.fsutil import write_csv_atomic, write_text_atomic
 from medsynth.launch import is_main_process
-from medsynth.generator.data import LatentData, load_slices, shard_condition_names
+from medsynth.generator.data import LatentData, shard_condition_names
 from medsynth.generator.objective import AdversarialTerm, ConsistencyTerms, EWCPenalty
 from medsynth.generator.players import AdversarialPair, build_discriminator
 from medsynth.generator.step import GeneratorStep, build_step, contrastive_term
@@ -189,9 +189,9 @@ def run_stage1(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Pat
     text_encoder = resolve_text_encoder(gen_cfg, text_encoder)
     ewc_cfg = stage_cfg["ewc"]
     model = load_backbone(gen_cfg, base_dir)
-    vae_stats, slices = load_vae(vae_dir, stats_path), load_slices(shards)  # read once for both datasets
+    vae_stats = load_vae(vae_dir, stats_path)  # both datasets stream the shards (one shard's images at a time)
     base_data = load_latent_data(shards, vae_dir, stats_path, gen_cfg, base_cfg, text_encoder, severity=False,
-                      vae_stats=vae_stats, slices=slices)
+                                 vae_stats=vae_stats)
     fisher = _fisher(model, base_data, ewc_cfg, int(stage_cfg["seed"]))
     del base_data
     top_k = ewc_cfg["top_k"]
@@ -207,8 +207,8 @@ def run_stage1(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Pat
              "n_trainable": int(sum(anchor[n].numel() for n in trainable)),
              "n_total": int(sum(p.numel() for p in model.parameters()))}, indent=2) + "\n")
     ewc = EWCTerm(anchor, {n: fisher[n] for n in trainable}, float(ewc_cfg["lambda"]))
-    data = load_latent_data(shards, vae_dir, stats_path, gen_cfg, stage_cfg, text_encoder, vae_stats=vae_stats, slices=slices)
-    del vae_stats, slices
+    data = load_latent_data(shards, vae_dir, stats_path, gen_cfg, stage_cfg, text_encoder, vae_stats=vae_stats)
+    del vae_stats
     _write_prompts(data, outputs)
     fp = run_fingerprint(gen_cfg, stage_cfg, base_cfg, files=[*shards, vae_dir, stats_path, base_dir])
     result = train(model, build_step(data, stage_cfg, extras=[EWCPenalty(ewc)]), data.dataset,

@@ -10,7 +10,7 @@ readers map them to the models' values [-0.5, 0.5] with :func:`to_condition_valu
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ from safetensors.numpy import load_file, save_file
 
 from medsynth.fsutil import atomic_path, write_csv_atomic
 
-__all__ = ["load_shard", "load_slices", "select_rows", "shard_condition_names", "to_condition_values", "write_shard"]
+__all__ = ["iter_slices", "load_shard", "load_slices", "select_rows", "shard_condition_names", "to_condition_values", "write_shard"]
 
 
 def to_condition_values(binary: np.ndarray) -> np.ndarray:
@@ -68,30 +68,44 @@ def shard_condition_names(tensors_path: str | Path) -> list[str]:
     return [n for n in raw.get("conditions", "").split(",") if n]  # shards written before the single-key metadata
 
 
-def load_slices(shards: Sequence[str | Path]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, list[str]]:
-    """All samples of the shards (``.safetensors``; the index is the same stem ``.csv``), slices or volumes.
-
-    Returns ``(index, images (N, 1, *spatial) in [-1, 1], masks (N, C, *spatial) in [-0.5, 0.5], names)``;
-    ``spatial`` is ``(H, W)`` for slice shards and ``(X, Y, Z)`` for volume shards (``slice = -1``).
-    """
-    tables, images, masks, names = [], [], [], None
+def iter_slices(shards: Sequence[str | Path], select: Mapping[str, Sequence] | None = None
+                ) -> Iterator[tuple[pd.DataFrame, np.ndarray, np.ndarray, list[str]]]:
+    """The samples of the shards kept by ``select`` (:func:`select_rows`), one shard at a time (in path order;
+    shards with nothing selected are skipped), so that a consumer holds one shard's images at once:
+    ``(index, images, masks, names)`` per shard, as :func:`load_slices` returns them for all."""
+    names = None
     for path in sorted(str(p) for p in shards if str(p).endswith(".safetensors")):
         index = pd.read_csv(Path(path).with_suffix(".csv"), dtype={"split": str, "modality": str},
                             keep_default_na=False)
         if not len(index):
             continue
-        data = load_shard(path)
         shard_names = shard_condition_names(path)
         if names is None:
             names = shard_names
         elif shard_names != names:
             raise ValueError(f"{path}: condition channels {shard_names} differ from {names}")
-        tables.append(index.assign(shard=Path(path).stem))
-        images.append(data["image"][index["sample"].to_numpy()])
-        masks.append(data["masks"][index["sample"].to_numpy()])
-    if not tables:
-        raise ValueError("no slices in the training-set shards")
-    return (pd.concat(tables, ignore_index=True), np.concatenate(images), np.concatenate(masks), list(names or []))
+        index = index.iloc[select_rows(index, select)]
+        if not len(index):
+            continue
+        data = load_shard(path)
+        samples = index["sample"].to_numpy()
+        yield (index.reset_index(drop=True).assign(shard=Path(path).stem), data["image"][samples],
+               data["masks"][samples], list(names))
+
+
+def load_slices(shards: Sequence[str | Path], select: Mapping[str, Sequence] | None = None
+                ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, list[str]]:
+    """All samples of the shards (``.safetensors``; the index is the same stem ``.csv``), slices or volumes,
+    or those ``select`` keeps (selected shard by shard, :func:`iter_slices`).
+
+    Returns ``(index, images (N, 1, *spatial) in [-1, 1], masks (N, C, *spatial) in [-0.5, 0.5], names)``;
+    ``spatial`` is ``(H, W)`` for slice shards and ``(X, Y, Z)`` for volume shards (``slice = -1``).
+    """
+    parts = list(iter_slices(shards, select))
+    if not parts:
+        raise ValueError("no slices in the training-set shards" + (f" kept by select {dict(select)}" if select else ""))
+    return (pd.concat([p[0] for p in parts], ignore_index=True), np.concatenate([p[1] for p in parts]),
+            np.concatenate([p[2] for p in parts]), parts[0][3])
 
 
 def select_rows(index: pd.DataFrame, select: Mapping[str, Sequence] | None) -> np.ndarray:
