@@ -4,15 +4,22 @@
 
 from snakemake.utils import min_version, validate
 
+from medsynth.configmerge import extended_config
+
 min_version("9.0")
 
 
 # A study config is merged onto the config it `extends` (default: the embedded study's, so a study of
 # your own data inherits the embedded recipe); `extends: null` stands alone (the paper studies), and the
 # schema's defaults fill in what it leaves out. One level: the extended file's own `extends` is not read.
-if config.get("extends", "config/config.yaml"):
+# A named file is found relative to the workflow folder (from any --directory); a missing one is an error.
+if "extends" not in config:
 
-    configfile: config.get("extends", "config/config.yaml")
+    configfile: "config/config.yaml"
+
+elif config["extends"]:
+
+    configfile: extended_config(config["extends"], workflow.basedir)
 
 
 validate(config, "config/schema.yaml")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 
-__all__ = ["deep_merge", "variant_config"]
+__all__ = ["deep_merge", "extended_config", "variant_config"]
 
 
 def deep_merge(base: Mapping, over: Mapping | None) -> dict:
@@ -24,3 +24,15 @@ def variant_config(stage2_cfg: Mapping, variants: Mapping, variant: str) -> dict
     if variant not in variants:
         raise KeyError(f"variant {variant!r} is not in config `variants` ({sorted(variants)})")
     return deep_merge(stage2_cfg, variants[variant] or {})
+
+
+def extended_config(path: str, basedir: str) -> str:
+    """The file a study config ``extends`` (config key): absolute, or relative to the workflow folder ``basedir``;
+    a ``FileNotFoundError`` names it when it is not there (snakemake would skip a missing config file silently)."""
+    import os
+
+    full = path if os.path.isabs(path) else os.path.join(basedir, path)
+    if not os.path.isfile(full):
+        raise FileNotFoundError(f"config key extends = {path!r}: no such file ({full}); give a path relative to "
+                                f"the workflow folder {basedir}, an absolute path, or null")
+    return full

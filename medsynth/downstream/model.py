@@ -66,10 +66,12 @@ CONFIG = "segmenter.json"
 def segmenter_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """``cfg`` (config ``downstream.model``, ``{"type", "params"}``) with the schema's defaults filled in: type
     ``unet``, and the params of its type that ``params`` leaves out (nnunetv2: its adapter's settings, see
-    :func:`medsynth.downstream.nnunet.nnunet_params`)."""
+    :func:`medsynth.downstream.nnunet.nnunet_params`); ``params: null`` = none given."""
     from medsynth.settings import section
 
     model = dict(cfg)
+    if "params" in model and model["params"] is None:  # null: the type's defaults only (config docs)
+        model["params"] = {}
     if "type" in model:
         model["type"] = str(model["type"]).lower()
         if model["type"] not in SEGMENTER_TYPES:

@@ -1,0 +1,175 @@
+"""The four smoke studies (config/studies/<paper>_smoke.yaml) end to end with snakemake on CPU.
+
+Each test builds tiny checkpoints of the registry models its study names, in their real repository layouts,
+serves them from loopback Hub stand-ins, and runs ``snakemake --cores 2`` to targets that cross the paper's
+code paths: the weights rule fetches every model (provenance reaches the weights), then the paper's
+generator (stage 2 and / or the 3D generator), a sampling run with its sampler family, its metrics and the
+paper's main table. No process of the run may leave 127.0.0.1 (tests/smoke_netguard). See
+tests/smoke_studies.py for the one substitution the test makes (the downstream segmenter).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from smoke_studies import run_smoke_study
+
+pytestmark = pytest.mark.slow
+
+
+def _json(path):
+    return json.loads(path.read_text())
+
+
+def _finite(value) -> bool:
+    return value is not None and math.isfinite(float(value))
+
+
+def _check_fetched(run, models: dict[str, set[str]]) -> None:
+    """Each registry model came from its stand-in: exactly the repository files its registry ``include``
+    matches (among them ``models[name]``), at the stand-in's commit; and no process left 127.0.0.1."""
+    for name, must in models.items():
+        hub, include = run.hubs[name], run.registry[name]["include"]
+        files = {p for p in hub.files if any(fnmatch.fnmatch(p, pattern) for pattern in include)}
+        assert must <= files < set(hub.files), name  # the repository holds files the entry does not fetch
+        inventory = pd.read_csv(run.weights / name / "inventory.csv")
+        assert set(inventory["path"]) == files, name
+        source = _json(run.weights / name / "source.json")
+        assert source["commit"] == hub.commit and source["repo_id"] == hub.repo_id
+        for path in files:
+            assert hub.seen_for_file(path), f"{name}: {path} was not fetched from the stand-in"
+    assert run.netguard == [], "a stage tried to leave 127.0.0.1:\n" + "\n".join(run.netguard)
+
+
+def _inputs(run, output: str) -> set[str]:
+    return set(_json(run.results / f"{output}.prov.json")["inputs"])
+
+
+def _check_record(record: dict, n_min: int = 1) -> None:
+    assert _finite(record["fd_self"]["value"]), record["fd_self"]
+    assert record["n_generated"] == record["n_real"] >= n_min
+
+
+def test_victr_smoke_study(tmp_path):
+    """ViCTr: SD 1.5 (frozen VAE, UNet widened by the seven masks, CLIP with the pipeline's padding) through
+    base, stage 1 (EWC) and stage 2 (victr LoRA + Tweedie, vanilla full), Tweedie / Euler sampling, Table 2."""
+    run = run_smoke_study("victr", tmp_path, ["tables/victr_table2.csv"])
+    print(f"victr_smoke: snakemake {run.seconds:.0f} s")
+    _check_fetched(run, {"sd15": {"model_index.json", "unet/diffusion_pytorch_model.safetensors",
+                                  "vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
+                                  "tokenizer/tokenizer_config.json", "scheduler/scheduler_config.json"}})
+    inventory = str(run.weights / "sd15" / "inventory.csv")
+    for output in ("vae/final", "base/final", "stage1/final", "stage2/victr/final", "stage2/vanilla/final"):
+        assert inventory in _inputs(run, output), output
+    vae = _json(run.results / "vae" / "train_config.json")
+    assert vae["steps"] == 0  # the released VAE, frozen
+    base = _json(run.results / "base" / "final" / "config.json")
+    assert base["in_channels"] == 4 + 7 and base["cross_attention_dim"] == 32  # the tiny SD UNet, widened
+    assert (run.results / "stage2" / "victr" / "final" / "adapter_model.safetensors").exists()  # LoRA
+    assert not (run.results / "stage2" / "vanilla" / "final" / "adapter_model.safetensors").exists()  # full
+    victr = _json(run.results / "metrics" / "victr" / "tweedie-2.json")
+    vanilla = _json(run.results / "metrics" / "vanilla" / "euler-2.json")
+    assert victr["sampling"]["sampler"] == "tweedie" and vanilla["sampling"]["sampler"] == "euler"
+    for record in (victr, vanilla):
+        _check_record(record, n_min=8)
+        assert record["fid"]["status"].startswith("unavailable")  # no Inception weights
+    table = pd.read_csv(run.results / "tables" / "victr_table2.csv")
+    assert list(table["method"]) == ["vanilla", "victr"] and set(table["dataset"]) == {"BTCV"}
+    fd = next(c for c in table.columns if c.startswith("FD (self-trained") and "CI" not in c)
+    assert table[fd].map(_finite).all() and table["paper FID"].notna().all()
+
+
+def test_medsyn2_smoke_study(tmp_path):
+    """MedSyn2: the 3D DiT (gated attention, depthwise convolution, x-prediction) on a 3D VAE, CXR-BERT
+    report conditioning, Dormand-Prince sampling, whole-volume CT-CLIP FD (gated CT-RATE stand-in), the 2D
+    DiT on SD 1.5's fine-tuned VAE, Table 1 (FD per CT window and plane)."""
+    run = run_smoke_study("medsyn2", tmp_path, ["tables/medsyn2_table1.csv"],
+                          prioritize=["metrics/victr/dopri5-2.json"])
+    print(f"medsyn2_smoke: snakemake {run.seconds:.0f} s")
+    cxr_bert = {"config.json", "configuration_cxrbert.py", "modeling_cxrbert.py", "pytorch_model.bin", "vocab.txt",
+                "tokenizer_config.json", "special_tokens_map.json"}
+    ct_clip = {"models/CT-CLIP-Related/CT-CLIP_v2.pt"}
+    _check_fetched(run, {"cxr_bert": cxr_bert, "ct_clip": ct_clip, "sd15": {"vae/diffusion_pytorch_model.safetensors"}})
+    # CT-RATE is gated: refused without the token, fetched with it; the public repos get no token
+    assert all(r.authorization for r in run.hubs["ct_clip"].seen(server="hub"))
+    assert not any(r.authorization for r in run.hubs["cxr_bert"].seen(server="hub"))
+    assert str(run.weights / "cxr_bert" / "inventory.csv") in _inputs(run, "volumes/generator/final")
+    assert str(run.weights / "sd15" / "inventory.csv") in _inputs(run, "vae/final")
+    for folder, dims in (("volumes/generator/final", 3), ("stage2/victr/final", 2)):
+        config = _json(run.results / folder / "config.json")
+        assert config["spatial_dims"] == dims and config["gated_attention"] and config["depthwise_conv"]
+        assert config["prediction"] == "x0" and config["cross_attention_dim"] == 768  # CXR-BERT's width
+    assert _json(run.results / "vae" / "train_config.json")["steps"] == 3  # SD 1.5's VAE fine-tuned
+    volumes = _json(run.results / "volumes" / "metrics" / "dopri5-2.json")
+    assert volumes["sampling"]["sampler"] == "dopri5" and volumes["sampling"]["steps"] == 2
+    _check_record(volumes, n_min=2)
+    assert _finite(volumes["fd_pretrained"]["ct_clip"]["value"]), volumes["fd_pretrained"]["ct_clip"]
+    assert volumes["fd_pretrained"]["radimagenet_resnet50"]["status"].startswith("unavailable")
+    _check_record(_json(run.results / "metrics" / "victr" / "dopri5-2.json"), n_min=8)
+    table = pd.read_csv(run.results / "tables" / "medsyn2_table1.csv")
+    fd = next(c for c in table.columns if c.startswith("FD (self-trained") and "CI" not in c)
+    three_d = table[table["data"] == "3D volumes"]
+    assert set(three_d["plane"]) == {"XY", "YZ", "ZX", "mean"}
+    assert set(three_d["window"]) == {"lung", "vessel", "soft_tissue", "bone", "mean"}
+    assert set(table[table["data"] != "3D volumes"]["plane"]) == {"XY"} and table[fd].map(_finite).all()
+
+
+def test_maisi_v2_smoke_study(tmp_path):
+    """MAISI-v2: the released VAE (frozen), UNet and ControlNet (masks as MAISI label ids) fine-tuned in 3D
+    with rectified flow, the HU quality check, the 2D region-specific contrastive loss, the main table."""
+    run = run_smoke_study("maisi_v2", tmp_path, ["tables/maisi_main.csv"],
+                          prioritize=["metrics/contrastive/euler-2.json"])
+    print(f"maisi_v2_smoke: snakemake {run.seconds:.0f} s")
+    config = "configs/config_network_rflow.json"
+    _check_fetched(run, {"maisi_vae": {"models/autoencoder_v1.pt", config},
+                         "maisi_diffusion_unet": {"models/diff_unet_3d_rflow-ct.pt", config},
+                         "maisi_controlnet": {"models/controlnet_3d_rflow-ct.pt", config}})
+    generator = _inputs(run, "volumes/generator/final")
+    assert {str(run.weights / n / "inventory.csv") for n in ("maisi_diffusion_unet", "maisi_controlnet")} <= generator
+    assert str(run.weights / "maisi_vae" / "inventory.csv") in _inputs(run, "volumes/vae/final")
+    backbone = _json(run.results / "volumes" / "generator" / "final" / "config.json")
+    assert backbone["_class_name"] == "MaisiBackbone" and backbone["mask_input"] == "control"
+    assert len(backbone["control_label_ids"]) == 10 and backbone["unet_params"]["include_spacing_input"]
+    volumes = _json(run.results / "volumes" / "metrics" / "euler-2.json")
+    _check_record(volumes)
+    assert volumes["hu_qc"]["enabled"] and volumes["hu_qc"]["method"] == "union"
+    contrastive = _json(run.results / "metrics" / "contrastive" / "euler-2.json")
+    assert contrastive["sampling"]["sampler"] == "euler"
+    _check_record(contrastive, n_min=8)
+    assert contrastive["hu_qc"]["enabled"] and 0 <= contrastive["hu_qc"]["pass_rate"] <= 1
+    curve = pd.read_csv(run.results / "stage2" / "contrastive" / "loss_curve.csv")  # the region contrastive term
+    assert {"flow", "contrastive", "contrastive_weight"} <= set(curve.columns)
+    assert curve["contrastive"].map(_finite).all()
+    table = pd.read_csv(run.results / "tables" / "maisi_main.csv")
+    ours = table[table["source"] == "ours"]
+    assert list(ours["method"]) == ["volumes (euler)", "contrastive (euler)"]
+    fd = next(c for c in table.columns if c.startswith("FD (self-trained") and "CI" not in c)
+    assert ours[fd].map(_finite).all() and (table["source"] == "paper").any()
+
+
+def test_meddiff_ft_smoke_study(tmp_path):
+    """MedDiff-FT: SD 1.5 inpainting (frozen VAE, its 9-channel UNet as released, CLIP) fine-tuned in full,
+    Euler with guidance, the stochastic mask generator, the quality filter with erosion, the guiding mask and
+    the meddiff_ft table."""
+    run = run_smoke_study("meddiff_ft", tmp_path, ["tables/meddiff_ft.csv"])
+    print(f"meddiff_ft_smoke: snakemake {run.seconds:.0f} s")
+    _check_fetched(run, {"sd15_inpainting": {"model_index.json", "unet/diffusion_pytorch_model.safetensors",
+                                             "vae/diffusion_pytorch_model.safetensors",
+                                             "text_encoder/model.safetensors", "tokenizer/tokenizer_config.json"}})
+    base = _json(run.results / "base" / "final" / "config.json")
+    assert base["in_channels"] == 9  # the release's input layer as it is: 4 latent + 5 condition channels
+    assert str(run.weights / "sd15_inpainting" / "inventory.csv") in _inputs(run, "stage2/meddiff_ft/final")
+    settings = ["real", "real_synth_mgf-meddiff_ft", "real_synth_gm-meddiff_ft"]
+    for setting in settings:
+        evaluation = _json(run.results / "downstream" / setting / "evaluation.json")
+        assert _finite(evaluation["mdsc"]), setting
+    table = pd.read_csv(run.results / "tables" / "meddiff_ft.csv")
+    assert set(table["setting"]) == set(settings)
+    assert table["mDSC (%)"].map(_finite).all()
+    kept = table.set_index("setting").loc["real_synth_mgf-meddiff_ft", "synthetic kept by the filter"]
+    assert isinstance(kept, str) and " of " in kept
