@@ -52,20 +52,15 @@ class Plan:
 
 
 def study_config(path: Path) -> dict:
-    """The study's config as snakemake sees it: merged onto what it `extends` (one level)."""
+    """The study's config as snakemake sees it: merged onto what it `extends` (one level, from the workflow
+    folder; default the embedded config)."""
+    from medsynth.configmerge import deep_merge, extended_config
+
     own = yaml.safe_load(path.read_text())
     base_name = own.get("extends", "config/config.yaml")
     if not base_name:
         return own
-    base = yaml.safe_load((REPO / base_name).read_text())
-    return _merge(base, own)
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
+    return deep_merge(yaml.safe_load(Path(extended_config(base_name, str(REPO))).read_text()), own)
 
 
 def published_sources(config: dict, registry: dict) -> pd.DataFrame:
