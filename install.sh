@@ -21,8 +21,12 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$VENV/bin/python" -c '
 fi
 
 start=$(date +%s)
+# torch 2.14.1 on x86_64 is a CUDA build: ~7.7 GB in the venv (measured). Where the machine's local wheel
+# store is absent pip downloads it from PyPI, so no download cache: it would hold a second copy.
+free_kb=$(df -Pk "$(dirname "$VENV")" | awk 'NR==2 {print $4}')
+[ "${free_kb:-0}" -ge 9000000 ] || echo "install.sh: warning: $((free_kb / 1024 / 1024)) GB free where $VENV goes; the pinned stack needs about 8 GB" >&2
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-pip=("$VENV/bin/python" -m pip --disable-pip-version-check)
+pip=("$VENV/bin/python" -m pip --disable-pip-version-check --no-cache-dir)
 "${pip[@]}" install -q "pip==24.3.1"
 # torch first, then everything else constrained to it (torch-fidelity would otherwise upgrade it)
 "${pip[@]}" install -q -r requirements/torch.txt

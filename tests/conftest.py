@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from pathlib import Path
@@ -73,6 +74,28 @@ def ct_volume_shard(root: Path, names: list[str], n: int, test: tuple[int, ...],
         samples.append((row, image, mask))
     write_shard(samples, names, root / "shard-000.safetensors", root / "shard-000.csv")
     return [str(root / "shard-000.safetensors"), str(root / "shard-000.csv")]
+
+
+STUB_BIN = "medsynth-test-stubs"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_slurm_controller_wait(tmp_path_factory):
+    """A stub ``scontrol`` first on PATH for the whole session: snakemake's SLURM executor plugin runs
+    ``scontrol show config`` on every snakemake call, executor or not, and waits up to 10 s (measured 9 s)
+    where slurm is installed but no controller answers. Local runs never use SLURM, so the stub answers
+    "no controller" at once; tests/test_slurm.py takes it off PATH while its cluster runs."""
+    stubs = tmp_path_factory.mktemp(STUB_BIN)
+    (stubs / "scontrol").write_text("#!/bin/sh\nexit 1\n")
+    (stubs / "scontrol").chmod(0o755)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PATH", os.pathsep.join([str(stubs), os.environ.get("PATH", "")]))
+        yield stubs
+
+
+def path_without_stubs() -> str:
+    """PATH without the session's stub folder (:func:`no_slurm_controller_wait`)."""
+    return os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if STUB_BIN not in p)
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import path_without_stubs
 from workflow import REPO, embedded_config, run_snakemake
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
@@ -43,7 +44,14 @@ def _skip(reason: str):
 
 @pytest.fixture(scope="module")
 def slurm_cluster():
-    """A running one-node SLURM cluster; stopped afterwards unless it was already running."""
+    """A running one-node SLURM cluster, the real ``scontrol`` on PATH (conftest stubs it for the other
+    tests); stopped afterwards unless it was already running."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PATH", path_without_stubs())
+        yield from _running_cluster()
+
+
+def _running_cluster():
     if os.environ.get("MEDSYNTH_SKIP_SLURM") == "1":
         _skip("MEDSYNTH_SKIP_SLURM=1")
     if os.name != "posix" or os.geteuid() != 0:
