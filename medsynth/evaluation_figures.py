@@ -122,12 +122,13 @@ def loss_curves(curves: Mapping[str, str | Path], path: str | Path, smooth: int 
 def sample_grid_from_files(shards: Sequence[str], select: Mapping, generated: Mapping[str, str | Path],
                            intensity_cfg: Mapping, window_name: str, count: int, path: str | Path) -> Path:
     """:func:`sample_grid` of sampled sets (``label -> .safetensors``) beside the real slices of ``select``."""
-    from medsynth.io.trainsets import load_slices, select_rows
+    from medsynth.io.trainsets import load_rows, read_index, select_rows
     from medsynth.io.generated import load_generated
 
-    index, images, masks, names = load_slices(shards)
+    index = read_index(shards)
     rows = select_rows(index, select)
-    real, cond = images[rows], (masks[rows] > 0)
+    _, real, masks, names = load_rows(shards, rows, index)  # the tensors of the selected slices only
+    cond = masks > 0
     sets = {label: load_generated(p)[0] for label, p in generated.items()}
     modality = str(index.iloc[rows[0]]["modality"]) if len(rows) else "CT"
     windows = intensity_cfg["windows"]

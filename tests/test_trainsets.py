@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from medsynth.preprocess.intensity import hu_to_unit
-from medsynth.io.trainsets import load_shard, write_shard
+from medsynth.io.trainsets import load_rows, load_shard, load_slices, read_index, select_rows, write_shard
 from medsynth.preprocess.trainsets import SliceOptions, axial_slices, centre_crop_or_pad, volume_sample
 
 
@@ -61,3 +61,33 @@ def test_held_out_slabs_split_slices_and_drop_the_gap_around_them():
     assert SliceOptions.from_config({}).slice_split("p1", 12, "test") == "test"  # no slabs: patient-level splits
     with pytest.raises(ValueError, match="last slice 3 before first 5"):
         SliceOptions.from_config({"slabs": {"test": {"p1": [5, 3]}}})
+
+
+def test_rows_read_by_position_are_those_picked_from_all_slices(tmp_path):
+    """read_index + load_rows = load_slices + picking rows, across shard boundaries, in any order, without
+    reading the shards that hold none of the rows (an empty shard and a shard of no asked-for row included)."""
+    import shutil
+
+    from conftest import ct_slice_shard
+
+    names = ["liver", "lungs", "bone", "kidneys", "spleen"]
+    for stem, n in (("shard-000", 14), ("shard-001", 9), ("shard-002", 4)):
+        ct_slice_shard(tmp_path / stem, names, n=n, size=16)
+        for ext in ("safetensors", "csv"):
+            shutil.move(tmp_path / stem / f"shard-000.{ext}", tmp_path / f"{stem}.{ext}")
+    write_shard([], names, tmp_path / "shard-003.safetensors", tmp_path / "shard-003.csv")
+    shards = sorted(str(p) for p in tmp_path.glob("shard-*.*"))
+    index, images, masks, got_names = load_slices(shards)
+    pd.testing.assert_frame_equal(read_index(shards), index)
+    assert len(index) == 27 and list(index["shard"].unique()) == ["shard-000", "shard-001", "shard-002"]
+    test = select_rows(index, {"split": ["test"]})
+    assert set(index["shard"].iloc[test]) == {"shard-000", "shard-001"}  # both sides of a boundary
+    for positions in (test, np.array([20, 3, 13, 14, 3, 0]), np.arange(27), np.array([], int)):
+        rows, got_images, got_masks, row_names = load_rows(shards, positions, index if len(positions) else None)
+        pd.testing.assert_frame_equal(rows, index.iloc[positions])  # the labels kept: positions in the full index
+        assert got_images.dtype == images.dtype == got_masks.dtype and row_names == got_names == names
+        np.testing.assert_array_equal(got_images, images[positions])
+        np.testing.assert_array_equal(got_masks, masks[positions])
+    # only the shards holding asked-for rows are read: shard-002 may go missing for rows of the first two
+    (tmp_path / "shard-002.safetensors").unlink()
+    np.testing.assert_array_equal(load_rows(shards, test, index)[1], images[test])

@@ -32,7 +32,7 @@ import torch
 from medsynth.evaluation.extractor import SELF_EXTRACTOR, SegmenterEncoder
 from medsynth.evaluation.intervals import IntervalSet
 from medsynth.evaluation.records import pixel_spacing, write_metrics_json
-from medsynth.io.trainsets import load_slices, select_rows
+from medsynth.io.trainsets import load_rows, read_index, select_rows
 from medsynth.metrics.frechet import frechet_distance_lowrank
 from medsynth.stats.bootstrap import bootstrap
 
@@ -86,21 +86,24 @@ def run_calibration(shards: Sequence[str], extractor_dir: str | Path, vae_dir: s
     torch.set_num_threads(1)
     metrics_cfg = section("metrics", metrics_cfg)
     cfg = metrics_cfg["calibration"]
-    index, images, masks, names = load_slices(shards)
+    index = read_index(shards)  # the CSVs only: the tensors of the rows used are read below
     rows = select_rows(index, select)
-    real, ref = images[rows].astype(np.float32), torch.from_numpy(masks[rows] > 0)
-    n = len(real)
+    n = len(rows)
     rng = np.random.default_rng(int(cfg["seed"]))
+    train_rows = select_rows(index, cfg["train_select"])
+    if len(train_rows) > n:  # drawn among the positions of the whole index, before anything else draws
+        train_rows = np.sort(rng.choice(train_rows, n, replace=False))
+    needed = np.union1d(rows, train_rows)
+    _, images, masks, _ = load_rows(shards, needed, index)
+    held_out, train_part = np.searchsorted(needed, rows), np.searchsorted(needed, train_rows)
+    real, ref = images[held_out].astype(np.float32), torch.from_numpy(masks[held_out] > 0)
     segmenter = load_segmenter(extractor_dir)
     extractor = register_module_extractor(SELF_EXTRACTOR, SegmenterEncoder(segmenter))
     batch = int(metrics_cfg["batch_size"])
     spacing = pixel_spacing(grid, slice_size)
     intervals = IntervalSet(index.iloc[rows], section("statistics", statistics))
 
-    train_rows = select_rows(index, cfg["train_select"])
-    if len(train_rows) > n:
-        train_rows = np.sort(rng.choice(train_rows, n, replace=False))
-    sets = {"real: training slices": (images[train_rows].astype(np.float32), False,
+    sets = {"real: training slices": (images[train_part].astype(np.float32), False,
                                       f"{len(train_rows)} real slices of {cfg['train_select']}"),
             "VAE reconstruction": (_reconstructions(vae_dir, real, batch), True, "the held-out slices through the VAE")}
     for name, spec in cfg["degradations"].items():

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from medsynth.evaluation.records import pixel_spacing, write_metrics_json
-from medsynth.io.trainsets import load_slices, select_rows
+from medsynth.io.trainsets import load_rows, read_index, select_rows
 from medsynth.launch import is_main_process
 from medsynth.metrics.masks import channel_means
 from medsynth.names import MEDDIFF_KINDS
@@ -79,12 +79,14 @@ def run_downstream(shards: Sequence[str], synthetic: str | None, setting: str, c
     cfg = section("downstream", cfg)
     kind, _, model_name = setting.partition("-")
     meddiff = kind in MEDDIFF_KINDS
-    index, images, masks, names = load_slices(shards)
+    index = read_index(shards)  # the CSVs only; the training slices are read now, the test slices after training
     train_rows = select_rows(index, cfg["train_select"])
     test_rows = select_rows(index, cfg["test_select"])
     if not len(test_rows):
         raise ValueError(f"downstream.test_select {cfg['test_select']} keeps no slice: nothing to score on")
-    real = (images[train_rows], (masks[train_rows] > 0).astype(np.float32))
+    _, train_images, train_masks, names = load_rows(shards, train_rows, index)
+    real = (train_images, (train_masks > 0).astype(np.float32))
+    del train_masks
     synth, filtered = None, None
     if synthetic:
         s_images, s_masks, s_names = load_generated(synthetic)
@@ -105,8 +107,8 @@ def run_downstream(shards: Sequence[str], synthetic: str | None, setting: str, c
     if not is_main_process():
         return {}  # a worker of a multi-process run: the main process scores and writes
     spacing = pixel_spacing(grid_cfg, slice_size)
-    scores = evaluate_segmenter(model, images[test_rows], (masks[test_rows] > 0).astype(np.float32), names,
-                                spacing=spacing)
+    _, test_images, test_masks, _ = load_rows(shards, test_rows, index)
+    scores = evaluate_segmenter(model, test_images, (test_masks > 0).astype(np.float32), names, spacing=spacing)
     record = {"setting": setting, "kind": kind, "synthetic_model": model_name or None,
               "n_train_real": summary["n_real"], "n_train_synthetic": summary["n_synthetic"],
               "n_test": int(len(test_rows)), "steps": int(result.step), "seconds_per_step": result.seconds_per_step,

@@ -162,7 +162,9 @@ def build_latent_data(shards: Sequence[str | Path], vae: torch.nn.Module, stats:
 
     ``severity``: ``None`` (no severity phrase) or the complete ``generator.severity`` section
     (``{"organ", "thresholds", "pathology"}``, optionally ``from_field`` / ``levels``). ``slices``:
-    what :func:`load_slices` returned for ``shards``, when the caller has read them already. ``report``:
+    what :func:`load_slices` returned for ``shards``, or any rows of it in index order that hold those
+    ``select`` keeps (:func:`medsynth.io.trainsets.load_rows` of sorted positions), when the caller has read
+    them already; ``select`` picks its rows from them, as from all. ``report``:
     the ``generator.report`` section when enabled (else ``None``); ``mask_variants``: also encode each
     prompt's no-mask variant (for ``mask_dropout``; :mod:`medsynth.generator.conditioning`).
     """

@@ -57,7 +57,7 @@ from pathlib import Path
 import numpy as np
 
 from medsynth.fsutil import write_csv_atomic
-from medsynth.generator.data import load_slices, select_rows
+from medsynth.generator.data import select_rows
 from medsynth.generator.integrate import (
     GeneratedSet,
     SamplingPreempted,
@@ -68,6 +68,7 @@ from medsynth.generator.integrate import (
 )
 from medsynth.generator.loaders import load_latent_data, load_vae, resolve_text_encoder, set_generator_threads
 from medsynth.io.generated import write_generated
+from medsynth.io.trainsets import load_rows, read_index
 from medsynth.launch import resolve_device
 from medsynth.sample.batches import BatchStore
 from medsynth.settings import section
@@ -117,12 +118,19 @@ def sample_condition_set(shards, vae_dir: str | Path, stats_path: str | Path, mo
         spec = replace(spec, inpaint=dict(inpaint))
     text_encoder = text_encoder or resolve_text_encoder(gen_cfg, None)
     vae, stats = load_vae(vae_dir, stats_path)
-    slices = load_slices(shards)  # read once: the conditions and the real slices the QC compares against
+    qc_cfg = sampling_cfg["hu_qc"]
+    # read once, and only the rows used: the condition set's and, where the HU check applies, its reference's
+    index = read_index(shards)
+    rows = select_rows(index, select)
+    qc_applies = bool(qc_cfg["enabled"]) and set(index.iloc[rows]["modality"].astype(str)) == {"CT"}
+    ref = select_rows(index, qc_cfg["reference"]) if qc_applies else rows[:0]
+    needed = np.union1d(rows, ref)
+    slices = load_rows(shards, needed, index)  # in index order: load_latent_data selects the set's rows from them
     data = load_latent_data(shards, vae_dir, stats_path, gen_cfg, {**dict(model_cfg), "select": select}, text_encoder,
                  vae_stats=(vae, stats), slices=slices)
-    index, real_images, all_masks, names = slices
-    rows = select_rows(index, select)
-    masks = all_masks[rows]
+    _, real_images, all_masks, names = slices
+    rows_at, ref_at = np.searchsorted(needed, rows), np.searchsorted(needed, ref)
+    masks = all_masks[rows_at]
     if stochastic:
         from medsynth.generator.mask_generator import stochastic_conditions
 
@@ -147,19 +155,17 @@ def sample_condition_set(shards, vae_dir: str | Path, stats_path: str | Path, mo
         log.warning("%s: %s; the finished batches are in %s, a rerun samples the rest", out_tensors, err,
                     store.folder if store is not None else "(not kept: sampling.keep_batches is off)")
         raise SystemExit(PREEMPTED_EXIT_CODE) from None
-    qc_cfg = sampling_cfg["hu_qc"]
     hu_qc: dict = {"enabled": False}
     if qc_cfg["enabled"]:
-        if set(index.iloc[rows]["modality"].astype(str)) != {"CT"}:
+        if not qc_applies:
             hu_qc = {"enabled": False, "status": "not applicable: the condition set is not all CT"}
         else:
             from medsynth.generator.quality import hu_quality_check
 
-            ref = select_rows(index, qc_cfg["reference"])
             images, hu_qc = hu_quality_check(model, objective, data, vae, stats, spec, generated.images, masks > 0,
-                                             names, real_images[ref], all_masks[ref] > 0, real_images[rows],
+                                             names, real_images[ref_at], all_masks[ref_at] > 0, real_images[rows_at],
                                              hu_range, qc_cfg,
-                                             real_masks=all_masks[rows] > 0)
+                                             real_masks=all_masks[rows_at] > 0)
             generated.images = images
     write_generated(out_tensors, generated.images, masks > 0, list(names), run)
     cols = [c for c in ("case_id", "patient_id", "modality", "split", "slice", "organs", "severity_fraction", "severity",

@@ -19,7 +19,8 @@ from safetensors.numpy import load_file, save_file
 
 from medsynth.fsutil import atomic_path, write_csv_atomic
 
-__all__ = ["iter_slices", "load_shard", "load_slices", "select_rows", "shard_condition_names", "to_condition_values", "write_shard"]
+__all__ = ["iter_slices", "load_rows", "load_shard", "load_slices", "read_index", "select_rows", "shard_condition_names",
+           "to_condition_values", "write_shard"]
 
 
 def to_condition_values(binary: np.ndarray) -> np.ndarray:
@@ -68,11 +69,9 @@ def shard_condition_names(tensors_path: str | Path) -> list[str]:
     return [n for n in raw.get("conditions", "").split(",") if n]  # shards written before the single-key metadata
 
 
-def iter_slices(shards: Sequence[str | Path], select: Mapping[str, Sequence] | None = None
-                ) -> Iterator[tuple[pd.DataFrame, np.ndarray, np.ndarray, list[str]]]:
-    """The samples of the shards kept by ``select`` (:func:`select_rows`), one shard at a time (in path order;
-    shards with nothing selected are skipped), so that a consumer holds one shard's images at once:
-    ``(index, images, masks, names)`` per shard, as :func:`load_slices` returns them for all."""
+def _shard_indexes(shards: Sequence[str | Path]) -> Iterator[tuple[str, pd.DataFrame, list[str]]]:
+    """``(path, index, condition names)`` of each shard with samples, in path order (the ``.safetensors`` of
+    ``shards``; the index is the same stem ``.csv``); every shard must have the same condition channels."""
     names = None
     for path in sorted(str(p) for p in shards if str(p).endswith(".safetensors")):
         index = pd.read_csv(Path(path).with_suffix(".csv"), dtype={"split": str, "modality": str},
@@ -84,13 +83,69 @@ def iter_slices(shards: Sequence[str | Path], select: Mapping[str, Sequence] | N
             names = shard_names
         elif shard_names != names:
             raise ValueError(f"{path}: condition channels {shard_names} differ from {names}")
+        yield path, index, list(names)
+
+
+def iter_slices(shards: Sequence[str | Path], select: Mapping[str, Sequence] | None = None
+                ) -> Iterator[tuple[pd.DataFrame, np.ndarray, np.ndarray, list[str]]]:
+    """The samples of the shards kept by ``select`` (:func:`select_rows`), one shard at a time (in path order;
+    shards with nothing selected are skipped), so that a consumer holds one shard's images at once:
+    ``(index, images, masks, names)`` per shard, as :func:`load_slices` returns them for all."""
+    for path, index, names in _shard_indexes(shards):
         index = index.iloc[select_rows(index, select)]
         if not len(index):
             continue
         data = load_shard(path)
         samples = index["sample"].to_numpy()
         yield (index.reset_index(drop=True).assign(shard=Path(path).stem), data["image"][samples],
-               data["masks"][samples], list(names))
+               data["masks"][samples], names)
+
+
+def read_index(shards: Sequence[str | Path]) -> pd.DataFrame:
+    """The index of every sample of the shards, without reading a tensor: the index CSVs concatenated in path
+    order with the column ``shard`` (the file's stem; ``sample`` is the row of its tensors), the frame
+    :func:`load_slices` returns. Positions in it are what :func:`load_rows` takes."""
+    parts = [index.assign(shard=Path(path).stem) for path, index, _ in _shard_indexes(shards)]
+    if not parts:
+        raise ValueError("no slices in the training-set shards")
+    return pd.concat(parts, ignore_index=True)
+
+
+def load_rows(shards: Sequence[str | Path], positions: Sequence[int] | np.ndarray, index: pd.DataFrame | None = None
+              ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, list[str]]:
+    """The samples at ``positions`` (rows of :func:`read_index`, in any order, repeats allowed), reading only
+    the shards that hold them, one at a time: ``load_slices(shards)`` with ``index.iloc[positions]``,
+    ``images[positions]``, ``masks[positions]`` picked, without holding the other samples (the index rows keep
+    their labels, the positions). ``index``: :func:`read_index` of ``shards`` when the caller has it already.
+    Shards are told apart by their stem (the ``shard`` column), which must be unique among those read."""
+    index = read_index(shards) if index is None else index
+    rows = index.iloc[np.asarray(positions, dtype=np.int64).reshape(-1)]
+    paths: dict[str, list[str]] = {}
+    for path in sorted(str(p) for p in shards if str(p).endswith(".safetensors")):
+        paths.setdefault(Path(path).stem, []).append(path)
+    shard_of, samples = rows["shard"].astype(str).to_numpy(), rows["sample"].to_numpy()
+    first = str(index["shard"].iloc[0])
+    images = masks = None
+    for stem in sorted(set(shard_of), key=lambda s: paths.get(s, [""])[0]):
+        if len(paths.get(stem, [])) != 1:
+            raise ValueError(f"training-set shard {stem!r}: {len(paths.get(stem, []))} files of that stem in "
+                             f"{list(shards)}")
+        where = np.flatnonzero(shard_of == stem)
+        data = load_file(paths[stem][0])
+        image = data["image"][samples[where]].astype(np.float32)
+        mask = to_condition_values(data["masks"][samples[where]])
+        if images is None:
+            images = np.empty((len(rows), *image.shape[1:]), np.float32)
+            masks = np.empty((len(rows), *mask.shape[1:]), np.float32)
+        images[where], masks[where] = image, mask
+    if images is None:  # nothing asked for: empty arrays of the shards' sample shape
+        from safetensors import safe_open
+
+        with safe_open(paths[first][0], framework="np") as fh:
+            shapes = {k: fh.get_slice(k).get_shape() for k in ("image", "masks")}
+        images = np.zeros((0, *shapes["image"][1:]), np.float32)
+        masks = np.zeros((0, *shapes["masks"][1:]), np.float32)
+    return rows, images, masks, shard_condition_names(paths[first][0])
 
 
 def load_slices(shards: Sequence[str | Path], select: Mapping[str, Sequence] | None = None

@@ -19,7 +19,7 @@ import pandas as pd
 
 from medsynth.fsutil import atomic_dir, write_csv_atomic
 from medsynth.io.generated import load_generated
-from medsynth.io.trainsets import load_slices
+from medsynth.io.trainsets import load_rows, read_index
 from medsynth.readers.draw import draw_cases, kit_id
 from medsynth.readers.images import FULL_RANGE, MASK_COLOURS, display_values, write_grey_png, write_mask_png
 from medsynth.readers.page import render_page
@@ -40,8 +40,9 @@ def _slice_key(case_id, slice_no) -> tuple[str, str]:
 
 
 def real_slices_of(generated_index: pd.DataFrame, shards: Sequence[str | Path]) -> np.ndarray:
-    """The real slices ``(N, 1, H, W)`` in [-1, 1] each row of a generated set was conditioned on (by case and slice)."""
-    index, images, _, _ = load_slices(shards)
+    """The real slices ``(N, 1, H, W)`` in [-1, 1] each row of a generated set was conditioned on (by case and slice);
+    only those slices' tensors are read."""
+    index = read_index(shards)
     position = {_slice_key(c, s): i for i, (c, s) in enumerate(zip(index["case_id"], index["slice"]))}
     rows = []
     for c, s in zip(generated_index["case_id"], generated_index["slice"]):
@@ -49,7 +50,7 @@ def real_slices_of(generated_index: pd.DataFrame, shards: Sequence[str | Path]) 
         if key not in position:
             raise ValueError(f"generated slice of case {key[0]} slice {key[1]} has no real slice in the training-set shards")
         rows.append(position[key])
-    return images[np.asarray(rows, dtype=int)]
+    return load_rows(shards, np.asarray(rows, dtype=int), index)[1]
 
 
 def _windows_of(modality: str, windows: Mapping[str, tuple[float, float]]) -> dict[str, tuple[float, float] | None]:
