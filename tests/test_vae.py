@@ -240,6 +240,33 @@ def test_latent_statistics_of_known_input(tmp_path):
     assert load_latent_statistics(save_latent_statistics(s, tmp_path / "stats.json")) == s
 
 
+def test_streamed_latent_statistics_equal_the_in_memory_ones_bit_for_bit():
+    """Statistics of images given part by part (one array per shard, read lazily) are those of the parts'
+    concatenation bit for bit: the batches straddle the parts' boundaries exactly as slicing one array's."""
+    from medsynth.vae.latents import image_batches
+
+    model = _tiny_vae().eval()
+    x = torch.rand(9, 1, 32, 32) * 2 - 1
+    bounds = [0, 3, 3, 5, 6, 9]  # parts of 3, 0, 2, 1, 3 images: batches of 4 = [3 + 1], [1 + 1 + 2], [1]
+    parts = [x[a:b].numpy() for a, b in zip(bounds, bounds[1:])]
+    read = []
+
+    def lazily():
+        for i, part in enumerate(parts):
+            read.append(i)
+            yield part
+
+    batches = list(image_batches(parts, 4))
+    assert [len(b) for b in batches] == [4, 4, 1]
+    assert all(torch.equal(b, x[i:i + 4]) for b, i in zip(batches, range(0, 9, 4)))
+    streamed = latent_statistics(model, lazily(), batch_size=4)
+    assert read == list(range(len(parts)))  # each part read once
+    assert streamed == latent_statistics(model, x, batch_size=4)  # float for float, not approximately
+    assert streamed["count"] == 9 * 4 * 4 * 4  # 4 channels on a 4 x 4 latent grid
+    with pytest.raises(ValueError, match="at least one image"):
+        latent_statistics(model, iter([]), batch_size=4)
+
+
 # ------------------------------------------------------------------------------------------ metrics
 
 
@@ -573,6 +600,75 @@ def test_frozen_pretrained_2d_vae_through_the_stage(tmp_path):
     assert curve.empty and list(curve.columns) == ["step", "lr", "grad_norm", *VAELoss.TERMS, "loss"]
     record = json.loads((out / "train_config.json").read_text())
     assert record["steps"] == 0 and record["frozen"] is True and record["processes"] == 1
+
+
+def _two_shards(root: Path) -> list[str]:
+    """Two slice shards in two folders (cases ``ct``/``mr`` and ``ct_b``/``mr_b``): 10 + 7 train, 2 + 1 test slices."""
+    from conftest import ct_slice_shard
+
+    names = ["soft", "lung", "bone", "contrast", "empty"]
+    first, second = ct_slice_shard(root / "a", names, n=12), ct_slice_shard(root / "b", names, n=8)
+    index = pd.read_csv(second[1])
+    index.assign(case_id=index["case_id"] + "_b", patient_id="q").to_csv(second[1], index=False)
+    return first + second
+
+
+def _record_reads(monkeypatch) -> list[tuple[str, dict | None]]:
+    """Every ``load_slices`` / ``iter_slices`` call of the stage, as ``(function, select)``."""
+    import medsynth.vae.stage as stage
+
+    calls: list[tuple[str, dict | None]] = []
+    for name in ("load_slices", "iter_slices"):
+        def recorded(shards, select=None, _name=name, _real=getattr(stage, name)):
+            calls.append((_name, None if select is None else {k: list(v) for k, v in select.items()}))
+            return _real(shards, select)
+        monkeypatch.setattr(stage, name, recorded)
+    return calls
+
+
+def test_frozen_stage_streams_the_training_shards(tmp_path, monkeypatch):
+    """A frozen VAE reads no whole training set: the statistics stream the train samples shard by shard (bit
+    for bit those of all of them at once, a batch straddling the shards), the reconstruction table reads the
+    test samples only; with no eval_split sample it falls back to the train samples (read with a select)."""
+    from diffusers import AutoencoderKL
+
+    from medsynth.io.trainsets import load_slices
+    from medsynth.vae.stage import run_vae
+
+    torch.manual_seed(0)
+    AutoencoderKL(in_channels=1, out_channels=1, latent_channels=4, block_out_channels=(16, 32),
+                  down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                  layers_per_block=1, norm_num_groups=8, sample_size=32).save_pretrained(tmp_path / "released")
+    shards = _two_shards(tmp_path / "shards")
+    cfg = {"model": {**TINY_VAE_CONFIGS["2d"], "pretrained": str(tmp_path / "released")}, "steps": 0,
+           "batch_size": 4, "progress": False, "seed": 1, "stats_batch_size": 4, "include_masks": True}
+    calls = _record_reads(monkeypatch)
+    run_vae(shards, tmp_path / "vae", cfg)
+    assert calls == [("iter_slices", {"split": ["train"]}), ("iter_slices", {"split": ["test"]})]
+    _, train, _, _ = load_slices(shards, {"split": ["train"]})
+    assert len(train) == 17  # 10 + 7: the third batch of 4 holds 2 slices of each shard
+    frozen = load_autoencoder(tmp_path / "vae" / "final")
+    assert load_latent_statistics(tmp_path / "vae" / "latent_stats.json") == latent_statistics(frozen, train, 4)
+    recon = pd.read_csv(tmp_path / "vae" / "reconstruction.csv").set_index("target")
+    assert recon.loc["image", "split"] == "test" and recon.loc["image", "n"] == 3
+
+    calls.clear()
+    run_vae(shards, tmp_path / "fallback", {**cfg, "eval_split": "val"})
+    assert calls == [("iter_slices", {"split": ["train"]}), ("iter_slices", {"split": ["val"]}),
+                     ("load_slices", {"split": ["train"]})]
+    assert pd.read_csv(tmp_path / "fallback" / "reconstruction.csv").set_index("target").loc["image", "n"] == 17
+
+
+def test_tuning_stage_reads_the_train_and_eval_samples_apart(tmp_path, monkeypatch):
+    """Tuning holds its fit set (the train samples + their masks) but never reads every sample at once."""
+    from medsynth.vae.stage import run_vae
+
+    shards = _two_shards(tmp_path / "shards")
+    calls = _record_reads(monkeypatch)
+    run_vae(shards, tmp_path / "vae", {"model": TINY_VAE_CONFIGS["2d"], "steps": 1, "batch_size": 2,
+                                       "checkpoint_every": 0, "progress": False, "include_masks": True})
+    assert calls == [("load_slices", {"split": ["train"]}), ("iter_slices", {"split": ["test"]})]
+    assert pd.read_csv(tmp_path / "vae" / "reconstruction.csv").set_index("target").loc["image", "n"] == 3
 
 
 def test_frozen_random_vae_is_refused_when_the_config_is_read(tmp_path):

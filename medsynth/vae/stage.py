@@ -7,12 +7,21 @@ the *image* latents), the loss curve and the reconstruction table (SSIM/PSNR of 
 Dice/Jaccard/HD95/ASD per mask channel of the ``eval_split`` slices, MedSyn2 Table 6). ``steps: 0``
 freezes a pretrained VAE (ViCTr, MAISI-v2: used as released): no tuning, the same outputs (a loss curve
 without rows).
+
+Memory (a published training set is terabytes): the shards are read with a ``split`` select, never all
+at once. A frozen VAE holds no training images: the statistics stream the ``train_split`` samples shard
+by shard (:func:`medsynth.io.trainsets.iter_slices`, batched across the shards' boundaries: the same
+statistics, bit for bit, as of all of them at once). Tuning still holds its fit set (the ``train_split``
+samples, + their mask channels with ``include_masks``) in memory: :func:`medsynth.vae.tune_vae` draws
+every step's batch at random from the whole set, so streaming it would change the runs' results. The
+reconstruction table holds the ``eval_split`` samples only (the training samples when that split has
+none: then a frozen run reads them too).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -21,7 +30,7 @@ import pandas as pd
 import torch
 
 from medsynth.fsutil import write_csv_atomic
-from medsynth.io.trainsets import load_slices, select_rows
+from medsynth.io.trainsets import iter_slices, load_slices
 from medsynth.launch import is_main_process, set_threads
 from medsynth.train.config import TrainOutputs
 from medsynth.train.seeding import derive_seed
@@ -62,6 +71,30 @@ def _mask_images(masks: np.ndarray) -> np.ndarray:
     return flat[(flat > 0).reshape(len(flat), -1).any(axis=1)]
 
 
+Slices = tuple[pd.DataFrame, np.ndarray, np.ndarray, list[str]]  # what load_slices returns
+
+
+def _streamed_images(shards: Sequence[str], split: str) -> Iterator[np.ndarray]:
+    """The ``split`` samples' images, one shard at a time (:func:`iter_slices`); a ValueError if none."""
+    empty = True
+    for _, images, _, _ in iter_slices(shards, {"split": [split]}):
+        empty = False
+        yield images
+    if empty:
+        raise ValueError(f"no {split} slices in the training-set shards")
+
+
+def _eval_slices(shards: Sequence[str], split: str, train_split: str, train: Slices | None) -> Slices:
+    """The ``split`` samples (:func:`load_slices` with that select, read shard by shard), or with none the
+    ``train_split`` samples (``train`` when already read)."""
+    parts = list(iter_slices(shards, {"split": [split]}))
+    if parts:  # load_slices(shards, {"split": [split]}), without its ValueError when the split is empty
+        return (pd.concat([p[0] for p in parts], ignore_index=True), np.concatenate([p[1] for p in parts]),
+                np.concatenate([p[2] for p in parts]), parts[0][3])
+    log.warning("no %s slices: reconstruction metrics on the training slices", split)
+    return train if train is not None else load_slices(shards, {"split": [train_split]})
+
+
 def reconstruction_intervals(test_index: pd.DataFrame, values: Mapping, names: Sequence[str],
                              statistics: Mapping | None) -> dict[str, dict]:
     """``{target: {"<metric>_low", "<metric>_high", "interval"}}``: bootstrap intervals (over the test patients,
@@ -97,31 +130,34 @@ def run_vae(shards: Sequence[str], outputs: VAEOutputs | str | Path, vae_cfg: Ma
     vae_cfg = vae_section(vae_cfg)
     set_threads(vae_cfg)
     outputs = VAEOutputs.of(outputs)
-    index, images, masks, names = load_slices(shards)
-    train_rows = select_rows(index, {"split": [vae_cfg["train_split"]]})
-    train_images = images[train_rows]
-    fit = train_images
-    if vae_cfg["include_masks"]:
-        fit = np.concatenate([train_images, _mask_images(masks[train_rows])])
+    train_split = vae_cfg["train_split"]
+    frozen = int(vae_cfg["steps"]) == 0
+    train = fit = None
+    if frozen:  # nothing to fit: the statistics stream the training shards (module docstring)
+        stats_images = _streamed_images(shards, train_split)
+    else:  # the fit set in memory (tune_vae samples its batches from all of it)
+        train = load_slices(shards, {"split": [train_split]})
+        stats_images = fit = train[1]
+        if vae_cfg["include_masks"]:
+            fit = np.concatenate([stats_images, _mask_images(train[2])])
     tune_keys = {f.name for f in fields(TuneConfig)}
     tune_cfg = {k: v for k, v in vae_cfg.items() if k in tune_keys}
     torch.manual_seed(derive_seed(int(vae_cfg["seed"]), "init"))  # the weights' initialisation is seeded too
     model = build_autoencoder(vae_cfg["model"])
     # z-norm statistics of the *image* latents (the generator's data), not of the mask images
-    summary = tune_vae(model, fit, tune_cfg, outputs.train, stats_path=outputs.stats, stats_images=train_images)
+    summary = tune_vae(model, fit, tune_cfg, outputs.train, stats_path=outputs.stats, stats_images=stats_images)
+    del fit, stats_images  # the mask images of the fit set are not needed any more
     if summary["status"] != "completed":
         raise SystemExit(PREEMPTED_EXIT_CODE)  # checkpoint written, the job is requeued / rerun
     if not is_main_process():
         return summary  # a worker of a multi-process run: the main process writes the outputs
 
     split = vae_cfg["eval_split"]
-    eval_rows = select_rows(index, {"split": [split]})
-    if not len(eval_rows):
-        log.warning("no %s slices: reconstruction metrics on the training slices", split)
-        eval_rows = train_rows
-    metrics = reconstruction_metrics(model, images[eval_rows], masks[eval_rows], mask_names=names,
+    index, images, masks, names = _eval_slices(shards, split, train_split, train)
+    del train  # the training samples, unless they are the evaluation's (no eval_split sample)
+    metrics = reconstruction_metrics(model, images, masks, mask_names=names,
                                      batch_size=int(vae_cfg["stats_batch_size"]), return_values=True)
-    intervals = reconstruction_intervals(index.iloc[eval_rows], metrics.pop("values"), names, statistics)
+    intervals = reconstruction_intervals(index, metrics.pop("values"), names, statistics)
     rows = [{"target": "image", "split": split, **metrics["image"], **intervals["image"]}]
     for name, m in metrics["masks"].items():
         rows.append({"target": name, "split": split, "n": m["n_reference"], **m, **intervals.get(name, {})})

@@ -15,7 +15,8 @@ rate is constant (``lr_schedule: constant``, no clipping), and the loop gives it
   ``resume: false`` starts over;
 * ``steps: 0`` (frozen, ViCTr's and MAISI-v2's VAE): no optimizer step and no checkpoint; the same
   outputs (``final/`` of the pretrained weights unchanged, the statistics, ``train_config.json``, a curve
-  with the columns and no rows);
+  with the columns and no rows); nothing to fit, so ``images`` may be ``None`` and the statistics' images
+  streamed part by part (``stats_images``, :data:`medsynth.vae.latents.ImageParts`);
 * SIGTERM / SIGUSR1 (SLURM before a time limit): the step in progress finishes, a checkpoint is written
   and the summary's ``status`` is ``"preempted"`` (no ``final/``); the rerun resumes.
 
@@ -33,10 +34,11 @@ Tune config keys: ``steps``, ``batch_size`` (global, divided over the processes)
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -49,7 +51,7 @@ from medsynth.train.checkpoints import latest_checkpoint
 from medsynth.train.config import TrainConfig, TrainOutputs, TrainResult
 from medsynth.train.curve import in_progress_path, write_curve
 from medsynth.train.loop import make_accelerator, train
-from medsynth.vae.latents import latent_statistics, save_latent_statistics
+from medsynth.vae.latents import ImageParts, image_parts, latent_statistics, save_latent_statistics
 from medsynth.vae.losses import LossConfig, VAELoss
 from medsynth.vae.metrics import reconstruction_metrics
 from medsynth.vae.models import downsample_factor, image_channels, latent_pack, model_config, save_autoencoder
@@ -109,6 +111,17 @@ def _check_images(model: nn.Module, images: torch.Tensor, patch: list[int] | Non
         raise ValueError(f"training size {sizes} must be divisible by the VAE downsampling factor x latent_pack = {factor}")
 
 
+def _first_part(images: ImageParts) -> tuple[torch.Tensor, Iterable[torch.Tensor | np.ndarray]]:
+    """The first part of ``images`` (as a tensor, for the shape checks) and all the parts, the first included
+    (a generator's first part is read once)."""
+    parts = iter(image_parts(images))
+    first = next(parts, None)
+    if first is None:
+        raise ValueError("tune_vae: no images for the latent statistics (stats_images has no part)")
+    return torch.as_tensor(np.asarray(first) if not isinstance(first, torch.Tensor) else first), \
+        itertools.chain([first], parts)
+
+
 def _frozen(paths: TrainOutputs, settings: dict, world: int, main: bool) -> TrainResult:
     """The records of a zero-step run (``steps: 0``, the pretrained VAE frozen): the loss curve with the
     columns of a tuned run's and no rows, and ``train_config.json``; no checkpoint."""
@@ -122,16 +135,19 @@ def _frozen(paths: TrainOutputs, settings: dict, world: int, main: bool) -> Trai
     return TrainResult(status="completed", step=0, output_dir=paths.final.parent)
 
 
-def tune_vae(model: nn.Module, images: torch.Tensor | np.ndarray, cfg: dict, outputs: TrainOutputs | str | Path, *,
-             on_step: Callable[[int, dict[str, float]], None] | None = None,
-             stats_images: torch.Tensor | np.ndarray | None = None, stats_path: str | Path | None = None) -> dict:
+def tune_vae(model: nn.Module, images: torch.Tensor | np.ndarray | None, cfg: dict, outputs: TrainOutputs | str | Path,
+             *, on_step: Callable[[int, dict[str, float]], None] | None = None,
+             stats_images: ImageParts | None = None, stats_path: str | Path | None = None) -> dict:
     """Tune ``model`` on ``images`` (``[N, C, *spatial]`` in [-1, 1]); see the module docstring.
 
     ``outputs``: where the run writes (a :class:`~medsynth.train.TrainOutputs`, or a folder with that
     layout). ``on_step(step, row)`` is called after every completed step (1-based, the loss-curve row;
     e.g. to interrupt a run in tests). ``stats_images``: the images whose latents give the statistics
-    (default ``images``), written to ``stats_path`` (default ``latent_stats.json`` beside
-    ``outputs.final``). Returns ``{"status", "steps", "start_step", "seconds_per_step", "last_terms",
+    (default ``images``): one array or its parts in turn (e.g. a generator of one array per shard, read once,
+    by the main process; :func:`~medsynth.vae.latents.latent_statistics`), written to ``stats_path`` (default
+    ``latent_stats.json`` beside ``outputs.final``). ``images`` may be ``None`` only with ``steps: 0`` and
+    ``stats_images`` (a frozen VAE fits nothing; every process checks the first part of ``stats_images`` instead).
+    Returns ``{"status", "steps", "start_step", "seconds_per_step", "last_terms",
     "final_dir", "latent_stats", "latent_stats_path", "loss_curve", "checkpoint", "processes"}``; a
     preempted run and the non-main processes of a multi-process run return no final model or
     statistics (``None``).
@@ -139,17 +155,22 @@ def tune_vae(model: nn.Module, images: torch.Tensor | np.ndarray, cfg: dict, out
     opts = TuneConfig.from_config(cfg)
     paths = TrainOutputs.of(outputs)
     stats_path = Path(stats_path) if stats_path is not None else paths.final.parent / "latent_stats.json"
-    if not isinstance(images, torch.Tensor):
-        images = torch.as_tensor(np.asarray(images))
-    images = images.float()
-    spatial_dims = images.ndim - 2
+    if images is not None:
+        if not isinstance(images, torch.Tensor):
+            images = torch.as_tensor(np.asarray(images))
+        images = probe = images.float()
+    elif opts.steps == 0 and stats_images is not None:  # frozen: nothing to fit, the statistics' images stream
+        probe, stats_images = _first_part(stats_images)
+    else:
+        raise ValueError("tune_vae: images (the set to fit) are needed unless steps is 0 and stats_images are given")
+    spatial_dims = probe.ndim - 2
     if opts.patch_size is None:
         patch = None
     elif isinstance(opts.patch_size, int):
         patch = [int(opts.patch_size)] * spatial_dims
     else:
         patch = [int(p) for p in opts.patch_size]
-    _check_images(model, images, patch)
+    _check_images(model, probe, patch)
 
     loss_cfg = LossConfig.from_config(opts.losses)
     # fp32 (the VAE losses are precision-sensitive); the discriminator sits out its warm-up steps
@@ -158,8 +179,9 @@ def tune_vae(model: nn.Module, images: torch.Tensor | np.ndarray, cfg: dict, out
     if opts.batch_size % world:
         raise ValueError(f"vae batch_size {opts.batch_size} must be divisible by the {world} training processes")
     # identity of this run (settings + training images): checkpoints of another run are never continued
+    # (a frozen run has no checkpoint and no fit set: its settings alone)
     fingerprint = hashlib.sha256(json.dumps(dict(cfg), sort_keys=True, default=str).encode()
-                                 + images.numpy().tobytes()).hexdigest()
+                                 + (images.numpy().tobytes() if images is not None else b"")).hexdigest()
     if not opts.resume and main:
         shutil.rmtree(paths.checkpoints, ignore_errors=True)
     accelerator.wait_for_everyone()
