@@ -13,15 +13,18 @@ __all__ = ["lazy_exports"]
 
 def lazy_exports(package: str, exports: Mapping[str, str],
                  namespace: dict[str, Any]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """``(__getattr__, __dir__)`` of ``package`` whose ``exports`` map public name -> submodule; a loaded
-    name is cached in the package's ``namespace`` (its ``globals()``)."""
+    """``(__getattr__, __dir__)`` of ``package`` whose ``exports`` map public name -> submodule; when a
+    submodule is imported, all its exported names are cached in the package's ``namespace`` (its
+    ``globals()``). That also replaces the submodule object the import system binds under its own name
+    when the submodule exports a function of that name (``metrics.pretrained_fd``), which would otherwise
+    shadow the function for every later ``from package import name``."""
     def getattr_(name: str) -> Any:
         module = exports.get(name)
         if module is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(f"{package}.{module}"), name)
-        namespace[name] = value
-        return value
+        loaded = importlib.import_module(f"{package}.{module}")
+        namespace.update({n: getattr(loaded, n) for n, m in exports.items() if m == module})
+        return namespace[name]
 
     def dir_() -> list[str]:
         return sorted(set(namespace) | set(exports))

@@ -247,9 +247,24 @@ def make_tiny_ct_clip(folder: Path, config: dict) -> dict[str, bytes]:
     return _files(folder)
 
 
+def make_tiny_m3d_clip(folder: Path, config: dict) -> dict[str, bytes]:
+    """GoodBaiBai88/M3D-CLIP: ``config.json`` (M3DCLIPConfig's fields) and ``model.safetensors`` with every
+    published key (vision tower as MONAI's ViT names it, the BERT text side, both projections) at tiny sizes
+    (tests/test_clip_extractors.py), beside a README the registry entry does not fetch."""
+    from safetensors.torch import save_file
+    from test_clip_extractors import M3D_CONFIG, m3d_reference
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(M3D_CONFIG))
+    save_file({k: v.contiguous() for k, v in m3d_reference()[2].items()}, str(folder / "model.safetensors"))
+    (folder / "README.md").write_text("# tiny stand-in of M3D-CLIP\n")
+    return _files(folder)
+
+
 #: registry model -> builder of its repository's tiny stand-in (folder, merged study config) -> files
 BUILDERS = {
     "ct_clip": make_tiny_ct_clip,
+    "m3d_clip": make_tiny_m3d_clip,
     "sd15": lambda folder, config: make_tiny_sd15(folder),
     "sd15_inpainting": make_tiny_sd15_inpainting,
     "cxr_bert": make_tiny_cxr_bert,

@@ -130,3 +130,16 @@ def _sources_matching(pattern: str) -> list[str]:
 ])
 def test_each_repeated_block_lives_in_one_module(what, pattern, home):
     assert _sources_matching(pattern) == [home], f"{what} written outside {home}"
+
+
+def test_a_lazily_exported_function_named_like_its_submodule_is_the_function():
+    """``medsynth.metrics.pretrained_fd`` is a function in a submodule of the same name: importing another name
+    of that submodule first must not leave the submodule object where the function is expected."""
+    import subprocess
+    import sys
+
+    code = ("from medsynth.metrics import clip_fd_slices\n"
+            "from medsynth.metrics import pretrained_fd\n"
+            "assert callable(pretrained_fd), type(pretrained_fd)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

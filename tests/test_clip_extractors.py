@@ -306,4 +306,26 @@ def test_clip_fd_of_volume_sets_from_model_units(tmp_path, name):
     assert abs(same) < 1e-6
     missing = clip_fd_volumes(name, None, f"metrics.{name}_pretrained_path", real, fake, hu_range)
     assert missing["value"] is None and missing["status"].startswith(f"unavailable: metrics.{name}_pretrained_path")
-    assert clip_fd_volumes(name, path, "k", real, fake, None)["status"].startswith("not applicable")
+    not_ct = clip_fd_volumes(name, path, "k", real, fake, None)["status"]  # MR: CT-CLIP needs HU, M3D min-maxes
+    assert not_ct.startswith("not applicable") if name == "ct_clip" else not_ct == "ok"
+
+
+def test_mfid_of_slice_sets_embeds_each_slice_as_a_slab(tmp_path):
+    """ViCTr's MFID on 2D slices (fd_pretrained.m3d_clip of the slice metrics): each slice repeated along z
+    into M3D-CLIP's 32-slice input, the FD of the two embedding sets; MR goes in model units."""
+    from medsynth.metrics import clip_fd_slices, clip_fd_volumes
+    from medsynth.metrics.pretrained_fd import SLAB_DEPTH
+
+    write_m3d(tmp_path, m3d_reference()[2])
+    path = tmp_path / "m3d_clip" / "files"
+    hu_range = (-1024.0, 1024.0)
+    real = (ct_volumes(5, 0)[..., 8] / 1024.0).clamp(-1, 1)  # [5, 1, 24, 20] model-unit slices
+    fake = (ct_volumes(5, 1, shift=300.0, radius2=0.3)[..., 8] / 1024.0).clamp(-1, 1)
+    res = clip_fd_slices("m3d_clip", path, "metrics.m3d_clip_pretrained_path", real, fake, hu_range, batch_size=2)
+    slabs = [x[..., None].repeat(1, 1, 1, 1, SLAB_DEPTH) for x in (real, fake)]
+    assert res["status"] == "ok" and res["n_real"] == res["n_fake"] == 5 and "repeated along z" in res["input"]
+    assert res["value"] == clip_fd_volumes("m3d_clip", path, "k", *slabs, hu_range)["value"] and res["value"] > 0
+    mr = clip_fd_slices("m3d_clip", path, "k", real, fake, None)
+    assert mr["status"] == "ok" and mr["value"] == pytest.approx(res["value"], rel=1e-4, abs=1e-6)  # min-max per slab
+    missing = clip_fd_slices("m3d_clip", None, "metrics.m3d_clip_pretrained_path", real, fake, hu_range)
+    assert missing["value"] is None and missing["status"].startswith("unavailable: metrics.m3d_clip_pretrained_path")

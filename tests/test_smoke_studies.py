@@ -62,7 +62,8 @@ def test_victr_smoke_study(tmp_path):
     print(f"victr_smoke: snakemake {run.seconds:.0f} s")
     _check_fetched(run, {"sd15": {"model_index.json", "unet/diffusion_pytorch_model.safetensors",
                                   "vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
-                                  "tokenizer/tokenizer_config.json", "scheduler/scheduler_config.json"}})
+                                  "tokenizer/tokenizer_config.json", "scheduler/scheduler_config.json"},
+                         "m3d_clip": {"config.json", "model.safetensors"}})
     inventory = str(run.weights / "sd15" / "inventory.csv")
     for output in ("vae/final", "base/final", "stage1/final", "stage2/victr/final", "stage2/vanilla/final"):
         assert inventory in _inputs(run, output), output
@@ -78,10 +79,14 @@ def test_victr_smoke_study(tmp_path):
     for record in (victr, vanilla):
         _check_record(record, n_min=8)
         assert record["fid"]["status"].startswith("unavailable")  # no Inception weights
+        mfid = record["fd_pretrained"]["m3d_clip"]  # MFID: each slice as an M3D-CLIP slab
+        assert mfid["status"] == "ok" and _finite(mfid["value"]) and "repeated along z" in mfid["input"], mfid
+    assert str(run.weights / "m3d_clip" / "inventory.csv") in _inputs(run, "metrics/victr/tweedie-2.json")
     table = pd.read_csv(run.results / "tables" / "victr_table2.csv")
     assert list(table["method"]) == ["vanilla", "victr"] and set(table["dataset"]) == {"BTCV"}
     fd = next(c for c in table.columns if c.startswith("FD (self-trained") and "CI" not in c)
     assert table[fd].map(_finite).all() and table["paper FID"].notna().all()
+    assert table["MFID (M3D-CLIP)"].map(_finite).all()
 
 
 def test_medsyn2_smoke_study(tmp_path):

@@ -81,6 +81,13 @@ def test_victr_table2_has_one_row_pair_per_target_dataset():
     assert amos["paper FID"] == 20.37 and amos["paper MFID (M3D-CLIP)"] == 19.11
     fd_column = [c for c in table.columns if c.startswith("FD (")][0]
     assert amos[fd_column] == 15.0
+    assert amos["MFID (M3D-CLIP)"] == "not measured in this study"  # a record without the M3D-CLIP entry
+    loaded["victr_amos"]["fd_pretrained"] = {"m3d_clip": {"value": 4.25, "status": "ok"}}
+    loaded["vanilla_amos"]["fd_pretrained"] = {"m3d_clip": {"value": None, "status": "unavailable: metrics."
+                                                            "m3d_clip_pretrained_path is not set (set it to ...)"}}
+    table = victr_table2(loaded, "unet2d_condition", PAPER, columns).set_index(["dataset", "method"])
+    assert table.loc[("AMOS", "victr"), "MFID (M3D-CLIP)"] == 4.25
+    assert table.loc[("AMOS", "vanilla"), "MFID (M3D-CLIP)"] == "unavailable: metrics.m3d_clip_pretrained_path is not set"
 
 
 def test_missing_paper_file_renders_every_paper_cell_as_not_reported(tmp_path):

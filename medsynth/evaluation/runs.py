@@ -118,6 +118,7 @@ def evaluate_run(files: RunFiles, out_json: str | Path, settings: RunSettings, m
     from medsynth.downstream import load_segmenter, predict_masks
     from medsynth.evaluation.intervals import IntervalSet, mask_estimates, window_estimates
     from medsynth.metrics import (
+        clip_fd_slices,
         fd_recipe,
         frechet_metrics,
         image_metric_values,
@@ -166,6 +167,8 @@ def evaluate_run(files: RunFiles, out_json: str | Path, settings: RunSettings, m
     radimagenet = pretrained_fd("radimagenet_resnet50", metrics_cfg["radimagenet_pretrained_path"],
                                 "metrics.radimagenet_pretrained_path", real, fake,
                                 fd_recipe(recipes["radimagenet_resnet50"]), hu_range, batch_size=batch, cuda=cuda)
+    mfid = clip_fd_slices("m3d_clip", metrics_cfg["m3d_clip_pretrained_path"], "metrics.m3d_clip_pretrained_path",
+                          real, fake, hu_range, device=device)  # ViCTr's MFID
     windowed: list[dict] = []
     windowed_radimagenet = {"status": f"not applicable: modalities {sorted(modalities)} (CT windows)", "rows": []}
     if modalities == {"CT"}:
@@ -198,7 +201,7 @@ def evaluate_run(files: RunFiles, out_json: str | Path, settings: RunSettings, m
         "kid": {"mean": inception.get("kid_mean"), "std": inception.get("kid_std"), "status": inception["status"]},
         "fd_self": {"value": fd["fd"], "kid_mean": fd["kid_mean"], "kid_std": fd["kid_std"],
                     "kid_subset_size": kid_size, "extractor": extractor_label},
-        "fd_pretrained": {"radimagenet_resnet50": radimagenet},
+        "fd_pretrained": {"radimagenet_resnet50": radimagenet, "m3d_clip": mfid},
         "windowed": windowed if windowed else [],
         "windowed_pretrained": {"radimagenet_resnet50": windowed_radimagenet},
         "windowed_status": "ok" if windowed else f"not applicable: modalities {sorted(modalities)} (CT windows)",

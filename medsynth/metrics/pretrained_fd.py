@@ -28,12 +28,14 @@ from medsynth.metrics.frechet import (
 )
 from medsynth.metrics.recipes import FDRecipe, RecipeEncoder, recipe_unit_images
 
-__all__ = ["clip_fd_volumes", "pretrained_fd", "pretrained_fd_volumes", "pretrained_windowed_fd",
+__all__ = ["clip_fd_slices", "clip_fd_volumes", "pretrained_fd", "pretrained_fd_volumes", "pretrained_windowed_fd",
            "weights_status"]
 
 #: the input each whole-volume CLIP extractor is given (its loader applies the authors' preprocessing)
 CLIP_INPUTS = {
     "m3d_clip": "whole volumes in HU, min-max per volume, foreground crop, resized to 32 x 256 x 256 (M3D-CLIP's)",
+    "m3d_clip_slices": "each 2D slice repeated along z into a 32-slice slab (ViCTr is silent on how it feeds 2D "
+                       "slices to the 3D M3D-CLIP), then M3D-CLIP's min-max, foreground crop and 32 x 256 x 256 resize",
     "ct_clip": "whole volumes in HU clipped to [-1000, 1000] / 1000, resampled to 0.75 x 0.75 x 1.5 mm, "
                "cropped / padded to 480 x 480 x 240 (CT-CLIP's)",
 }
@@ -139,23 +141,26 @@ def pretrained_windowed_fd(name: str, path: str | Path | None, key: str, real: n
 def clip_fd_volumes(name: str, path: str | Path | None, key: str, real: np.ndarray | torch.Tensor,
                     fake: np.ndarray | torch.Tensor, hu_range: Sequence[float] | None,
                     spacing: Sequence[float] | None = None, batch_size: int = 2,
-                    device: torch.device | str = "cpu") -> dict:
+                    device: torch.device | str = "cpu", input_name: str | None = None) -> dict:
     """FD of the whole-volume CLIP image embeddings (``m3d_clip``: ViCTr's MFID network; ``ct_clip``:
     MedSyn2's) of two ``[N, 1, X, Y, Z]`` model-unit CT volume sets (``hu_range``: the window the model
     units map back to HU; ``spacing``: voxel size in mm, for CT-CLIP's resampling). One embedding per
     volume, the Frechet distance of the two embedding sets (exact for fewer volumes than dimensions:
     :func:`~.frechet.frechet_distance_lowrank`). ``{"value", "status", "extractor", "input", "n_real",
-    "n_fake"}``; "unavailable: <reason>" without weights, "not applicable" for MR or fewer than 2 volumes."""
-    entry = {"value": None, "extractor": EXTRACTORS[name].title, "input": CLIP_INPUTS[name]}
+    "n_fake"}``; "unavailable: <reason>" without weights, "not applicable" for fewer than 2 volumes and, for
+    CT-CLIP, for MR (``hu_range`` None). M3D-CLIP takes MR in model units: its per-volume min-max makes the
+    intensity scale irrelevant, and M3D-Data holds MR as well as CT. ``input_name``: the ``CLIP_INPUTS`` entry
+    recorded (default ``name``)."""
+    entry = {"value": None, "extractor": EXTRACTORS[name].title, "input": CLIP_INPUTS[input_name or name]}
     status = weights_status(name, path, key)
     if status != "ok":
         return {**entry, "status": status}
-    if hu_range is None:
+    if hu_range is None and name != "m3d_clip":
         return {**entry, "status": f"not applicable: {name} embeds CT volumes in HU, these are not CT"}
     if min(len(real), len(fake)) < 2:
         return {**entry, "status": f"not applicable: {len(real)} real / {len(fake)} generated volumes (needs 2 each)"}
     net = extractor_from_file(name, path).to(device)
-    lo, hi = float(hu_range[0]), float(hu_range[1])
+    lo, hi = (float(hu_range[0]), float(hu_range[1])) if hu_range is not None else (-1.0, 1.0)  # MR: model units
 
     def embed(volumes: torch.Tensor) -> np.ndarray:
         out = []
@@ -169,3 +174,19 @@ def clip_fd_volumes(name: str, path: str | Path | None, key: str, real: np.ndarr
     real_f, fake_f = embed(torch.as_tensor(real)), embed(torch.as_tensor(fake))
     return {**entry, "status": "ok", "value": frechet_distance_lowrank(real_f, fake_f), "n_real": len(real_f),
             "n_fake": len(fake_f)}
+
+
+#: slab depth of :func:`clip_fd_slices`: M3D-CLIP's 32 input slices, so its resize leaves z untouched
+SLAB_DEPTH = 32
+
+
+def clip_fd_slices(name: str, path: str | Path | None, key: str, real: np.ndarray | torch.Tensor,
+                   fake: np.ndarray | torch.Tensor, hu_range: Sequence[float] | None, batch_size: int = 2,
+                   device: torch.device | str = "cpu") -> dict:
+    """ViCTr's MFID: :func:`clip_fd_volumes` of two ``[N, 1, H, W]`` model-unit slice sets on the whole-volume
+    extractor ``name`` (M3D-CLIP). ViCTr scores 2D slices with M3D-CLIP, a 3D network, without saying how
+    (silent); here each slice is repeated :data:`SLAB_DEPTH` times along z (a view, materialised one batch at
+    a time), a slab M3D-CLIP's preprocessing then treats as a volume. The record's ``input`` says so."""
+    slabs = [torch.as_tensor(x)[..., None].expand(*np.shape(x), SLAB_DEPTH) for x in (real, fake)]
+    return clip_fd_volumes(name, path, key, *slabs, hu_range, batch_size=batch_size, device=device,
+                           input_name=f"{name}_slices")

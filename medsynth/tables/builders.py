@@ -92,7 +92,8 @@ def victr_table2(metrics: Mapping[str, Mapping], backbone_type: str, paper_dir: 
             rows.append({
                 "dataset": dataset, "backbone": backbone, "method": method, "model": column[method], "run": m["run"],
                 "FID (InceptionV3)": fd_value(m, "fid"), "paper FID": published["FID"],
-                fd_name: fd_value(m, "fd_self"), "paper MFID (M3D-CLIP)": published["MFID"],
+                "MFID (M3D-CLIP)": fd_value(m.get("fd_pretrained") or {}, "m3d_clip"),
+                "paper MFID (M3D-CLIP)": published["MFID"], fd_name: fd_value(m, "fd_self"),
                 "steps": s.get("steps"), "NFE": s.get("nfe"), "seconds per sample": s.get("seconds_per_sample"),
                 "paper steps": cost["steps"], "paper seconds": cost["seconds"], "scale": fd_scale(m),
             })
