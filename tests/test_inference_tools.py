@@ -221,3 +221,23 @@ def test_regenerate_until_pass():
     _, passed2, tries2, rate2 = regenerate_until_pass(never, check, 6, max_tries=3)
     assert tries2.tolist() == [1, 3, 1, 3, 3, 1]
     assert rate2 == pytest.approx(0.5) and passed2.tolist() == (~bad_first).tolist()
+
+
+def test_reference_bounds_stream_the_shards_and_equal_the_bounds_of_all_slices(tmp_path):
+    """Sampling's HU-check bounds come from the reference's per-slice organ medians, read shard by shard:
+    the same bounds as from every reference slice at once; a reference that keeps nothing is an error."""
+    from conftest import ct_slice_shard
+
+    from medsynth.generator.quality import reference_bounds
+    from medsynth.io.trainsets import load_slices
+
+    names = ["soft", "lung", "bone", "contrast", "empty"]
+    shards = [*ct_slice_shard(tmp_path / "a", names, n=14, size=32), *ct_slice_shard(tmp_path / "b", names, n=9, size=32)]
+    qc = {"method": "union", "k": 3.0, "percentiles": [5.0, 95.0]}
+    bounds, n = reference_bounds(shards, {"split": ["train"]}, (-1024, 1024), qc)
+    _, images, masks, _ = load_slices(shards, {"split": ["train"]})
+    expected = organ_hu_bounds(model_to_hu(images, (-1024.0, 1024.0)), masks > 0, names, method="union", k=3.0,
+                               percentiles=(5.0, 95.0))
+    assert n == len(images) == 20 and bounds == expected and set(bounds) == {"soft", "lung", "bone", "contrast"}
+    with pytest.raises(ValueError, match="keeps no slice"):
+        reference_bounds(shards, {"split": ["nothing"]}, (-1024, 1024), qc)

@@ -23,7 +23,7 @@ from torch import nn
 from medsynth.generator.data import LatentData
 from medsynth.train.data import TensorDictDataset
 
-__all__ = ["subset", "hu_quality_check"]
+__all__ = ["hu_quality_check", "reference_bounds", "subset"]
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +38,33 @@ def subset(data: LatentData, indices: Sequence[int]) -> LatentData:
                    names=list(data.names))
 
 
+def reference_bounds(shards: Sequence, reference: Mapping, hu_range: Sequence[float], qc_cfg: Mapping
+                     ) -> tuple[dict[str, tuple[float, float]], int]:
+    """The per-organ HU bounds of the real slices ``reference`` keeps (``sampling.hu_qc.reference``) and how
+    many there are, read one shard at a time: each shard's per-slice organ medians, then the bounds of all
+    (:func:`medsynth.sample.hu_qc.bounds_from_medians`; the same bounds as of all slices at once)."""
+    from medsynth.io.trainsets import iter_slices
+    from medsynth.metrics.windows import model_to_hu
+    from medsynth.sample.hu_qc import bounds_from_medians, organ_medians
+
+    hu = tuple(float(v) for v in hu_range)
+    medians, names = [], None
+    for _, images, masks, names in iter_slices(shards, reference):
+        medians.append(organ_medians(model_to_hu(images, hu), masks > 0))
+    if not medians:
+        raise ValueError(f"sampling.hu_qc.reference {dict(reference)} keeps no slice of the training sets")
+    med = np.concatenate(medians)
+    return bounds_from_medians(med, list(names), method=str(qc_cfg["method"]), k=float(qc_cfg["k"]),
+                               percentiles=tuple(qc_cfg["percentiles"])), len(med)
+
+
 def hu_quality_check(model: nn.Module, objective: str, data: LatentData, vae: nn.Module, stats: dict, spec,
-                     first: np.ndarray, masks: np.ndarray, names: Sequence[str], reference_images: np.ndarray,
-                     reference_masks: np.ndarray, real_images: np.ndarray, hu_range: Sequence[float],
+                     first: np.ndarray, masks: np.ndarray, names: Sequence[str],
+                     bounds: Mapping[str, tuple[float, float]], real_images: np.ndarray, hu_range: Sequence[float],
                      qc_cfg: Mapping, real_masks: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
-    """Check ``first`` (generated, [-1, 1]) and regenerate failures; returns ``(images, report)``; the report's
-    ``per_sample`` holds each slice's first-attempt pass, final pass, tries and its real slice's pass.
+    """Check ``first`` (generated, [-1, 1]) against the organ ``bounds`` (:func:`reference_bounds`) and
+    regenerate failures; returns ``(images, report)``; the report's ``per_sample`` holds each slice's
+    first-attempt pass, final pass, tries and its real slice's pass.
 
     ``qc_cfg``: the complete ``sampling.hu_qc`` section (:func:`medsynth.generator.sampling.sample_condition_set`
     fills in the schema's defaults). ``real_images`` (with ``real_masks``, default ``masks``) are the
@@ -53,12 +74,9 @@ def hu_quality_check(model: nn.Module, objective: str, data: LatentData, vae: nn
 
     from medsynth.generator.integrate import generate
     from medsynth.metrics.windows import model_to_hu
-    from medsynth.sample.hu_qc import hu_check, organ_hu_bounds, regenerate_until_pass
+    from medsynth.sample.hu_qc import hu_check, regenerate_until_pass
 
     hu = tuple(float(v) for v in hu_range)
-    bounds = organ_hu_bounds(model_to_hu(reference_images, hu), reference_masks, list(names),
-                             method=str(qc_cfg["method"]), k=float(qc_cfg["k"]),
-                             percentiles=tuple(qc_cfg["percentiles"]))
     cond = torch.from_numpy(np.ascontiguousarray(masks))
 
     def check(images: torch.Tensor, idx: torch.Tensor):

@@ -119,18 +119,19 @@ def sample_condition_set(shards, vae_dir: str | Path, stats_path: str | Path, mo
     text_encoder = text_encoder or resolve_text_encoder(gen_cfg, None)
     vae, stats = load_vae(vae_dir, stats_path)
     qc_cfg = sampling_cfg["hu_qc"]
-    # read once, and only the rows used: the condition set's and, where the HU check applies, its reference's
+    # read once, and only the condition set's rows; the HU check's reference gives its bounds shard by shard
     index = read_index(shards)
     rows = select_rows(index, select)
     qc_applies = bool(qc_cfg["enabled"]) and set(index.iloc[rows]["modality"].astype(str)) == {"CT"}
-    ref = select_rows(index, qc_cfg["reference"]) if qc_applies else rows[:0]
-    needed = np.union1d(rows, ref)
-    slices = load_rows(shards, needed, index)  # in index order: load_latent_data selects the set's rows from them
+    slices = load_rows(shards, rows, index)  # in index order: load_latent_data takes the set's rows as they are
     data = load_latent_data(shards, vae_dir, stats_path, gen_cfg, {**dict(model_cfg), "select": select}, text_encoder,
                  vae_stats=(vae, stats), slices=slices)
-    _, real_images, all_masks, names = slices
-    rows_at, ref_at = np.searchsorted(needed, rows), np.searchsorted(needed, ref)
-    masks = all_masks[rows_at]
+    _, real_images, masks, names = slices
+    real_masks = masks > 0  # the condition set's real masks (the HU check's yardstick), before any replacement
+    if qc_applies:  # the bounds first: a reference that keeps no slice fails before any sampling
+        from medsynth.generator.quality import reference_bounds
+
+        bounds, _ = reference_bounds(shards, qc_cfg["reference"], hu_range, qc_cfg)
     if stochastic:
         from medsynth.generator.mask_generator import stochastic_conditions
 
@@ -163,9 +164,7 @@ def sample_condition_set(shards, vae_dir: str | Path, stats_path: str | Path, mo
             from medsynth.generator.quality import hu_quality_check
 
             images, hu_qc = hu_quality_check(model, objective, data, vae, stats, spec, generated.images, masks > 0,
-                                             names, real_images[ref_at], all_masks[ref_at] > 0, real_images[rows_at],
-                                             hu_range, qc_cfg,
-                                             real_masks=all_masks[rows_at] > 0)
+                                             names, bounds, real_images, hu_range, qc_cfg, real_masks=real_masks)
             generated.images = images
     write_generated(out_tensors, generated.images, masks > 0, list(names), run)
     cols = [c for c in ("case_id", "patient_id", "modality", "split", "slice", "organs", "severity_fraction", "severity",

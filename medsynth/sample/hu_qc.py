@@ -24,6 +24,7 @@ import torch
 
 __all__ = [
     "HU_BOUND_METHODS",
+    "bounds_from_medians",
     "organ_medians",
     "organ_hu_bounds",
     "hu_check",
@@ -91,6 +92,18 @@ def organ_hu_bounds(
     channel present in fewer than 2 samples has no meaningful spread and gets **no entry**, so
     :func:`hu_check` does not check it. Returns ``{name: (low, high)}`` in channel order.
     """
+    return bounds_from_medians(organ_medians(images_hu, masks), names, method, k, percentiles)
+
+
+def bounds_from_medians(
+    med: np.ndarray,
+    names: Sequence[str],
+    method: Literal["sigma", "percentile", "union"] = "sigma",
+    k: float = 6.0,
+    percentiles: tuple[float, float] = (0.5, 99.5),
+) -> dict[str, tuple[float, float]]:
+    """:func:`organ_hu_bounds` from the ``(N, C)`` per-sample organ medians (:func:`organ_medians`), which a
+    caller may compute shard by shard and concatenate: the medians are per sample, so the bounds are the same."""
     if method not in HU_BOUND_METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(HU_BOUND_METHODS)}")
     lo_p, hi_p = (float(p) for p in percentiles)
@@ -98,7 +111,6 @@ def organ_hu_bounds(
         raise ValueError(f"percentiles must satisfy 0 <= low <= high <= 100, got {percentiles}")
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
-    med = organ_medians(images_hu, masks)
     if len(names) != med.shape[1]:
         raise ValueError(f"{len(names)} names for {med.shape[1]} mask channels")
     bounds: dict[str, tuple[float, float]] = {}
