@@ -473,3 +473,18 @@ def test_loop_overfits_real_ct_slices(ct_slices, tmp_path):
     assert first > 0.8  # untrained: about E|x1 - x0|^2
     assert last < 0.35 * first, (first, last)
     print(f"seconds/step {result.seconds_per_step:.4f}; loss first10 {first:.3f} last10 {last:.3f}")
+
+
+def test_a_generator_stage_names_its_lr_schedule(tmp_path):
+    """stage.lr_schedule reaches the training loop (MedDiff-FT trains at a constant lr); cosine by default."""
+    import yaml
+
+    from medsynth.generator.stages import train_config
+    from medsynth.settings import section
+
+    assert train_config(section("stage2", {}), tmp_path).lr_schedule == "cosine"
+    assert train_config(section("stage2", {"lr_schedule": "constant"}), tmp_path).lr_schedule == "constant"
+    meddiff = yaml.safe_load((Path(__file__).parents[1] / "config" / "studies" / "meddiff_ft.yaml").read_text())
+    assert meddiff["stage2"]["lr_schedule"] == "constant"
+    with pytest.raises(Exception, match="lr_schedule"):
+        section("base", {"lr_schedule": "linear"})
