@@ -321,6 +321,19 @@ def test_volume_metrics_feed_medsyn2_table1(sampled, shards, extractor, tmp_path
     lung_xy = table[(table["window"] == "lung") & (table["plane"] == "XY")].iloc[0]
     assert isinstance(lung_xy["paper FID (RadImageNet ResNet-50)"], float)
     assert lung_xy["FID (RadImageNet ResNet-50)"] == "unavailable: metrics.radimagenet_pretrained_path is not set"
+    # MedSyn2 Tables 2 / 3 (no CT-CLIP weights, no reports or labels in this index): the cells say why
+    from medsynth.tables.medsyn2_clip import medsyn2_table2, medsyn2_table3
+
+    clip = saved["clip_scores"]["ct_clip"]
+    assert clip["i2i"]["status"].startswith("unavailable: metrics.ct_clip_pretrained_path is not set")
+    assert clip["t2i"]["status"].startswith("not applicable: no reports in the training-set index")
+    assert clip["zero_shot"]["status"].startswith("unavailable: the case table has no CT-RATE abnormality labels")
+    assert saved["clip_scores"]["pillar0"]["status"].startswith("unavailable: no Pillar-0 loader")
+    ours2 = medsyn2_table2(saved, REPO / "config" / "paper_reported").set_index(["source", "from"])
+    assert ours2.loc[("MedSyn2", "ours (base/euler-2)"), "CT-CLIP I2I (%)"] == (
+        "unavailable: metrics.ct_clip_pretrained_path is not set")
+    ours3 = medsyn2_table3(saved, REPO / "config" / "paper_reported")
+    assert ours3.iloc[1]["AUROC (%)"] == "unavailable: the case table has no CT-RATE abnormality labels"
 
 
 # ------------------------------------------------------------------------------------------------ frozen VAE

@@ -2,8 +2,9 @@
 
 Shipped datasets list their cases explicitly (``cases:`` in the registry). Other datasets describe
 a ``layout``: globs for image files, an optional label-map pattern, an optional CSV of prompt
-fields (e.g. a report or a pathology grade), how to read the patient id from the case id, and the
-modality. DICOM series anywhere under the folder are found by their headers; a series' patient id is
+fields (e.g. a report or a pathology grade), an optional CSV of per-case labels (columns
+``abnormality_<name>``, e.g. CT-RATE's abnormality labels), how to read the patient id from the case
+id, and the modality. DICOM series anywhere under the folder are found by their headers; a series' patient id is
 its PatientID, else its StudyInstanceUID, else its SeriesInstanceUID (column ``patient_id_source``).
 """
 
@@ -72,19 +73,25 @@ def _label_for(image: Path, root: Path, spec) -> Path | None:
     return root / spec.format(case=stem, stem=stem)
 
 
-def _read_prompts(root: Path, layout: dict) -> pd.DataFrame | None:
-    csvs = layout.get("prompts_csv")
+#: the case-table columns of ``layout.labels_csv``: ``abnormality_<their column>`` (0 / 1 per case)
+LABEL_COLUMN_PREFIX = "abnormality_"
+
+
+def _read_prompts(root: Path, layout: dict, kind: str = "prompts") -> pd.DataFrame | None:
+    """``layout.<kind>_csv`` (one file or a list) indexed by case stem (``layout.<kind>_id_column``; labels:
+    default the prompts' id column)."""
+    csvs = layout.get(f"{kind}_csv")
     if not csvs:
         return None
     tables = []
-    id_column = layout.get("prompts_id_column", "case_id")
+    id_column = layout.get(f"{kind}_id_column") or layout.get("prompts_id_column", "case_id")
     for csv in [csvs] if isinstance(csvs, str) else csvs:
         path = Path(csv) if Path(csv).is_absolute() else root / csv
         if not path.exists():
-            raise FileNotFoundError(f"prompts CSV {path} (layout.prompts_csv) does not exist")
+            raise FileNotFoundError(f"{kind} CSV {path} (layout.{kind}_csv) does not exist")
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
         if id_column not in table.columns:
-            raise ValueError(f"prompts CSV {path} has no column {id_column!r} (layout.prompts_id_column)")
+            raise ValueError(f"{kind} CSV {path} has no column {id_column!r} (layout.{kind}_id_column)")
         tables.append(table)
     table = pd.concat(tables, ignore_index=True).rename(columns={id_column: "_stem"})
     table["_stem"] = table["_stem"].map(volume_stem)
@@ -176,6 +183,11 @@ def discover_layout(entry: dict, root: Path) -> pd.DataFrame:
                 table[target] = values
             else:
                 table[f"prompt_{target}"] = values
+    labels = _read_prompts(root, layout, "labels")
+    if labels is not None:  # e.g. CT-RATE's 18 abnormality labels; "" where a case has no row
+        joined = labels.reindex(table["stem"]).fillna("")
+        for column in joined.columns:
+            table[f"{LABEL_COLUMN_PREFIX}{column}"] = joined[column].tolist()
     return table.drop(columns=["stem"])
 
 
@@ -195,7 +207,8 @@ def _deduplicate(ids: list[str]) -> list[str]:
 
 
 def discover_cases(entry: dict, root: str | Path) -> pd.DataFrame:
-    """The sources table of one dataset (columns ``SOURCE_COLUMNS`` plus ``prompt_*``/``split``)."""
+    """The sources table of one dataset (columns ``SOURCE_COLUMNS`` plus ``prompt_*`` / ``abnormality_*`` /
+    ``split``)."""
     root = Path(root)
     table = discover_example(entry, root) if entry["kind"] == "example" else discover_layout(entry, root)
     for column in SOURCE_COLUMNS:

@@ -78,7 +78,7 @@ def build_manifest(shard_tables: list[pd.DataFrame], split_cfg: dict, seed: int)
     splits = assign_splits(ok["patient_id"].tolist(), split_cfg["fractions"],
                            seed, patient_fixed)
     ok["split"] = ok["patient_id"].map(splits)
-    prompt_columns = sorted(c for c in ok.columns if c.startswith("prompt_"))
+    prompt_columns = sorted(c for c in ok.columns if c.startswith(("prompt_", "abnormality_")))  # + labels_csv
     manifest = ok[MANIFEST_COLUMNS + prompt_columns].sort_values("case_id").reset_index(drop=True)
     quarantine = quarantine.reindex(columns=QUARANTINE_COLUMNS).sort_values("case_id").reset_index(drop=True)
     return manifest, quarantine

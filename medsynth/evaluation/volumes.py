@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medsynth.evaluation.clip_scores import volume_clip_scores
 from medsynth.evaluation.extractor import SELF_EXTRACTOR, SegmenterEncoder, extractor_input_size, resize_slices
 from medsynth.evaluation.records import voxel_spacing, write_metrics_json
 from medsynth.evaluation.runs import RunFiles, RunSettings, paired_sets
@@ -122,6 +123,8 @@ def evaluate_volume_run(files: RunFiles, out_json: str | Path, settings: RunSett
     clip = {name: clip_fd_volumes(name, metrics_cfg[f"{name}_pretrained_path"], f"metrics.{name}_pretrained_path",
                                   real_t, fake_t, hu_range, spacing, device=device)
             for name in ("m3d_clip", "ct_clip")}
+    # MedSyn2 Tables 2 / 3: CLIP scores (T2I, I2I) and zero-shot abnormality classification, with the Real rows
+    clip_scores = volume_clip_scores(metrics_cfg, index.iloc[rows], real_t, fake_t, hu_range, spacing, device=device)
 
     windowed: list[dict] = []
     windowed_radimagenet = {"status": f"not applicable: modalities {sorted(modalities)} (CT windows)", "rows": []}
@@ -153,6 +156,7 @@ def evaluate_volume_run(files: RunFiles, out_json: str | Path, settings: RunSett
                     "per_plane": per_plane, "central_fraction": fraction, "extractor_input_size": size,
                     "extractor": extractor_label},
         "fd_pretrained": {"radimagenet_resnet50": radimagenet, **clip},
+        "clip_scores": clip_scores,
         "windowed": windowed,
         "windowed_pretrained": {"radimagenet_resnet50": windowed_radimagenet},
         "windowed_status": "ok" if windowed else f"not applicable: modalities {sorted(modalities)} (CT windows)",

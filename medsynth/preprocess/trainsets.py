@@ -120,7 +120,8 @@ def build_training_shard(masks_table: pd.DataFrame, registered: pd.DataFrame, ma
                          volume_size: tuple[int, int, int], out_2d: tuple[Path, Path], out_3d: tuple[Path, Path]) -> None:
     """2D slices and 3D volumes of one shard's accepted cases, each with masks and prompt fields."""
     prompts = manifest.set_index("case_id")
-    prompt_columns = [c for c in manifest.columns if c.startswith("prompt_")]
+    # prompt fields and per-case labels (layout.labels_csv: abnormality_<name>, MedSyn2 Table 3)
+    prompt_columns = [c for c in manifest.columns if c.startswith(("prompt_", "abnormality_"))]
     reg = registered.set_index("case_id")
     slices, volumes = [], []
     for case in masks_table[masks_table["status"] == "ok"].to_dict("records"):

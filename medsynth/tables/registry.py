@@ -2,7 +2,7 @@
 
 The workflow has one table rule over a ``{table}`` wildcard (rules/tables.smk); its input function
 and params come from the :class:`TableSpec` of that name, so adding a table is one entry here (and
-its builder in :mod:`.builders`).
+its builder in :mod:`.builders`, or a module beside it: MedSyn2 Tables 2 / 3 in :mod:`.medsyn2_clip`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from . import builders
+from . import builders, medsyn2_clip
 from .builders import load_json
 
 if TYPE_CHECKING:  # the study object is only passed in
@@ -179,6 +179,27 @@ TABLES: dict[str, TableSpec] = {
          " of the slices along each axis (MAISI's 2.5D FID). The paper's extractor is RadImageNet ResNet-50.",),
         inputs=lambda s: {**s.volume_metrics_json(), "victr": s.metrics_json("victr")},
         build=_medsyn2_table1,
+    ),
+    "medsyn2_table2": TableSpec(
+        "MedSyn2 Table 2 - CLIP score (%) of generated volumes: vs their report (T2I) and vs the real volume (I2I)",
+        ("CLIP score: mean over volumes of 100 x cos(image, report) (T2I) or 100 x cos(generated, real volume of"
+         " the same conditions) (I2I), each clipped at 0 (CLIPScore); the report is CT-RATE's Findings_EN +"
+         " Impressions_EN as CT-CLIP's inference joins them.",
+         "Ours: the 3D generator's default run (config volumes.run) on the held-out condition set; Real: the real"
+         " volumes against their own reports. CT-CLIP needs metrics.ct_clip_pretrained_path and"
+         " metrics.ct_clip_tokenizer_pretrained_path (CXR-BERT's vocab.txt); Pillar-0 has no loader here."),
+        inputs=lambda s: s.volume_metrics_json(),
+        build=lambda loaded, inputs, p: medsyn2_clip.medsyn2_table2(loaded.get("volumes"), p["paper_dir"]),
+    ),
+    "medsyn2_table3": TableSpec(
+        "MedSyn2 Table 3 - CT-CLIP zero-shot classification of the 18 CT-RATE abnormalities (x 100)",
+        ("CT-CLIP's recipe: prompts '<abnormality> is present.' / '... is not present.', softmax of the two, a"
+         " threshold per abnormality nearest the ROC corner on the evaluated set; accuracy, precision, AUROC and"
+         " weighted F1 averaged over the abnormalities with both classes in the labels.",
+         "Labels: CT-RATE's multi_abnormality_labels of each real case (columns abnormality_<name> of the"
+         " training-set index, config datasets[].layout.labels_csv); without them the cells say so."),
+        inputs=lambda s: s.volume_metrics_json(),
+        build=lambda loaded, inputs, p: medsyn2_clip.medsyn2_table3(loaded.get("volumes"), p["paper_dir"]),
     ),
     "medsyn2_table5": TableSpec(
         "MedSyn2 Table 5 - segmentation with real / synthesized / combined training data",
