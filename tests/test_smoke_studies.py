@@ -93,7 +93,8 @@ def test_medsyn2_smoke_study(tmp_path):
     """MedSyn2: the 3D DiT (gated attention, depthwise convolution, x-prediction) on a 3D VAE, CXR-BERT
     report conditioning, Dormand-Prince sampling, whole-volume CT-CLIP FD (gated CT-RATE stand-in), the 2D
     DiT on SD 1.5's fine-tuned VAE, Table 1 (FD per CT window and plane)."""
-    run = run_smoke_study("medsyn2", tmp_path, ["tables/medsyn2_table1.csv"],
+    run = run_smoke_study("medsyn2", tmp_path, ["tables/medsyn2_table1.csv", "tables/medsyn2_table2.csv",
+                                                "tables/medsyn2_table3.csv"],
                           prioritize=["metrics/victr/dopri5-2.json"])
     print(f"medsyn2_smoke: snakemake {run.seconds:.0f} s")
     cxr_bert = {"config.json", "configuration_cxrbert.py", "modeling_cxrbert.py", "pytorch_model.bin", "vocab.txt",
@@ -122,6 +123,17 @@ def test_medsyn2_smoke_study(tmp_path):
     assert set(three_d["plane"]) == {"XY", "YZ", "ZX", "mean"}
     assert set(three_d["window"]) == {"lung", "vessel", "soft_tissue", "bone", "mean"}
     assert set(table[table["data"] != "3D volumes"]["plane"]) == {"XY"} and table[fd].map(_finite).all()
+    # Tables 2 / 3 (CT-CLIP's image and text sides from the gated CT-RATE stand-in, CXR-BERT's tokenizer): the
+    # shipped scans have no reports and no abnormality labels, so T2I and zero-shot say why; I2I is a number
+    scores = volumes["clip_scores"]["ct_clip"]
+    assert scores["i2i"]["status"] == "ok" and _finite(scores["i2i"]["value"]), scores["i2i"]
+    assert scores["t2i"]["status"].startswith("not applicable") and scores["zero_shot"]["status"].startswith("unavailable")
+    assert str(run.weights / "cxr_bert" / "inventory.csv") in _inputs(run, "volumes/metrics/dopri5-2.json")
+    t2 = pd.read_csv(run.results / "tables" / "medsyn2_table2.csv")
+    ours = t2[t2["source"] == "MedSyn2"]
+    assert len(ours) >= 1 and len(t2) > len(ours)  # ours beside the paper's rows
+    t3 = pd.read_csv(run.results / "tables" / "medsyn2_table3.csv")
+    assert t3.astype(str).apply(lambda c: c.str.startswith("unavailable")).any().any()
 
 
 def test_maisi_v2_smoke_study(tmp_path):
