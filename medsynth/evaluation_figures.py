@@ -10,7 +10,8 @@ import pandas as pd
 
 from medsynth.figures import save_figure, plt, radiological
 
-__all__ = ["sample_grid", "sample_grid_from_files", "fd_vs_nfe", "loss_curves", "pick_conditions"]
+__all__ = ["sample_grid", "sample_grid_from_files", "fd_vs_nfe", "loss_curves", "pick_conditions",
+           "counterfactual_grid", "progressive_grid", "display_window"]
 
 
 def _show(x: np.ndarray, modality: str, hu_range: Sequence[float], window: Sequence[float]) -> np.ndarray:
@@ -131,9 +132,33 @@ def sample_grid_from_files(shards: Sequence[str], select: Mapping, generated: Ma
     cond = masks > 0
     sets = {label: load_generated(p)[0] for label, p in generated.items()}
     modality = str(index.iloc[rows[0]]["modality"]) if len(rows) else "CT"
+    window = display_window(intensity_cfg, window_name)
+    return sample_grid(real, cond, sets, modality, intensity_cfg["ct_hu_range"], window, names,
+                       pick_conditions(cond, count), path)
+
+
+def display_window(intensity_cfg: Mapping, window_name: str) -> Sequence[float]:
+    """The CT display window ``figures.ct_window`` names (a key of ``intensity.windows``)."""
     windows = intensity_cfg["windows"]
     if window_name not in windows:
         raise ValueError(f"figures.ct_window = {window_name!r} is not a window of intensity.windows ({', '.join(windows)})")
-    window = windows[window_name]
-    return sample_grid(real, cond, sets, modality, intensity_cfg["ct_hu_range"], window, names,
-                       pick_conditions(cond, count), path)
+    return windows[window_name]
+
+
+def counterfactual_grid(real: np.ndarray, masks: np.ndarray, edits: Mapping[str, np.ndarray], modality: str,
+                        hu_range: Sequence[float], window: Sequence[float], names: Sequence[str],
+                        path: str | Path) -> Path:
+    """ViCTr Fig. 3 / 8: rows = real slices; columns = mask | real | its counterfactual at each severity
+    (``edits``: column label -> ``(N, 1, H, W)`` in [-1, 1], row ``i`` the edit of ``real[i]``)."""
+    return sample_grid(real, masks, edits, modality, hu_range, window, names, list(range(len(real))), path)
+
+
+def progressive_grid(stages: Sequence[np.ndarray], masks: np.ndarray, labels: Sequence[str], modality: str,
+                     hu_range: Sequence[float], window: Sequence[float], names: Sequence[str],
+                     real: np.ndarray, path: str | Path) -> Path:
+    """MedSyn2 Fig. 5: rows = conditions; columns = the last stage's mask | the real slice | each stage's
+    image (``stages[k]`` ``(N, 1, H, W)``, titled ``labels[k]``)."""
+    if len(stages) != len(labels):
+        raise ValueError(f"{len(stages)} stages but {len(labels)} labels")
+    return sample_grid(real, masks, dict(zip(labels, stages)), modality, hu_range, window, names,
+                       list(range(len(real))), path)

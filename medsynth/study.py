@@ -234,7 +234,7 @@ class Study:
         if own is not None:
             return own
         return {k: v for k, v in self.sampling["condition_sets"][name].items()
-                if k not in ("stochastic_masks", "inpaint")}
+                if k not in ("stochastic_masks", "inpaint", "edit", "progressive")}
 
     # -- downstream --------------------------------------------------------------------------
     def downstream_settings(self, *kinds: str) -> list[str]:

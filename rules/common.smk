@@ -183,6 +183,33 @@ def table_settings(wildcards):
     return table_params(wildcards.table, S)
 
 
+# the edit figures (config figures.counterfactual / figures.progressive; ViCTr Fig. 3 / 8, MedSyn2 Fig. 5)
+EDIT_FIGURES = {
+    name: config["figures"][key]
+    for name, key in (
+        ("counterfactual_grid", "counterfactual"),
+        ("progressive_grid", "progressive"),
+    )
+}
+
+
+def edit_figure_inputs(name):
+    """Input function of an edit figure: the trained weights of its model."""
+    return lambda wildcards: S.model_inputs(EDIT_FIGURES[name]["model"])
+
+
+def edit_figure_params(name):
+    """What the task of edit figure ``name`` reads beside its inputs (model settings, condition set)."""
+    cfg = EDIT_FIGURES[name]
+    return {
+        "figure": cfg,
+        "generator": lambda wc: model_generator(cfg["model"]),
+        "model_cfg": lambda wc: model_config(cfg["model"]),
+        "sampling": lambda wc: model_sampling(cfg["model"]),
+        "select": lambda wc: condition_select(cfg["model"], cfg["conditions"]),
+    }
+
+
 def report_inputs():
     """Every file the report shows: figures, QC table and paper tables."""
     return [
@@ -192,6 +219,11 @@ def report_inputs():
         f"{RESULTS}/figures/sample_grid.png",
         f"{RESULTS}/figures/fd_vs_nfe.png",
         f"{RESULTS}/figures/loss_curves.png",
+        *[
+            f"{RESULTS}/figures/{name}.png"
+            for name, cfg in EDIT_FIGURES.items()
+            if cfg["enabled"]
+        ],
         *expand(
             f"{RESULTS}/tables/{{table}}.{{ext}}", table=BUILT_TABLES, ext=["csv", "md"]
         ),

@@ -1,5 +1,5 @@
 # Stage 9: figures of the evaluation and the report (`snakemake --report`): sample grids, the FD-vs-NFE
-# curve, loss curves, registration and mask overlays, the QC table and every paper table.
+# curve, loss curves, the edit figures (counterfactuals, progressive conditions), registration and mask overlays, the QC table and every paper table.
 
 
 rule sample_grid:
@@ -25,6 +25,66 @@ rule sample_grid:
         n_conditions=config["figures"]["cases"],
     script:
         "../scripts/sample_grid.py"
+
+
+rule counterfactual_grid:
+    """Real slices beside their SDEdit counterfactuals at each severity (ViCTr Fig. 3 / 8)."""
+    input:
+        unpack(edit_figure_inputs("counterfactual_grid")),
+        shards=slice_shards,
+        vae=f"{RESULTS}/vae/final",
+        stats=f"{RESULTS}/vae/latent_stats.json",
+        weights=weights_of("generator", "architectures"),
+    output:
+        report(
+            f"{RESULTS}/figures/counterfactual_grid.png",
+            caption="../report/counterfactual_grid.rst",
+            category="Samples",
+        ),
+    log:
+        f"{RESULTS}/logs/figures/counterfactual_grid.log",
+    conda:
+        "../envs/train.yaml"
+    threads: train_threads("generator")
+    resources:
+        **rule_resources("counterfactual_grid", mem_mb=3000, gpu=0),
+    params:
+        **edit_figure_params("counterfactual_grid"),
+        intensity=config["intensity"],
+        window=config["figures"]["ct_window"],
+        n_conditions=config["figures"]["cases"],
+    script:
+        "../scripts/counterfactual_grid.py"
+
+
+rule progressive_grid:
+    """Conditions added stage by stage, each stage SDEdit-re-noised from the last (MedSyn2 Fig. 5)."""
+    input:
+        unpack(edit_figure_inputs("progressive_grid")),
+        shards=slice_shards,
+        vae=f"{RESULTS}/vae/final",
+        stats=f"{RESULTS}/vae/latent_stats.json",
+        weights=weights_of("generator", "architectures"),
+    output:
+        report(
+            f"{RESULTS}/figures/progressive_grid.png",
+            caption="../report/progressive_grid.rst",
+            category="Samples",
+        ),
+    log:
+        f"{RESULTS}/logs/figures/progressive_grid.log",
+    conda:
+        "../envs/train.yaml"
+    threads: train_threads("generator")
+    resources:
+        **rule_resources("progressive_grid", mem_mb=3000, gpu=0),
+    params:
+        **edit_figure_params("progressive_grid"),
+        intensity=config["intensity"],
+        window=config["figures"]["ct_window"],
+        n_conditions=config["figures"]["cases"],
+    script:
+        "../scripts/progressive_grid.py"
 
 
 rule fd_vs_nfe:

@@ -42,6 +42,7 @@ __all__ = [
     "integrate_latents",
     "solve_batch",
     "generate",
+    "decode_latents",
     "write_summary",
 ]
 
@@ -88,6 +89,9 @@ class SamplingSpec:
     ddpm: dict
     #: MedDiff-FT guiding mask (module docstring): a condition set's complete ``inpaint`` options; {} = off
     inpaint: dict = field(default_factory=dict)
+    #: SDEdit (:mod:`medsynth.sample.edit`): ``{"strength": s}`` re-noises each condition's own latent to
+    #: ``t = s`` and integrates from there (ViCTr Fig. 3 counterfactuals, MedSyn2 Fig. 5 stages); {} = off
+    edit: dict = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, sampling_cfg: Mapping, run: str) -> "SamplingSpec":
@@ -220,7 +224,8 @@ def integrate_latents(model: nn.Module, objective: str, data: LatentData, spec: 
     """Sample the (z-normalised) latents of every condition of ``data``: ``(x0, noise, nfe, seconds)``.
 
     ``noise`` is the ``x1`` each ``x0`` was integrated from (drawn once from ``spec.seed``), so the
-    pairs are the couplings 2-rectified flow (reflow) trains on. The batches run on the model's device
+    pairs are the couplings 2-rectified flow (reflow) trains on. With ``spec.edit`` the latents of ``data`` are
+    the edit's sources: each is re-noised with its ``noise`` row to ``t = strength`` (SDEdit). The batches run on the model's device
     (results on the CPU). ``store``: finished batches are taken from it and new ones kept in it
     (:class:`medsynth.sample.batches.BatchStore`); ``stop``: when its signal has arrived after a batch,
     :class:`SamplingPreempted` is raised.
@@ -235,6 +240,9 @@ def integrate_latents(model: nn.Module, objective: str, data: LatentData, spec: 
     corrected_field = objective == "tweedie" and spec.sampler != "tweedie"
     inpaint = spec.inpaint or None  # complete options (the condition set's, schema defaults filled in)
     keep = None
+    if spec.edit and (spec.sampler != "euler" or objective == "ddpm" or inpaint):
+        raise ValueError(f"an edit (SDEdit: counterfactual / progressive condition set) samples with euler-<steps> "
+                         f"on a flow model and without inpaint, not {spec.sampler!r}")
     if inpaint:
         if spec.sampler != "euler" or objective == "ddpm":
             raise ValueError(f"the guiding mask (inpaint) samples with euler-<steps> on a flow model, not {spec.sampler!r}")
@@ -288,6 +296,13 @@ def _sample_batch(model: nn.Module, objective: str, data: LatentData, spec: Samp
                                   int(spec.steps), spec.shift, gen if inpaint["renoise"] else None,
                                   schedule=inpaint["schedule"], max_dilate=int(inpaint["max_dilate"]))
         return x0, int(spec.steps), time.perf_counter() - tic
+    if spec.edit:
+        from medsynth.sample.edit import sdedit_euler
+
+        tic = time.perf_counter()
+        x0, nfe = sdedit_euler(field_fn, tensors["latent"][sl].to(device), x1, float(spec.edit["strength"]),
+                               int(spec.steps), spec.shift)
+        return x0, nfe, time.perf_counter() - tic
     return solve_batch(field_fn, x1, spec, objective, gen)
 
 
@@ -298,19 +313,26 @@ def generate(model: nn.Module, objective: str, data: LatentData, vae: nn.Module,
 
     ``store`` / ``stop``: see :func:`integrate_latents`.
     """
+    latents, _, nfe, seconds = integrate_latents(model, objective, data, spec, store=store, stop=stop)
+    images, decode_seconds = decode_latents(latents, vae, stats, spec.batch_size)
+    evals = nfe * (2 if spec.guidance_scale != 1.0 else 1)
+    return GeneratedSet(images, nfe, evals, seconds + decode_seconds, spec)
+
+
+@torch.no_grad()
+def decode_latents(latents: torch.Tensor, vae: nn.Module, stats: dict, batch_size: int) -> tuple[np.ndarray, float]:
+    """Z-normalised latents decoded by ``vae`` into ``(N, 1, *spatial)`` float32 in [-1, 1], and the seconds."""
     from medsynth.vae.latents import denormalise_latents
     from medsynth.vae.models import decode
 
-    latents, _, nfe, seconds = integrate_latents(model, objective, data, spec, store=store, stop=stop)
-    images, device = [], model_device(vae)
-    for start in range(0, len(latents), spec.batch_size):
+    images, device, seconds = [], model_device(vae), 0.0
+    for start in range(0, len(latents), batch_size):
         tic = time.perf_counter()
-        z = denormalise_latents(latents[start:start + spec.batch_size].to(device), stats)
+        z = denormalise_latents(latents[start:start + batch_size].to(device), stats)
         decoded = decode(vae, z).clamp(-1.0, 1.0).cpu()
         seconds += time.perf_counter() - tic
         images.append(decoded.numpy().astype(np.float32))
-    evals = nfe * (2 if spec.guidance_scale != 1.0 else 1)
-    return GeneratedSet(np.concatenate(images), nfe, evals, seconds, spec)
+    return np.concatenate(images), seconds
 
 
 def write_summary(generated: GeneratedSet, path: str | Path, **extra) -> None:

@@ -37,6 +37,11 @@ renoise}``): the real slice's own latent is kept outside the region of interest 
 named condition channels at latent resolution, dilated by ``dilate`` latent pixels) and only the ROI
 is synthesised, by :func:`medsynth.sample.meddiff.guided_inpaint_euler` (Euler runs only).
 
+Counterfactual and progressive sets (``edit: {strength, severity, add_channels, remove_channels}``, ViCTr
+Fig. 3 / 8; ``progressive: {strength, stages}``, MedSyn2 Fig. 5): the real slices edited towards a changed
+condition by SDEdit, :mod:`medsynth.generator.edits` (Euler runs only; no HU check, no kept batches for
+progressive sets, whose rows are the stages' images one stage after the other).
+
 Device and preemption: the generator and the VAE run on ``sampling.device`` (``auto``: the GPU when
 there is one). Every finished batch is kept in ``<output>.batches/``
 (:class:`medsynth.sample.batches.BatchStore`, config ``sampling.keep_batches``); SIGTERM / SIGUSR1
@@ -60,6 +65,7 @@ from medsynth.fsutil import write_csv_atomic
 from medsynth.generator.data import select_rows
 from medsynth.generator.integrate import (
     GeneratedSet,
+    decode_latents,
     SamplingPreempted,
     SamplingSpec,
     generate,
@@ -77,6 +83,10 @@ from medsynth.train.signals import PREEMPTED_EXIT_CODE, SignalFlag
 __all__ = ["condition_set", "sample_condition_set"]
 
 log = logging.getLogger(__name__)
+
+#: the columns of a set's index CSV (those its conditions have): edit / progressive sets add their source and stage
+INDEX_COLUMNS = ("case_id", "patient_id", "modality", "split", "slice", "organs", "severity_fraction", "severity",
+                 "prompt", "source_case", "source_slice", "source_prompt", "strength", "stage", "stage_channels")
 
 
 def condition_set(select: Mapping) -> dict:
@@ -116,13 +126,25 @@ def sample_condition_set(shards, vae_dir: str | Path, stats_path: str | Path, mo
             raise ValueError("a condition set takes either stochastic_masks or inpaint: the guiding mask keeps the "
                              "real slice outside the ROI, which must agree with the conditioning mask")
         spec = replace(spec, inpaint=dict(inpaint))
+    edit = select.pop("edit", None)  # ViCTr Fig. 3 / 8: counterfactuals of the real slices
+    progressive = select.pop("progressive", None)  # MedSyn2 Fig. 5: conditions added stage by stage
+    special = [k for k, v in (("stochastic_masks", stochastic), ("inpaint", inpaint), ("edit", edit),
+                              ("progressive", progressive)) if v]
+    if len(special) > 1:
+        raise ValueError(f"a condition set takes one of stochastic_masks, inpaint, edit, progressive; got {special}")
+    if (edit or progressive) and spec.sampler != "euler":
+        raise ValueError(f"an edit / progressive condition set samples with euler-<steps> (SDEdit on Euler's grid), "
+                         f"not {run!r}")
+    if edit:
+        spec = replace(spec, edit={"strength": float(edit["strength"])})
     text_encoder = text_encoder or resolve_text_encoder(gen_cfg, None)
     vae, stats = load_vae(vae_dir, stats_path)
     qc_cfg = sampling_cfg["hu_qc"]
     # read once, and only the condition set's rows; the HU check's reference gives its bounds shard by shard
     index = read_index(shards)
     rows = select_rows(index, select)
-    qc_applies = bool(qc_cfg["enabled"]) and set(index.iloc[rows]["modality"].astype(str)) == {"CT"}
+    qc_applies = (bool(qc_cfg["enabled"]) and set(index.iloc[rows]["modality"].astype(str)) == {"CT"}
+                  and not (edit or progressive))
     slices = load_rows(shards, rows, index)  # in index order: load_latent_data takes the set's rows as they are
     data = load_latent_data(shards, vae_dir, stats_path, gen_cfg, {**dict(model_cfg), "select": select}, text_encoder,
                  vae_stats=(vae, stats), slices=slices)
@@ -138,16 +160,24 @@ def sample_condition_set(shards, vae_dir: str | Path, stats_path: str | Path, mo
         data, new_masks = stochastic_conditions(data, masks > 0, names, stochastic, gen_cfg,
                                                 bool(model_cfg["severity_prompt"]), text_encoder)
         masks = new_masks.astype(np.float32) - 0.5
+    if edit:
+        from medsynth.generator.edits import edit_conditions
+
+        data, new_masks = edit_conditions(data, masks, edit, gen_cfg, bool(model_cfg["severity_prompt"]), text_encoder)
+        masks = new_masks.astype(np.float32) - 0.5
     device = resolve_device(sampling_cfg["device"], "sampling.device")
     vae.to(device)
     model = load_trained_generator(gen_cfg, model_dir, init_dir).to(device)
     objective = str(model_cfg["objective"])
     store = None
+    if progressive:
+        return _sample_progressive(model, objective, data, masks, progressive, vae, stats, spec, gen_cfg, model_cfg,
+                                   text_encoder, out_tensors, out_index, out_summary, run, model_dir, names)
     if sampling_cfg["keep_batches"]:
         from medsynth.train.loop import run_fingerprint
 
         store = BatchStore(Path(str(out_tensors) + ".batches"),
-                           run_fingerprint(asdict(spec), run, dict(select), stochastic, dict(gen_cfg), dict(model_cfg),
+                           run_fingerprint(asdict(spec), run, dict(select), stochastic or edit, dict(gen_cfg), dict(model_cfg),
                                            files=[*shards, vae_dir, stats_path, model_dir, *([init_dir] if init_dir else [])]))
     try:
         with SignalFlag(True) as stop:
@@ -157,7 +187,9 @@ def sample_condition_set(shards, vae_dir: str | Path, stats_path: str | Path, mo
                     store.folder if store is not None else "(not kept: sampling.keep_batches is off)")
         raise SystemExit(PREEMPTED_EXIT_CODE) from None
     hu_qc: dict = {"enabled": False}
-    if qc_cfg["enabled"]:
+    if qc_cfg["enabled"] and edit:
+        hu_qc = {"enabled": False, "status": "not applicable: a counterfactual (edit) set"}
+    elif qc_cfg["enabled"]:
         if not qc_applies:
             hu_qc = {"enabled": False, "status": "not applicable: the condition set is not all CT"}
         else:
@@ -167,8 +199,7 @@ def sample_condition_set(shards, vae_dir: str | Path, stats_path: str | Path, mo
                                              names, bounds, real_images, hu_range, qc_cfg, real_masks=real_masks)
             generated.images = images
     write_generated(out_tensors, generated.images, masks > 0, list(names), run)
-    cols = [c for c in ("case_id", "patient_id", "modality", "split", "slice", "organs", "severity_fraction", "severity",
-                        "prompt") if c in data.index]
+    cols = [c for c in INDEX_COLUMNS if c in data.index]
     table = data.index[cols].assign(sample=range(len(data.index)))
     for column, values in hu_qc.pop("per_sample", {}).items():  # each slice's HU check (the metrics' intervals)
         table[column] = values
@@ -179,4 +210,29 @@ def sample_condition_set(shards, vae_dir: str | Path, stats_path: str | Path, mo
         store.clear()
     log.info("%s: %d samples, %.4f s/sample, %d NFE", out_tensors, len(generated.images),
              generated.seconds_per_sample, generated.nfe)
+    return generated
+
+
+def _sample_progressive(model, objective, data, masks, progressive, vae, stats, spec, gen_cfg, model_cfg, text_encoder,
+                        out_tensors, out_index, out_summary, run, model_dir, names) -> GeneratedSet:
+    """A ``progressive`` set (MedSyn2 Fig. 5, :func:`medsynth.generator.edits.progressive_latents`): every stage's
+    images written one stage after the other, each row with its stage's masks and prompt."""
+    import pandas as pd
+    import torch
+
+    from medsynth.generator.edits import progressive_latents
+
+    latents, datas, binary, nfe, seconds = progressive_latents(
+        model, objective, data, masks, progressive, gen_cfg, bool(model_cfg["severity_prompt"]), text_encoder, spec)
+    images, decode_seconds = decode_latents(torch.cat(latents), vae, stats, spec.batch_size)
+    generated = GeneratedSet(images, nfe, nfe * (2 if spec.guidance_scale != 1.0 else 1), seconds + decode_seconds,
+                             spec)
+    write_generated(out_tensors, images, np.concatenate(binary), list(names), run)
+    table = pd.concat([d.index[[c for c in INDEX_COLUMNS if c in d.index]] for d in datas], ignore_index=True)
+    write_csv_atomic(table.assign(sample=range(len(table))), out_index)
+    write_summary(generated, out_summary, run=run, model=str(model_dir), conditions=list(names), objective=objective,
+                  hu_qc={"enabled": False, "status": "not applicable: a progressive set"},
+                  progressive={"strength": float(progressive["strength"]),
+                               "stages": [list(s) for s in progressive["stages"]]})
+    log.info("%s: %d stages x %d conditions, %d NFE", out_tensors, len(latents), len(data.index), nfe)
     return generated

@@ -1,4 +1,4 @@
-"""Tasks of rules/report.smk: the figures of the report (sample grid, FD vs NFE, loss curves)."""
+"""Tasks of rules/report.smk: the figures of the report (sample grid, FD vs NFE, loss curves, edit figures)."""
 
 from __future__ import annotations
 
@@ -30,3 +30,25 @@ def loss_curves(job: Job) -> None:
     from medsynth.evaluation_figures import loss_curves as plot
 
     plot(dict(job.input.items()), job.output[0])
+
+
+def _edit_figure(job: Job, plot) -> None:
+    p = job.params
+    plot(job.input.shards, job.input.vae, job.input.stats, job.input.model, job.input.get("init"), p.generator,
+         p.model_cfg, p.sampling, p.select, p.figure, p.intensity, p.window, p.n_conditions, job.output[0])
+
+
+@task()
+def counterfactual_grid(job: Job) -> None:
+    """Real slices beside their SDEdit counterfactuals at each severity (ViCTr Fig. 3 / 8)."""
+    from medsynth.generator.edit_figures import counterfactual_figure
+
+    _edit_figure(job, counterfactual_figure)
+
+
+@task()
+def progressive_grid(job: Job) -> None:
+    """Conditions added stage by stage (MedSyn2 Fig. 5)."""
+    from medsynth.generator.edit_figures import progressive_figure
+
+    _edit_figure(job, progressive_figure)
