@@ -660,14 +660,21 @@ def test_frozen_stage_streams_the_training_shards(tmp_path, monkeypatch):
 
 
 def test_tuning_stage_reads_the_train_and_eval_samples_apart(tmp_path, monkeypatch):
-    """Tuning holds its fit set (the train samples + their masks) but never reads every sample at once."""
+    """Tuning holds no fit set in memory: never load_slices (the train samples + their masks are a ShardDataset
+    read batch by batch, its latent statistics streamed); the reconstruction table reads the test samples only."""
+    import medsynth.io.shard_dataset as shard_dataset
     from medsynth.vae.stage import run_vae
 
     shards = _two_shards(tmp_path / "shards")
     calls = _record_reads(monkeypatch)
+    batches: list[int] = []
+    real = shard_dataset.ShardDataset.get_batch
+    monkeypatch.setattr(shard_dataset.ShardDataset, "get_batch",
+                        lambda self, indices: batches.append(len(indices)) or real(self, indices))
     run_vae(shards, tmp_path / "vae", {"model": TINY_VAE_CONFIGS["2d"], "steps": 1, "batch_size": 2,
                                        "checkpoint_every": 0, "progress": False, "include_masks": True})
-    assert calls == [("load_slices", {"split": ["train"]}), ("iter_slices", {"split": ["test"]})]
+    assert calls == [("iter_slices", {"split": ["test"]})]
+    assert 2 in batches  # the step's batch came from the shards
     assert pd.read_csv(tmp_path / "vae" / "reconstruction.csv").set_index("target").loc["image", "n"] == 3
 
 

@@ -11,11 +11,13 @@ without rows).
 Memory (a published training set is terabytes): the shards are read with a ``split`` select, never all
 at once. A frozen VAE holds no training images: the statistics stream the ``train_split`` samples shard
 by shard (:func:`medsynth.io.trainsets.iter_slices`, batched across the shards' boundaries: the same
-statistics, bit for bit, as of all of them at once). Tuning still holds its fit set (the ``train_split``
-samples, + their mask channels with ``include_masks``) in memory: :func:`medsynth.vae.tune_vae` draws
-every step's batch at random from the whole set, so streaming it would change the runs' results. The
-reconstruction table holds the ``eval_split`` samples only (the training samples when that split has
-none: then a frozen run reads them too).
+statistics, bit for bit, as of all of them at once). Tuning holds no training images either: its fit set
+(the ``train_split`` samples, + their non-empty mask channels with ``include_masks``) is a
+:class:`medsynth.io.shard_dataset.ShardDataset`, the index in memory and each step's batch (drawn at random
+from the whole set by :func:`medsynth.vae.tune_vae`) read from the shards, item for item the in-memory set's
+(the same runs, bit for bit; the run's fingerprint streams the set's bytes); the statistics stream its images
+block by block. The reconstruction table holds the ``eval_split`` samples only (the training samples when that
+split has none: then they are read with a ``train_split`` select).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import pandas as pd
 import torch
 
 from medsynth.fsutil import write_csv_atomic
+from medsynth.io.shard_dataset import ShardDataset
 from medsynth.io.trainsets import iter_slices, load_slices
 from medsynth.launch import is_main_process, set_threads
 from medsynth.train.config import TrainOutputs
@@ -66,7 +69,8 @@ class VAEOutputs:
 
 
 def _mask_images(masks: np.ndarray) -> np.ndarray:
-    """Non-empty mask channels as single-channel images in [-0.5, 0.5] (MedSyn2 encodes masks with the VAE)."""
+    """Non-empty mask channels as single-channel images in [-0.5, 0.5] (MedSyn2 encodes masks with the VAE): the
+    in-memory form of a :class:`ShardDataset`'s mask items (``include_masks``)."""
     flat = masks.reshape(-1, 1, *masks.shape[2:])
     return flat[(flat > 0).reshape(len(flat), -1).any(axis=1)]
 
@@ -84,15 +88,15 @@ def _streamed_images(shards: Sequence[str], split: str) -> Iterator[np.ndarray]:
         raise ValueError(f"no {split} slices in the training-set shards")
 
 
-def _eval_slices(shards: Sequence[str], split: str, train_split: str, train: Slices | None) -> Slices:
+def _eval_slices(shards: Sequence[str], split: str, train_split: str) -> Slices:
     """The ``split`` samples (:func:`load_slices` with that select, read shard by shard), or with none the
-    ``train_split`` samples (``train`` when already read)."""
+    ``train_split`` samples."""
     parts = list(iter_slices(shards, {"split": [split]}))
     if parts:  # load_slices(shards, {"split": [split]}), without its ValueError when the split is empty
         return (pd.concat([p[0] for p in parts], ignore_index=True), np.concatenate([p[1] for p in parts]),
                 np.concatenate([p[2] for p in parts]), parts[0][3])
     log.warning("no %s slices: reconstruction metrics on the training slices", split)
-    return train if train is not None else load_slices(shards, {"split": [train_split]})
+    return load_slices(shards, {"split": [train_split]})
 
 
 def reconstruction_intervals(test_index: pd.DataFrame, values: Mapping, names: Sequence[str],
@@ -132,29 +136,26 @@ def run_vae(shards: Sequence[str], outputs: VAEOutputs | str | Path, vae_cfg: Ma
     outputs = VAEOutputs.of(outputs)
     train_split = vae_cfg["train_split"]
     frozen = int(vae_cfg["steps"]) == 0
-    train = fit = None
+    fit = None
     if frozen:  # nothing to fit: the statistics stream the training shards (module docstring)
         stats_images = _streamed_images(shards, train_split)
-    else:  # the fit set in memory (tune_vae samples its batches from all of it)
-        train = load_slices(shards, {"split": [train_split]})
-        stats_images = fit = train[1]
-        if vae_cfg["include_masks"]:
-            fit = np.concatenate([stats_images, _mask_images(train[2])])
+    else:  # the fit set read on demand (tune_vae samples its batches from all of it); the statistics: its images
+        fit = ShardDataset(shards, {"split": [train_split]}, include_masks=bool(vae_cfg["include_masks"]))
+        stats_images = fit.blocks(0, fit.n_images)
     tune_keys = {f.name for f in fields(TuneConfig)}
     tune_cfg = {k: v for k, v in vae_cfg.items() if k in tune_keys}
     torch.manual_seed(derive_seed(int(vae_cfg["seed"]), "init"))  # the weights' initialisation is seeded too
     model = build_autoencoder(vae_cfg["model"])
     # z-norm statistics of the *image* latents (the generator's data), not of the mask images
     summary = tune_vae(model, fit, tune_cfg, outputs.train, stats_path=outputs.stats, stats_images=stats_images)
-    del fit, stats_images  # the mask images of the fit set are not needed any more
+    del fit, stats_images  # the fit set's index and open shard files are not needed any more
     if summary["status"] != "completed":
         raise SystemExit(PREEMPTED_EXIT_CODE)  # checkpoint written, the job is requeued / rerun
     if not is_main_process():
         return summary  # a worker of a multi-process run: the main process writes the outputs
 
     split = vae_cfg["eval_split"]
-    index, images, masks, names = _eval_slices(shards, split, train_split, train)
-    del train  # the training samples, unless they are the evaluation's (no eval_split sample)
+    index, images, masks, names = _eval_slices(shards, split, train_split)
     metrics = reconstruction_metrics(model, images, masks, mask_names=names,
                                      batch_size=int(vae_cfg["stats_batch_size"]), return_values=True)
     intervals = reconstruction_intervals(index, metrics.pop("values"), names, statistics)

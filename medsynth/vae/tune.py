@@ -17,6 +17,10 @@ rate is constant (``lr_schedule: constant``, no clipping), and the loop gives it
   outputs (``final/`` of the pretrained weights unchanged, the statistics, ``train_config.json``, a curve
   with the columns and no rows); nothing to fit, so ``images`` may be ``None`` and the statistics' images
   streamed part by part (``stats_images``, :data:`medsynth.vae.latents.ImageParts`);
+* a fit set too large for memory: ``images`` may be a dataset (``len()`` and ``get_batch(indices) ->
+  {"image": float32 tensor}``, e.g. :class:`medsynth.io.shard_dataset.ShardDataset`) read batch by batch;
+  the run's identity (the fingerprint of its settings and fit set) streams the set's bytes in order, the same
+  digest as of the array in memory;
 * SIGTERM / SIGUSR1 (SLURM before a time limit): the step in progress finishes, a checkpoint is written
   and the summary's ``status`` is ``"preempted"`` (no ``final/``); the rerun resumes.
 
@@ -38,9 +42,10 @@ import itertools
 import json
 import logging
 import shutil
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -122,6 +127,34 @@ def _first_part(images: ImageParts) -> tuple[torch.Tensor, Iterable[torch.Tensor
         itertools.chain([first], parts)
 
 
+def _is_dataset(images: Any) -> bool:
+    """``images`` is a dataset read on demand (``get_batch``), not an array."""
+    return hasattr(images, "get_batch") and not isinstance(images, (torch.Tensor, np.ndarray))
+
+
+def _dataset_blocks(dataset: Any, max_bytes: int = 64 * 2**20) -> Iterator[torch.Tensor]:
+    """The dataset's images in order, as consecutive blocks of about ``max_bytes`` (at least one item)."""
+    if hasattr(dataset, "blocks"):
+        yield from dataset.blocks()
+        return
+    n = len(dataset)
+    first = dataset.get_batch([0])["image"]
+    rows = max(1, max_bytes // max(first.numel() * first.element_size(), 1))
+    for a in range(0, n, rows):
+        yield dataset.get_batch(list(range(a, min(a + rows, n))))["image"]
+
+
+def _fingerprint(cfg: Mapping, images: Any) -> str:
+    """sha256 of the settings and the fit set's float32 bytes: ``images.numpy().tobytes()`` of an array, or of a
+    dataset's images streamed in order (the same digest as of its array in memory)."""
+    digest = hashlib.sha256(json.dumps(dict(cfg), sort_keys=True, default=str).encode())
+    if images is None:
+        return digest.hexdigest()
+    for block in (_dataset_blocks(images) if _is_dataset(images) else (images,)):
+        digest.update(np.ascontiguousarray(block.detach().cpu().float().numpy()).tobytes())
+    return digest.hexdigest()
+
+
 def _frozen(paths: TrainOutputs, settings: dict, world: int, main: bool) -> TrainResult:
     """The records of a zero-step run (``steps: 0``, the pretrained VAE frozen): the loss curve with the
     columns of a tuned run's and no rows, and ``train_config.json``; no checkpoint."""
@@ -135,18 +168,21 @@ def _frozen(paths: TrainOutputs, settings: dict, world: int, main: bool) -> Trai
     return TrainResult(status="completed", step=0, output_dir=paths.final.parent)
 
 
-def tune_vae(model: nn.Module, images: torch.Tensor | np.ndarray | None, cfg: dict, outputs: TrainOutputs | str | Path,
+def tune_vae(model: nn.Module, images: torch.Tensor | np.ndarray | Any | None, cfg: dict,
+             outputs: TrainOutputs | str | Path,
              *, on_step: Callable[[int, dict[str, float]], None] | None = None,
              stats_images: ImageParts | None = None, stats_path: str | Path | None = None) -> dict:
-    """Tune ``model`` on ``images`` (``[N, C, *spatial]`` in [-1, 1]); see the module docstring.
+    """Tune ``model`` on ``images`` (``[N, C, *spatial]`` in [-1, 1], or a dataset of such images read on
+    demand: ``len()`` and ``get_batch(indices) -> {"image": tensor}``); see the module docstring.
 
     ``outputs``: where the run writes (a :class:`~medsynth.train.TrainOutputs`, or a folder with that
     layout). ``on_step(step, row)`` is called after every completed step (1-based, the loss-curve row;
     e.g. to interrupt a run in tests). ``stats_images``: the images whose latents give the statistics
-    (default ``images``): one array or its parts in turn (e.g. a generator of one array per shard, read once,
-    by the main process; :func:`~medsynth.vae.latents.latent_statistics`), written to ``stats_path`` (default
-    ``latent_stats.json`` beside ``outputs.final``). ``images`` may be ``None`` only with ``steps: 0`` and
-    ``stats_images`` (a frozen VAE fits nothing; every process checks the first part of ``stats_images`` instead).
+    (default ``images``, a dataset's in blocks): one array or its parts in turn (e.g. a generator of one array
+    per shard, read once, by the main process; :func:`~medsynth.vae.latents.latent_statistics`), written to
+    ``stats_path`` (default ``latent_stats.json`` beside ``outputs.final``). ``images`` may be ``None`` only
+    with ``steps: 0`` and ``stats_images`` (a frozen VAE fits nothing; every process checks the first part of
+    ``stats_images`` instead).
     Returns ``{"status", "steps", "start_step", "seconds_per_step", "last_terms",
     "final_dir", "latent_stats", "latent_stats_path", "loss_curve", "checkpoint", "processes"}``; a
     preempted run and the non-main processes of a multi-process run return no final model or
@@ -155,7 +191,9 @@ def tune_vae(model: nn.Module, images: torch.Tensor | np.ndarray | None, cfg: di
     opts = TuneConfig.from_config(cfg)
     paths = TrainOutputs.of(outputs)
     stats_path = Path(stats_path) if stats_path is not None else paths.final.parent / "latent_stats.json"
-    if images is not None:
+    if _is_dataset(images):  # read batch by batch; the shape checks use its first item
+        probe = images.get_batch([0])["image"]
+    elif images is not None:
         if not isinstance(images, torch.Tensor):
             images = torch.as_tensor(np.asarray(images))
         images = probe = images.float()
@@ -180,8 +218,7 @@ def tune_vae(model: nn.Module, images: torch.Tensor | np.ndarray | None, cfg: di
         raise ValueError(f"vae batch_size {opts.batch_size} must be divisible by the {world} training processes")
     # identity of this run (settings + training images): checkpoints of another run are never continued
     # (a frozen run has no checkpoint and no fit set: its settings alone)
-    fingerprint = hashlib.sha256(json.dumps(dict(cfg), sort_keys=True, default=str).encode()
-                                 + (images.numpy().tobytes() if images is not None else b"")).hexdigest()
+    fingerprint = _fingerprint(cfg, images)
     if not opts.resume and main:
         shutil.rmtree(paths.checkpoints, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -195,11 +232,12 @@ def tune_vae(model: nn.Module, images: torch.Tensor | np.ndarray | None, cfg: di
         accelerator.wait_for_everyone()
     else:
         torch.manual_seed(opts.seed)  # the discriminator's initialisation
-        losses = VAELoss(loss_cfg, spatial_dims, in_channels=images.shape[1])
+        losses = VAELoss(loss_cfg, spatial_dims, in_channels=probe.shape[1])
         groups = [{"params": list(model.parameters())}]
         if losses.discriminator is not None:
             groups.append({"params": list(losses.discriminator.parameters()), "lr": loss_cfg.disc_lr or opts.lr})
-        result = train(VAEPair(model, losses), VAEStep(patch, opts.seed), {"image": images}, TrainConfig(**settings),
+        dataset = images if _is_dataset(images) else {"image": images}
+        result = train(VAEPair(model, losses), VAEStep(patch, opts.seed), dataset, TrainConfig(**settings),
                        trainable_params=groups, accelerator=accelerator, on_step_end=on_step, outputs=paths)
 
     model.eval()
@@ -208,7 +246,9 @@ def tune_vae(model: nn.Module, images: torch.Tensor | np.ndarray | None, cfg: di
         final_dir = paths.final
         with atomic_dir(final_dir) as tmp:
             save_autoencoder(model, tmp)
-        stats = latent_statistics(model, images if stats_images is None else stats_images, opts.stats_batch_size)
+        if stats_images is None:
+            stats_images = _dataset_blocks(images) if _is_dataset(images) else images
+        stats = latent_statistics(model, stats_images, opts.stats_batch_size)
         saved_stats = save_latent_statistics(stats, stats_path)
     accelerator.wait_for_everyone()
     ran = len(result.history)
