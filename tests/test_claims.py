@@ -287,3 +287,21 @@ def test_the_real_claims_table_from_paired_records():
     assert rows.loc["maisi_contrastive_roi", "paired"] == "paired"
     assert set(rows["paired"]) <= {"paired", ""}
     assert all(v.split(":")[0] in ("reproduced", "contradicted", "not resolvable") for v in rows["verdict"])
+
+
+def test_a_claim_names_a_model_by_its_role_in_the_study():
+    """``${medsyn2_model}`` in a claim's model / setting is the study's tables.medsyn2_model; an unknown
+    role is an error naming it; the published side is left alone."""
+    from medsynth.claims import ClaimsError, study_roles
+    from medsynth.claims.spec import fill_roles
+
+    raw = {"published": {"a": {"model": "MedSyn2"}}, "reproduced": {"a": {"setting": "real_synth-${medsyn2_model}"},
+                                                                     "b": {"model": "${medsyn2_model}"}}}
+    filled = fill_roles(raw, study_roles({"medsyn2_model": "medsyn2"}))
+    assert filled["reproduced"] == {"a": {"setting": "real_synth-medsyn2"}, "b": {"model": "medsyn2"}}
+    assert filled["published"] == raw["published"]
+    with pytest.raises(ClaimsError, match="names no role"):
+        fill_roles({"a": {"model": "${nobody}"}}, {"medsyn2_model": "x"})
+    claims = load_claims(CLAIMS)  # roles from the schema's defaults: victr
+    combined = next(c for c in claims.claims if c.id == "medsyn2_combined_beats_real")
+    assert combined.reproduced.a.setting == "real_synth-victr"

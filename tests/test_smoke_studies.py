@@ -95,7 +95,7 @@ def test_medsyn2_smoke_study(tmp_path):
     DiT on SD 1.5's fine-tuned VAE, Table 1 (FD per CT window and plane)."""
     run = run_smoke_study("medsyn2", tmp_path, ["tables/medsyn2_table1.csv", "tables/medsyn2_table2.csv",
                                                 "tables/medsyn2_table3.csv"],
-                          prioritize=["metrics/victr/dopri5-2.json"])
+                          prioritize=["metrics/medsyn2/dopri5-2.json"])
     print(f"medsyn2_smoke: snakemake {run.seconds:.0f} s")
     cxr_bert = {"config.json", "configuration_cxrbert.py", "modeling_cxrbert.py", "pytorch_model.bin", "vocab.txt",
                 "tokenizer_config.json", "special_tokens_map.json"}
@@ -106,7 +106,7 @@ def test_medsyn2_smoke_study(tmp_path):
     assert not any(r.authorization for r in run.hubs["cxr_bert"].seen(server="hub"))
     assert str(run.weights / "cxr_bert" / "inventory.csv") in _inputs(run, "volumes/generator/final")
     assert str(run.weights / "sd15" / "inventory.csv") in _inputs(run, "vae/final")
-    for folder, dims in (("volumes/generator/final", 3), ("stage2/victr/final", 2)):
+    for folder, dims in (("volumes/generator/final", 3), ("stage2/medsyn2/final", 2)):
         config = _json(run.results / folder / "config.json")
         assert config["spatial_dims"] == dims and config["gated_attention"] and config["depthwise_conv"]
         assert config["prediction"] == "x0" and config["cross_attention_dim"] == 768  # CXR-BERT's width
@@ -116,7 +116,7 @@ def test_medsyn2_smoke_study(tmp_path):
     _check_record(volumes, n_min=2)
     assert _finite(volumes["fd_pretrained"]["ct_clip"]["value"]), volumes["fd_pretrained"]["ct_clip"]
     assert volumes["fd_pretrained"]["radimagenet_resnet50"]["status"].startswith("unavailable")
-    _check_record(_json(run.results / "metrics" / "victr" / "dopri5-2.json"), n_min=8)
+    _check_record(_json(run.results / "metrics" / "medsyn2" / "dopri5-2.json"), n_min=8)
     table = pd.read_csv(run.results / "tables" / "medsyn2_table1.csv")
     fd = next(c for c in table.columns if c.startswith("FD (self-trained") and "CI" not in c)
     three_d = table[table["data"] == "3D volumes"]

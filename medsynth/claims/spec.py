@@ -16,7 +16,7 @@ import yaml
 from .effects import KINDS
 
 __all__ = ["CELL_READINGS", "DIRECTIONS", "Claim", "Claims", "ClaimsError", "Published", "RecordRef", "Reproduced",
-           "Search", "TextStatement", "load_claims", "parse_claims"]
+           "Search", "TextStatement", "fill_roles", "load_claims", "parse_claims", "study_roles"]
 
 DIRECTIONS = ("lower", "higher", "equivalent", "at_most", "at_least")
 #: how a published cell is read: a number, or the first / the sum of the terms of ``"198+15"``
@@ -305,11 +305,47 @@ def parse_claims(data: Mapping) -> Claims:
     return Claims(claims, seed)
 
 
-def load_claims(path: str | Path) -> Claims:
-    """Read and check a claims file; :class:`ClaimsError` names the claim and key that are wrong."""
+#: keys of a claim whose string values may name a study's model by its role (``${medsyn2_model}``)
+ROLE_KEYS = ("model", "setting")
+
+
+def fill_roles(node, roles: Mapping[str, str], where: str = "claims file"):
+    """``node`` with every ``model`` / ``setting`` string's ``${role}`` placeholders replaced by ``roles`` (the
+    study's ``tables.<role>``: which of its models plays that part, e.g. ``medsyn2_model``); an unknown role
+    is a :class:`ClaimsError`."""
+    from string import Template
+
+    if isinstance(node, Mapping):
+        out = {}
+        for key, value in node.items():
+            if key in ROLE_KEYS and isinstance(value, str) and "$" in value:
+                try:
+                    value = Template(value).substitute(roles)
+                except (KeyError, ValueError) as err:
+                    raise ClaimsError(f"{where}: {key} {value!r} names no role of the study ({', '.join(sorted(roles))}):"
+                                      f" {err}") from None
+            out[key] = fill_roles(value, roles, where)
+        return out
+    if isinstance(node, list):
+        return [fill_roles(v, roles, where) for v in node]
+    return node
+
+
+def load_claims(path: str | Path, roles: Mapping[str, str] | None = None) -> Claims:
+    """Read and check a claims file, its role placeholders filled from ``roles`` (:func:`fill_roles`; default
+    the schema's ``tables`` defaults); :class:`ClaimsError` names the claim and key that are wrong."""
     with open(path) as f:
         data = yaml.safe_load(f)
+    if roles is None:
+        from medsynth.settings import section
+
+        roles = study_roles(section("tables", {}))
     try:
-        return parse_claims(data)
+        return parse_claims(fill_roles(data, roles, str(path)))
     except ClaimsError as err:
         raise ClaimsError(f"{path}: {err}") from None
+
+
+def study_roles(tables: Mapping) -> dict[str, str]:
+    """The roles a claims file may name (``${medsyn2_model}``), from config ``tables``."""
+    return {"medsyn2_model": str(tables["medsyn2_model"])}

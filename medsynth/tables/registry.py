@@ -55,10 +55,15 @@ def _victr_t2(study: "Study") -> list[dict]:
     return [dict(row) for row in rows]
 
 
+def _medsyn2_model(study: "Study") -> dict:
+    """The study's MedSyn2 2D model (config ``tables.medsyn2_model``) as the tables' params."""
+    return {"model": study.tables["medsyn2_model"]}
+
+
 def _medsyn2_table1(loaded, inputs, params):
-    table = builders.medsyn2_table1(loaded["victr"], params["paper_dir"])
+    table = builders.medsyn2_table1(loaded[params["model"]], params["paper_dir"])
     if "volumes" in loaded:  # a 3D study: the volume generator's window x plane rows
-        table = pd.concat([table.assign(data="2D slices (victr)"),
+        table = pd.concat([table.assign(data=f"2D slices ({params['model']})"),
                            builders.medsyn2_table1(loaded["volumes"], params["paper_dir"]).assign(data="3D volumes")],
                           ignore_index=True)
     return table
@@ -76,10 +81,10 @@ def _claims_file(study: "Study") -> str:
 def _claims_inputs(study: "Study") -> dict[str, str]:
     """The claims file and every record its claims need that the study produces (the others: the claim's
     row says the study does not produce them)."""
-    from medsynth.claims import load_claims, record_paths
+    from medsynth.claims import load_claims, record_paths, study_roles
 
     settings = set(study.downstream_settings())
-    paths = record_paths(load_claims(_claims_file(study)),
+    paths = record_paths(load_claims(_claims_file(study), study_roles(study.tables)),
                          lambda model, run: study.metrics_json(model, run) if model in study.models else "",
                          lambda setting: study.downstream_json(setting) if setting in settings else "")
     return {"claims": _claims_file(study), **{k: v for k, v in paths.items() if v}}
@@ -88,7 +93,13 @@ def _claims_inputs(study: "Study") -> dict[str, str]:
 def _claims(loaded, inputs, params):
     from medsynth.claims import claims_table, load_claims
 
-    return claims_table(load_claims(inputs["claims"]), loaded, params["paper_dir"])
+    return claims_table(load_claims(inputs["claims"], params["roles"]), loaded, params["paper_dir"])
+
+
+def _claims_params(study: "Study") -> dict:
+    from medsynth.claims import study_roles
+
+    return {"roles": study_roles(study.tables)}
 
 
 def _calibration_runs(study: "Study") -> dict[str, str | None]:
@@ -131,6 +142,7 @@ TABLES: dict[str, TableSpec] = {
          "Claims are data: config tables.claims (config/claims.yaml); adding one needs no code."),
         inputs=_claims_inputs,
         build=_claims,
+        params=_claims_params,
     ),
     "calibration": TableSpec(
         "Calibration - where each model sits between the floor and the ceiling of its metrics",
@@ -177,8 +189,10 @@ TABLES: dict[str, TableSpec] = {
         "MedSyn2 Table 1 - Frechet distance per CT window and plane",
         ("2D slices have only the axial (XY) plane; volumes (config `volumes`) have XY / YZ / ZX: the central 40 %"
          " of the slices along each axis (MAISI's 2.5D FID). The paper's extractor is RadImageNet ResNet-50.",),
-        inputs=lambda s: {**s.volume_metrics_json(), "victr": s.metrics_json("victr")},
+        inputs=lambda s: {**s.volume_metrics_json(),
+                          s.tables["medsyn2_model"]: s.metrics_json(s.tables["medsyn2_model"])},
         build=_medsyn2_table1,
+        params=_medsyn2_model,
     ),
     "medsyn2_table2": TableSpec(
         "MedSyn2 Table 2 - CLIP score (%) of generated volumes: vs their report (T2I) and vs the real volume (I2I)",
@@ -219,9 +233,11 @@ TABLES: dict[str, TableSpec] = {
         "MedSyn2 Table 7 - masks re-segmented from generated images",
         ("generated_vs_gt: the re-segmenter on generated images vs the masks they were conditioned on;"
          " real_resegmented_vs_gt: the same re-segmenter on the real images (its own error floor).",),
-        inputs=lambda s: {"victr": s.metrics_json("victr"), "reconstruction": f"{s.results}/vae/reconstruction.csv"},
-        build=lambda loaded, inputs, p: builders.medsyn2_table7(loaded["victr"], pd.read_csv(inputs["reconstruction"]),
+        inputs=lambda s: {s.tables["medsyn2_model"]: s.metrics_json(s.tables["medsyn2_model"]),
+                          "reconstruction": f"{s.results}/vae/reconstruction.csv"},
+        build=lambda loaded, inputs, p: builders.medsyn2_table7(loaded[p["model"]], pd.read_csv(inputs["reconstruction"]),
                                                                 p["paper_dir"]),
+        params=_medsyn2_model,
     ),
     "medsyn2_ablation": TableSpec(
         "MedSyn2 Supp. 7.5 - DiT depthwise convolution and gated attention on / off",
