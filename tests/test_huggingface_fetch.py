@@ -43,10 +43,11 @@ TOKEN_INVALID = "hf_InvalidTokenValue5555555555555555qq"  # not a token the Hub 
 AMBIENT_TOKEN = "hf_AmbientLoginToken7777777777777777ww"  # a login lying around in HF_TOKEN / HF_HOME/token
 
 CT_RATE_REPO = "ibrahimhamamci/CT-RATE"
-INCLUDED = ["dataset/radiology_text_reports/train_reports.csv", "dataset/train/a/a_1.nii.gz",
+INCLUDED = ["dataset/multi_abnormality_labels/train_predicted_labels.csv",
+            "dataset/radiology_text_reports/train_reports.csv", "dataset/train/a/a_1.nii.gz",
             "dataset/valid/b/b_1.nii.gz"]
-EXCLUDED = [".gitattributes", "README.md", "dataset/multi_abnormality_labels/train_predicted_labels.csv"]
-PAGE_SIZE = 4  # tree entries per page: the listing (6 files + 8 folders) takes several pages
+EXCLUDED = [".gitattributes", "README.md", "models/CT-CLIP-Related/CT-CLIP_v2.pt"]  # the repo's models: not the dataset's
+PAGE_SIZE = 4  # tree entries per page: the listing (7 files + 10 folders) takes several pages
 
 
 def _nifti_gz(tmp: Path, name: str, seed: int, shape: tuple[int, int, int]) -> bytes:
@@ -70,6 +71,7 @@ def payloads(tmp_path_factory) -> dict[str, bytes]:
         ".gitattributes": b"*.nii.gz filter=lfs diff=lfs merge=lfs -text\n",
         "README.md": b"---\nlicense: cc-by-nc-sa-4.0\nextra_gated_prompt: accept the terms\n---\n# CT-RATE\n",
         "dataset/multi_abnormality_labels/train_predicted_labels.csv": b"VolumeName,Emphysema\na_1.nii.gz,0\n",
+        "models/CT-CLIP-Related/CT-CLIP_v2.pt": b"not a checkpoint: the dataset entry never fetches it",
     }
 
 
@@ -324,7 +326,7 @@ def test_inventory_skips_the_library_cache_and_matches_the_hub(ct_rate, hub, tmp
         f = hub.files[row.path]
         if f.lfs:  # the sha256 the Hub advertises for LFS files (tree lfs.oid, X-Linked-Etag)
             assert row.sha256 == f.tree_entry()["lfs"]["oid"]
-    assert gzip.decompress((root / INCLUDED[1]).read_bytes())[:4] == (348).to_bytes(4, "little")  # NIfTI-1 header
+    assert gzip.decompress((root / INCLUDED[2]).read_bytes())[:4] == (348).to_bytes(4, "little")  # NIfTI-1 header
 
     everything = inventory(root, skip_hidden=False)
     assert set(everything["path"]) > set(INCLUDED)
