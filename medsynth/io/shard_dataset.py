@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from medsynth.io.trainsets import select_rows, shard_condition_names, to_condition_values
+from medsynth.io.trainsets import select_rows, shard_indexes, to_condition_values
 
 __all__ = ["ShardDataset"]
 
@@ -49,15 +49,7 @@ class ShardDataset(torch.utils.data.Dataset):
         self._handles: OrderedDict[str, Any] = OrderedDict()
         self.paths: list[str] = []
         parts, names = [], None
-        for path in sorted(str(p) for p in shards if str(p).endswith(".safetensors")):
-            index = pd.read_csv(Path(path).with_suffix(".csv"), dtype={"split": str, "modality": str},
-                                keep_default_na=False)
-            if not len(index):
-                continue
-            shard_names = shard_condition_names(path)
-            if names is not None and shard_names != names:
-                raise ValueError(f"{path}: condition channels {shard_names} differ from {names}")
-            names = shard_names
+        for path, index, names in shard_indexes(shards):  # every shard's index, channels checked alike
             index = index.iloc[select_rows(index, select)]
             if len(index):
                 parts.append(index.reset_index(drop=True).assign(shard=Path(path).stem, _file=len(self.paths)))

@@ -20,7 +20,7 @@ from safetensors.numpy import load_file, save_file
 from medsynth.fsutil import atomic_path, write_csv_atomic
 
 __all__ = ["iter_slices", "load_rows", "load_shard", "load_slices", "read_index", "select_rows", "shard_condition_names",
-           "to_condition_values", "write_shard"]
+           "shard_indexes", "to_condition_values", "write_shard"]
 
 
 def to_condition_values(binary: np.ndarray) -> np.ndarray:
@@ -69,7 +69,7 @@ def shard_condition_names(tensors_path: str | Path) -> list[str]:
     return [n for n in raw.get("conditions", "").split(",") if n]  # shards written before the single-key metadata
 
 
-def _shard_indexes(shards: Sequence[str | Path]) -> Iterator[tuple[str, pd.DataFrame, list[str]]]:
+def shard_indexes(shards: Sequence[str | Path]) -> Iterator[tuple[str, pd.DataFrame, list[str]]]:
     """``(path, index, condition names)`` of each shard with samples, in path order (the ``.safetensors`` of
     ``shards``; the index is the same stem ``.csv``); every shard must have the same condition channels."""
     names = None
@@ -91,7 +91,7 @@ def iter_slices(shards: Sequence[str | Path], select: Mapping[str, Sequence] | N
     """The samples of the shards kept by ``select`` (:func:`select_rows`), one shard at a time (in path order;
     shards with nothing selected are skipped), so that a consumer holds one shard's images at once:
     ``(index, images, masks, names)`` per shard, as :func:`load_slices` returns them for all."""
-    for path, index, names in _shard_indexes(shards):
+    for path, index, names in shard_indexes(shards):
         index = index.iloc[select_rows(index, select)]
         if not len(index):
             continue
@@ -105,7 +105,7 @@ def read_index(shards: Sequence[str | Path]) -> pd.DataFrame:
     """The index of every sample of the shards, without reading a tensor: the index CSVs concatenated in path
     order with the column ``shard`` (the file's stem; ``sample`` is the row of its tensors), the frame
     :func:`load_slices` returns. Positions in it are what :func:`load_rows` takes."""
-    parts = [index.assign(shard=Path(path).stem) for path, index, _ in _shard_indexes(shards)]
+    parts = [index.assign(shard=Path(path).stem) for path, index, _ in shard_indexes(shards)]
     if not parts:
         raise ValueError("no slices in the training-set shards")
     return pd.concat(parts, ignore_index=True)
