@@ -19,10 +19,21 @@ from medsynth.replicates import replicate_names, split_replicate, with_replicate
 from medsynth.targets import restrict, target_select
 from medsynth.variants import stage2_variant
 
-__all__ = ["Study", "VOLUME_MODEL"]
+__all__ = ["Study", "TUMOUR_SET_PREFIX", "VOLUME_MODEL", "both_selections"]
 
 #: the 3D generator's name in table rows and `sampling.steps_model` (its metrics: volumes/metrics/<run>.json)
 VOLUME_MODEL = "volumes"
+#: the volume condition set of a tumour task's synthetic volumes: ``downstream-<task>``
+TUMOUR_SET_PREFIX = "downstream-"
+
+
+def both_selections(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict:
+    """The selection of the rows both ``a`` and ``b`` select ({column: allowed values}; a column in both keeps
+    the values in both)."""
+    merged = {k: list(v) for k, v in a.items()}
+    for key, values in b.items():
+        merged[key] = [v for v in merged[key] if v in list(values)] if key in merged else list(values)
+    return merged
 
 
 class Study:
@@ -89,7 +100,9 @@ class Study:
             "model": alternatives(self.models),
             "run": run_pattern(),
             "setting": rf"real|real_aug|({kinds})-(" + "|".join(re.escape(m) for m in self.models) + ")",
-            "conditions": alternatives(self.condition_sets),
+            "conditions": alternatives([*self.condition_sets, *self.tumour_condition_sets()]),
+            "task": alternatives(self.tumour_tasks()),
+            "tumour_setting": "real|real_synth",
         }
 
     def replicas_of(self, models) -> list[str]:
@@ -233,8 +246,47 @@ class Study:
         own = self.volumes["condition_sets"].get(name)  # a volume condition set of its own, if any
         if own is not None:
             return own
+        if name in self.tumour_condition_sets():  # a tumour task's training volumes (their masks)
+            downstream = self.volumes["downstream"]
+            task = downstream["tasks"][name[len(TUMOUR_SET_PREFIX):]]
+            return both_selections(downstream["train_select"], task["select"])
         return {k: v for k, v in self.sampling["condition_sets"][name].items()
                 if k not in ("stochastic_masks", "inpaint", "edit", "progressive")}
+
+    # -- 3D path: MAISI-v2's downstream tumour study ------------------------------------------
+    def study_datasets(self) -> list[str]:
+        """Names of the study's datasets (config `datasets`: registry names or inline entries)."""
+        return [d if isinstance(d, str) else d["name"] for d in self.config["datasets"]]
+
+    def tumour_tasks(self) -> list[str]:
+        """The tumour types of the 3D path's downstream study (config `volumes.downstream.tasks`) whose datasets
+        (their `select.dataset`, if any) are in the study: a study without a task's data does not run it."""
+        if not self.volumes["enabled"]:
+            return []
+        ours = set(self.study_datasets())
+        return [name for name, task in self.volumes["downstream"]["tasks"].items()
+                if "dataset" not in task["select"] or ours & set(task["select"]["dataset"])]
+
+    def tumour_condition_sets(self) -> list[str]:
+        """Volume condition sets of the tumour tasks' synthetic volumes (``downstream-<task>``)."""
+        return [f"{TUMOUR_SET_PREFIX}{t}" for t in self.tumour_tasks()]
+
+    def tumour_json(self, task: str, setting: str) -> str:
+        """Evaluation file of one tumour task's setting (real | real_synth)."""
+        return f"{self.results}/volumes/downstream/{task}/{setting}/evaluation.json"
+
+    def tumour_records(self) -> dict[str, str]:
+        """Every evaluation of the tumour study, by ``<task>/<setting>``."""
+        return {f"{t}/{s}": self.tumour_json(t, s) for t in self.tumour_tasks()
+                for s in self.volumes["downstream"]["settings"]}
+
+    def tumour_inputs(self, task: str, setting: str) -> dict[str, str]:
+        """Generated volumes a tumour setting trains on besides the real ones (real_synth: the 3D generator's
+        `volumes.run` on the task's training masks)."""
+        if setting != "real_synth":
+            return {}
+        stem = f"{self.results}/volumes/samples/{self.volumes['run']}/{TUMOUR_SET_PREFIX}{task}"
+        return {"synthetic": f"{stem}.safetensors", "synthetic_index": f"{stem}.csv"}
 
     # -- downstream --------------------------------------------------------------------------
     def downstream_settings(self, *kinds: str) -> list[str]:

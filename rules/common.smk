@@ -145,6 +145,7 @@ def volume_shards(wildcards):
 volume_generator_config = S.volume_generator_config
 volume_condition_set = S.volume_condition_set
 volume_metrics_json = S.volume_metrics_json
+tumour_inputs = S.tumour_inputs
 architecture_backbone = S.architecture_backbone
 model_generator = S.model_generator
 architecture_stage = S.architecture_stage

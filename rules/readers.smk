@@ -38,7 +38,7 @@ rule reader_kit:
 
 
 rule reader_scores:
-    """Visual Turing accuracy, match counts and Cohen's kappa of the returned answer files."""
+    """Visual Turing accuracy, match counts (overall, per pathology) and Cohen's kappa of the answer files."""
     input:
         key=f"{RESULTS}/readers/key.csv",
         # the answer files returned so far (none: the tables say so)
@@ -48,6 +48,9 @@ rule reader_scores:
         turing_md=f"{RESULTS}/readers/scores/visual_turing.md",
         match=f"{RESULTS}/readers/scores/match.csv",
         match_md=f"{RESULTS}/readers/scores/match.md",
+        # MedSyn2 Table 8: per pathology (a kit drawn with readers.pathologies; else the table says so)
+        match_by_pathology=f"{RESULTS}/readers/scores/match_by_pathology.csv",
+        match_by_pathology_md=f"{RESULTS}/readers/scores/match_by_pathology.md",
         agreement=f"{RESULTS}/readers/scores/agreement.csv",
         agreement_md=f"{RESULTS}/readers/scores/agreement.md",
     log:

@@ -125,3 +125,33 @@ rule volume_metrics:
         grid=config["preprocess"]["grid"],
     script:
         "../scripts/volume_metrics.py"
+
+
+rule volume_downstream:
+    """MAISI-v2's downstream tumour segmentation: a 3D segmenter of one tumour task trained on its real
+    training volumes (real) or on them plus generated ones (real_synth), Dice of the ROI on its real test volumes.
+    """
+    input:
+        unpack(lambda wc: tumour_inputs(wc.task, wc.tumour_setting)),
+        shards=volume_shards,
+    output:
+        final=directory(f"{RESULTS}/volumes/downstream/{{task}}/{{tumour_setting}}/segmenter"),
+        evaluation=f"{RESULTS}/volumes/downstream/{{task}}/{{tumour_setting}}/evaluation.json",
+        curve=f"{RESULTS}/volumes/downstream/{{task}}/{{tumour_setting}}/loss_curve.csv",
+        train_config=f"{RESULTS}/volumes/downstream/{{task}}/{{tumour_setting}}/train_config.json",
+    log:
+        f"{RESULTS}/logs/volumes/downstream/{{task}}/{{tumour_setting}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/volumes/downstream/{{task}}/{{tumour_setting}}.tsv"
+    conda:
+        "../envs/train.yaml"
+    threads: VOLUMES["downstream"]["threads"]
+    resources:
+        **rule_resources("volume_downstream", mem_mb=4000, gpu=0),
+    params:
+        cfg=VOLUMES["downstream"],
+        task_cfg=lambda wc: VOLUMES["downstream"]["tasks"][wc.task],
+        setting=lambda wc: wc.tumour_setting,
+        statistics=config["statistics"],
+    script:
+        "../scripts/volume_downstream.py"

@@ -220,13 +220,15 @@ def test_the_tasks_run_the_rules_jobs(study, tmp_path):
                           wildcards=SimpleNamespace(), resources=SimpleNamespace())
     reader_kit(job)
     assert reader_kit.seed_of(job) == readers["seed"] and len(pd.read_csv(tmp_path / "key.csv")) == 6
-    names = {"turing": "visual_turing", "match": "match", "agreement": "agreement"}
+    names = {"turing": "visual_turing", "match": "match", "match_by_pathology": "match_by_pathology",
+             "agreement": "agreement"}
     out = {**{k: str(tmp_path / f"{v}.csv") for k, v in names.items()},
            **{f"{k}_md": str(tmp_path / f"{v}.md") for k, v in names.items()}}
     reader_scores(SimpleNamespace(input=SimpleNamespace(key=str(tmp_path / "key.csv"), answers=[]),
                                   output=SimpleNamespace(**out), params=SimpleNamespace(readers=readers, answers="a"),
                                   wildcards=SimpleNamespace(), resources=SimpleNamespace()))
     assert NO_ANSWERS in (tmp_path / "visual_turing.csv").read_text()
+    assert NO_ANSWERS in (tmp_path / "match_by_pathology.csv").read_text()
 
 
 # -- the page in a browser ----------------------------------------------------------------------------------

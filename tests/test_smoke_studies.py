@@ -139,7 +139,7 @@ def test_medsyn2_smoke_study(tmp_path):
 def test_maisi_v2_smoke_study(tmp_path):
     """MAISI-v2: the released VAE (frozen), UNet and ControlNet (masks as MAISI label ids) fine-tuned in 3D
     with rectified flow, the HU quality check, the 2D region-specific contrastive loss, the main table."""
-    run = run_smoke_study("maisi_v2", tmp_path, ["tables/maisi_main.csv"],
+    run = run_smoke_study("maisi_v2", tmp_path, ["tables/maisi_main.csv", "tables/maisi_downstream.csv"],
                           prioritize=["metrics/contrastive/euler-2.json"])
     print(f"maisi_v2_smoke: snakemake {run.seconds:.0f} s")
     config = "configs/config_network_rflow.json"
@@ -151,7 +151,7 @@ def test_maisi_v2_smoke_study(tmp_path):
     assert str(run.weights / "maisi_vae" / "inventory.csv") in _inputs(run, "volumes/vae/final")
     backbone = _json(run.results / "volumes" / "generator" / "final" / "config.json")
     assert backbone["_class_name"] == "MaisiBackbone" and backbone["mask_input"] == "control"
-    assert len(backbone["control_label_ids"]) == 10 and backbone["unet_params"]["include_spacing_input"]
+    assert len(backbone["control_label_ids"]) == 14 and backbone["unet_params"]["include_spacing_input"]
     volumes = _json(run.results / "volumes" / "metrics" / "euler-2.json")
     _check_record(volumes)
     assert volumes["hu_qc"]["enabled"] and volumes["hu_qc"]["method"] == "union"
@@ -167,6 +167,16 @@ def test_maisi_v2_smoke_study(tmp_path):
     assert list(ours["method"]) == ["volumes (euler)", "contrastive (euler)"]
     fd = next(c for c in table.columns if c.startswith("FD (self-trained") and "CI" not in c)
     assert ours[fd].map(_finite).all() and (table["source"] == "paper").any()
+    # the tumour study: a 3D segmenter per setting of the stand-in task, the generated volumes from its masks
+    synthetic = _json(run.results / "volumes" / "downstream" / "liver" / "real_synth" / "evaluation.json")
+    real = _json(run.results / "volumes" / "downstream" / "liver" / "real" / "evaluation.json")
+    assert real["n_train_synthetic"] == 0 and synthetic["n_train_synthetic"] == synthetic["n_train_real"] > 0
+    assert 0 <= real["dice"] <= 1 and real["n_test"] >= 1
+    tumours = pd.read_csv(run.results / "tables" / "maisi_downstream.csv")
+    liver = tumours[tumours["tumour"] == "liver"].set_index("method")
+    assert abs(float(liver.loc["real only", "Dice"]) - real["dice"]) < 1e-6
+    assert tumours[tumours["tumour"] == "liver_tumor"]["Dice"].str.startswith("unavailable").all()
+    assert tumours.loc[tumours["tumour"] == "liver_tumor", "paper Dice"].notna().all()
 
 
 def test_meddiff_ft_smoke_study(tmp_path):

@@ -173,3 +173,27 @@ def test_the_model_volumes_is_the_3d_generator_in_tables_and_the_steps_sweep():
     assert all(m != "volumes" for m, _ in study.grid_runs())  # the sample grid shows 2D slices only
     with pytest.raises(ValueError, match="3D generator"):
         _study(variants={**base["variants"], "volumes": {}})
+
+
+def test_tumour_tasks_run_only_with_their_data_and_sample_their_training_masks():
+    base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    tasks = {"liver_tumor": {"roi": "liver", "select": {"dataset": ["msd_liver"]}},
+             "here": {"roi": "liver", "select": {"dataset": ["example"], "split": ["train", "val"]}},
+             "anywhere": {"roi": "liver"}}
+    volumes = {**base.get("volumes", {}), "enabled": True, "downstream": {"tasks": tasks}}
+    study = _study(volumes=volumes)
+    assert study.tumour_tasks() == ["here", "anywhere"]  # msd_liver is not a dataset of the study
+    assert study.volume_condition_set("downstream-here") == {"split": ["train"], "dataset": ["example"]}
+    assert study.tumour_inputs("here", "real") == {}
+    run = study.volumes["run"]
+    assert study.tumour_inputs("here", "real_synth") == {
+        "synthetic": f"{study.results}/volumes/samples/{run}/downstream-here.safetensors",
+        "synthetic_index": f"{study.results}/volumes/samples/{run}/downstream-here.csv"}
+    assert set(study.tumour_records()) == {"here/real", "here/real_synth", "anywhere/real", "anywhere/real_synth"}
+    constraints = study.wildcard_constraints(["example"])
+    assert re.fullmatch(constraints["conditions"], "downstream-here")
+    assert re.fullmatch(constraints["task"], "anywhere") and not re.fullmatch(constraints["task"], "liver_tumor")
+    from medsynth.tables.registry import table_input_files
+
+    assert set(table_input_files("maisi_downstream", study)) == set(study.tumour_records())
+    assert _study().tumour_tasks() == []  # a 2D study has none

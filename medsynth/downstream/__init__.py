@@ -7,6 +7,9 @@ A MONAI segmentation network is trained on 2D slices in four settings (``real``,
 * :mod:`.model` - ``build_segmenter``, ``encoder_features`` (the self-trained MFID extractor),
   ``save_segmenter`` / ``load_segmenter``.
 * :mod:`.train` - ``SegmentationStep``, ``train_segmenter``, ``predict_masks``, ``evaluate_segmenter``.
+* :mod:`.volume_segmenter` - the 3D tumour segmenter of MAISI-v2's downstream study (config
+  ``volumes.downstream``): ``build_volume_segmenter``, ``VolumePatchStep``, ``train_volume_segmenter``,
+  ``predict_volumes``, ``case_dice``, ``save_volume_segmenter`` / ``load_volume_segmenter``.
 """
 
 from .data import (
@@ -37,6 +40,17 @@ from .train import (
     train_segmenter,
     train_settings,
 )
+from .volume_segmenter import (
+    VolumePatchStep,
+    build_volume_segmenter,
+    case_dice,
+    load_volume_segmenter,
+    patch_shape,
+    predict_volumes,
+    save_volume_segmenter,
+    train_volume_segmenter,
+    volume_downstream_settings,
+)
 
 __all__ = [
     "DEFAULT_AUGMENTATION",
@@ -46,23 +60,32 @@ __all__ = [
     "SETTINGS",
     "SegmentationData",
     "SegmentationStep",
+    "VolumePatchStep",
     "apply_augmentation",
     "augmentation",
     "build_segmenter",
+    "build_volume_segmenter",
+    "case_dice",
     "compose_setting",
     "encoder_features",
     "encoder_module",
     "evaluate_segmenter",
     "load_segmenter",
+    "load_volume_segmenter",
     "metrics_from_masks",
+    "patch_shape",
     "predict_masks",
+    "predict_volumes",
     "save_segmenter",
+    "save_volume_segmenter",
     "segmenter_config",
     "setting_augments",
     "train_config",
     "train_segmenter",
     "train_settings",
+    "train_volume_segmenter",
     "unet_bottom",
+    "volume_downstream_settings",
 ]
 
 

@@ -32,12 +32,17 @@
   means; ``fd_self`` is the unwindowed 2.5D FD (mean over the planes, each plane beside it); slices
   are resized to the extractor's input size; ``mask_fidelity`` re-segments the volumes axial slice by
   axial slice and scores them in 3D.
+* :func:`run_volume_downstream` (rule ``volume_downstream``, :mod:`.volume_downstream`): MAISI-v2's downstream
+  tumour segmentation on the 3D path: per task (tumour type) a 3D SegResNet trained on the task's real
+  training volumes (``real``) or on them plus the volumes generated from their masks (``real_synth``),
+  scored by the ROI's per-case Dice on the task's real test volumes, with intervals over the test patients.
 """
 
 from .downstream_run import meddiff_filter, run_downstream
 from .extractor import SELF_EXTRACTOR, SegmenterEncoder, extractor_input_size
 from .records import pixel_spacing, voxel_spacing
 from .runs import RunFiles, RunSettings, evaluate_run
+from .volume_downstream import VOLUME_SETTINGS, run_volume_downstream
 from .volumes import evaluate_volume_run
 
 __all__ = [
@@ -45,11 +50,13 @@ __all__ = [
     "RunFiles",
     "RunSettings",
     "SegmenterEncoder",
+    "VOLUME_SETTINGS",
     "evaluate_run",
     "evaluate_volume_run",
     "extractor_input_size",
     "meddiff_filter",
     "pixel_spacing",
     "run_downstream",
+    "run_volume_downstream",
     "voxel_spacing",
 ]

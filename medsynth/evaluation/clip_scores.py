@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from medsynth.metrics.clip_scores import CTClipNetworks
+
 __all__ = ["LABEL_PREFIX", "PILLAR0_STATUS", "REPORT_COLUMNS", "abnormality_labels", "ct_clip_reports",
            "volume_clip_scores"]
 
@@ -78,17 +80,19 @@ def abnormality_labels(table: pd.DataFrame, pathologies: Sequence[str] | None = 
     return values.to_numpy().astype(int)
 
 
-def _text_side_error(checkpoint, tokenizer) -> str | None:
+def _text_side_error(networks: CTClipNetworks) -> str | None:
     """Why CT-CLIP's text encoder does not load from an existing checkpoint and tokenizer folder (e.g. a
     tokenizer of another vocabulary than the checkpoint's), as an "unavailable" status; ``None`` when it loads
-    or when :func:`~medsynth.metrics.ct_clip_text.text_encoder_status` already says why not."""
+    (kept in ``networks`` for the scores) or when :func:`~medsynth.metrics.ct_clip_text.text_encoder_status`
+    already says why not."""
     from medsynth.metrics.clip_weights import CheckpointLayoutError
-    from medsynth.metrics.ct_clip_text import load_ct_clip_text, text_encoder_status
+    from medsynth.metrics.ct_clip_text import text_encoder_status
 
+    checkpoint, tokenizer = networks.checkpoint, networks.tokenizer_dir
     if text_encoder_status(checkpoint, tokenizer) != "ok":
         return None
     try:
-        load_ct_clip_text(checkpoint, tokenizer)
+        networks.text()
     except (CheckpointLayoutError, ValueError, KeyError, OSError) as err:
         return (f"unavailable: CT-CLIP's text encoder does not load with this tokenizer ({KEY} = {checkpoint}, "
                 f"{TOKENIZER_KEY} = {tokenizer}: {type(err).__name__}: {err})")
@@ -108,7 +112,10 @@ def volume_clip_scores(metrics_cfg: Mapping, table: pd.DataFrame, real: torch.Te
                        batch_size: int = 2) -> dict:
     """``{"ct_clip": {t2i, i2i, zero_shot, real: {t2i, zero_shot}, n_reports}, "pillar0": {status}}`` for the
     ``[N, 1, X, Y, Z]`` model-unit ``real`` / ``fake`` volumes (row i: the same conditions) and ``table``, the
-    training-set index rows of the real volumes (module docstring)."""
+    training-set index rows of the real volumes (module docstring).
+
+    CT-CLIP's networks are loaded once each and the real volumes embedded once (their I2I side and the Real
+    rows); the numbers are those of separate :func:`~medsynth.metrics.clip_scores.ct_clip_scores` calls."""
     from medsynth.metrics.clip_scores import ct_clip_scores
 
     checkpoint = metrics_cfg.get("ct_clip_pretrained_path")
@@ -122,18 +129,23 @@ def volume_clip_scores(metrics_cfg: Mapping, table: pd.DataFrame, real: torch.Te
            "zero_shot": not_ct or (labels if isinstance(labels, str) else None)}
     texts = None if isinstance(reports, str) else reports
     label_arr = None if isinstance(labels, str) else labels
-    broken = _text_side_error(checkpoint, tokenizer) if not_ct is None and (texts or label_arr is not None) else None
+    networks = CTClipNetworks(checkpoint, tokenizer, device)  # each side loaded once, on first use
+    broken = _text_side_error(networks) if not_ct is None and (texts or label_arr is not None) else None
     if broken:  # I2I still measured; T2I and zero-shot say why (unless the data already does)
         texts, label_arr = None, None
         why = {k: (v or (broken if k != "i2i" else None)) for k, v in why.items()}
     has = [] if texts is None else [i for i, t in enumerate(texts) if t]
     common = dict(hu_range=hu_range, spacing=spacing, batch_size=batch_size, device=device, key=KEY,
-                  tokenizer_key=TOKENIZER_KEY)
+                  tokenizer_key=TOKENIZER_KEY, networks=networks)
     full = texts is not None and len(has) == len(texts)  # every volume has a report: one pass gives T2I too
     # without HU (not CT) ct_clip_scores loads nothing: every entry says why
-    gen = ct_clip_scores(checkpoint, tokenizer, fake, texts if full else None, real=real, labels=label_arr, **common)
-    ref = ct_clip_scores(checkpoint, tokenizer, real, texts if full else None, labels=label_arr, **common)
-    if not_ct is None and texts is not None and not full:  # T2I over the volumes that have a report
+    gen, embedded = ct_clip_scores(checkpoint, tokenizer, fake, texts if full else None, real=real,
+                                   labels=label_arr, return_embeddings=True, **common)
+    ref = ct_clip_scores(checkpoint, tokenizer, real, texts if full else None, labels=label_arr,
+                         image_emb=embedded["real"], **common)  # the real volumes as embedded for I2I
+    # T2I over the volumes that have a report: embedded in batches of their own, as a call on them alone does
+    # (other batch mates than in the full set's batches could change the last bits of an embedding)
+    if not_ct is None and texts is not None and not full:
         sub = torch.as_tensor(np.asarray(has))
         gen["t2i"] = ct_clip_scores(checkpoint, tokenizer, torch.as_tensor(fake)[sub], [texts[i] for i in has],
                                     **common)["t2i"]

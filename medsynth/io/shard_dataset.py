@@ -23,20 +23,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from medsynth.io.trainsets import select_rows, shard_indexes, to_condition_values
+from medsynth.io.trainsets import read_stored_rows, select_rows, shard_indexes, to_condition_values
 
 __all__ = ["ShardDataset"]
 
 #: bytes one streamed read (the mask pass, :meth:`ShardDataset.blocks`) holds at most, unless one sample is larger
 READ_BYTES = 64 * 2**20
 OPEN_FILES = 32  # safetensors handles kept open (least recently used closed first)
-
-
-def _runs(samples: np.ndarray) -> Iterator[tuple[int, int]]:
-    """``(start, stop)`` of the runs of consecutive values of the sorted unique ``samples``."""
-    breaks = np.flatnonzero(np.diff(samples) != 1) + 1
-    for run in np.split(samples, breaks):
-        yield int(run[0]), int(run[-1]) + 1
 
 
 class ShardDataset(torch.utils.data.Dataset):
@@ -88,11 +81,8 @@ class ShardDataset(torch.utils.data.Dataset):
 
     def _read(self, file: int, key: str, samples: np.ndarray) -> np.ndarray:
         """Stored ``key`` rows ``samples`` (any order, repeats allowed) of shard ``file``, as stored (one read
-        per run of consecutive samples)."""
-        view = self._file_handle(self.paths[file]).get_slice(key)
-        unique = np.unique(samples)
-        stored = np.concatenate([view[start:stop] for start, stop in _runs(unique)])
-        return stored[np.searchsorted(unique, samples)]
+        per run of consecutive samples, :func:`~medsynth.io.trainsets.read_stored_rows`)."""
+        return read_stored_rows(self._file_handle(self.paths[file]).get_slice(key), samples)
 
     def _rows_per_read(self, key: str) -> int:
         """Samples of ``key`` one streamed read takes (:attr:`read_bytes`; at least one)."""

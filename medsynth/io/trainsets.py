@@ -10,17 +10,22 @@ readers map them to the models' values [-0.5, 0.5] with :func:`to_condition_valu
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 from medsynth.fsutil import atomic_path, write_csv_atomic
 
-__all__ = ["iter_slices", "load_rows", "load_shard", "load_slices", "read_index", "select_rows", "shard_condition_names",
-           "shard_indexes", "to_condition_values", "write_shard"]
+__all__ = ["Slices", "consecutive_runs", "iter_slices", "join_slices", "load_rows", "load_shard", "load_slices",
+           "read_index", "read_stored_rows", "select_rows", "shard_condition_names", "shard_indexes",
+           "to_condition_values", "write_shard"]
+
+Slices = tuple[pd.DataFrame, np.ndarray, np.ndarray, list[str]]  # (index, images, masks, names): load_slices' result
 
 
 def to_condition_values(binary: np.ndarray) -> np.ndarray:
@@ -58,10 +63,36 @@ def load_shard(tensors_path: str | Path) -> dict[str, np.ndarray]:
     return {"image": data["image"].astype(np.float32), "masks": to_condition_values(data["masks"])}
 
 
+def consecutive_runs(samples: np.ndarray) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` of the runs of consecutive values of the sorted unique ``samples`` (none if empty)."""
+    if not len(samples):
+        return
+    breaks = np.flatnonzero(np.diff(samples) != 1) + 1
+    for run in np.split(samples, breaks):
+        yield int(run[0]), int(run[-1]) + 1
+
+
+def read_stored_rows(view: Any, samples: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Rows ``samples`` (any order, repeats allowed, numpy's negative positions) of a shard tensor ``view``
+    (``safe_open(path, framework="np").get_slice(name)``), as stored (dtype of the file): one read per run of
+    consecutive samples, no other row read; bit for bit ``load_file(path)[name][samples]``."""
+    samples = np.asarray(samples, dtype=np.int64).reshape(-1)
+    n = int(view.get_shape()[0])
+    if len(samples) and (samples.min() < -n or samples.max() >= n):
+        raise IndexError(f"sample rows {samples.min()}..{samples.max()} out of range for {n} stored rows")
+    samples = np.where(samples < 0, samples + n, samples)
+    unique = np.unique(samples)
+    runs = list(consecutive_runs(unique))
+    if not runs:
+        return view[0:0]
+    stored = view[runs[0][0]:runs[0][1]] if len(runs) == 1 else np.concatenate([view[a:b] for a, b in runs])
+    if len(unique) == len(samples) and np.array_equal(unique, samples):
+        return stored  # sorted, no repeats: the rows as read
+    return stored[np.searchsorted(unique, samples)]
+
+
 def shard_condition_names(tensors_path: str | Path) -> list[str]:
     """Condition-channel names stored in a shard's safetensors metadata."""
-    from safetensors import safe_open
-
     with safe_open(str(tensors_path), framework="np") as fh:
         raw = fh.metadata() or {}
     if "medsynth" in raw:
@@ -89,16 +120,18 @@ def shard_indexes(shards: Sequence[str | Path]) -> Iterator[tuple[str, pd.DataFr
 def iter_slices(shards: Sequence[str | Path], select: Mapping[str, Sequence] | None = None
                 ) -> Iterator[tuple[pd.DataFrame, np.ndarray, np.ndarray, list[str]]]:
     """The samples of the shards kept by ``select`` (:func:`select_rows`), one shard at a time (in path order;
-    shards with nothing selected are skipped), so that a consumer holds one shard's images at once:
+    shards with nothing selected are skipped; only the selected rows read, :func:`read_stored_rows`), so that a
+    consumer holds one shard's selected images at once:
     ``(index, images, masks, names)`` per shard, as :func:`load_slices` returns them for all."""
     for path, index, names in shard_indexes(shards):
         index = index.iloc[select_rows(index, select)]
         if not len(index):
             continue
-        data = load_shard(path)
         samples = index["sample"].to_numpy()
-        yield (index.reset_index(drop=True).assign(shard=Path(path).stem), data["image"][samples],
-               data["masks"][samples], names)
+        with safe_open(path, framework="np") as fh:  # the selected rows only (load_shard's values, picked)
+            images = read_stored_rows(fh.get_slice("image"), samples).astype(np.float32)
+            masks = to_condition_values(read_stored_rows(fh.get_slice("masks"), samples))
+        yield index.reset_index(drop=True).assign(shard=Path(path).stem), images, masks, names
 
 
 def read_index(shards: Sequence[str | Path]) -> pd.DataFrame:
@@ -114,10 +147,11 @@ def read_index(shards: Sequence[str | Path]) -> pd.DataFrame:
 def load_rows(shards: Sequence[str | Path], positions: Sequence[int] | np.ndarray, index: pd.DataFrame | None = None
               ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, list[str]]:
     """The samples at ``positions`` (rows of :func:`read_index`, in any order, repeats allowed), reading only
-    the shards that hold them, one at a time: ``load_slices(shards)`` with ``index.iloc[positions]``,
-    ``images[positions]``, ``masks[positions]`` picked, without holding the other samples (the index rows keep
-    their labels, the positions). ``index``: :func:`read_index` of ``shards`` when the caller has it already.
-    Shards are told apart by their stem (the ``shard`` column), which must be unique among those read."""
+    their rows (:func:`read_stored_rows`) of the shards that hold them, one shard at a time: ``load_slices(shards)``
+    with ``index.iloc[positions]``, ``images[positions]``, ``masks[positions]`` picked, without reading the other
+    samples (the index rows keep their labels, the positions). ``index``: :func:`read_index` of ``shards`` when
+    the caller has it already. Shards are told apart by their stem (the ``shard`` column), which must be unique
+    among those read."""
     index = read_index(shards) if index is None else index
     rows = index.iloc[np.asarray(positions, dtype=np.int64).reshape(-1)]
     paths: dict[str, list[str]] = {}
@@ -131,16 +165,14 @@ def load_rows(shards: Sequence[str | Path], positions: Sequence[int] | np.ndarra
             raise ValueError(f"training-set shard {stem!r}: {len(paths.get(stem, []))} files of that stem in "
                              f"{list(shards)}")
         where = np.flatnonzero(shard_of == stem)
-        data = load_file(paths[stem][0])
-        image = data["image"][samples[where]].astype(np.float32)
-        mask = to_condition_values(data["masks"][samples[where]])
+        with safe_open(paths[stem][0], framework="np") as fh:
+            image = read_stored_rows(fh.get_slice("image"), samples[where]).astype(np.float32)
+            mask = to_condition_values(read_stored_rows(fh.get_slice("masks"), samples[where]))
         if images is None:
             images = np.empty((len(rows), *image.shape[1:]), np.float32)
             masks = np.empty((len(rows), *mask.shape[1:]), np.float32)
         images[where], masks[where] = image, mask
     if images is None:  # nothing asked for: empty arrays of the shards' sample shape
-        from safetensors import safe_open
-
         with safe_open(paths[first][0], framework="np") as fh:
             shapes = {k: fh.get_slice(k).get_shape() for k in ("image", "masks")}
         images = np.zeros((0, *shapes["image"][1:]), np.float32)
@@ -156,9 +188,18 @@ def load_slices(shards: Sequence[str | Path], select: Mapping[str, Sequence] | N
     Returns ``(index, images (N, 1, *spatial) in [-1, 1], masks (N, C, *spatial) in [-0.5, 0.5], names)``;
     ``spatial`` is ``(H, W)`` for slice shards and ``(X, Y, Z)`` for volume shards (``slice = -1``).
     """
-    parts = list(iter_slices(shards, select))
-    if not parts:
+    loaded = join_slices(iter_slices(shards, select))
+    if loaded is None:
         raise ValueError("no slices in the training-set shards" + (f" kept by select {dict(select)}" if select else ""))
+    return loaded
+
+
+def join_slices(parts: Iterable[Slices]) -> Slices | None:
+    """:func:`iter_slices`' per-shard parts joined as :func:`load_slices` returns them (index rows renumbered,
+    arrays concatenated, the first part's names), or ``None`` when there are no parts (no error)."""
+    parts = list(parts)
+    if not parts:
+        return None
     return (pd.concat([p[0] for p in parts], ignore_index=True), np.concatenate([p[1] for p in parts]),
             np.concatenate([p[2] for p in parts]), parts[0][3])
 

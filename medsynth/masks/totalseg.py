@@ -7,7 +7,10 @@ live in one directory, taken from the ``weights_dir`` argument (config key
 else ``~/.totalsegmentator/nnunet/results``. Before anything runs, every model the request needs
 (the task's model, plus the 6 mm ``total`` model that ``roi_subset`` uses to crop) is checked down to
 ``fold_*/checkpoint_final.pth``; a missing one raises ``WeightsUnavailable`` instead of letting
-TotalSegmentator download it from its GitHub release.
+TotalSegmentator download it from its GitHub release. A results folder may also sit one level down, in a
+folder of its own name (``Dataset315_thoraxCT/Dataset315_thoraxCT/...``: a release zip, which holds its
+folder at the top, unpacked into a folder named after the zip, as the weights rule does); TotalSegmentator
+then reads a private folder of links to each model (:func:`linked_results`).
 
 Usage statistics: TotalSegmentator posts a record of every run to stats.totalsegmentator.com
 unless ``send_usage_stats`` is false in ``config.json`` of its home directory (there is no
@@ -158,13 +161,14 @@ class TotalSegmentatorSegmenter:
         return _required_models(self.task, self.fast, self.roi_subset)
 
     def check_weights(self) -> Path:
-        """The weights directory, after checking every required file is in it (else ``WeightsUnavailable``)."""
+        """The weights directory, after checking every required file is in it, directly or one level down
+        (:func:`model_root`; else ``WeightsUnavailable``)."""
         weights_dir = self.resolved_weights_dir()
         missing: list[Path] = []
         missing_models: list[ModelFolder] = []
         for model in self.required_models():
             absent = [p for p in model.required_files(weights_dir) if not p.is_file()]
-            if absent:
+            if absent and model_root(weights_dir, model) is None:
                 missing += absent
                 missing_models.append(model)
         if missing:
@@ -198,7 +202,7 @@ class TotalSegmentatorSegmenter:
             raise ValueError(f"expected a 3D image, got shape {image.shape}")
         weights_dir = self.check_weights()
 
-        with _offline_totalseg_env(weights_dir):
+        with linked_results(weights_dir, self.required_models()) as results, _offline_totalseg_env(results):
             import totalsegmentator.python_api as api
 
             api.send_usage_stats = _no_usage_stats  # second guard; config.json already says false
@@ -227,6 +231,32 @@ class TotalSegmentatorSegmenter:
 
 def _no_usage_stats(*args, **kwargs) -> None:
     return None
+
+
+def model_root(weights_dir: Path, model: ModelFolder) -> Path | None:
+    """The folder that holds ``model``'s results folder complete: ``weights_dir`` itself, or
+    ``weights_dir/<results folder>`` (a release zip unpacked into a folder of its own name); None: neither."""
+    for root in (weights_dir, weights_dir / model.dataset_folder()):
+        if all(p.is_file() for p in model.required_files(root)):
+            return root
+    return None
+
+
+@contextlib.contextmanager
+def linked_results(weights_dir: Path, models: list[ModelFolder]):
+    """A results folder where every model of ``models`` sits at the top: ``weights_dir`` when they all do,
+    else a private temporary folder of links to each one (the nested ones one level down)."""
+    roots = {model: model_root(weights_dir, model) or weights_dir for model in models}
+    if all(root == weights_dir for root in roots.values()):
+        yield weights_dir
+        return
+    with tempfile.TemporaryDirectory(prefix="medsynth_totalseg_results_") as tmp:
+        for model, root in roots.items():
+            link = Path(tmp) / model.dataset_folder()
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.exists():
+                link.symlink_to((root / model.dataset_folder()).resolve(), target_is_directory=True)
+        yield Path(tmp)
 
 
 def _required_models(task: str, fast: bool, roi_subset: list[str] | None) -> list[ModelFolder]:

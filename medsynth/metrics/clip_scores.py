@@ -27,13 +27,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CT_RATE_ABNORMALITIES", "classification_metrics", "clip_score_i2i", "clip_score_t2i",
+__all__ = ["CT_RATE_ABNORMALITIES", "CTClipNetworks", "classification_metrics", "clip_score_i2i", "clip_score_t2i",
            "ct_clip_scores", "ct_clip_threshold", "zero_shot_classification", "zero_shot_probabilities",
            "zero_shot_prompts"]
 
@@ -169,13 +169,55 @@ def zero_shot_classification(image_emb: torch.Tensor | np.ndarray, text_encoder:
     return {**classification_metrics(probs, labels, pathologies, threshold), "probabilities": probs}
 
 
+class CTClipNetworks:
+    """CT-CLIP's image and text sides of one checkpoint (and tokenizer folder), each loaded on first use, once,
+    and moved to ``device``: several :func:`ct_clip_scores` calls given the same instance load them once."""
+
+    def __init__(self, checkpoint: str | Path | None, tokenizer_dir: str | Path | None,
+                 device: torch.device | str = "cpu"):
+        self.checkpoint, self.tokenizer_dir, self.device = checkpoint, tokenizer_dir, device
+        self._image: torch.nn.Module | None = None
+        self._text: Any = None
+
+    def image(self) -> torch.nn.Module:
+        """The image encoder (:func:`~medsynth.metrics.ct_clip.load_ct_clip`) on :attr:`device`."""
+        if self._image is None:
+            from medsynth.metrics.ct_clip import load_ct_clip
+
+            self._image = load_ct_clip(self.checkpoint).to(self.device)
+        return self._image
+
+    def text(self) -> Any:
+        """The text encoder (:func:`~medsynth.metrics.ct_clip_text.load_ct_clip_text`) on :attr:`device`; its
+        loading errors propagate (and it is tried again on the next call)."""
+        if self._text is None:
+            from medsynth.metrics.ct_clip_text import load_ct_clip_text
+
+            self._text = load_ct_clip_text(self.checkpoint, self.tokenizer_dir).to(self.device)
+        return self._text
+
+    def embed(self, volumes: torch.Tensor | np.ndarray, hu_range: Sequence[float],
+              spacing: Sequence[float] | None = None, batch_size: int = 2) -> torch.Tensor:
+        """``[N, D]`` float32 CPU image embeddings of ``[N, 1, X, Y, Z]`` model-unit ``volumes`` (mapped to HU
+        by ``hu_range``), ``batch_size`` volumes at a time in order."""
+        net, lo, hi = self.image(), float(hu_range[0]), float(hu_range[1])
+        vols, feats = torch.as_tensor(volumes), []
+        for i in range(0, len(vols), int(batch_size)):
+            hu = (vols[i:i + int(batch_size)].float() + 1.0) / 2.0 * (hi - lo) + lo
+            with torch.no_grad():
+                feats.append((net(hu, tuple(spacing)) if spacing else net(hu)).float().cpu())
+        return torch.cat(feats)
+
+
 def ct_clip_scores(checkpoint: str | Path | None, tokenizer_dir: str | Path | None,
                    volumes: torch.Tensor | np.ndarray, reports: Sequence[str] | None = None,
                    real: torch.Tensor | np.ndarray | None = None, labels=None,
                    hu_range: Sequence[float] | None = (-1024.0, 1024.0), spacing: Sequence[float] | None = None,
                    batch_size: int = 2, device: torch.device | str = "cpu", clip_at_zero: bool = True,
                    key: str = "metrics.ct_clip_pretrained_path",
-                   tokenizer_key: str = "metrics.ct_clip_tokenizer_path") -> dict:
+                   tokenizer_key: str = "metrics.ct_clip_tokenizer_path", networks: CTClipNetworks | None = None,
+                   image_emb: torch.Tensor | None = None, real_emb: torch.Tensor | None = None,
+                   return_embeddings: bool = False) -> dict | tuple[dict, dict]:
     """Table 2 (CT-CLIP columns) and Table 3 entries for ``[N, 1, X, Y, Z]`` model-unit CT ``volumes``.
 
     ``reports`` (row i: the report of volume i) give T2I, ``real`` (row i: the real volume of that report)
@@ -183,9 +225,14 @@ def ct_clip_scores(checkpoint: str | Path | None, tokenizer_dir: str | Path | No
     the real volumes as ``volumes``. Each entry has ``status``: "ok", "unavailable: <reason>" (no checkpoint /
     tokenizer) or "not applicable: <reason>"; values are ``None`` unless "ok". ``labels`` columns follow
     :data:`CT_RATE_ABNORMALITIES` (or a table with those columns).
+
+    ``networks``: the :class:`CTClipNetworks` of ``checkpoint`` / ``tokenizer_dir`` to use (loaded once across
+    calls; by default loaded here, on ``device``). ``image_emb`` / ``real_emb``: the embeddings of ``volumes`` /
+    ``real`` (:meth:`CTClipNetworks.embed` with this ``hu_range``, ``spacing``, ``batch_size``) when the caller
+    has them: they are not embedded again. ``return_embeddings``: also return ``{"volumes": ..., "real": ...}``,
+    the embeddings used (``None`` where not needed).
     """
-    from medsynth.metrics.ct_clip import load_ct_clip
-    from medsynth.metrics.ct_clip_text import load_ct_clip_text, text_encoder_status
+    from medsynth.metrics.ct_clip_text import text_encoder_status
 
     base = {"value": None, "extractor": "CT-CLIP (CT-CLIP_v2.pt)"}
     out = {"t2i": dict(base), "i2i": dict(base), "zero_shot": {**dict.fromkeys(METRICS), **base}}
@@ -205,27 +252,20 @@ def ct_clip_scores(checkpoint: str | Path | None, tokenizer_dir: str | Path | No
             status = f"not applicable: {needs[name]}"
         entry["status"] = status
     if all(e["status"] != "ok" for e in out.values()):
-        return out
-    net = load_ct_clip(checkpoint).to(device)
-    lo, hi = float(hu_range[0]), float(hu_range[1])
-
-    def embed(vols) -> torch.Tensor:
-        vols, feats = torch.as_tensor(vols), []
-        for i in range(0, len(vols), int(batch_size)):
-            hu = (vols[i:i + int(batch_size)].float() + 1.0) / 2.0 * (hi - lo) + lo
-            with torch.no_grad():
-                feats.append((net(hu, tuple(spacing)) if spacing else net(hu)).float().cpu())
-        return torch.cat(feats)
-
-    image = embed(volumes)
+        return (out, {"volumes": None, "real": None}) if return_embeddings else out
+    nets = networks if networks is not None else CTClipNetworks(checkpoint, tokenizer_dir, device)
+    image = image_emb if image_emb is not None else nets.embed(volumes, hu_range, spacing, batch_size)
     if out["i2i"]["status"] == "ok":
-        out["i2i"].update(value=clip_score_i2i(image, embed(real), clip_at_zero), n=len(image))
+        real_emb = real_emb if real_emb is not None else nets.embed(real, hu_range, spacing, batch_size)
+        out["i2i"].update(value=clip_score_i2i(image, real_emb, clip_at_zero), n=len(image))
     if out["t2i"]["status"] == "ok" or out["zero_shot"]["status"] == "ok":
-        text_net = load_ct_clip_text(checkpoint, tokenizer_dir).to(device)
+        text_net = nets.text()
         if out["t2i"]["status"] == "ok":
             text = text_net.encode(list(reports)).float().cpu()
             out["t2i"].update(value=clip_score_t2i(image, text, clip_at_zero), n=len(image))
         if out["zero_shot"]["status"] == "ok":
             res = zero_shot_classification(image, text_net, CT_RATE_ABNORMALITIES, labels)
             out["zero_shot"].update({k: v for k, v in res.items() if k != "probabilities"}, n=len(image))
+    if return_embeddings:
+        return out, {"volumes": image, "real": real_emb if out["i2i"]["status"] == "ok" else None}
     return out

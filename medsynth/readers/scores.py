@@ -2,8 +2,11 @@
 
 * Visual Turing test (ViCTr): per reader, accuracy of real / synthetic with its exact (Clopper-Pearson)
   binomial interval, sensitivity (synthetic cases called synthetic) and specificity (real cases called real).
-* Match (MedSyn2 Tables 4 and 8): per reader and per kind of case (real / synthetic), how many cases match,
+* Match (MedSyn2 Table 4): per reader and per kind of case (real / synthetic), how many cases match,
   partially match or do not match the report and mask they were conditioned on.
+* Match by pathology (MedSyn2 Table 8): the same counts per reader x kind of case x pathology the case was
+  drawn for (a kit drawn per pathology, config ``readers.pathologies``), in the columns of
+  config/paper_reported/medsyn2_table8.csv.
 * Agreement: Cohen's kappa between every two readers on the cases both answered, per question.
 
 Without answer files every table is one row saying "no reader answers yet".
@@ -22,10 +25,13 @@ from medsynth.readers.answers import read_answers
 from medsynth.readers.page import MATCH_ANSWERS, TURING_ANSWERS
 from medsynth.tables.render import Measured, write_table
 
-__all__ = ["NO_ANSWERS", "TABLES", "clopper_pearson", "cohen_kappa", "turing_table", "match_table",
-           "agreement_table", "score_answers"]
+__all__ = ["NO_ANSWERS", "NOT_BY_PATHOLOGY", "TABLES", "clopper_pearson", "cohen_kappa", "turing_table",
+           "match_table", "match_by_pathology_table", "agreement_table", "score_answers"]
 
 NO_ANSWERS = "no reader answers yet"
+NOT_BY_PATHOLOGY = "kit not drawn per pathology (readers.pathologies is []): no pathology column in the key"
+#: answer -> column of the per-pathology table (the columns of config/paper_reported/medsyn2_table8.csv)
+MATCH_COLUMNS = {"match": "match", "partial match": "partial_match", "not match": "not_match"}
 ALL_READERS = "all readers (pooled)"
 #: output name -> (title, notes) of each table
 TABLES = {
@@ -35,8 +41,11 @@ TABLES = {
                        "of synthetic cases taken for real)",
                        f"{ALL_READERS}: every answer of every reader counted as one trial (readers share cases, so "
                        "its interval is too narrow)"]),
-    "match": ("Reader study: match of each case to its report and mask (MedSyn2 Tables 4 and 8)",
+    "match": ("Reader study: match of each case to its report and mask (MedSyn2 Table 4)",
               ["per reader and kind of case: cases answered match / partial match / not match; % of the answered"]),
+    "match_by_pathology": ("Reader study: match of each case to its report and mask per pathology (MedSyn2 Table 8)",
+                           ["per reader, kind of case (data) and pathology the case was drawn for: cases answered "
+                            "match / partial match / not match"]),
     "agreement": ("Reader study: agreement between readers (Cohen's kappa)",
                   ["cases: answered by both readers; observed: share of identical answers; kappa: unweighted "
                    "Cohen's kappa (1 = perfect, 0 = chance agreement)"]),
@@ -112,6 +121,28 @@ def match_table(answers: pd.DataFrame, key: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _pathology_counts(scored: pd.DataFrame, reader: str, truth: str, pathology: str) -> dict:
+    part = scored[(scored["reader_id"] == reader) & (scored["truth"] == truth) & (scored["pathology"] == pathology)]
+    return {"reader": reader, "data": truth, "pathology": pathology,
+            **{column: int((part["match"] == answer).sum()) for answer, column in MATCH_COLUMNS.items()}}
+
+
+def match_by_pathology_table(answers: pd.DataFrame, key: pd.DataFrame) -> pd.DataFrame:
+    """Rows: reader x kind of case (``data``: real, synthetic) x pathology (sorted); columns ``match``,
+    ``partial_match``, ``not_match`` (cases answered so). One row saying why when there are no answers or the
+    key has no ``pathology`` column (a kit not drawn per pathology)."""
+    if answers.empty:
+        return pd.DataFrame({"reader": [NO_ANSWERS]})
+    if "pathology" not in key or not (key["pathology"] != "").any():
+        return pd.DataFrame({"reader": [NOT_BY_PATHOLOGY]})
+    scored = answers.merge(key[["case_id", "truth", "pathology"]], on="case_id", how="left", validate="many_to_one")
+    scored = scored[scored["match"] != ""]
+    pathologies = sorted(set(key["pathology"]) - {""})
+    return pd.DataFrame([_pathology_counts(scored, reader, truth, pathology)
+                         for reader in sorted(set(answers["reader_id"])) for truth in TURING_ANSWERS
+                         for pathology in pathologies])
+
+
 def agreement_table(answers: pd.DataFrame) -> pd.DataFrame:
     """Cohen's kappa of every two readers, per question, on the cases both answered."""
     if answers.empty:
@@ -138,16 +169,18 @@ def agreement_table(answers: pd.DataFrame) -> pd.DataFrame:
 
 def score_answers(answer_files: Sequence[str | Path], key_path: str | Path, outputs: Mapping[str, tuple[str, str]],
                   level: float = 0.95, answers_folder: str = "") -> dict[str, pd.DataFrame]:
-    """Read the answer files, score them against ``key_path`` and write each table of :data:`TABLES`
-    (``outputs``: name -> (csv path, md path)). Returns the tables."""
+    """Read the answer files, score them against ``key_path`` and write the tables of :data:`TABLES` named in
+    ``outputs`` (name -> (csv path, md path)). Returns every table."""
     key = pd.read_csv(key_path, dtype=str, keep_default_na=False)
     answers = read_answers(answer_files, key)
     tables = {"visual_turing": turing_table(answers, key, level), "match": match_table(answers, key),
-              "agreement": agreement_table(answers)}
+              "match_by_pathology": match_by_pathology_table(answers, key), "agreement": agreement_table(answers)}
     source = (f"{len(answer_files)} answer files ({', '.join(sorted(Path(p).name for p in answer_files))})"
               if answer_files else f"no answer file yet in {answers_folder or 'the answers folder'}")
     kit = key["kit_id"].iloc[0] if len(key) else "?"
     for name, table in tables.items():
+        if name not in outputs:
+            continue
         title, notes = TABLES[name]
         read = f"kit {kit}: {len(key)} cases; read from {source}"
         write_table(table, *outputs[name], title, [read] if answers.empty else [*notes, read])

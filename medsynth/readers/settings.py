@@ -1,11 +1,12 @@
-"""What the ``readers`` config section means once the study is known: the model and run shown, the windows."""
+"""What the ``readers`` config section means once the study is known: the model and run shown, the windows,
+the pathology channels of a per-pathology draw."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["kit_source", "answers_folder", "kit_windows"]
+__all__ = ["kit_source", "answers_folder", "kit_windows", "pathology_channels"]
 
 
 def kit_source(readers: Mapping, models: Sequence[str], default_variants: Sequence[str],
@@ -32,3 +33,13 @@ def kit_windows(names: Sequence[str], windows: Mapping[str, Sequence[float]]) ->
     if not chosen:
         raise ValueError("the kit needs at least one CT window (intensity.windows is empty)")
     return {n: (float(windows[n][0]), float(windows[n][1])) for n in chosen}
+
+
+def pathology_channels(pathologies: Sequence[str], names: Sequence[str]) -> dict[str, int]:
+    """``readers.pathologies`` as pathology -> channel index in the generated set's condition channels ``names``
+    (in the config's order); an unknown name is an error naming the channels there are."""
+    unknown = [p for p in pathologies if p not in names]
+    if unknown:
+        raise ValueError(f"readers.pathologies {unknown} are not condition channels of the generated set "
+                         f"({', '.join(names)})")
+    return {str(p): list(names).index(p) for p in pathologies}

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from . import builders, medsyn2_clip
+from . import builders, maisi_downstream, medsyn2_clip
 from .builders import load_json
 
 if TYPE_CHECKING:  # the study object is only passed in
@@ -282,6 +282,19 @@ TABLES: dict[str, TableSpec] = {
          "The real slices' pass rate is the same check on the real test slices (the bounds' own fit)."),
         inputs=lambda s: {m: s.metrics_json(m) for m in s.tables["hu_qc_models"]},
         build=lambda loaded, inputs, p: builders.maisi_hu_qc(loaded, p["paper_dir"]),
+    ),
+    "maisi_downstream": TableSpec(
+        "MAISI-v2 downstream tumour segmentation - Dice with real vs real + generated volumes (3D path)",
+        ("Per tumour type (config volumes.downstream.tasks): a 3D SegResNet trained on the task's real training"
+         " volumes, or on them plus one volume generated from each one's masks; Dice of the ROI on the real"
+         " test volumes (mean over cases).",
+         "The 3D path's generator is MAISI's released rectified-flow UNet + ControlNet fine-tuned without the"
+         " contrastive loss: the paper's 'ControlNet only' row.",
+         "The paper's gains are Dice points over real only; 'paper gain' is its Dice minus its real-only Dice"
+         " (its printed gains differ from these by up to 0.1 point: rounding)."),
+        inputs=lambda s: s.tumour_records(),
+        build=lambda loaded, inputs, p: maisi_downstream.maisi_downstream(loaded, p["paper_dir"]),
+        enabled=lambda s: bool(s.tumour_tasks()),  # a study with tumour data (config volumes.downstream.tasks)
     ),
     "meddiff_ft": TableSpec(
         "MedDiff-FT - segmentation with synthetic data from generated masks, filtered",

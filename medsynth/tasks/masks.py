@@ -30,7 +30,7 @@ def masks_for_shard(registered_dir: str, out_dir: str, masks_cfg: dict) -> pd.Da
     registered = read_shard_table(registered_dir)
     specs = [ConditionSpec.from_config(c) for c in masks_cfg["conditions"]]
     return masks_shard(registered, out_dir, masks_cfg["segmenters"], masks_cfg["by_modality"], specs,
-                       unknown_labels=masks_cfg["unknown_labels"])
+                       unknown_labels=masks_cfg["unknown_labels"], by_dataset=masks_cfg["by_dataset"])
 
 
 def combine_quarantine(ingest_csv: str, registered_dirs: list[str], masks_dirs: list[str], out_csv: str) -> pd.DataFrame:

@@ -17,11 +17,12 @@ def reader_kit(job: Job) -> None:
 
 @task()
 def reader_scores(job: Job) -> None:
-    """Score the answer files against the key: Visual Turing, match and agreement tables."""
+    """Score the answer files against the key: Visual Turing, match (overall and per pathology) and agreement tables."""
     from medsynth.readers.scores import score_answers
 
     out = job.output
     score_answers(list(job.input.answers), job.input.key,
                   {"visual_turing": (out.turing, out.turing_md), "match": (out.match, out.match_md),
+                   "match_by_pathology": (out.match_by_pathology, out.match_by_pathology_md),
                    "agreement": (out.agreement, out.agreement_md)},
                   float(job.params.readers["level"]), job.params.answers)

@@ -33,7 +33,7 @@ import torch
 
 from medsynth.fsutil import write_csv_atomic
 from medsynth.io.shard_dataset import ShardDataset
-from medsynth.io.trainsets import iter_slices, load_slices
+from medsynth.io.trainsets import Slices, iter_slices, join_slices, load_slices
 from medsynth.launch import is_main_process, set_threads
 from medsynth.train.config import TrainOutputs
 from medsynth.train.seeding import derive_seed
@@ -75,9 +75,6 @@ def _mask_images(masks: np.ndarray) -> np.ndarray:
     return flat[(flat > 0).reshape(len(flat), -1).any(axis=1)]
 
 
-Slices = tuple[pd.DataFrame, np.ndarray, np.ndarray, list[str]]  # what load_slices returns
-
-
 def _streamed_images(shards: Sequence[str], split: str) -> Iterator[np.ndarray]:
     """The ``split`` samples' images, one shard at a time (:func:`iter_slices`); a ValueError if none."""
     empty = True
@@ -89,12 +86,11 @@ def _streamed_images(shards: Sequence[str], split: str) -> Iterator[np.ndarray]:
 
 
 def _eval_slices(shards: Sequence[str], split: str, train_split: str) -> Slices:
-    """The ``split`` samples (:func:`load_slices` with that select, read shard by shard), or with none the
-    ``train_split`` samples."""
-    parts = list(iter_slices(shards, {"split": [split]}))
-    if parts:  # load_slices(shards, {"split": [split]}), without its ValueError when the split is empty
-        return (pd.concat([p[0] for p in parts], ignore_index=True), np.concatenate([p[1] for p in parts]),
-                np.concatenate([p[2] for p in parts]), parts[0][3])
+    """The ``split`` samples (``load_slices(shards, {"split": [split]})``: :func:`join_slices` of the shards'
+    parts, only the selected rows read), or with none (no error) the ``train_split`` samples."""
+    loaded = join_slices(iter_slices(shards, {"split": [split]}))
+    if loaded is not None:
+        return loaded
     log.warning("no %s slices: reconstruction metrics on the training slices", split)
     return load_slices(shards, {"split": [train_split]})
 
