@@ -14,7 +14,7 @@ VENV=${MEDSYNTH_VENV:-.venv}
 
 want=$(cat requirements/torch.txt requirements/lock.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 stamp="$VENV/.medsynth-install.sha256"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$VENV/bin/python" -c 'import medsynth' 2>/dev/null; then
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$VENV/bin/python" -I -c 'import medsynth' 2>/dev/null; then  # -I: not from the current folder
   echo "install.sh: $VENV is up to date"
   "$VENV/bin/medsynth" profiles   # `snakemake --profile slurm` / `--profile local` from any folder
   exit 0
