@@ -258,8 +258,11 @@ def test_the_real_claims_name_models_runs_and_settings_of_the_study():
     runs = {config["sampling"]["default_run"], *config["sampling"]["steps_runs"],
             *(r["run"] for r in config["tables"]["maisi_main"]),
             *(r["run"] for r in config["tables"]["victr_t4"] if "run" in r)}
+    maisi = yaml.safe_load((ROOT / "config" / "studies" / "maisi_v2.yaml").read_text())
     for ref in record_refs(load_claims(CLAIMS)):
-        if ref.setting is not None:
+        if ref.task is not None:  # a tumour task of MAISI-v2's study (the embedded study has none)
+            assert ref.task in maisi["volumes"]["downstream"]["tasks"] and ref.setting in ("real", "real_synth"), ref
+        elif ref.setting is not None:
             assert ref.setting in config["downstream"]["settings"], ref
         else:
             assert ref.model in models and (ref.run is None or ref.run in runs), ref
@@ -270,7 +273,7 @@ def test_the_real_claims_table_from_paired_records():
     rng = np.random.default_rng(1)
     records = {}
     for i, ref in enumerate(record_refs(claims)):
-        metrics = ("mdsc", "mhd95") if ref.setting else ("fd_self", "fid", "dice", "dice/liver")
+        metrics = ("dice",) if ref.task else ("mdsc", "mhd95") if ref.setting else ("fd_self", "fid", "dice", "dice/liver")
         values = {m: 1.0 + 0.1 * i for m in metrics}
         reps = {m: list(v + rng.normal(0.0, 0.01, 50)) for m, v in values.items()}
         records[ref.key] = _record({**values, "seconds_per_sample": 0.1 + i}, reps)
@@ -305,3 +308,17 @@ def test_a_claim_names_a_model_by_its_role_in_the_study():
     claims = load_claims(CLAIMS)  # roles from the schema's defaults: victr
     combined = next(c for c in claims.claims if c.id == "medsyn2_combined_beats_real")
     assert combined.reproduced.a.setting == "real_synth-victr"
+
+
+def test_a_tumour_task_record_has_its_own_key_and_path_and_only_real_or_real_synth():
+    claim = _one(reproduced={"metric": "dice", "a": {"task": "liver_tumor", "setting": "real_synth"},
+                             "b": {"task": "liver_tumor", "setting": "real"}})
+    a, b = claim.reproduced.a, claim.reproduced.b
+    assert (a.key, b.key) == ("volumes/downstream/liver_tumor/real_synth", "volumes/downstream/liver_tumor/real")
+    assert a.describe() == "tumour task liver_tumor real_synth"
+    paths = record_paths([claim], lambda m, r: "", lambda s: f"downstream/{s}", lambda t, s: f"v/{t}/{s}.json")
+    assert paths == {a.key: "v/liver_tumor/real_synth.json", b.key: "v/liver_tumor/real.json"}
+    assert set(record_paths([claim], lambda m, r: "", lambda s: "").values()) == {""}  # no tumour path: absent
+    with pytest.raises(ClaimsError, match="real or real_synth"):
+        _one(reproduced={"metric": "dice", "a": {"task": "liver_tumor", "setting": "real_aug"},
+                         "b": {"task": "liver_tumor", "setting": "real"}})

@@ -1,7 +1,8 @@
 """The study's records a set of claims reads, and one metric's estimate taken out of a record.
 
-A record is a metrics file (``results/<study>/metrics/<model>/<run>.json``) or a downstream evaluation
-(``results/<study>/downstream/<setting>/evaluation.json``), both with
+A record is a metrics file (``results/<study>/metrics/<model>/<run>.json``), a downstream evaluation
+(``results/<study>/downstream/<setting>/evaluation.json``) or a tumour task's evaluation
+(``results/<study>/volumes/downstream/<task>/<setting>/evaluation.json``), all with
 
 - ``estimates``: ``{metric: {"value", "low", "high"}}``;
 - ``bootstrap``: ``{"resamples", "level", "seed", "unit", "n_units", "units_digest",
@@ -30,12 +31,19 @@ def record_refs(claims: Iterable[Claim]) -> list[RecordRef]:
 
 
 def record_paths(claims: Iterable[Claim], metrics_path: Callable[[str, str | None], str],
-                 downstream_path: Callable[[str], str]) -> dict[str, str]:
+                 downstream_path: Callable[[str], str],
+                 tumour_path: Callable[[str, str], str] = lambda task, setting: "") -> dict[str, str]:
     """``{record key: file}`` of every record the claims need, e.g. for a Snakemake input function with
-    ``metrics_path=study.metrics_json`` (``run=None``: the default run) and
-    ``downstream_path=study.downstream_json``."""
-    return {ref.key: downstream_path(ref.setting) if ref.setting is not None else metrics_path(ref.model, ref.run)
-            for ref in record_refs(claims)}
+    ``metrics_path=study.metrics_json`` (``run=None``: the default run), ``downstream_path=study.downstream_json``
+    and ``tumour_path=study.tumour_json`` (an empty path: a record the study does not produce)."""
+    def path(ref: RecordRef) -> str:
+        if ref.task is not None:
+            return tumour_path(ref.task, ref.setting)
+        if ref.setting is not None:
+            return downstream_path(ref.setting)
+        return metrics_path(ref.model, ref.run)
+
+    return {ref.key: path(ref) for ref in record_refs(claims)}
 
 
 def load_records(paths: Mapping[str, str | Path]) -> dict[str, dict]:

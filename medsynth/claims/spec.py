@@ -35,17 +35,23 @@ class RecordRef:
     model: str | None = None
     run: str | None = None
     setting: str | None = None
+    #: a tumour task of the 3D path's downstream study (``volumes.downstream.tasks``; ``setting``: real | real_synth)
+    task: str | None = None
 
     @property
     def key(self) -> str:
         """The record's name in the ``records`` mapping (``metrics/victr``, ``metrics/victr/tweedie-4``,
-        ``downstream/real``)."""
+        ``downstream/real``, ``volumes/downstream/liver_tumor/real``)."""
+        if self.task is not None:
+            return f"volumes/downstream/{self.task}/{self.setting}"
         if self.setting is not None:
             return f"downstream/{self.setting}"
         return f"metrics/{self.model}" + (f"/{self.run}" if self.run else "")
 
     def describe(self) -> str:
         """Short words for the table (``victr tweedie-4``, ``victr (default run)``, ``downstream real``)."""
+        if self.task is not None:
+            return f"tumour task {self.task} {self.setting}"
         if self.setting is not None:
             return f"downstream {self.setting}"
         return f"{self.model} {self.run}" if self.run else f"{self.model} (default run)"
@@ -242,13 +248,17 @@ def _published(w: _Where, raw) -> Published:
 
 
 def _ref(w: _Where, raw, path: str) -> RecordRef:
-    w.keys(raw, path, {"model", "run", "setting"})
+    w.keys(raw, path, {"model", "run", "setting", "task"})
     if ("model" in raw) == ("setting" in raw):
-        w.fail(path, "give either model (with optional run) or setting")
+        w.fail(path, "give either model (with optional run) or setting (with optional task)")
     if "setting" in raw:
         if "run" in raw:
             w.fail(f"{path}.run", "a downstream setting has no run")
-        return RecordRef(setting=w.text(raw, "setting", f"{path}.setting"))
+        task = w.text(raw, "task", f"{path}.task", optional=True)
+        setting = w.text(raw, "setting", f"{path}.setting")
+        if task is not None and setting not in ("real", "real_synth"):
+            w.fail(f"{path}.setting", "a tumour task's setting is real or real_synth")
+        return RecordRef(setting=setting, task=task)
     return RecordRef(model=w.text(raw, "model", f"{path}.model"), run=w.text(raw, "run", f"{path}.run", optional=True))
 
 

@@ -84,9 +84,12 @@ def _claims_inputs(study: "Study") -> dict[str, str]:
     from medsynth.claims import load_claims, record_paths, study_roles
 
     settings = set(study.downstream_settings())
+    tumour = set(study.tumour_records())
     paths = record_paths(load_claims(_claims_file(study), study_roles(study.tables)),
                          lambda model, run: study.metrics_json(model, run) if model in study.models else "",
-                         lambda setting: study.downstream_json(setting) if setting in settings else "")
+                         lambda setting: study.downstream_json(setting) if setting in settings else "",
+                         lambda task, setting: study.tumour_json(task, setting)
+                         if f"{task}/{setting}" in tumour else "")
     return {"claims": _claims_file(study), **{k: v for k, v in paths.items() if v}}
 
 
