@@ -29,10 +29,9 @@ because every prediction of that channel is empty).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +44,7 @@ from medsynth.downstream.model import build_segmenter, save_segmenter
 from medsynth.launch import is_main_process
 from medsynth.metrics.masks import channel_means
 from medsynth.train.data import TensorDictDataset
-from medsynth.train.loop import TrainConfig, TrainOutputs, TrainResult, derive_seed, train
+from medsynth.train.loop import TrainConfig, TrainOutputs, TrainResult, derive_seed, torch_threads, train
 
 __all__ = [
     "TRAIN_KEYS",
@@ -137,19 +136,6 @@ def train_config(cfg: Mapping[str, Any] | None, out_dir: str | Path) -> TrainCon
                        progress=bool(c["progress"]), fingerprint=str(c["fingerprint"]))
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
-    if not n:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def train_segmenter(images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,
                     cfg: Mapping[str, Any] | None, outputs: TrainOutputs | str | Path, augment: bool = False
                     ) -> tuple[nn.Module, TrainResult]:
@@ -174,11 +160,11 @@ def train_segmenter(images: torch.Tensor | np.ndarray, labels: torch.Tensor | np
     if str(c["model"]["type"]).lower() == "nnunetv2":
         from medsynth.downstream.nnunet import train_nnunet_segmenter
 
-        with _torch_threads(c["threads"]):
+        with torch_threads(c["threads"]):
             return train_nnunet_segmenter(x, y, c, TrainOutputs.of(outputs, "segmenter"), augment=augment)
     paths = TrainOutputs.of(outputs, "segmenter")
     out = paths.final.parent
-    with _torch_threads(c["threads"]):
+    with torch_threads(c["threads"]):
         torch.manual_seed(derive_seed(int(c["seed"]), "init"))
         model = build_segmenter(c["model"], in_channels=x.shape[1], out_channels=y.shape[1])
         step = SegmentationStep(dict(c["augmentation"] or {}) if augment else None,

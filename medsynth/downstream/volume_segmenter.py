@@ -23,9 +23,8 @@ empty it is 0.0 (MONAI's ``compute_dice`` with ``ignore_empty=False``). So every
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ from torch import nn
 from medsynth.fsutil import atomic_dir
 from medsynth.train.config import TrainConfig, TrainOutputs, TrainResult
 from medsynth.train.data import TensorDictDataset
-from medsynth.train.loop import derive_seed, train
+from medsynth.train.loop import derive_seed, torch_threads, train
 
 __all__ = [
     "VolumePatchStep",
@@ -140,16 +139,6 @@ class VolumePatchStep:
                 "bce": bce.detach()}
 
 
-@contextlib.contextmanager
-def _intra_op_threads(n: int) -> Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def train_volume_segmenter(images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
                            cfg: Mapping[str, Any] | None, outputs: TrainOutputs | str | Path,
                            fingerprint: str = "") -> tuple[nn.Module, TrainResult]:
@@ -175,7 +164,7 @@ def train_volume_segmenter(images: np.ndarray | torch.Tensor, labels: np.ndarray
                          log_every=int(c["log_every"]), seed=int(c["seed"]), output_dir=paths.final.parent,
                          save_final=False, progress=bool(c["progress"]), fingerprint=str(fingerprint))
     step = VolumePatchStep(c["patch_size"], c["pos_fraction"], c["dice_weight"], c["ce_weight"])
-    with _intra_op_threads(int(c["threads"])):
+    with torch_threads(int(c["threads"])):
         torch.manual_seed(derive_seed(int(c["seed"]), "init"))
         model = build_volume_segmenter(c["model"])
         result = train(model, step, TensorDictDataset({"image": x, "label": y}), config, outputs=paths)

@@ -44,7 +44,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -75,6 +75,7 @@ __all__ = [
     "list_checkpoints",
     "make_accelerator",
     "save_model",
+    "torch_threads",
     "train",
 ]
 
@@ -107,6 +108,21 @@ def _param_list(trainable: Iterable[Any]) -> list[nn.Parameter]:
         else:
             out.append(item)
     return out
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to ``n`` inside the block (a training job's config ``threads``),
+    restored after; ``None`` / 0 leaves it as it is."""
+    if not n:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def make_accelerator(mixed_precision: str = "no", find_unused_parameters: bool = False):
