@@ -57,6 +57,7 @@ rule volume_generator:
     params:
         generator=volume_generator_config(),
         stage=VOLUMES["training"],
+        contrastive=VOLUMES["contrastive"],
     script:
         "../scripts/volume_generator.py"
 

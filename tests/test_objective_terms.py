@@ -142,3 +142,39 @@ def test_generator_step_adds_every_contribution_after_the_main_term():
     with pytest.raises(ValueError, match="no extra terms"):
         GeneratorStep(torch.zeros(1, 2, 3), torch.ones(1, 2, dtype=torch.bool), 0, objective=NoisePrediction(None),
                       extras=[_Fixed("one", 1.0)])
+
+
+def test_region_contrastive_over_several_rois_moves_each_into_its_background_channel(monkeypatch):
+    import medsynth.generator.objective as objective
+    from medsynth.generator.step import roi_contrastive_term
+
+    seen = []
+
+    def record(m, x, t, text, keep, mask=None, **k):
+        seen.append(mask.clone())
+        return m(torch.cat([x, mask], 1), t)
+
+    monkeypatch.setattr(objective, "predict", record)
+    mask = torch.full((1, 3, 4, 4), ABSENT_MASK_VALUE)  # channels: organ, tumour a (-> organ), tumour b (removed)
+    mask[0, 0, :2] = 0.5
+    mask[0, 1, 3, 0] = 0.5
+    mask[0, 2, 3, 3] = 0.5
+    names = ["organ", "tumour_a", "tumour_b"]
+    cfg = {"enabled": True, "rois": [{"roi": "tumour_a", "background": "organ"}, {"roi": "tumour_b", "background": None}],
+           "delta": 2.0, "dilation": 0, "schedule": [[0, 0.01]]}
+    term = roi_contrastive_term(cfg, names, total_steps=10)
+    logged, _ = term(_state(_Linear(1.0, b=4.0), torch.zeros(1, 1, 4, 4), torch.tensor([0.5]), mask))
+    perturbed = seen[-1]
+    expected = mask.clone()
+    expected[0, 0, 3, 0] = 0.5  # tumour a's voxel joins the organ
+    expected[0, 1] = ABSENT_MASK_VALUE
+    expected[0, 2] = ABSENT_MASK_VALUE
+    assert torch.equal(perturbed, expected) and torch.isfinite(logged["contrastive"])
+    # the ROI is the union of both tumours: the organ channel changed at tumour a's voxel only, so the field
+    # (4 x organ) differs there and nowhere else: mean |difference| over the two ROI voxels = 4 x 1.0 / 2
+    assert _value(logged["contrastive_roi_distance"]) == pytest.approx(2.0)
+    assert roi_contrastive_term({**cfg, "enabled": False}, names, 10) is None
+    with pytest.raises(KeyError, match="background = 'liver'"):
+        roi_contrastive_term({**cfg, "rois": [{"roi": "tumour_a", "background": "liver"}]}, names, 10)
+    with pytest.raises(ValueError, match="at least one"):
+        roi_contrastive_term({**cfg, "rois": []}, names, 10)

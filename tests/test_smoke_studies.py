@@ -175,6 +175,10 @@ def test_maisi_v2_smoke_study(tmp_path):
     tumours = pd.read_csv(run.results / "tables" / "maisi_downstream.csv")
     liver = tumours[tumours["tumour"] == "liver"].set_index("method")
     assert abs(float(liver.loc["real only", "Dice"]) - real["dice"]) < 1e-6
+    assert abs(float(liver.loc["MAISI-v2", "Dice"]) - synthetic["dice"]) < 1e-6  # the 3D generator has the loss
+    assert liver.loc["ControlNet only", "Dice"].startswith("unavailable")
+    curve = pd.read_csv(run.results / "volumes" / "generator" / "loss_curve.csv")  # the 3D contrastive term
+    assert {"contrastive", "contrastive_weight"} <= set(curve.columns) and curve["contrastive"].map(_finite).all()
     assert tumours[tumours["tumour"] == "liver_tumor"]["Dice"].str.startswith("unavailable").all()
     assert tumours.loc[tumours["tumour"] == "liver_tumor", "paper Dice"].notna().all()
 

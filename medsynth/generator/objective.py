@@ -185,23 +185,31 @@ class ConsistencyTerms:
 
 @dataclass
 class RegionContrastive:
-    """MAISI-v2's region contrastive term on condition channel ``roi_channel``; its weight follows
-    ``schedule`` (``(percent of training, weight)`` steps, :func:`medsynth.objectives.contrastive_lambda`)
-    over ``total_steps``."""
+    """MAISI-v2's region contrastive term on condition channel ``roi_channel`` (or on the union of several:
+    a sequence); its weight follows ``schedule`` (``(percent of training, weight)`` steps,
+    :func:`medsynth.objectives.contrastive_lambda`) over ``total_steps``. The perturbed mask has each ROI
+    channel removed; where ``background_channel`` names a channel for an ROI (one entry per ROI, ``None``:
+    none), the ROI's voxels join that channel instead ([P]: "pancreatic tumor label -> pancreas label")."""
 
-    roi_channel: int
+    roi_channel: int | Sequence[int]
     delta: float
     dilation: int
     schedule: Sequence[tuple[float, float]]
     total_steps: int
+    background_channel: Sequence[int | None] | None = None
 
     def __call__(self, s: StepState) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
         from medsynth.objectives import contrastive_lambda, region_contrastive_loss
 
-        channel = int(self.roi_channel)
-        roi = (s.mask[:, channel:channel + 1] > 0).float()
+        rois = self.roi_channel
+        channels = [int(rois)] if isinstance(rois, int) else [int(c) for c in rois]
+        backgrounds = list(self.background_channel or [None] * len(channels))
+        roi = (s.mask[:, channels] > 0).any(dim=1, keepdim=True).float()
         perturbed = s.mask.clone()
-        perturbed[:, channel] = ABSENT_MASK_VALUE
+        for channel, background in zip(channels, backgrounds):
+            if background is not None:
+                perturbed[:, background] = torch.maximum(perturbed[:, background], s.mask[:, channel])
+            perturbed[:, channel] = ABSENT_MASK_VALUE
         other = as_velocity(s.model, predict(s.model, s.x_t, s.t, s.text, s.keep, mask=perturbed, pooled=s.pooled), s.x_t, s.t)
         other = s.objective.field(other, s.x_t, s.t)
         term = region_contrastive_loss(s.field, other, roi, delta=float(self.delta), dilation=int(self.dilation))

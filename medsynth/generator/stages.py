@@ -44,7 +44,7 @@ from medsynth.launch import is_main_process
 from medsynth.generator.data import LatentData, shard_condition_names
 from medsynth.generator.objective import AdversarialTerm, ConsistencyTerms, EWCPenalty
 from medsynth.generator.players import AdversarialPair, build_discriminator
-from medsynth.generator.step import GeneratorStep, build_step, contrastive_term
+from medsynth.generator.step import GeneratorStep, build_step, contrastive_term, roi_contrastive_term
 from medsynth.settings import section
 from medsynth.generator.loaders import (
     check_channels,
@@ -148,9 +148,10 @@ def _finish(result, out_dir: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------ stages
 def run_base(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Path, outputs: StageOutputs | str | Path,
-             gen_cfg: Mapping, stage_cfg: Mapping, *, text_encoder=None):
+             gen_cfg: Mapping, stage_cfg: Mapping, *, text_encoder=None, contrastive: Mapping | None = None):
     """Train the base generator from scratch (or from ``generator.backbone.pretrained``); ``outputs``:
-    where it writes (:class:`StageOutputs`, or a folder with that layout)."""
+    where it writes (:class:`StageOutputs`, or a folder with that layout). ``contrastive``: config
+    ``volumes.contrastive`` (the 3D generator's MAISI-v2 region contrastive term; disabled or ``None``: none)."""
     set_generator_threads(gen_cfg)
     outputs, stage_cfg = StageOutputs.of(outputs), section("base", stage_cfg)
     data = load_latent_data(shards, vae_dir, stats_path, gen_cfg, stage_cfg, text_encoder)
@@ -158,9 +159,13 @@ def run_base(shards: Sequence[str], vae_dir: str | Path, stats_path: str | Path,
     model = build_backbone(dict(gen_cfg["backbone"]), key="generator.backbone")
     check_channels(model, data)
     _write_prompts(data, outputs)
-    fp = run_fingerprint(gen_cfg, stage_cfg, files=[*shards, vae_dir, stats_path])
-    result = train(model, build_step(data, stage_cfg), data.dataset, train_config(stage_cfg, outputs.folder, fp),
-                   outputs=outputs.train)
+    extras, term_cfg = [], []
+    if contrastive is not None and contrastive["enabled"]:  # a disabled term leaves the fingerprint as it was
+        names = shard_condition_names(next(str(p) for p in shards if str(p).endswith(".safetensors")))
+        extras, term_cfg = [roi_contrastive_term(contrastive, names, int(stage_cfg["steps"]))], [dict(contrastive)]
+    fp = run_fingerprint(gen_cfg, stage_cfg, *term_cfg, files=[*shards, vae_dir, stats_path])
+    result = train(model, build_step(data, stage_cfg, extras=extras), data.dataset,
+                   train_config(stage_cfg, outputs.folder, fp), outputs=outputs.train)
     _finish(result, outputs.folder)
     return result
 

@@ -35,7 +35,7 @@ from medsynth.generator.players import AdversarialPair
 from medsynth.models.prompts import ABSENT_MASK_VALUE, condition_dropout, independent_dropout_probs
 from medsynth.objectives import sample_timesteps
 
-__all__ = ["GeneratorStep", "build_step", "contrastive_term", "drop_report_tokens"]
+__all__ = ["GeneratorStep", "build_step", "contrastive_term", "drop_report_tokens", "roi_contrastive_term"]
 
 
 def drop_report_tokens(text: torch.Tensor, keep: torch.Tensor, drop: torch.Tensor, start: int
@@ -141,6 +141,26 @@ def contrastive_term(stage_cfg: Mapping, names: Sequence[str]) -> RegionContrast
         roi_channel=list(names).index(roi), delta=float(contrastive["delta"]), dilation=int(contrastive["dilation"]),
         schedule=[tuple(x) for x in contrastive["schedule"]], total_steps=int(stage_cfg["steps"]),
     )
+
+
+def roi_contrastive_term(cfg: Mapping, names: Sequence[str], total_steps: int) -> RegionContrastive | None:
+    """MAISI-v2's region contrastive term of config ``volumes.contrastive`` (several ROI channels, each with
+    the channel its voxels join in the perturbed mask), or ``None`` when disabled."""
+    if not cfg["enabled"]:
+        return None
+    names = list(names)
+    channels, backgrounds = [], []
+    for entry in cfg["rois"]:
+        for key in ("roi", "background"):
+            if entry.get(key) is not None and entry[key] not in names:
+                raise KeyError(f"volumes.contrastive.rois[].{key} = {entry[key]!r} is not a condition channel ({names})")
+        channels.append(names.index(entry["roi"]))
+        backgrounds.append(names.index(entry["background"]) if entry.get("background") is not None else None)
+    if not channels:
+        raise ValueError("volumes.contrastive.enabled needs at least one entry in volumes.contrastive.rois")
+    return RegionContrastive(roi_channel=channels, delta=float(cfg["delta"]), dilation=int(cfg["dilation"]),
+                             schedule=[tuple(x) for x in cfg["schedule"]], total_steps=int(total_steps),
+                             background_channel=backgrounds)
 
 
 def build_step(data: LatentData, stage_cfg: Mapping, ddpm_cfg: Mapping | None = None,

@@ -291,12 +291,14 @@ TABLES: dict[str, TableSpec] = {
         ("Per tumour type (config volumes.downstream.tasks): a 3D SegResNet trained on the task's real training"
          " volumes, or on them plus one volume generated from each one's masks; Dice of the ROI on the real"
          " test volumes (mean over cases).",
-         "The 3D path's generator is MAISI's released rectified-flow UNet + ControlNet fine-tuned without the"
-         " contrastive loss: the paper's 'ControlNet only' row.",
+         "The 3D path's generator is MAISI's released rectified-flow UNet + ControlNet fine-tuned with rectified"
+         " flow: the paper's 'MAISI-v2' row with the region-specific contrastive loss (volumes.contrastive),"
+         " its 'ControlNet only' row without.",
          "The paper's gains are Dice points over real only; 'paper gain' is its Dice minus its real-only Dice"
          " (its printed gains differ from these by up to 0.1 point: rounding)."),
         inputs=lambda s: s.tumour_records(),
-        build=lambda loaded, inputs, p: maisi_downstream.maisi_downstream(loaded, p["paper_dir"]),
+        build=lambda loaded, inputs, p: maisi_downstream.maisi_downstream(loaded, p["paper_dir"], p["contrastive"]),
+        params=lambda s: {"contrastive": bool(s.volumes["contrastive"]["enabled"])},
         enabled=lambda s: bool(s.tumour_tasks()),  # a study with tumour data (config volumes.downstream.tasks)
     ),
     "meddiff_ft": TableSpec(

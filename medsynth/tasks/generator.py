@@ -31,7 +31,8 @@ def base(job: Job) -> None:
     from medsynth.generator.stages import run_base
 
     _train(job, lambda: run_base(job.input.shards, job.input.vae, job.input.stats, stage_outputs(job),
-                                 job.params.generator, job.params.stage))
+                                 job.params.generator, job.params.stage,
+                                 contrastive=getattr(job.params, "contrastive", None)))
 
 
 #: the MedSyn2 architecture ablations train like the base model, with their own backbone (params.generator)
