@@ -136,7 +136,9 @@ rule volume_downstream:
         unpack(lambda wc: tumour_inputs(wc.task, wc.tumour_setting)),
         shards=volume_shards,
     output:
-        final=directory(f"{RESULTS}/volumes/downstream/{{task}}/{{tumour_setting}}/segmenter"),
+        final=directory(
+            f"{RESULTS}/volumes/downstream/{{task}}/{{tumour_setting}}/segmenter"
+        ),
         evaluation=f"{RESULTS}/volumes/downstream/{{task}}/{{tumour_setting}}/evaluation.json",
         curve=f"{RESULTS}/volumes/downstream/{{task}}/{{tumour_setting}}/loss_curve.csv",
         train_config=f"{RESULTS}/volumes/downstream/{{task}}/{{tumour_setting}}/train_config.json",
