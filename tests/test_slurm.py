@@ -203,10 +203,15 @@ def test_a_training_rule_and_a_metrics_rule_run_through_slurm(slurm_cluster, tmp
     profile = _test_profile(tmp_path / "profile")
     work = tmp_path / "train"
     targets = ("results/example/vae/final", "results/example/metrics/calibration.json")
+    # the data stage runs here first (its jobs through SLURM: test_data_stage_through_slurm...), so only the
+    # training and metrics jobs go to the cluster
+    run_snakemake(work, _small_study(), "results/example/trainsets/slices/shard-000.safetensors")  # one shard
+    assert not (work / "results/example/vae").exists()
     out = _run_slurm(work, profile, _small_study(), *targets)
     submitted = SUBMITTED.findall(out)
     rules = {Path(log).parent.relative_to(work / ".snakemake" / "slurm_logs").parts[0] for _, _, log in submitted}
     assert {"rule_vae", "rule_downstream", "rule_calibration"} <= rules, sorted(rules)
+    assert not rules & {"rule_ingest", "rule_register", "rule_masks", "rule_training_sets"}, sorted(rules)
     states = _squeue([jobid for _, jobid, _ in submitted])
     assert {state for state, _ in states.values()} == {"COMPLETED"}, states
     assert (work / "results/example/vae/final").is_dir()
