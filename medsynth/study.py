@@ -13,27 +13,19 @@ from collections.abc import Mapping
 from typing import Any
 
 from medsynth.configmerge import variant_config
+from medsynth.io.trainsets import both_selections
 from medsynth.names import DOWNSTREAM_KINDS, run_pattern
 from medsynth.settings import check_frozen_vae
 from medsynth.replicates import replicate_names, split_replicate, with_replicate_seed
 from medsynth.targets import restrict, target_select
 from medsynth.variants import stage2_variant
 
-__all__ = ["Study", "TUMOUR_SET_PREFIX", "VOLUME_MODEL", "both_selections"]
+__all__ = ["Study", "TUMOUR_SET_PREFIX", "VOLUME_MODEL"]
 
 #: the 3D generator's name in table rows and `sampling.steps_model` (its metrics: volumes/metrics/<run>.json)
 VOLUME_MODEL = "volumes"
 #: the volume condition set of a tumour task's synthetic volumes: ``downstream-<task>``
 TUMOUR_SET_PREFIX = "downstream-"
-
-
-def both_selections(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict:
-    """The selection of the rows both ``a`` and ``b`` select ({column: allowed values}; a column in both keeps
-    the values in both)."""
-    merged = {k: list(v) for k, v in a.items()}
-    for key, values in b.items():
-        merged[key] = [v for v in merged[key] if v in list(values)] if key in merged else list(values)
-    return merged
 
 
 class Study:

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from medsynth.evaluation.records import write_metrics_json
-from medsynth.io.trainsets import load_rows, read_index, select_rows
+from medsynth.io.trainsets import both_selections, load_rows, read_index, select_rows
 
 __all__ = ["VOLUME_SETTINGS", "run_volume_downstream", "task_rows", "volume_dice_intervals"]
 
@@ -35,8 +35,8 @@ VOLUME_SETTINGS = ("real", "real_synth")
 
 
 def task_rows(index: pd.DataFrame, select: Mapping | None, task_select: Mapping | None) -> np.ndarray:
-    """Positions of the rows of ``index`` that both selections keep (:func:`~medsynth.io.trainsets.select_rows`)."""
-    return np.intersect1d(select_rows(index, select), select_rows(index, task_select))
+    """Positions of the rows of ``index`` that both selections keep (:func:`~medsynth.io.trainsets.both_selections`)."""
+    return select_rows(index, both_selections(select, task_select))
 
 
 def volume_dice_intervals(test_index: pd.DataFrame, dice: np.ndarray, roi: str, statistics: Mapping | None) -> dict:

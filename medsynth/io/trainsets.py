@@ -21,7 +21,7 @@ from safetensors.numpy import load_file, save_file
 
 from medsynth.fsutil import atomic_path, write_csv_atomic
 
-__all__ = ["Slices", "consecutive_runs", "iter_slices", "join_slices", "load_rows", "load_shard", "load_slices",
+__all__ = ["Slices", "both_selections", "consecutive_runs", "iter_slices", "join_slices", "load_rows", "load_shard", "load_slices",
            "read_index", "read_stored_rows", "select_rows", "shard_condition_names", "shard_indexes",
            "to_condition_values", "write_shard"]
 
@@ -202,6 +202,16 @@ def join_slices(parts: Iterable[Slices]) -> Slices | None:
         return None
     return (pd.concat([p[0] for p in parts], ignore_index=True), np.concatenate([p[1] for p in parts]),
             np.concatenate([p[2] for p in parts]), parts[0][3])
+
+
+def both_selections(a: Mapping[str, Sequence] | None, b: Mapping[str, Sequence] | None) -> dict[str, list]:
+    """One selection keeping the rows both ``a`` and ``b`` keep (:func:`select_rows`): a column named by both
+    keeps the values in both (compared as text, as select_rows compares them)."""
+    merged = {k: list(v) for k, v in (a or {}).items()}
+    for key, values in (b or {}).items():
+        allowed = {str(v) for v in values}
+        merged[key] = [v for v in merged[key] if str(v) in allowed] if key in merged else list(values)
+    return merged
 
 
 def select_rows(index: pd.DataFrame, select: Mapping[str, Sequence] | None) -> np.ndarray:
