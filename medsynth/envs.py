@@ -19,7 +19,7 @@ from packaging.requirements import Requirement
 #: :func:`medsynth.importgraph.family_requirements` finds them from the code, the tests compare
 FAMILIES: dict[str, list[str]] = {
     "data": ["snakemake", "numpy", "pandas", "nibabel", "SimpleITK", "pydicom", "pylibjpeg", "pylibjpeg-openjpeg",
-             "python-gdcm", "requests", "huggingface_hub", "tqdm", "pyyaml"],
+             "python-gdcm", "requests", "huggingface_hub", "tqdm", "pyyaml", "pillow"],
     "preprocess": ["snakemake", "numpy", "pandas", "nibabel", "SimpleITK", "antspyx", "scipy", "torch", "safetensors",
                    "matplotlib", "tqdm", "pyyaml"],
     "masks": ["snakemake", "numpy", "pandas", "nibabel", "SimpleITK", "scipy", "torch", "TotalSegmentator", "lungmask",

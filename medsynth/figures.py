@@ -38,6 +38,11 @@ def registration_overlay(rows: list[dict], path: str | Path) -> Path:
 
     ``rows``: dicts with ``case_id``, ``modality``, ``template`` and ``image`` (display arrays in [0, 1]).
     """
+    if not rows:  # a study of 2D pictures only: nothing is registered
+        fig, ax = plt.subplots(figsize=(6, 1))
+        ax.text(0.5, 0.5, "no registered volumes (2D pictures are not registered)", ha="center", va="center")
+        ax.set_axis_off()
+        return save_figure(fig, path)
     fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows)), squeeze=False)
     for r, row in enumerate(rows):
         centre = tuple(int(n) // 2 for n in row["template"].shape)

@@ -1,4 +1,4 @@
-"""Find the cases of a dataset in its folder: one row per image volume or DICOM series.
+"""Find the cases of a dataset in its folder: one row per image volume, 2D picture or DICOM series.
 
 Shipped datasets list their cases explicitly (``cases:`` in the registry). Other datasets describe
 a ``layout``: globs for image files, an optional label-map pattern, an optional CSV of prompt
@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from medsynth.io.dicom import find_series
+from medsynth.io.image2d import PICTURE, is_image2d_file
 from medsynth.io.volume import VOLUME_SUFFIXES, is_volume_file, volume_stem
 
 SOURCE_COLUMNS = [
@@ -41,6 +42,8 @@ def portable_path(path: str) -> str:
 
 def _source_kind(path: Path) -> str:
     name = path.name.lower()
+    if is_image2d_file(name):
+        return PICTURE
     return "nifti" if name.endswith((".nii", ".nii.gz")) else "itk"
 
 
@@ -61,16 +64,38 @@ def _first_match(mapping: dict | None, text: str, default: str) -> str:
     return default
 
 
-def _label_for(image: Path, root: Path, spec) -> Path | None:
-    """Label map of ``image``: a pattern with {stem}/{case} (relative to root) or a regex {from, to} on the relative path."""
+#: joins the label files of one case in the sources table (e.g. BUSI's multifocal masks)
+LABEL_SEPARATOR = ";"
+
+
+def _substitute(spec: dict, rel: str) -> str:
+    """``spec``'s regex substitutions on ``rel``: one ``from`` / ``to`` pair, or lists of them applied in turn."""
+    froms, tos = spec["from"], spec["to"]
+    if isinstance(froms, str):
+        froms, tos = [froms], [tos]
+    if len(froms) != len(tos):
+        raise ValueError(f"layout.labels: {len(froms)} 'from' patterns but {len(tos)} 'to' replacements")
+    for pattern, replacement in zip(froms, tos):
+        rel = re.sub(pattern, replacement, rel)
+    return rel
+
+
+def _labels_for(image: Path, root: Path, spec) -> list[Path]:
+    """Existing label files of ``image``. ``spec``: a pattern with {stem}/{case} (relative to root), a regex
+    {from, to} on the relative path (lists: substitutions in turn), or a list of those (every existing file
+    is a part of the case's labels)."""
     if not spec:
-        return None
-    stem = volume_stem(image)
+        return []
+    if isinstance(spec, list):
+        return list(dict.fromkeys(p for part in spec for p in _labels_for(image, root, part)))
     if isinstance(spec, dict):
         rel = image.relative_to(root).as_posix()
-        new = re.sub(spec["from"], spec["to"], rel)
-        return None if new == rel else root / new
-    return root / spec.format(case=stem, stem=stem)
+        new = _substitute(spec, rel)
+        found = None if new == rel else root / new
+    else:
+        stem = volume_stem(image)
+        found = root / spec.format(case=stem, stem=stem)
+    return [found] if found is not None and found != image and found.exists() else []
 
 
 #: the case-table columns of ``layout.labels_csv``: ``abnormality_<their column>`` (0 / 1 per case)
@@ -119,20 +144,20 @@ def discover_example(entry: dict, root: Path) -> pd.DataFrame:
 
 
 def discover_layout(entry: dict, root: Path) -> pd.DataFrame:
-    """Cases found in ``root`` by the entry's ``layout`` (volume files and DICOM series)."""
+    """Cases found in ``root`` by the entry's ``layout`` (volume files, 2D pictures and DICOM series).
+
+    2D pictures (PNG, JPEG, BMP, TIFF) are cases only where ``layout.images`` names them: the default
+    globs find volumes."""
     layout = entry.get("layout") or {}
     exclude = layout.get("exclude") or []
     candidates: dict[Path, None] = {}
+    readable = is_volume_file if not layout.get("images") else (lambda p: is_volume_file(p) or is_image2d_file(p))
     for pattern in layout.get("images") or DEFAULT_IMAGE_GLOBS:
         for path in sorted(root.glob(pattern)):
-            if path.is_file() and is_volume_file(path) and not any(path.match(x) for x in exclude):
+            if path.is_file() and readable(path) and not any(path.match(x) for x in exclude):
                 candidates[path] = None
-    labels = {}
-    for path in candidates:
-        label = _label_for(path, root, layout.get("labels"))
-        if label is not None and label != path and label.exists():
-            labels[path] = label
-    label_files = set(labels.values())
+    labels = {path: found for path in candidates if (found := _labels_for(path, root, layout.get("labels")))}
+    label_files = {p for found in labels.values() for p in found}
     default_modality = layout.get("modality", "CT")
     rows = []
     for path in candidates:
@@ -144,7 +169,7 @@ def discover_layout(entry: dict, root: Path) -> pd.DataFrame:
             "stem": stem, "patient_id": _patient_id(stem, layout),
             "modality": _first_match(layout.get("modality_map"), rel, default_modality),
             "source_kind": _source_kind(path), "source": str(path), "series_uid": "",
-            "label": str(labels.get(path, "")), "split": _first_match(layout.get("split_map"), rel, ""),
+            "label": LABEL_SEPARATOR.join(str(p) for p in labels.get(path, [])), "split": _first_match(layout.get("split_map"), rel, ""),
         })
     if layout.get("dicom", True):
         allowed = layout.get("dicom_modalities") or ["CT", "MR"]

@@ -1,4 +1,4 @@
-"""Ingest: a case's source (DICOM series, NIfTI, NRRD, MHA) -> canonical NIfTI, with QC.
+"""Ingest: a case's source (DICOM series, NIfTI, NRRD, MHA, 2D picture) -> canonical NIfTI, with QC.
 
 Canonical means RAS+ axis order (no resampling, spacing kept), CT values in HU (int16 when they
 are whole numbers in range, else float32) and MR as float32. A case that cannot be read or fails
@@ -16,9 +16,11 @@ import numpy as np
 import pandas as pd
 
 from medsynth.cases import CaseRejected, process_cases
+from medsynth.data.discover import LABEL_SEPARATOR
 from medsynth.data.qc import QCThresholds, header_spacing_reasons, qc_reasons, voxel_spacing
 from medsynth.fsutil import sha256_file
 from medsynth.io.dicom import DicomSeriesError, find_series, read_series, series_digest, unique_instances
+from medsynth.io.image2d import PICTURE, is_image2d_file, read_image2d, read_mask2d
 from medsynth.io.volume import canonical, orientation_codes, read_volume, stored_nifti_header, write_nifti
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,8 @@ class IngestOptions:
     ct_dtype: str
     dicom_spacing_tolerance: float
     qc: QCThresholds
+    pixel_spacing_mm: float = 1.0
+    mask_threshold: float | None = 127.0
 
     @classmethod
     def from_config(cls, cfg: dict | None = None) -> "IngestOptions":
@@ -39,7 +43,8 @@ class IngestOptions:
 
         c = section("ingest", cfg)
         return cls(ct_dtype=c["ct_dtype"], dicom_spacing_tolerance=float(c["dicom_spacing_tolerance"]),
-                   qc=QCThresholds.from_config(c["qc"]))
+                   qc=QCThresholds.from_config(c["qc"]), pixel_spacing_mm=float(c["pictures"]["pixel_spacing_mm"]),
+                   mask_threshold=None if c["pictures"]["mask_threshold"] is None else float(c["pictures"]["mask_threshold"]))
 
 
 def _read_dicom(row: dict, options: IngestOptions) -> tuple[nib.Nifti1Image, str, str]:
@@ -66,13 +71,43 @@ def _read_source(row: dict, options: IngestOptions) -> tuple[nib.Nifti1Image, st
     source = Path(row["source"])
     if not source.exists():
         raise CaseRejected(f"source file missing: {source}")
+    if row["source_kind"] == PICTURE:
+        try:
+            return read_image2d(source, options.pixel_spacing_mm), sha256_file(source), ""
+        except Exception as err:  # Pillow's errors on a truncated / corrupt / unknown file
+            raise CaseRejected(f"unreadable {source.name}: {_first_line(err)}") from err
     try:  # the header as stored first: nibabel would repair (or fail on) a degenerate pixdim
         reasons = header_spacing_reasons(stored_nifti_header(source))
         if not reasons:
             return read_volume(source), sha256_file(source), ""
     except Exception as err:  # any reader failure is a property of the file, not of the pipeline
-        raise CaseRejected(f"unreadable {source.name}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
+        raise CaseRejected(f"unreadable {source.name}: {_first_line(err)}") from err
     raise CaseRejected("; ".join(reasons))
+
+
+def _first_line(err: Exception) -> str:
+    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+
+
+def _read_label(row: dict, options: IngestOptions) -> nib.Nifti1Image:
+    """The case's label map, canonical (a mask picture: binary by ``ingest.pictures.mask_threshold``); a case
+    with several label files (``;``-joined, e.g. BUSI's multifocal masks) gets their voxel-wise maximum."""
+    maps = []
+    for part in row["label"].split(LABEL_SEPARATOR):
+        path = Path(part)
+        try:
+            if is_image2d_file(path):
+                maps.append(read_mask2d(path, options.mask_threshold, options.pixel_spacing_mm))
+            else:
+                maps.append(canonical(read_volume(path)))
+        except Exception as err:
+            raise CaseRejected(f"unreadable label map {path.name}: {err}") from err
+        if not _same_grid(maps[-1], maps[0]):
+            raise CaseRejected(f"label files of one case differ in geometry ({path.name})")
+    if len(maps) == 1:
+        return maps[0]
+    data = np.maximum.reduce([np.asarray(m.dataobj) for m in maps])
+    return nib.Nifti1Image(data, maps[0].affine)
 
 
 def apply_rescale(image: nib.Nifti1Image, slope, intercept) -> nib.Nifti1Image:
@@ -110,16 +145,13 @@ def ingest_case(row: dict, out_dir: Path, options: IngestOptions) -> dict:
     original_orientation = orientation_codes(image)
     image = canonical(image)
     data = np.asarray(image.dataobj)
-    reasons = qc_reasons(image, row["modality"], options.qc)
+    reasons = qc_reasons(image, row["modality"], options.qc, planar=row["source_kind"] == PICTURE)
     if reasons:
         raise CaseRejected("; ".join(reasons))
     dtype = ct_storage_dtype(data, options.ct_dtype) if row["modality"] == "CT" else np.float32
     label_path = ""
     if row.get("label"):
-        try:
-            label = canonical(read_volume(row["label"]))
-        except Exception as err:
-            raise CaseRejected(f"unreadable label map {Path(row['label']).name}: {err}") from err
+        label = _read_label(row, options)
         if not _same_grid(label, image):
             raise CaseRejected("label map geometry (shape/affine) differs from the image")
         label_path = str(write_nifti(label, out_dir / "labels" / f"{row['case_id']}.nii.gz", np.int16))

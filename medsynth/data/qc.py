@@ -67,8 +67,9 @@ def header_spacing_reasons(header: nib.Nifti1Header | None) -> list[str]:
     return [f"degenerate spacing: {', '.join(problems)} in the file header, which has no sform to override it"]
 
 
-def qc_reasons(image: nib.Nifti1Image, modality: str, limits: QCThresholds) -> list[str]:
-    """All reasons why ``image`` must be quarantined (empty list: it passes)."""
+def qc_reasons(image: nib.Nifti1Image, modality: str, limits: QCThresholds, planar: bool = False) -> list[str]:
+    """All reasons why ``image`` must be quarantined (empty list: it passes); ``planar``: a 2D picture read as
+    one slice, whose slice count is not checked."""
     reasons: list[str] = []
     data = np.asarray(image.dataobj)
     if data.ndim != 3:
@@ -80,8 +81,10 @@ def qc_reasons(image: nib.Nifti1Image, modality: str, limits: QCThresholds) -> l
         reasons.append(
             f"degenerate spacing: {np.round(spacing, 4).tolist()} mm outside [{limits.spacing_mm[0]}, {limits.spacing_mm[1]}]"
         )
-    if min(data.shape) < limits.min_slices:
-        reasons.append(f"too few slices: shape {list(data.shape)} has fewer than {limits.min_slices} along an axis")
+    checked = data.shape[:2] if planar else data.shape
+    if min(checked) < limits.min_slices:
+        what = "too few pixels" if planar else "too few slices"
+        reasons.append(f"{what}: shape {list(data.shape)} has fewer than {limits.min_slices} along an axis")
     finite = np.isfinite(data)
     if not finite.all():
         reasons.append(f"non-finite values: {int((~finite).sum())} NaN/inf voxels")

@@ -4,7 +4,8 @@ CT: HU clipped to a configured range and scaled linearly to [-1, 1] (MedSyn2: [-
 MAISI: [-1000, 1000]); ``unit_to_hu`` maps generated images back to HU. Windows (level, width) map
 [level - width/2, level + width/2] to [0, 1] (MedSyn2 Supp. 7.1.5: lung (-600, 1500), vessel
 (100, 700), soft tissue (50, 350), bone (300, 2000)). MR: percentile normalisation; the two
-percentile values of each case are kept so the mapping can be undone.
+percentile values of each case are kept so the mapping can be undone. 2D pictures (any other modality,
+e.g. dermoscopy, ultrasound): a fixed value range, 8-bit [0, 255] by default, scaled linearly to [-1, 1].
 """
 
 from __future__ import annotations
@@ -69,10 +70,13 @@ class PercentileScale:
 
 def normalise(data: np.ndarray, modality: str, cfg: dict) -> tuple[np.ndarray, dict]:
     """Model-space image in [-1, 1] and the parameters that undo it (from the ``intensity`` config section:
-    ``ct_hu_range`` for CT, ``mr_percentiles`` for MR)."""
+    ``ct_hu_range`` for CT, ``mr_percentiles`` for MR, ``picture_range`` for any other modality: 2D pictures)."""
     if modality == "CT":
         hu_range = tuple(cfg["ct_hu_range"])
         return hu_to_unit(data, hu_range), {"kind": "ct", "hu_range": list(hu_range)}
+    if modality != "MR":  # a 2D picture's modality: one fixed range for every case
+        value_range = tuple(cfg.get("picture_range", (0, 255)))
+        return hu_to_unit(data, value_range), {"kind": "picture", "range": list(value_range)}
     scale = PercentileScale.fit(data, tuple(cfg["mr_percentiles"]))
     return scale.forward(data), {"kind": "mr", "low": scale.low, "high": scale.high}
 
@@ -81,4 +85,6 @@ def denormalise(x: np.ndarray, params: dict) -> np.ndarray:
     """Inverse of ``normalise`` given its parameters (HU for CT, original units for MR)."""
     if params["kind"] == "ct":
         return unit_to_hu(x, tuple(params["hu_range"]))
+    if params["kind"] == "picture":
+        return unit_to_hu(x, tuple(params["range"]))
     return PercentileScale(params["low"], params["high"]).inverse(x)

@@ -6,7 +6,8 @@ cropped/padded to the study size. Every case is registered affinely to it; the r
 (HU for CT, original units for MR), its in-field coverage, its label map (nearest neighbour) and
 the transform are written per case; cases whose registration fails or fails the registration QC
 (``preprocess.registration.qc``: body kept in the grid, final metric, volume scale; grid coverage) are
-quarantined with the measure, its value and the threshold's config key.
+quarantined with the measure, its value and the threshold's config key. 2D pictures (``source_kind``
+``image2d``) have no template and are not registered: each keeps its own pixel grid.
 """
 
 from __future__ import annotations
@@ -71,6 +72,39 @@ def register_case(image: nib.Nifti1Image, grid: nib.Nifti1Image, modality: str, 
         write_nifti(moved, out_dir / "labels" / f"{case_id}.nii.gz", np.int16)
         row["registered_label_path"] = str(out_dir / "labels" / f"{case_id}.nii.gz")
     return row
+
+
+def keep_picture(image: nib.Nifti1Image, label: nib.Nifti1Image | None, out_dir: Path, case_id: str) -> dict:
+    """A 2D picture is not registered: its image, a full coverage map, its label map and the identity
+    transform are written as a registered case's are (no registration QC: it has no template to fit)."""
+    from medsynth.preprocess.registration.transform import AffineTransform
+
+    write_nifti(image, out_dir / "images" / f"{case_id}.nii.gz", np.float32)
+    ones = nib.Nifti1Image(np.ones(image.shape[:3], np.float32), image.affine)
+    write_nifti(ones, out_dir / "coverage" / f"{case_id}.nii.gz", np.float32)
+    AffineTransform.identity().save(out_dir / "transforms" / f"{case_id}.json")
+    row = {"registered_path": str(out_dir / "images" / f"{case_id}.nii.gz"),
+           "coverage_path": str(out_dir / "coverage" / f"{case_id}.nii.gz"),
+           "transform_path": str(out_dir / "transforms" / f"{case_id}.json"),
+           "registered_label_path": "", "coverage_fraction": 1.0}
+    if label is not None:
+        write_nifti(label, out_dir / "labels" / f"{case_id}.nii.gz", np.int16)
+        row["registered_label_path"] = str(out_dir / "labels" / f"{case_id}.nii.gz")
+    return row
+
+
+def keep_pictures(cases: pd.DataFrame, out_dir: str | Path, progress: bool = True) -> pd.DataFrame:
+    """The registration stage's shard table for 2D pictures (manifest rows): each kept on its own grid."""
+
+    def keep(case: dict, tmp: Path) -> dict:
+        label = nib.load(case["label_path"]) if case.get("label_path") else None
+        return keep_picture(nib.load(case["path"]), label, tmp, case["case_id"])
+
+    return process_cases(
+        cases.to_dict("records"), out_dir, keep, columns=REGISTERED_ID_COLUMNS,
+        error_reason=lambda err: f"picture not kept: {err}",
+        path_keys=("registered_path", "coverage_path", "transform_path", "registered_label_path"),
+        stage="register", progress=progress)
 
 
 def check_registration(row: dict, qc: RegistrationQC, metric: str, min_coverage: float) -> None:

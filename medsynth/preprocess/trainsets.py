@@ -118,7 +118,8 @@ TRAINSET_ID_COLUMNS = ("case_id", "patient_id", "dataset", "modality", "split", 
 def build_training_shard(masks_table: pd.DataFrame, registered: pd.DataFrame, manifest: pd.DataFrame,
                          condition_names: list[str], intensity_cfg: dict, slice_options: SliceOptions,
                          volume_size: tuple[int, int, int], out_2d: tuple[Path, Path], out_3d: tuple[Path, Path]) -> None:
-    """2D slices and 3D volumes of one shard's accepted cases, each with masks and prompt fields."""
+    """2D slices and 3D volumes of one shard's accepted cases, each with masks and prompt fields (a one-slice
+    case, a 2D picture, gives its one slice and no volume)."""
     prompts = manifest.set_index("case_id")
     # prompt fields and per-case labels (layout.labels_csv: abnormality_<name>, MedSyn2 Table 3)
     prompt_columns = [c for c in manifest.columns if c.startswith(("prompt_", "abnormality_"))]
@@ -138,6 +139,8 @@ def build_training_shard(masks_table: pd.DataFrame, registered: pd.DataFrame, ma
                 continue  # in the gap around a held-out slab
             present = [n for n, m in zip(condition_names, msk) if m.any()]
             slices.append((dict(base, split=split, slice=z, organs=json.dumps(present)), img, msk))
+        if image.shape[2] == 1:
+            continue  # a 2D picture: no 3D sample
         img3, msk3 = volume_sample(image, masks, volume_size)
         present = [n for n, m in zip(condition_names, msk3) if m.any()]
         volumes.append((dict(base, slice=-1, organs=json.dumps(present)), img3, msk3))

@@ -16,12 +16,16 @@ from medsynth.figures import display, registration_overlay
 from medsynth.fsutil import atomic_dir
 from medsynth.preprocess.registration import RegistrationParams
 from medsynth.preprocess.registration.qc import RegistrationQC
-from medsynth.preprocess.stage import REGISTERED_ID_COLUMNS, register_shard, study_template
+from medsynth.io.image2d import PICTURE
+from medsynth.preprocess.stage import REGISTERED_ID_COLUMNS, keep_pictures, register_shard, study_template
 from medsynth.preprocess.trainsets import SliceOptions, build_training_shard
 from medsynth.settings import section
 from medsynth.tasks import Job, task
 
 log = logging.getLogger(__name__)
+
+#: the registration shard's sub-folder of 2D pictures (kept on their own grids); a modality name holds volumes
+PICTURES_FOLDER = "pictures"
 
 
 def _read(path: str | Path) -> pd.DataFrame:
@@ -40,6 +44,7 @@ def make_templates(manifest_csv: str, out_dir: str, preprocess_cfg: dict) -> Non
     """One study-grid image per modality of the manifest (``<out_dir>/<modality>.nii.gz``)."""
     preprocess_cfg = section("preprocess", preprocess_cfg)
     manifest = _read(manifest_csv)
+    manifest = manifest[manifest["source_kind"] != PICTURE]  # pictures are not registered
     files = preprocess_cfg["template"]["files"]
     with atomic_dir(out_dir) as tmp:
         for modality in sorted(set(manifest["modality"])):
@@ -51,6 +56,15 @@ def make_templates(manifest_csv: str, out_dir: str, preprocess_cfg: dict) -> Non
             nib.save(nib.Nifti1Image(np.asarray(grid.dataobj, np.float32), grid.affine), str(tmp / f"{modality}.nii.gz"))
 
 
+def _moved(part: pd.DataFrame, tmp: Path, folder: str, out_dir: str) -> pd.DataFrame:
+    """A sub-folder's shard table with its paths moved from the temporary folder to ``out_dir``."""
+    for key in ("registered_path", "coverage_path", "transform_path", "registered_label_path"):
+        if key in part:
+            part[key] = [str(Path(out_dir) / Path(v).relative_to(tmp)) if v else "" for v in part[key].fillna("")]
+    (tmp / folder / SHARD_TABLE).unlink()  # its paths name the temporary folder; the shard table is the record
+    return part
+
+
 def register_ingest_shard(manifest_csv: str, ingest_shard: str, templates_dir: str, out_dir: str,
                           preprocess_cfg: dict) -> pd.DataFrame:
     """Register the accepted cases of one ingest shard to their modality's study grid."""
@@ -58,6 +72,7 @@ def register_ingest_shard(manifest_csv: str, ingest_shard: str, templates_dir: s
     manifest = _read(manifest_csv)
     ingested = set(read_shard_table(ingest_shard)["case_id"])
     cases = manifest[manifest["case_id"].isin(ingested)]
+    pictures, cases = cases[cases["source_kind"] == PICTURE], cases[cases["source_kind"] != PICTURE]
     grids = {p.name.split(".")[0]: nib.load(p) for p in sorted(Path(templates_dir).glob("*.nii.gz"))}
     by_modality = {m: registration_params(preprocess_cfg, m) for m in grids}
     qc = RegistrationQC.from_config(preprocess_cfg["registration_qc"])
@@ -68,11 +83,9 @@ def register_ingest_shard(manifest_csv: str, ingest_shard: str, templates_dir: s
             subset = cases[cases["modality"] == modality]
             if len(subset):
                 part = register_shard(subset, grids, tmp / modality, params, float(preprocess_cfg["min_coverage"]), qc=qc)
-                for key in ("registered_path", "coverage_path", "transform_path", "registered_label_path"):
-                    if key in part:
-                        part[key] = [str(Path(out_dir) / Path(v).relative_to(tmp)) if v else "" for v in part[key].fillna("")]
-                (tmp / modality / SHARD_TABLE).unlink()  # its paths name the temporary folder; the shard table below is the record
-                tables.append(part)
+                tables.append(_moved(part, tmp, modality, out_dir))
+        if len(pictures):
+            tables.append(_moved(keep_pictures(pictures, tmp / PICTURES_FOLDER), tmp, PICTURES_FOLDER, out_dir))
         missing = cases[~cases["modality"].isin(grids)]
         if len(missing):
             tables.append(missing[list(REGISTERED_ID_COLUMNS)].assign(
@@ -108,7 +121,9 @@ def draw_registration_figure(templates_dir: str, registered_dirs: list[str], out
     figures_cfg = section("figures", figures_cfg)
     window = tuple(intensity_cfg["windows"][figures_cfg["ct_window"]])
     rows = []
-    for case in registered_cases(registered_dirs).head(int(figures_cfg["cases"])).to_dict("records"):
+    cases = registered_cases(registered_dirs)
+    cases = cases[[os.path.exists(os.path.join(templates_dir, f"{m}.nii.gz")) for m in cases["modality"]]]  # not pictures
+    for case in cases.head(int(figures_cfg["cases"])).to_dict("records"):
         template = np.asarray(nib.load(os.path.join(templates_dir, f"{case['modality']}.nii.gz")).dataobj, np.float32)
         image = np.asarray(nib.load(case["registered_path"]).dataobj, np.float32)
         rows.append({"case_id": case["case_id"], "modality": case["modality"],
