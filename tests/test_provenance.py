@@ -58,30 +58,17 @@ def test_scrub_removes_secrets_at_any_depth():
     assert cleaned["seed"] == 1
 
 
-def test_two_runs_are_byte_identical(tmp_path):
-    """Seeds everywhere: two runs of the same study in two folders give identical outputs."""
-    import hashlib
-
-    for run in ("a", "b"):
-        run_snakemake(tmp_path / run, embedded_config(), *TARGETS)
-
-    def digests(root):
-        base = root / "results" / "example"
-        return {p.relative_to(base).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-                for p in sorted(base.rglob("*")) if p.is_file() and "logs" not in p.parts
-                and not p.name.endswith(".prov.json") and not p.name.startswith(".snakemake")}
-
-    a, b = digests(tmp_path / "a"), digests(tmp_path / "b")
-    assert a == b and any(k.endswith(".nii.gz") for k in a) and "manifest.csv" in a
-
-
 @pytest.mark.slow
 def test_two_runs_give_byte_identical_tables(tmp_path):
-    """Seeds everywhere down to the paper tables: two runs of a micro study write the same table bytes
+    """Seeds everywhere: two runs of a micro study in two folders write the same data stage byte for byte
+    (cases, registered volumes, masks, training shards) and the same table bytes down to the paper tables
     (the measured `seconds` columns aside)."""
     target = "results/example/tables/victr_table2.csv"
     for run in ("a", "b"):
         run_snakemake(tmp_path / run, micro_generative_config(), target)
+    data_stage = [_digests(tmp_path / run, ("ingest", "registered", "masks", "trainsets", "templates")) for run in "ab"]
+    assert data_stage[0] == data_stage[1]
+    assert any(k.endswith(".nii.gz") for k in data_stage[0]) and "manifest.csv" in data_stage[0]
     tables = [pd.read_csv(tmp_path / run / target) for run in ("a", "b")]
     timing = [c for c in tables[0].columns if "seconds" in c]
     assert timing == ["seconds per sample", "paper seconds"]
@@ -99,3 +86,13 @@ def test_two_runs_give_byte_identical_tables(tmp_path):
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
     ok = _audit_cli(tmp_path / "a", target)
     assert ok.returncode == 0, ok.stdout + ok.stderr
+
+
+def _digests(root, folders) -> dict[str, str]:
+    """sha256 of the manifest and every file under ``folders`` of a run's results (logs and sidecars aside)."""
+    import hashlib
+
+    base = root / "results" / "example"
+    files = [base / "manifest.csv", *(p for f in folders for p in sorted((base / f).rglob("*")))]
+    return {p.relative_to(base).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in files if p.is_file() and "logs" not in p.parts and not p.name.endswith(".prov.json")}
