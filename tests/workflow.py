@@ -11,18 +11,37 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_snakemake(workdir: Path, config: dict, *targets: str, extra: tuple[str, ...] = (), check: bool = True,
-                  timeout: int = 3600) -> subprocess.CompletedProcess:
-    """Write ``config`` to ``workdir/config.yaml`` and run snakemake there with the repository's Snakefile."""
+def _command(workdir: Path, config: dict, targets: tuple[str, ...], extra: tuple[str, ...], cores: int) -> list[str]:
     workdir.mkdir(parents=True, exist_ok=True)
     config_file = workdir / "config.yaml"
     config_file.write_text(yaml.safe_dump(config))
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(config_file), "--cores", "2", *extra, *targets]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+            "--configfile", str(config_file), "--cores", str(cores), *extra, *targets]
+
+
+def _checked(proc: subprocess.CompletedProcess, check: bool) -> subprocess.CompletedProcess:
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
     return proc
+
+
+def run_snakemake(workdir: Path, config: dict, *targets: str, extra: tuple[str, ...] = (), check: bool = True,
+                  timeout: int = 3600) -> subprocess.CompletedProcess:
+    """Write ``config`` to ``workdir/config.yaml`` and run snakemake there with the repository's Snakefile."""
+    proc = subprocess.run(_command(workdir, config, targets, extra, 2), capture_output=True, text=True, timeout=timeout)
+    return _checked(proc, check)
+
+
+def run_snakemake_side_by_side(workdirs: list[Path], config: dict, *targets: str,
+                               timeout: int = 3600) -> list[subprocess.CompletedProcess]:
+    """The same study in each of ``workdirs`` at once, one core each (two runs on two cores)."""
+    procs = [subprocess.Popen(_command(w, config, targets, (), 1), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for w in workdirs]
+    done = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=timeout)
+        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return [_checked(proc, True) for proc in done]
 
 
 def embedded_config(**overrides) -> dict:
