@@ -66,6 +66,20 @@ def test_a_mask_picture_is_binary_at_the_threshold_jpeg_noise_included(tmp_path)
     assert labels.tolist() == [[0, 0, 0], [0, 1, 1]]
 
 
+def test_palette_and_one_bit_masks_keep_their_ids_not_their_colours(tmp_path):
+    ids = np.array([[0, 1, 2], [2, 1, 0]], np.uint8)
+    palette = Image.fromarray(ids, mode="P")
+    palette.putpalette([0, 0, 0, 255, 255, 255, 40, 40, 40] + [0] * 759)  # class 2 is drawn darker than class 1
+    palette.save(tmp_path / "p.png")
+    read = lambda name, threshold: radiological(  # noqa: E731
+        np.asarray(read_mask2d(tmp_path / name, threshold=threshold).dataobj)[:, :, 0])
+    assert read("p.png", None).tolist() == ids.tolist()
+    assert read("p.png", 127).tolist() == (ids > 0).astype(int).tolist()
+    Image.fromarray(ids > 0).save(tmp_path / "b.png")  # mode "1"
+    assert Image.open(tmp_path / "b.png").mode == "1"
+    assert read("b.png", 127).tolist() == (ids > 0).astype(int).tolist()
+
+
 def test_pictures_are_cases_where_the_layout_names_them(tmp_path, ct_pictures):
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()

@@ -59,9 +59,21 @@ def read_image2d(path: str | os.PathLike, spacing_mm: float = 1.0) -> nib.Nifti1
     return as_volume(picture_array(path), spacing_mm)
 
 
-def read_mask2d(path: str | os.PathLike, threshold: float | None, spacing_mm: float = 1.0) -> nib.Nifti1Image:
-    """A mask picture as a one-slice label map (int16): 1 where the value exceeds ``threshold``, else 0;
-    ``threshold`` None keeps the stored values as label ids (a multi-class mask)."""
+def mask_array(path: str | os.PathLike, threshold: float | None) -> np.ndarray:
+    """A mask picture's label ids (rows, columns): grey values above ``threshold`` -> 1, else 0 (``threshold``
+    None: the values are the ids). A palette picture's ids are its palette indices (label PNGs store classes
+    so): index > 0 -> 1 under a threshold; a 1-bit picture is 0 / 1."""
+    from PIL import Image
+
+    with Image.open(path) as picture:
+        picture.load()
+        if picture.mode in ("P", "1"):
+            ids = np.asarray(picture).astype(np.int64)
+            return ids if threshold is None else (ids > 0).astype(np.int64)
     pixels = picture_array(path)
-    labels = pixels if threshold is None else pixels > threshold
-    return as_volume(np.asarray(labels).astype(np.int16), spacing_mm)
+    return pixels if threshold is None else (pixels > threshold).astype(np.int64)
+
+
+def read_mask2d(path: str | os.PathLike, threshold: float | None, spacing_mm: float = 1.0) -> nib.Nifti1Image:
+    """A mask picture as a one-slice label map (int16; :func:`mask_array`)."""
+    return as_volume(mask_array(path, threshold).astype(np.int16), spacing_mm)
