@@ -19,14 +19,35 @@ __all__ = ["SCHEMA", "check_frozen_vae", "section"]
 SCHEMA = Path(__file__).resolve().parents[1] / "config" / "schema.yaml"
 
 
+#: completed sections by (name, the given values' canonical form): a validation reads and compiles the
+#: schema (~0.2 s), and stage functions complete their sections on every call
+_COMPLETED: dict[tuple[str, str], dict] = {}
+
+
 def section(name: str, values: Mapping | None = None) -> dict:
     """Config section ``name`` with ``values`` and every default of the schema filled in (validated:
-    an unknown key or a wrong type raises). A complete section comes back unchanged."""
+    an unknown key or a wrong type raises). A complete section comes back unchanged. Each call returns its
+    own copy; the same values (types included) are not validated again in this process."""
     from snakemake.utils import validate
 
-    config = {"study": "section-defaults", "datasets": ["example"], name: copy.deepcopy(dict(values or {}))}
+    given = copy.deepcopy(dict(values or {}))
+    key = (name, _canonical(given))
+    if key in _COMPLETED:
+        return copy.deepcopy(_COMPLETED[key])
+    config = {"study": "section-defaults", "datasets": ["example"], name: given}
     validate(config, str(SCHEMA))
+    _COMPLETED[key] = copy.deepcopy(config[name])
     return config[name]
+
+
+def _canonical(value) -> tuple:
+    """A hashable form of a config value that keeps types (``{1: x}`` and ``{"1": x}``, ``1`` and ``1.0``
+    and ``True`` differ) and ignores dict order."""
+    if isinstance(value, Mapping):
+        return ("dict", tuple(sorted((_canonical(k), _canonical(v)) for k, v in value.items())))
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(_canonical(v) for v in value))
+    return (type(value).__name__, repr(value))
 
 
 def check_frozen_vae(cfg: Mapping, name: str = "vae") -> None:

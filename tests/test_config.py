@@ -56,6 +56,22 @@ def test_defaults_fill_missing_keys():
     assert config["shard_size"] == 8 and config["ingest"]["qc"]["min_slices"] == 16
 
 
+def test_a_completed_section_is_the_schemas_every_time_and_a_copy():
+    from medsynth.settings import section
+
+    first = section("ingest", {"qc": {"min_slices": 4}})
+    assert first["qc"]["min_slices"] == 4 and first["qc"]["spacing_mm"] == [0.2, 8.0]
+    first["qc"]["spacing_mm"].append(99)  # a caller changing its copy changes no later answer
+    again = section("ingest", {"qc": {"min_slices": 4}})
+    assert again == section("ingest", {"qc": {"min_slices": 4}}) and again["qc"]["spacing_mm"] == [0.2, 8.0]
+    with pytest.raises(Exception):  # a bad value is refused however often a good one was completed
+        section("ingest", {"qc": {"min_slices": "four"}})
+    # values that only look alike are completed apart: an integer key is not its string
+    maps = [section("masks", {"segmenters": {"s": {"backend": "dataset", "class_map": {k: "liver"}}}})
+            for k in (1, "1")]
+    assert [list(m["segmenters"]["s"]["class_map"]) for m in maps] == [[1], ["1"]]
+
+
 def test_unknown_keys_are_rejected():
     with pytest.raises(Exception):
         validate({"study": "s", "datasets": ["example"], "shardsize": 3}, str(REPO / "config" / "schema.yaml"))
