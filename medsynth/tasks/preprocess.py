@@ -44,7 +44,7 @@ def make_templates(manifest_csv: str, out_dir: str, preprocess_cfg: dict) -> Non
     """One study-grid image per modality of the manifest (``<out_dir>/<modality>.nii.gz``)."""
     preprocess_cfg = section("preprocess", preprocess_cfg)
     manifest = _read(manifest_csv)
-    manifest = manifest[manifest["source_kind"] != PICTURE]  # pictures are not registered
+    manifest = manifest[~_pictures(manifest)]  # pictures are not registered
     files = preprocess_cfg["template"]["files"]
     with atomic_dir(out_dir) as tmp:
         for modality in sorted(set(manifest["modality"])):
@@ -54,6 +54,13 @@ def make_templates(manifest_csv: str, out_dir: str, preprocess_cfg: dict) -> Non
             log.info("template %s from %s", modality, files.get(modality) or f"{len(images)} training cases")
             grid = study_template(images, cfg, registration_params(preprocess_cfg, modality))
             nib.save(nib.Nifti1Image(np.asarray(grid.dataobj, np.float32), grid.affine), str(tmp / f"{modality}.nii.gz"))
+
+
+def _pictures(cases: pd.DataFrame) -> pd.Series:
+    """Which manifest rows are 2D pictures (a table without ``source_kind``: none)."""
+    if "source_kind" not in cases:
+        return pd.Series(False, index=cases.index)
+    return cases["source_kind"] == PICTURE
 
 
 def _moved(part: pd.DataFrame, tmp: Path, folder: str, out_dir: str) -> pd.DataFrame:
@@ -72,7 +79,7 @@ def register_ingest_shard(manifest_csv: str, ingest_shard: str, templates_dir: s
     manifest = _read(manifest_csv)
     ingested = set(read_shard_table(ingest_shard)["case_id"])
     cases = manifest[manifest["case_id"].isin(ingested)]
-    pictures, cases = cases[cases["source_kind"] == PICTURE], cases[cases["source_kind"] != PICTURE]
+    pictures, cases = cases[_pictures(cases)], cases[~_pictures(cases)]
     grids = {p.name.split(".")[0]: nib.load(p) for p in sorted(Path(templates_dir).glob("*.nii.gz"))}
     by_modality = {m: registration_params(preprocess_cfg, m) for m in grids}
     qc = RegistrationQC.from_config(preprocess_cfg["registration_qc"])
