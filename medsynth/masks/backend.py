@@ -14,7 +14,7 @@ __all__ = ["Segmentation", "Segmenter", "WeightsUnavailable", "make_segmenter"]
 
 
 def make_segmenter(cfg: dict) -> Segmenter:
-    """Build the backend named by ``cfg['backend']`` (classical, totalsegmentator, lungmask)."""
+    """Build the backend named by ``cfg['backend']`` (classical, totalsegmentator, lungmask, medpseg)."""
     backend = cfg["backend"]  # required by the schema (masks.segmenters.<name>.backend)
     options = dict(cfg.get(backend) or {})
     if backend == "classical":
@@ -29,4 +29,9 @@ def make_segmenter(cfg: dict) -> Segmenter:
         from medsynth.masks.lungmask_seg import LungmaskSegmenter
 
         return LungmaskSegmenter(**options)
-    raise ValueError(f"unknown segmenter backend {backend!r} (masks.segmenters[].backend): classical, totalsegmentator, lungmask")
+    if backend == "medpseg":
+        from medsynth.masks.medpseg import MedPSegSegmenter
+
+        return MedPSegSegmenter(**options)
+    raise ValueError(f"unknown segmenter backend {backend!r} (masks.segmenters[].backend): classical, totalsegmentator, "
+                     "lungmask, medpseg")

@@ -1,7 +1,7 @@
 """Config values that name a registry model: ``pretrained: sd15`` (or ``maisi_vae/models/autoencoder_v1.pt``).
 
 Any ``pretrained`` (or ``*_pretrained_path``, or a segmenter's weights key: TotalSegmentator's
-``weights_dir``, lungmask's ``modelpath`` / ``fillmodel_path``) value anywhere in the config whose first
+``weights_dir``, lungmask's ``modelpath`` / ``fillmodel_path``, MedPSeg's ``checkpoint``) value anywhere in the config whose first
 path segment is a model of the registry, and which is not an existing path, stands for that model's local folder (or a
 file inside it). :func:`resolve_pretrained` replaces those values by the folder, so that every consumer
 reads local files only, and reports which models each top-level section uses: the rules take their
@@ -19,7 +19,7 @@ __all__ = ["is_pretrained_key", "resolve_pretrained"]
 
 
 #: the segmenters' own names for their weights (``masks.segmenters[].<backend>``)
-SEGMENTER_WEIGHT_KEYS = ("weights_dir", "modelpath", "fillmodel_path")
+SEGMENTER_WEIGHT_KEYS = ("weights_dir", "modelpath", "fillmodel_path", "checkpoint")
 
 
 def is_pretrained_key(key: str) -> bool:
