@@ -21,7 +21,8 @@ from paper_dag import REPO, plan, published_sources, study_config
 #: study file -> (table-name prefix of its paper, registry models it must fetch)
 PAPERS = {
     "victr": ("victr", {"sd15", "inception_v3_fid", "m3d_clip", "totalsegmentator"}),
-    "medsyn2": ("medsyn2", {"cxr_bert", "radimagenet_resnet50", "lungmask_ltrclobes", "totalsegmentator", "ct_clip"}),
+    "medsyn2": ("medsyn2", {"cxr_bert", "radimagenet_resnet50", "lungmask_ltrclobes", "totalsegmentator", "ct_clip",
+                         "medpseg"}),
     "maisi_v2": ("maisi", {"maisi_vae", "maisi_diffusion_unet", "maisi_controlnet", "radimagenet_resnet50",
                            "totalsegmentator"}),
     "meddiff_ft": ("meddiff", {"sd15_inpainting"}),
