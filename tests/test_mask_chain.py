@@ -176,6 +176,7 @@ def test_medsyn2_studies_validate_and_size_the_generators_by_their_channels(name
     from snakemake.utils import validate
     from totalsegmentator.map_to_binary import class_map
 
+    from medsynth.masks.medpseg import LABELS as MEDPSEG_LABELS
     from medsynth.weights.refs import resolve_pretrained
     from medsynth.weights.registry import load_models
 
@@ -184,23 +185,25 @@ def test_medsyn2_studies_validate_and_size_the_generators_by_their_channels(name
     masks = config["masks"]
     check_routing(masks["segmenters"], masks.get("by_dataset") or {})
     channels = [c["name"] for c in masks["conditions"]]
-    assert channels == ["lobe", "airway", "heart", "pleural_effusion", "pericardial_effusion", "nodule"]
+    assert channels == ["lobe", "airway", "heart", "pleural_effusion", "pericardial_effusion", "nodule", "ggo",
+                        "consolidation"]
     latent = config["volumes"]["vae"]["model"]["latent_channels"]
     for params in (config["volumes"]["generator"]["backbone"]["params"], config["generator"]["backbone"]["params"],
                    config["architectures"]["dit"]["params"]):
         assert params["in_channels"] == latent + len(channels)
-    chain = {n: chain_depth(masks["segmenters"], n) for n in ("total", "effusion", "nodules")}
-    assert chain == {"total": 0, "effusion": 1, "nodules": 2}
+    chain = {n: chain_depth(masks["segmenters"], n) for n in ("total", "effusion", "nodules", "opacities")}
+    assert chain == {"total": 0, "effusion": 1, "nodules": 2, "opacities": 3}
     for seg in ("effusion", "nodules"):  # every painted pattern is a class of the segmenter's task
         task = masks["segmenters"][seg]["totalsegmentator"]["task"]
         assert set(masks["segmenters"][seg]["paint"]) <= set(class_map[task].values())
+    assert set(masks["segmenters"]["opacities"]["paint"]) <= set(MEDPSEG_LABELS.values())
     pathologies = config["readers"]["pathologies"]
     assert set(pathologies) <= set(channels)
     if name == "medsyn2":
-        assert masks["by_modality"]["CT"] == "nodules" and pathologies == channels[3:]
+        assert masks["by_modality"]["CT"] == "opacities" and pathologies == channels[3:]
         assert config["readers"]["real"] == config["readers"]["synthetic"] == 15
         used = resolve_pretrained(copy.deepcopy(config), load_models(REPO / "config" / "models.yaml"), "w", REPO)
-        assert {"totalsegmentator", "totalsegmentator_thorax"} <= set(used["masks"])
+        assert {"totalsegmentator", "totalsegmentator_thorax", "medpseg"} <= set(used["masks"])
     else:
         assert pathologies == []  # the classical smoke masks have no abnormality to draw by
 
