@@ -21,7 +21,7 @@ SCHEMA = Path(__file__).resolve().parents[1] / "config" / "schema.yaml"
 
 #: completed sections by (name, the given values' canonical form): a validation reads and compiles the
 #: schema (~0.2 s), and stage functions complete their sections on every call
-_COMPLETED: dict[tuple[str, str], dict] = {}
+_COMPLETED: dict[tuple[str, tuple], dict] = {}
 
 
 def section(name: str, values: Mapping | None = None) -> dict:

@@ -34,17 +34,30 @@ def is_image2d_file(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(IMAGE2D_SUFFIXES)
 
 
-def picture_array(path: str | os.PathLike) -> np.ndarray:
-    """The picture's pixels as a (rows, columns) array: colour -> luma (uint8), grey values as stored."""
+def _opened(path: str | os.PathLike):
+    """The picture, decoded (a truncated or corrupt file fails here, not later); one frame only."""
     from PIL import Image
 
-    with Image.open(path) as picture:
-        picture.load()  # a truncated or corrupt file fails here, not later
+    picture = Image.open(path)
+    try:
+        picture.load()
         if getattr(picture, "n_frames", 1) > 1:
             raise ValueError(f"{Path(path).name} holds {picture.n_frames} frames; one picture per file is read")
-        if picture.mode not in _GREY_MODES:
-            picture = picture.convert("L")
-        return np.asarray(picture)
+    except BaseException:
+        picture.close()
+        raise
+    return picture
+
+
+def _grey(picture) -> np.ndarray:
+    """An opened picture's pixels (rows, columns): colour -> luma (uint8), grey values as stored."""
+    return np.asarray(picture if picture.mode in _GREY_MODES else picture.convert("L"))
+
+
+def picture_array(path: str | os.PathLike) -> np.ndarray:
+    """The picture's pixels as a (rows, columns) array: colour -> luma (uint8), grey values as stored."""
+    with _opened(path) as picture:
+        return _grey(picture)
 
 
 def as_volume(pixels: np.ndarray, spacing_mm: float) -> nib.Nifti1Image:
@@ -63,14 +76,11 @@ def mask_array(path: str | os.PathLike, threshold: float | None) -> np.ndarray:
     """A mask picture's label ids (rows, columns): grey values above ``threshold`` -> 1, else 0 (``threshold``
     None: the values are the ids). A palette picture's ids are its palette indices (label PNGs store classes
     so): index > 0 -> 1 under a threshold; a 1-bit picture is 0 / 1."""
-    from PIL import Image
-
-    with Image.open(path) as picture:
-        picture.load()
+    with _opened(path) as picture:
         if picture.mode in ("P", "1"):
             ids = np.asarray(picture).astype(np.int64)
             return ids if threshold is None else (ids > 0).astype(np.int64)
-    pixels = picture_array(path)
+        pixels = _grey(picture)
     return pixels if threshold is None else (pixels > threshold).astype(np.int64)
 
 

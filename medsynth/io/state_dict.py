@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pickle
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = ["UnsafeWeightsFile", "load_weights"]
@@ -35,12 +36,15 @@ def conversion_hint(path: str | Path) -> str:
             f"(for a nested checkpoint, save the state dict inside it), then point the config at {target}.")
 
 
-def load_weights(path: str | Path):
+def load_weights(path: str | Path, allowed: Sequence = ()):
     """The tensors of a weights file: safetensors, or a pickle loaded with torch's ``weights_only`` loader.
 
-    Raises :class:`UnsafeWeightsFile` (the file is never executed) when the pickle holds anything
-    but tensors and plain containers.
+    ``allowed``: further globals the pickle may name (``torch.serialization.safe_globals`` entries, e.g. a
+    checkpoint's hyper-parameter container). Raises :class:`UnsafeWeightsFile` (the file is never executed)
+    when the pickle holds anything else but tensors and plain containers.
     """
+    import contextlib
+
     import torch
 
     path = Path(path)
@@ -48,8 +52,10 @@ def load_weights(path: str | Path):
         from safetensors.torch import load_file
 
         return load_file(str(path))
+    scope = torch.serialization.safe_globals(list(allowed)) if allowed else contextlib.nullcontext()
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        with scope:
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise UnsafeWeightsFile(
             f"{path} was refused as unsafe: it is a pickle that would run code when loaded{_what_it_loads(str(err))},"

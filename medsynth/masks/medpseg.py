@@ -42,8 +42,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import pickle
-import re
 import sys
 from pathlib import Path
 
@@ -51,7 +49,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
-from medsynth.io.state_dict import UnsafeWeightsFile
+from medsynth.io.state_dict import UnsafeWeightsFile, load_weights
 from medsynth.masks.types import Segmentation, WeightsUnavailable
 
 __all__ = ["CONFIG_KEY", "LABELS", "WEIGHTS_URL", "MedPSegSegmenter", "network_options", "read_checkpoint"]
@@ -84,22 +82,16 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
     Never runs code from the pickle: torch's ``weights_only`` loader with only the globals listed in the
     module docstring added; any other global raises :class:`UnsafeWeightsFile` naming it.
     """
-    import torch
     from torch.torch_version import TorchVersion
 
     from medsynth.masks.medpseg_net import strip_checkpoint_prefix
 
     allowed = [argparse.Namespace, TorchVersion, *((dict, name) for name in ATTRIBUTE_DICT_PATHS)]
     try:
-        with torch.serialization.safe_globals(allowed):
-            ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        match = re.search(r"GLOBAL ([\w.]+)", str(err))
-        what = match.group(1) if match else (str(err).splitlines() or ["?"])[0]
-        raise UnsafeWeightsFile(
-            f"{path} was refused as unsafe: its pickle asks for {what}, which a MEDPSeg checkpoint does not "
-            f"need and which could run code, so nothing in it was loaded. Get {CHECKPOINT_NAME} from "
-            f"{WEIGHTS_URL}.") from None
+        ckpt = load_weights(path, allowed)
+    except UnsafeWeightsFile as err:
+        raise UnsafeWeightsFile(f"{err} A MEDPSeg checkpoint needs no other global: get {CHECKPOINT_NAME} from "
+                                f"{WEIGHTS_URL}.") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict'); expected {CHECKPOINT_NAME}")
     hparams = _plain(ckpt.get("hyper_parameters"))

@@ -75,7 +75,7 @@ def normalise(data: np.ndarray, modality: str, cfg: dict) -> tuple[np.ndarray, d
         hu_range = tuple(cfg["ct_hu_range"])
         return hu_to_unit(data, hu_range), {"kind": "ct", "hu_range": list(hu_range)}
     if modality != "MR":  # a 2D picture's modality: one fixed range for every case
-        value_range = tuple(cfg.get("picture_range", (0, 255)))
+        value_range = tuple(cfg["picture_range"])
         return hu_to_unit(data, value_range), {"kind": "picture", "range": list(value_range)}
     scale = PercentileScale.fit(data, tuple(cfg["mr_percentiles"]))
     return scale.forward(data), {"kind": "mr", "low": scale.low, "high": scale.high}

@@ -79,7 +79,8 @@ def register_ingest_shard(manifest_csv: str, ingest_shard: str, templates_dir: s
     manifest = _read(manifest_csv)
     ingested = set(read_shard_table(ingest_shard)["case_id"])
     cases = manifest[manifest["case_id"].isin(ingested)]
-    pictures, cases = cases[_pictures(cases)], cases[~_pictures(cases)]
+    is_picture = _pictures(cases)
+    pictures, cases = cases[is_picture], cases[~is_picture]
     grids = {p.name.split(".")[0]: nib.load(p) for p in sorted(Path(templates_dir).glob("*.nii.gz"))}
     by_modality = {m: registration_params(preprocess_cfg, m) for m in grids}
     qc = RegistrationQC.from_config(preprocess_cfg["registration_qc"])
