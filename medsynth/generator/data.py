@@ -40,8 +40,7 @@ from medsynth.generator.conditioning import encode_conditions, metadata_grades, 
 from medsynth.models.prompts import SEVERITY_WORDS
 from medsynth.io.trainsets import iter_slices, load_slices, select_rows, shard_condition_names
 from medsynth.train.data import TensorDictDataset
-from medsynth.vae.latents import normalise_latents
-from medsynth.vae.models import encode, model_device
+from medsynth.vae.latents import LatentEncoder, latent_size
 
 __all__ = [
     "DEFAULT_SEVERITY",
@@ -119,45 +118,12 @@ class LatentData:
         return len(self.prompts)
 
 
-class _LatentEncoder:
-    """Posterior means of images added part by part, encoded in batches of ``batch_size`` across the parts'
-    boundaries (the batches, hence the latents, are those of encoding all the images at once)."""
-
-    def __init__(self, vae: torch.nn.Module, stats: dict, batch_size: int):
-        self.vae, self.stats, self.batch_size = vae.eval(), stats, int(batch_size)
-        self.pending: list[torch.Tensor] = []
-        self.out: list[torch.Tensor] = []
-
-    @torch.no_grad()
-    def _encode(self, x: torch.Tensor) -> None:
-        self.out.append(normalise_latents(encode(self.vae, x.to(model_device(self.vae)))[0].cpu(), self.stats))
-
-    def add(self, images: np.ndarray) -> None:
-        self.pending.append(torch.as_tensor(images, dtype=torch.float32))
-        x = torch.cat(self.pending)
-        full = len(x) - len(x) % self.batch_size
-        for i in range(0, full, self.batch_size):
-            self._encode(x[i:i + self.batch_size])
-        self.pending = [x[full:]] if full < len(x) else []
-
-    def latents(self) -> torch.Tensor:
-        if self.pending:
-            self._encode(torch.cat(self.pending))
-            self.pending = []
-        return torch.cat(self.out).contiguous()
-
-
-@torch.no_grad()
-def latent_size(vae: torch.nn.Module, image: np.ndarray) -> tuple[int, ...]:
-    """The latent grid of one ``(1, C, *spatial)`` image under ``vae`` (an encode of that image)."""
-    return tuple(encode(vae.eval(), torch.as_tensor(image, dtype=torch.float32).to(model_device(vae)))[0].shape[2:])
-
-
 def build_latent_data(shards: Sequence[str | Path], vae: torch.nn.Module, stats: dict, text_encoder,
                       select: Mapping[str, Sequence] | None = None, severity: Mapping | None = None,
                       max_length: int = 32, batch_size: int = 32, *,
                       slices: tuple[pd.DataFrame, np.ndarray, np.ndarray, list[str]] | None = None,
-                      report: Mapping | None = None, mask_variants: bool = False) -> LatentData:
+                      report: Mapping | None = None, mask_variants: bool = False,
+                      inpainting: Mapping | None = None) -> LatentData:
     """Latent dataset of the selected slices (see module docstring).
 
     ``severity``: ``None`` (no severity phrase) or the complete ``generator.severity`` section
@@ -166,7 +132,9 @@ def build_latent_data(shards: Sequence[str | Path], vae: torch.nn.Module, stats:
     ``select`` keeps (:func:`medsynth.io.trainsets.load_rows` of sorted positions), when the caller has read
     them already; ``select`` picks its rows from them, as from all. ``report``:
     the ``generator.report`` section when enabled (else ``None``); ``mask_variants``: also encode each
-    prompt's no-mask variant (for ``mask_dropout``; :mod:`medsynth.generator.conditioning`).
+    prompt's no-mask variant (for ``mask_dropout``; :mod:`medsynth.generator.conditioning`). ``inpainting``:
+    the ``generator.inpainting_inputs`` section; when enabled the dataset also holds ``context``, each slice's
+    ``[inpainting mask; masked-image latent]`` (:mod:`medsynth.generator.inpainting`).
     """
     # shard by shard (one shard's images in memory at a time), unless the caller read the slices already
     if slices is not None:
@@ -174,13 +142,20 @@ def build_latent_data(shards: Sequence[str | Path], vae: torch.nn.Module, stats:
         parts = [(slices[0].iloc[rows].reset_index(drop=True), slices[1][rows], slices[2][rows], slices[3])]
     else:
         parts = iter_slices(shards, select)
-    encoder, size = _LatentEncoder(vae, stats, batch_size), None
+    encoder, size = LatentEncoder(vae, stats, batch_size), None
+    context = None
+    if inpainting is not None and inpainting.get("enabled"):
+        from medsynth.generator.inpainting import ContextBuilder
+
+        context = ContextBuilder(vae, stats, batch_size, inpainting.get("channels"))
     indices, masks_lat, grade_parts, names = [], [], [], []
     for index, images, masks, names in parts:
         if not len(index):
             continue
         size = size or latent_size(vae, images[:1])
         encoder.add(images)
+        if context is not None:
+            context.add(images, masks, names)
         masks_lat.append(F.interpolate(torch.as_tensor(masks, dtype=torch.float32), size=size, mode="area"))
         if severity is not None:
             grade_parts.append(slice_grades(index, masks, names, severity))
@@ -196,7 +171,9 @@ def build_latent_data(shards: Sequence[str | Path], vae: torch.nn.Module, stats:
     table = encode_conditions(index, grades, severity["pathology"] if severity is not None else None, text_encoder,
                               max_length, report, mask_variants)
     index = index.assign(prompt=[table.prompts[i] for i in table.ids])
-    dataset = TensorDictDataset({"latent": latent, "mask": mask.contiguous(),
-                                 "prompt": torch.as_tensor(table.ids, dtype=torch.long)})
+    tensors = {"latent": latent, "mask": mask.contiguous(), "prompt": torch.as_tensor(table.ids, dtype=torch.long)}
+    if context is not None:
+        tensors["context"] = context.context()
+    dataset = TensorDictDataset(tensors)
     return LatentData(dataset, table.prompts, table.tokens, table.keep, index, list(names), table.pooled,
                       table.no_mask, table.report_start)

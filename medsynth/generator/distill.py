@@ -83,6 +83,8 @@ class DistributionMatchingStep:
                  generator: torch.Generator) -> dict[str, torch.Tensor]:
         if "noise" not in batch:
             raise KeyError("the dmd step needs (noise, teacher sample) pairs: batch['noise'] is missing")
+        if "context" in batch:
+            raise ValueError("dmd distillation does not take inpainting inputs (generator.inpainting_inputs)")
         z, x_teacher, mask, pid = batch["noise"], batch["latent"], batch["mask"], batch["prompt"]
         b, device = z.shape[0], z.device
         text, keep = self.tokens.to(device)[pid], self.keep.to(device)[pid]

@@ -20,16 +20,21 @@ class ConditionedField:
     """``field(x, t)`` of one batch of conditions, with classifier-free guidance batched in one pass.
 
     ``corrected``: integrate the Tweedie-corrected field (``mapping`` of the time to ``abar``) instead of
-    the raw one; :meth:`raw` is always the guided network output.
+    the raw one; :meth:`raw` is always the guided network output. ``context``: the inpainting input
+    channels (``[inpainting mask; masked-image latent]``), the same in the conditional and the null half.
     """
 
     def __init__(self, model: nn.Module, mask: torch.Tensor, tokens: torch.Tensor, keep: torch.Tensor,
                  null_tokens: torch.Tensor, null_keep: torch.Tensor, guidance: float, corrected: bool = False,
                  mapping: str = "variance", pooled: torch.Tensor | None = None,
-                 null_pooled: torch.Tensor | None = None):
+                 null_pooled: torch.Tensor | None = None, context: torch.Tensor | None = None):
         self.model, self.guidance, self.corrected, self.mapping = model, guidance, corrected, mapping
         b = mask.shape[0]
+        # inpainting inputs (generator.inpainting_inputs) are in both halves, as the diffusers inpainting
+        # pipeline guides: only the prompt and the condition masks make the null condition
+        self.context = context
         if guidance != 1.0:
+            self.context = None if context is None else torch.cat([context, context])
             self.mask = torch.cat([mask, torch.full_like(mask, ABSENT_MASK_VALUE)])
             self.tokens = torch.cat([tokens, null_tokens.expand(b, *null_tokens.shape[1:])])
             self.keep = torch.cat([keep, null_keep.expand(b, *null_keep.shape[1:])])
@@ -51,7 +56,8 @@ class ConditionedField:
         return uncond + self.guidance * (cond - uncond)
 
     def _predict(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return predict(self.model, x, t, self.tokens, self.keep, mask=self.mask, pooled=self.pooled)
+        return predict(self.model, x, t, self.tokens, self.keep, mask=self.mask, context=self.context,
+                       pooled=self.pooled)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         v = self.raw(x, t)

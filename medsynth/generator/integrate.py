@@ -285,7 +285,8 @@ def _sample_batch(model: nn.Module, objective: str, data: LatentData, spec: Samp
                                  data.keep[pid].to(device), null_tokens, null_keep, spec.guidance_scale,
                                  corrected_field, spec.tweedie_mapping,
                                  None if pooled is None else pooled[pid.to(device)],
-                                 None if pooled is None else pooled[data.null_id:data.null_id + 1])
+                                 None if pooled is None else pooled[data.null_id:data.null_id + 1],
+                                 tensors["context"][sl].to(device) if "context" in tensors else None)
     gen = torch.Generator().manual_seed(spec.seed + 1 + sl.start)
     x1 = noise[sl].to(device)
     if keep is not None:

@@ -11,7 +11,7 @@ from medsynth.generator.data import LatentData, build_latent_data
 from medsynth.launch import job_device, set_threads
 from medsynth.models.backbones import adapter_for, build_backbone, input_channels, mask_routing
 
-__all__ = ["set_generator_threads", "prompt_settings", "report_settings", "resolve_text_encoder", "load_vae", "load_latent_data", "check_channels",
+__all__ = ["set_generator_threads", "prompt_settings", "report_settings", "inpainting_settings", "resolve_text_encoder", "load_vae", "load_latent_data", "check_channels",
            "backbone_dims", "load_backbone"]
 
 #: the keys of config ``generator`` that make the prompts (the rest describe the backbone)
@@ -30,6 +30,15 @@ def report_settings(prompts: Mapping) -> dict | None:
     """The ``report`` section of complete prompt settings (:func:`prompt_settings`) when enabled, else ``None``."""
     report = prompts["report"]
     return dict(report) if report["enabled"] else None
+
+
+def inpainting_settings(gen_cfg: Mapping) -> dict | None:
+    """The ``inpainting_inputs`` section of a ``generator`` section when enabled (schema defaults filled in),
+    else ``None``."""
+    from medsynth.settings import section
+
+    cfg = section("generator", {"inpainting_inputs": gen_cfg.get("inpainting_inputs", {})})["inpainting_inputs"]
+    return dict(cfg) if cfg["enabled"] else None
 
 
 def set_generator_threads(gen_cfg: Mapping) -> None:
@@ -69,17 +78,24 @@ def load_latent_data(shards, vae_dir, stats_path, gen_cfg, stage_cfg, text_encod
     return build_latent_data(shards, vae, stats, resolve_text_encoder(gen_cfg, text_encoder), stage_cfg["select"],
                              prompts["severity"] if use_severity else None, int(prompts["max_length"]),
                              int(prompts["encode_batch_size"]), slices=slices, report=report_settings(prompts),
-                             mask_variants=float(stage_cfg.get("mask_dropout", 0.0)) > 0)
+                             mask_variants=float(stage_cfg.get("mask_dropout", 0.0)) > 0,
+                             inpainting=inpainting_settings(gen_cfg))
 
 
 def check_channels(model: nn.Module, data: LatentData) -> None:
     """The backbone's input (and ControlNet conditioning) channels against the data's latent + mask channels."""
     latent, mask = data.dataset.tensors["latent"], data.dataset.tensors["mask"]
+    context = data.dataset.tensors.get("context")
+    extra = 0 if context is None else context.shape[1]
     concat, control = mask_routing(model)
+    if extra and not concat:
+        raise ValueError("generator.inpainting_inputs needs a backbone that takes its conditions on input channels, "
+                         "not through a ControlNet")
     per = adapter_for(model).features_per_channel  # Flux: 2x2-packed, 4 input features per latent channel
-    want, have = input_channels(model), (latent.shape[1] + (mask.shape[1] if concat else 0)) * per
+    want, have = input_channels(model), (latent.shape[1] + extra + (mask.shape[1] if concat else 0)) * per
     if want != have:
-        what = "latent + mask" if concat else "latent (the mask goes to the ControlNet)"
+        what = ("latent + inpainting mask + masked-image latent + mask" if extra else "latent + mask") if concat \
+            else "latent (the mask goes to the ControlNet)"
         packed = f" x {per} packed features" if per > 1 else ""
         raise ValueError(f"generator.backbone in_channels = {want}, but {what} channels{packed} = {have}")
     if control:

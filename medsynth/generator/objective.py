@@ -84,15 +84,15 @@ class FlowMatching:
         return v
 
     def __call__(self, model: nn.Module, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor, text: torch.Tensor,
-                 keep: torch.Tensor, mask: torch.Tensor, pooled: torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(loss, x_t, field)`` of one batch."""
+                 keep: torch.Tensor, mask: torch.Tensor, pooled: torch.Tensor | None = None,
+                 context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(loss, x_t, field)`` of one batch; ``context``: the inpainting input channels, if any."""
         x_t = interpolate(x0, x1, t)
         if predicts_x0(model) and self.kind == "flow":  # MedSyn2 eq. 4: x-prediction, v-loss
-            x0_hat = predict(model, x_t, t, text, keep, mask=mask, pooled=pooled).float()
+            x0_hat = predict(model, x_t, t, text, keep, mask=mask, context=context, pooled=pooled).float()
             field = velocity_from_x0(x0_hat, x_t.float(), t.float())
             return x_prediction_v_loss(x0_hat, x0.float(), x1.float(), t.float()), x_t, field
-        out = predict(model, x_t, t, text, keep, mask=mask, pooled=pooled)
+        out = predict(model, x_t, t, text, keep, mask=mask, context=context, pooled=pooled)
         field = self.field(as_velocity(model, out, x_t, t), x_t, t)
         return rectified_flow_loss(field, x0.float(), x1.float()), x_t, field
 
@@ -104,7 +104,8 @@ class NoisePrediction:
     scheduler: object
 
     def __call__(self, model: nn.Module, x0: torch.Tensor, mask: torch.Tensor, text: torch.Tensor,
-                 keep: torch.Tensor, generator: torch.Generator, pooled: torch.Tensor | None = None) -> torch.Tensor:
+                 keep: torch.Tensor, generator: torch.Generator, pooled: torch.Tensor | None = None,
+                 context: torch.Tensor | None = None) -> torch.Tensor:
         from medsynth.objectives import ddpm_add_noise, ddpm_model_time, noise_prediction_loss, sample_ddpm_timesteps
 
         steps = int(self.scheduler.config.num_train_timesteps)
@@ -115,7 +116,7 @@ class NoisePrediction:
             raise ValueError("the ddpm objective trains noise prediction: an x0-predicting backbone "
                              "(medsyn2_dit prediction: x0) needs objective flow (MedSyn2 x-prediction v-loss)")
         eps = predict(model, x_t, ddpm_model_time(timesteps, steps).to(x0.device), text, keep, mask=mask,
-                      pooled=pooled).float()
+                      context=context, pooled=pooled).float()
         return noise_prediction_loss(eps, noise.float())
 
 
@@ -136,6 +137,7 @@ class StepState:
     field: torch.Tensor
     step: int
     pooled: torch.Tensor | None = None
+    context: torch.Tensor | None = None  # the inpainting input channels (generator.inpainting_inputs)
 
 
 class ExtraTerm(Protocol):
@@ -169,7 +171,8 @@ class ConsistencyTerms:
         if not (self.temporal_weight or self.spatial_weight):
             return {}, []
         with torch.no_grad():
-            v_ref = as_velocity(self.reference, predict(self.reference, s.x_t, s.t, s.text, s.keep, mask=s.mask, pooled=s.pooled),
+            v_ref = as_velocity(self.reference, predict(self.reference, s.x_t, s.t, s.text, s.keep, mask=s.mask,
+                                                          context=s.context, pooled=s.pooled),
                                 s.x_t, s.t)
         logged, parts = {}, []
         if self.temporal_weight:
@@ -210,7 +213,8 @@ class RegionContrastive:
             if background is not None:
                 perturbed[:, background] = torch.maximum(perturbed[:, background], s.mask[:, channel])
             perturbed[:, channel] = ABSENT_MASK_VALUE
-        other = as_velocity(s.model, predict(s.model, s.x_t, s.t, s.text, s.keep, mask=perturbed, pooled=s.pooled), s.x_t, s.t)
+        other = as_velocity(s.model, predict(s.model, s.x_t, s.t, s.text, s.keep, mask=perturbed, context=s.context,
+                                                 pooled=s.pooled), s.x_t, s.t)
         other = s.objective.field(other, s.x_t, s.t)
         term = region_contrastive_loss(s.field, other, roi, delta=float(self.delta), dilation=int(self.dilation))
         weight = contrastive_lambda(int(s.step * 100 / max(1, self.total_steps)), self.schedule)

@@ -72,7 +72,14 @@ from medsynth.generator.integrate import (
     load_trained_generator,
     write_summary,
 )
-from medsynth.generator.loaders import load_latent_data, load_vae, resolve_text_encoder, set_generator_threads
+from medsynth.generator.loaders import (
+    inpainting_settings,
+    load_latent_data,
+    load_vae,
+    prompt_settings,
+    resolve_text_encoder,
+    set_generator_threads,
+)
 from medsynth.io.generated import write_generated
 from medsynth.io.trainsets import load_rows, read_index
 from medsynth.launch import resolve_device
@@ -137,6 +144,10 @@ def sample_condition_set(shards, vae_dir: str | Path, stats_path: str | Path, mo
                          f"not {run!r}")
     if edit:
         spec = replace(spec, edit={"strength": float(edit["strength"])})
+    inpainting = inpainting_settings(gen_cfg)
+    if inpainting and (edit or progressive):
+        raise ValueError("edit / progressive condition sets do not take inpainting inputs "
+                         "(generator.inpainting_inputs): their masks change without a masked image to match")
     text_encoder = text_encoder or resolve_text_encoder(gen_cfg, None)
     vae, stats = load_vae(vae_dir, stats_path)
     qc_cfg = sampling_cfg["hu_qc"]
@@ -160,6 +171,12 @@ def sample_condition_set(shards, vae_dir: str | Path, stats_path: str | Path, mo
         data, new_masks = stochastic_conditions(data, masks > 0, names, stochastic, gen_cfg,
                                                 bool(model_cfg["severity_prompt"]), text_encoder)
         masks = new_masks.astype(np.float32) - 0.5
+        if inpainting:  # each slice hosts its new mask: the masked image under the new mask
+            from medsynth.generator.inpainting import inpainting_context
+
+            data.dataset.tensors["context"] = inpainting_context(vae, stats, real_images, new_masks, names,
+                                                                 inpainting["channels"],
+                                                                 int(prompt_settings(gen_cfg)["encode_batch_size"]))
     if edit:
         from medsynth.generator.edits import edit_conditions
 

@@ -113,13 +113,15 @@ class GeneratorStep:
         if drop_report is not None and self.report_start is not None:
             text, keep = drop_report_tokens(text, keep, drop_report, self.report_start)
         pooled = None if self.pooled is None else self.pooled.to(device)[pid]
+        context = batch.get("context")  # inpainting inputs: never dropped (the image the mask is drawn into)
         if isinstance(self.objective, NoisePrediction):
-            loss = self.objective(model, x0, mask, text, keep, generator, pooled=pooled)
+            loss = self.objective(model, x0, mask, text, keep, generator, pooled=pooled, context=context)
             return {"ddpm": loss, "loss": loss}
-        main, x_t, flow_field = self.objective(model, x0, x1, t, text, keep, mask, pooled=pooled)
+        main, x_t, flow_field = self.objective(model, x0, x1, t, text, keep, mask, pooled=pooled, context=context)
         terms = {"flow": main}
         loss = main
-        state = StepState(model, pair, self.objective, x0, x1, x_t, t, text, keep, mask, flow_field, step, pooled)
+        state = StepState(model, pair, self.objective, x0, x1, x_t, t, text, keep, mask, flow_field, step, pooled,
+                          context)
         for term in self.extras:
             logged, parts = term(state)
             terms.update(logged)

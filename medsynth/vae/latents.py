@@ -21,7 +21,7 @@ from torch import nn
 
 from medsynth.vae.models import encode, model_device
 
-__all__ = ["ImageParts", "image_batches", "image_parts", "latent_statistics", "normalise_latents", "denormalise_latents",
+__all__ = ["ImageParts", "LatentEncoder", "latent_size", "image_batches", "image_parts", "latent_statistics", "normalise_latents", "denormalise_latents",
            "save_latent_statistics", "load_latent_statistics"]
 
 
@@ -120,3 +120,37 @@ def save_latent_statistics(stats: dict, path: str | Path) -> Path:
 def load_latent_statistics(path: str | Path) -> dict:
     """Read statistics written by :func:`save_latent_statistics`."""
     return json.loads(Path(path).read_text())
+
+
+class LatentEncoder:
+    """Posterior means of images added part by part, encoded in batches of ``batch_size`` across the parts'
+    boundaries (the batches, hence the latents, are those of encoding all the images at once)."""
+
+    def __init__(self, vae: torch.nn.Module, stats: dict, batch_size: int):
+        self.vae, self.stats, self.batch_size = vae.eval(), stats, int(batch_size)
+        self.pending: list[torch.Tensor] = []
+        self.out: list[torch.Tensor] = []
+
+    @torch.no_grad()
+    def _encode(self, x: torch.Tensor) -> None:
+        self.out.append(normalise_latents(encode(self.vae, x.to(model_device(self.vae)))[0].cpu(), self.stats))
+
+    def add(self, images: np.ndarray) -> None:
+        self.pending.append(torch.as_tensor(images, dtype=torch.float32))
+        x = torch.cat(self.pending)
+        full = len(x) - len(x) % self.batch_size
+        for i in range(0, full, self.batch_size):
+            self._encode(x[i:i + self.batch_size])
+        self.pending = [x[full:]] if full < len(x) else []
+
+    def latents(self) -> torch.Tensor:
+        if self.pending:
+            self._encode(torch.cat(self.pending))
+            self.pending = []
+        return torch.cat(self.out).contiguous()
+
+
+@torch.no_grad()
+def latent_size(vae: torch.nn.Module, image: np.ndarray) -> tuple[int, ...]:
+    """The latent grid of one ``(1, C, *spatial)`` image under ``vae`` (an encode of that image)."""
+    return tuple(encode(vae.eval(), torch.as_tensor(image, dtype=torch.float32).to(model_device(vae)))[0].shape[2:])

@@ -184,6 +184,7 @@ def predict(
     control: torch.Tensor | None = None,
     *,
     mask: torch.Tensor | None = None,
+    context: torch.Tensor | None = None,
     pooled: torch.Tensor | None = None,
     guidance: float | torch.Tensor = 3.5,
     spacing: torch.Tensor | None = None,
@@ -208,6 +209,9 @@ def predict(
         mask: the condition mask on the latent grid; concatenated to ``x_t`` and/or (``maisi_unet3d``
             with ``params.mask_input`` ``control`` / ``both``, when ``control`` is not given) resized to
             the ControlNet's conditioning grid and passed as ``control``.
+        context: input channels that go between ``x_t`` and ``mask`` and are never dropped (Stable Diffusion
+            inpainting's ``[inpainting mask; masked-image latent]``, ``generator.inpainting_inputs``):
+            the input is ``[x_t; context; mask]``; concatenated backbones only.
 
     Returns:
         ``(B, out_channels, *spatial)``: whatever the backbone predicts (velocity, or ``x0`` for a
@@ -218,14 +222,21 @@ def predict(
     concat, as_control = adapter.mask_routing(model) if mask is not None else (True, False)
     if as_control and control is None:
         control = adapter.control_grid(model, mask.to(x_t.dtype), x_t.shape[2:])
-    x = x_t if mask is None or not concat else torch.cat([x_t, mask.to(x_t.dtype)], dim=1)
+    if context is not None and not concat:
+        raise ValueError(f"{kind} takes its mask through the ControlNet; inpainting context channels (context=) "
+                         "need a backbone that takes its conditions on input channels")
+    parts = [x_t, *([] if context is None else [context.to(x_t.dtype)]),
+             *([] if mask is None or not concat else [mask.to(x_t.dtype)])]
+    x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
     want = adapter.in_channels(model)
     per = adapter.features_per_channel
     if x.shape[1] * per != want:
+        inputs = ("latent + " + ("inpainting context + " if context is not None else "") + "mask" if concat
+                  else "latent; the mask goes to the ControlNet")
         packed = f" (packed: {per} per latent channel)" if per > 1 else ""
         raise ValueError(
             f"{kind} expects {want} input channels{packed} "
-            f"({'latent + mask' if concat else 'latent; the mask goes to the ControlNet'}), got {x.shape[1]}"
+            f"({inputs}), got {x.shape[1]}"
         )
     if control is not None and not adapter.takes_control:
         raise ValueError(f"control is only for maisi_unet3d (ControlNet); {kind} takes the mask on channels (mask=)")
