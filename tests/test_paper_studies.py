@@ -25,8 +25,11 @@ PAPERS = {
                          "medpseg"}),
     "maisi_v2": ("maisi", {"maisi_vae", "maisi_diffusion_unet", "maisi_controlnet", "radimagenet_resnet50",
                            "totalsegmentator"}),
-    "meddiff_ft": ("meddiff", {"sd15_inpainting"}),
+    "meddiff_ft": ("meddiff", {"sd15_inpainting"}),  # ISIC-2018
+    **{f"meddiff_ft_{b}": ("meddiff", {"sd15_inpainting"}) for b in ("isic2017", "ph2", "busi", "ddti")},
 }
+#: MedDiff-FT's other benchmarks: a study each, merged onto config/studies/meddiff_ft.yaml (ISIC-2018)
+BENCHMARK_STUDIES = {f"meddiff_ft_{b}": b for b in ("isic2017", "ph2", "busi", "ddti")}
 #: rules that train or run a network: on a cluster each must ask for a GPU
 NETWORK_RULES = {"vae", "base", "stage1", "stage2", "architecture", "sample", "metrics", "calibration", "downstream",
                  "volume_vae", "volume_generator", "volume_sample", "volume_metrics"}
@@ -101,10 +104,25 @@ def test_every_pretrained_network_comes_from_the_registry(planned):
 
 def test_study_configs_stand_alone():
     """A paper study extends nothing: no tiny embedded setting leaks into it."""
-    for name in PAPERS:
+    for name in set(PAPERS) - set(BENCHMARK_STUDIES):
         own = yaml.safe_load((REPO / "config" / "studies" / f"{name}.yaml").read_text())
         assert "extends" in own and own["extends"] is None, name
         assert study_config(REPO / "config" / "studies" / f"{name}.yaml") == own
+
+
+@pytest.mark.parametrize("name", sorted(BENCHMARK_STUDIES))
+def test_each_meddiff_benchmark_study_is_the_meddiff_recipe_on_its_dataset(name):
+    from snakemake.utils import validate
+
+    config = study_config(REPO / "config" / "studies" / f"{name}.yaml")
+    validate(copy.deepcopy(config), str(REPO / "config" / "schema.yaml"))  # validate fills defaults in
+    isic2018 = study_config(REPO / "config" / "studies" / "meddiff_ft.yaml")
+    assert config["datasets"] == [BENCHMARK_STUDIES[name]] and config["study"] == name
+    registry = yaml.safe_load((REPO / "config" / "datasets.yaml").read_text())
+    modality = registry[BENCHMARK_STUDIES[name]]["layout"]["modality"]
+    assert config["masks"]["by_modality"][modality] == "lesion_labels"  # the benchmark's masks are read
+    differs = {k for k in set(config) | set(isic2018) if config.get(k) != isic2018.get(k)}
+    assert differs <= {"study", "extends", "datasets", "splits", "min_free_gib", "readers"}, differs
 
 
 #: ViCTr Table 2's other backbones: a study each, merged onto config/studies/victr.yaml

@@ -170,3 +170,29 @@ def test_a_broken_picture_is_quarantined_with_its_reason_and_the_rest_go_on(pict
     assert set(quarantine["stage"]) == {"ingest"}
     assert (results / "figures" / "registration_overlay.png").stat().st_size > 0
     assert not (results / "templates").exists() or not list((results / "templates").glob("*.nii.gz"))
+
+
+def test_the_shipped_example_pictures_are_the_shipped_ct_as_tests_example_pictures_makes_them(example_dir):
+    """resources/example_data/pictures (the MedDiff-FT smoke study's data) is the shipped CT, slice by slice."""
+    from example_pictures import example_pictures
+
+    made = example_pictures(example_dir)
+    folder = example_dir / "pictures"
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*.png")) == sorted(
+        f"{key.split('/')[0]}/{kind}/{key.split('/')[1]}.png" for key in made for kind in ("images", "masks"))
+    for key, (picture, mask) in made.items():
+        split, name = key.split("/")
+        assert np.array_equal(np.asarray(Image.open(folder / split / "images" / f"{name}.png")), picture), key
+        assert np.array_equal(np.asarray(Image.open(folder / split / "masks" / f"{name}.png")), mask), key
+    cases = discover_cases({"kind": "local", "root": str(folder), "name": "example_pictures",
+                            **_registry_entry("example_pictures")}, folder)
+    assert len(cases) == 30 and (cases["split"] == "test").sum() == 6 and cases["label"].str.len().gt(0).all()
+
+
+def _registry_entry(name: str) -> dict:
+    import yaml
+
+    from example_pictures import REPO
+
+    return {k: v for k, v in yaml.safe_load((REPO / "config" / "datasets.yaml").read_text())[name].items()
+            if k == "layout"}

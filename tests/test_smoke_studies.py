@@ -184,18 +184,20 @@ def test_maisi_v2_smoke_study(tmp_path):
 
 
 def test_meddiff_ft_smoke_study(tmp_path):
-    """MedDiff-FT: SD 1.5 inpainting (frozen VAE, its 9-channel UNet as released, CLIP) fine-tuned in full,
-    Euler with guidance, the stochastic mask generator, the quality filter with erosion, the guiding mask and
-    the meddiff_ft table."""
+    """MedDiff-FT: SD 1.5 inpainting (frozen VAE, its 9-channel UNet with its own inputs + the lesion channel,
+    CLIP) fine-tuned in full with the DDPM loss, DDIM with guidance, the stochastic mask generator, the quality
+    filter with erosion and the meddiff_ft table."""
     run = run_smoke_study("meddiff_ft", tmp_path, ["tables/meddiff_ft.csv"])
     print(f"meddiff_ft_smoke: snakemake {run.seconds:.0f} s")
     _check_fetched(run, {"sd15_inpainting": {"model_index.json", "unet/diffusion_pytorch_model.safetensors",
                                              "vae/diffusion_pytorch_model.safetensors",
                                              "text_encoder/model.safetensors", "tokenizer/tokenizer_config.json"}})
     base = _json(run.results / "base" / "final" / "config.json")
-    assert base["in_channels"] == 9  # the release's input layer as it is: 4 latent + 5 condition channels
+    # the release's 9 inputs (4 latent + inpainting mask + 4 masked-image latent) + the one condition channel
+    assert base["in_channels"] == 10
+    assert _json(run.results / "stage2" / "meddiff_ft" / "final" / "config.json")["in_channels"] == 10
     assert str(run.weights / "sd15_inpainting" / "inventory.csv") in _inputs(run, "stage2/meddiff_ft/final")
-    settings = ["real", "real_synth_mgf-meddiff_ft", "real_synth_gm-meddiff_ft"]
+    settings = ["real", "real_synth-meddiff_ft", "real_synth_mgf-meddiff_ft"]
     for setting in settings:
         evaluation = _json(run.results / "downstream" / setting / "evaluation.json")
         assert _finite(evaluation["mdsc"]), setting
