@@ -5,14 +5,16 @@ on tiny shards cut from the shipped CT (conftest.ct_slice_shard)."""
 from __future__ import annotations
 
 import copy
+import json
 from unittest import mock
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 
-from medsynth.generator.inpainting import inpainting_context, inpainting_region, masked_images
+from medsynth.generator.inpainting import inpainting_context, inpainting_region, lesion_free_hosts, masked_images
 from medsynth.models.prompts import ABSENT_MASK_VALUE
 from tiny_backbones import TINY_CONFIGS
 
@@ -57,6 +59,19 @@ def test_context_is_the_nearest_mask_and_the_normalised_masked_latent_by_hand():
     x[0, 0] = x[3, 3] = 0.0  # the region set to 0
     pooled = x.reshape(2, 2, 2, 2).mean(axis=(1, 3))
     assert np.allclose(context[0, 1].numpy(), (pooled - 0.25) / 2.0, atol=1e-6)
+
+
+def test_lesion_free_hosts_are_the_empty_slices_in_a_seeded_order_used_in_turn():
+    masks = np.full((5, 2, 2, 2), -0.5, np.float32)
+    masks[1, 0, 0, 0] = masks[3, 0, 1, 1] = 0.5  # rows 1 and 3 have a lesion in channel a
+    masks[4, 1, 0, 0] = 0.5  # row 4 only in channel b
+    hosts = lesion_free_hosts(masks, ["a", "b"], ["a"], 7, seed=3)
+    assert sorted(set(hosts.tolist())) == [0, 2, 4] and len(hosts) == 7
+    assert hosts[:3].tolist() == hosts[3:6].tolist() and hosts[6] == hosts[0]  # in turn, one order
+    assert np.array_equal(hosts, lesion_free_hosts(masks, ["a", "b"], ["a"], 7, seed=3))
+    assert sorted(set(lesion_free_hosts(masks, ["a", "b"], None, 4, seed=3).tolist())) == [0, 2]
+    with pytest.raises(ValueError, match="no lesion-free host"):
+        lesion_free_hosts(masks[[1, 3]], ["a", "b"], ["a"], 2, seed=0)
 
 
 def _unet(in_channels: int):
@@ -162,6 +177,23 @@ def test_base_training_and_stochastic_sampling_with_inpainting_inputs(shards, te
                          "euler-2", select, text_encoder=text_encoder)
     images, masks, _ = load_generated(out[0])
     assert np.isfinite(images).all() and images.shape[0] == masks.shape[0] > 0
+    # MedDiff-FT's inference: the new masks drawn into slices without a kidney (the inpainting channel here)
+    gen_k = {**gen, "inpainting_inputs": {"enabled": True, "channels": ["kidneys"]}}
+    select_k = {**select, "stochastic_masks": {**select["stochastic_masks"], "hosts": "lesion_free"}}
+    sample_condition_set(shards, vae, stats, tmp_path / "base" / "final", None, *out, gen_k,
+                         {**base, "severity_prompt": False, "objective": "flow"}, {"guidance_scale": 2.0, "seed": 5},
+                         "euler-2", select_k, text_encoder=text_encoder)
+    index = pd.read_csv(out[1])
+    real = load_latent_data(shards, vae, stats, gen_k, {**base, "severity_prompt": False,
+                                                         "select": {"split": ["train"], "modality": ["CT"]}},
+                            text_encoder).index
+    free = {(r.case_id, r.slice) for r in real.itertuples() if "kidneys" not in json.loads(r.organs)}
+    assert free and {(r.host_case, r.host_slice) for r in index.itertuples()} <= free
+    with pytest.raises(ValueError, match="needs generator.inpainting_inputs"):
+        sample_condition_set(shards, vae, stats, tmp_path / "base" / "final", None, *out,
+                             {**gen, "inpainting_inputs": {"enabled": False}},
+                             {**base, "severity_prompt": False, "objective": "flow"}, {"seed": 5}, "euler-2",
+                             select_k, text_encoder=text_encoder)
     with pytest.raises(ValueError, match="inpainting inputs"):
         sample_condition_set(shards, vae, stats, tmp_path / "base" / "final", None, *out, gen,
                              {**base, "severity_prompt": False, "objective": "flow"}, {"seed": 5}, "euler-2",

@@ -34,7 +34,8 @@ import torch.nn.functional as F
 
 from medsynth.vae.latents import LatentEncoder
 
-__all__ = ["inpainting_region", "masked_images", "ContextBuilder", "inpainting_context", "context_channels"]
+__all__ = ["inpainting_region", "masked_images", "ContextBuilder", "inpainting_context", "context_channels",
+           "lesion_free_hosts"]
 
 
 def inpainting_region(masks: np.ndarray, names: Sequence[str], channels: Sequence[str] | None) -> np.ndarray:
@@ -92,3 +93,17 @@ def inpainting_context(vae: torch.nn.Module, stats: Mapping, images: np.ndarray,
     builder = ContextBuilder(vae, stats, batch_size, channels)
     builder.add(images, masks, names)
     return builder.context()
+
+
+def lesion_free_hosts(masks: np.ndarray, names: Sequence[str], channels: Sequence[str] | None, n: int,
+                      seed: int) -> np.ndarray:
+    """Row indices of ``n`` host slices: the rows of ``masks`` with nothing in the inpainting ``channels``, in a
+    random order drawn from ``seed``, repeated in that order as often as ``n`` needs (``stochastic_masks.hosts:
+    lesion_free``, MedDiff-FT's lesion-free images)."""
+    region = inpainting_region(masks, names, channels)
+    free = np.flatnonzero(~region.reshape(len(region), -1).any(axis=1))
+    if not len(free):
+        raise ValueError(f"stochastic_masks.hosts = lesion_free, but every slice of the condition set has "
+                         f"something in {list(channels) if channels else list(names)}: no lesion-free host")
+    order = free[np.random.default_rng(int(seed)).permutation(len(free))]
+    return order[np.arange(int(n)) % len(order)]

@@ -93,7 +93,8 @@ log = logging.getLogger(__name__)
 
 #: the columns of a set's index CSV (those its conditions have): edit / progressive sets add their source and stage
 INDEX_COLUMNS = ("case_id", "patient_id", "modality", "split", "slice", "organs", "severity_fraction", "severity",
-                 "prompt", "source_case", "source_slice", "source_prompt", "strength", "stage", "stage_channels")
+                 "prompt", "source_case", "source_slice", "source_prompt", "strength", "stage", "stage_channels", "host_case",
+                 "host_slice")
 
 
 def condition_set(select: Mapping) -> dict:
@@ -171,12 +172,8 @@ def sample_condition_set(shards, vae_dir: str | Path, stats_path: str | Path, mo
         data, new_masks = stochastic_conditions(data, masks > 0, names, stochastic, gen_cfg,
                                                 bool(model_cfg["severity_prompt"]), text_encoder)
         masks = new_masks.astype(np.float32) - 0.5
-        if inpainting:  # each slice hosts its new mask: the masked image under the new mask
-            from medsynth.generator.inpainting import inpainting_context
-
-            data.dataset.tensors["context"] = inpainting_context(vae, stats, real_images, new_masks, names,
-                                                                 inpainting["channels"],
-                                                                 int(prompt_settings(gen_cfg)["encode_batch_size"]))
+        data = _host_new_masks(data, stochastic, inpainting, real_images, real_masks, new_masks, names, vae, stats,
+                               int(prompt_settings(gen_cfg)["encode_batch_size"]))
     if edit:
         from medsynth.generator.edits import edit_conditions
 
@@ -228,6 +225,28 @@ def sample_condition_set(shards, vae_dir: str | Path, stats_path: str | Path, mo
     log.info("%s: %d samples, %.4f s/sample, %d NFE", out_tensors, len(generated.images),
              generated.seconds_per_sample, generated.nfe)
     return generated
+
+
+def _host_new_masks(data, stochastic, inpainting, real_images, real_masks, new_masks, names, vae, stats, batch_size):
+    """With inpainting inputs, the context of each new (stochastic) mask drawn into its host slice (the set's own
+    slice, or a lesion-free one: ``stochastic_masks.hosts``); the index records lesion-free hosts."""
+    from medsynth.generator.inpainting import inpainting_context, lesion_free_hosts
+    from medsynth.generator.mask_generator import mask_generator_options
+
+    options = mask_generator_options(stochastic)
+    if not inpainting:
+        if options["hosts"] != "own":
+            raise ValueError("stochastic_masks.hosts = lesion_free needs generator.inpainting_inputs (without them "
+                             "a new mask is not drawn into any slice)")
+        return data
+    hosts = np.arange(len(new_masks))
+    if options["hosts"] == "lesion_free":
+        hosts = lesion_free_hosts(real_masks, names, inpainting["channels"], len(new_masks), int(options["seed"]))
+        data.index = data.index.assign(host_case=data.index["case_id"].to_numpy()[hosts],
+                                       host_slice=data.index["slice"].to_numpy()[hosts])
+    data.dataset.tensors["context"] = inpainting_context(vae, stats, real_images[hosts], new_masks, names,
+                                                         inpainting["channels"], batch_size)
+    return data
 
 
 def _sample_progressive(model, objective, data, masks, progressive, vae, stats, spec, gen_cfg, model_cfg, text_encoder,
