@@ -357,5 +357,5 @@ def load_claims(path: str | Path, roles: Mapping[str, str] | None = None) -> Cla
 
 
 def study_roles(tables: Mapping) -> dict[str, str]:
-    """The roles a claims file may name (``${medsyn2_model}``), from config ``tables``."""
-    return {"medsyn2_model": str(tables["medsyn2_model"])}
+    """The roles a claims file may name (``${medsyn2_model}``, ``${meddiff_model}``), from config ``tables``."""
+    return {"medsyn2_model": str(tables["medsyn2_model"]), "meddiff_model": str(tables["meddiff_model"])}
