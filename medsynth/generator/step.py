@@ -114,10 +114,11 @@ class GeneratorStep:
             text, keep = drop_report_tokens(text, keep, drop_report, self.report_start)
         pooled = None if self.pooled is None else self.pooled.to(device)[pid]
         context = batch.get("context")  # inpainting inputs: never dropped (the image the mask is drawn into)
+        inputs = {"pooled": pooled, **({"context": context} if context is not None else {})}
         if isinstance(self.objective, NoisePrediction):
-            loss = self.objective(model, x0, mask, text, keep, generator, pooled=pooled, context=context)
+            loss = self.objective(model, x0, mask, text, keep, generator, **inputs)
             return {"ddpm": loss, "loss": loss}
-        main, x_t, flow_field = self.objective(model, x0, x1, t, text, keep, mask, pooled=pooled, context=context)
+        main, x_t, flow_field = self.objective(model, x0, x1, t, text, keep, mask, **inputs)
         terms = {"flow": main}
         loss = main
         state = StepState(model, pair, self.objective, x0, x1, x_t, t, text, keep, mask, flow_field, step, pooled,
