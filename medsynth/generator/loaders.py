@@ -11,8 +11,8 @@ from medsynth.generator.data import LatentData, build_latent_data
 from medsynth.launch import job_device, set_threads
 from medsynth.models.backbones import adapter_for, build_backbone, input_channels, mask_routing
 
-__all__ = ["set_generator_threads", "prompt_settings", "report_settings", "inpainting_settings", "resolve_text_encoder", "load_vae", "load_latent_data", "check_channels",
-           "backbone_dims", "load_backbone"]
+__all__ = ["set_generator_threads", "prompt_settings", "report_settings", "inpainting_settings", "resolve_text_encoder",
+           "load_vae", "load_latent_data", "check_channels", "backbone_dims", "load_backbone"]
 
 #: the keys of config ``generator`` that make the prompts (the rest describe the backbone)
 PROMPT_KEYS = ("text_encoder", "severity", "max_length", "encode_batch_size", "report")

@@ -93,8 +93,8 @@ log = logging.getLogger(__name__)
 
 #: the columns of a set's index CSV (those its conditions have): edit / progressive sets add their source and stage
 INDEX_COLUMNS = ("case_id", "patient_id", "modality", "split", "slice", "organs", "severity_fraction", "severity",
-                 "prompt", "source_case", "source_slice", "source_prompt", "strength", "stage", "stage_channels", "host_case",
-                 "host_slice")
+                 "prompt", "source_case", "source_slice", "source_prompt", "strength", "stage", "stage_channels",
+                 "host_case", "host_slice")
 
 
 def condition_set(select: Mapping) -> dict:
