@@ -1,4 +1,4 @@
-"""How resources/example_data/pictures/ is made from the shipped upper-abdomen CT (and checked to be so, by
+"""How resources/example_pictures/ is made from the shipped upper-abdomen CT (and checked to be so, by
 tests/test_pictures.py): each axial slice as an 8-bit soft-tissue picture (W350 / L50, shown as radiologists
 view it) with its TotalSegmentator liver mask (0 / 255) - real anatomy stored as a 2D benchmark stores it.
 Every 5th slice goes to test/, the rest to train/.
@@ -48,4 +48,4 @@ def write_example_pictures(root: Path) -> None:
 
 
 if __name__ == "__main__":
-    write_example_pictures(EXAMPLE / "pictures")
+    write_example_pictures(REPO / "resources" / "example_pictures")

@@ -173,11 +173,11 @@ def test_a_broken_picture_is_quarantined_with_its_reason_and_the_rest_go_on(pict
 
 
 def test_the_shipped_example_pictures_are_the_shipped_ct_as_tests_example_pictures_makes_them(example_dir):
-    """resources/example_data/pictures (the MedDiff-FT smoke study's data) is the shipped CT, slice by slice."""
+    """resources/example_pictures (the MedDiff-FT smoke study's data) is the shipped CT, slice by slice."""
     from example_pictures import example_pictures
 
     made = example_pictures(example_dir)
-    folder = example_dir / "pictures"
+    folder = example_dir.parent / "example_pictures"
     assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*.png")) == sorted(
         f"{key.split('/')[0]}/{kind}/{key.split('/')[1]}.png" for key in made for kind in ("images", "masks"))
     for key, (picture, mask) in made.items():
