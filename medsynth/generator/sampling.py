@@ -158,8 +158,10 @@ def sample_condition_set(shards, vae_dir: str | Path, stats_path: str | Path, mo
     qc_applies = (bool(qc_cfg["enabled"]) and set(index.iloc[rows]["modality"].astype(str)) == {"CT"}
                   and not (edit or progressive))
     slices = load_rows(shards, rows, index)  # in index order: load_latent_data takes the set's rows as they are
-    data = load_latent_data(shards, vae_dir, stats_path, gen_cfg, {**dict(model_cfg), "select": select}, text_encoder,
-                 vae_stats=(vae, stats), slices=slices)
+    # a stochastic set's inpainting inputs are built under its new masks (_host_new_masks), not under the real ones
+    data_cfg = {**dict(gen_cfg), "inpainting_inputs": {"enabled": False}} if stochastic else gen_cfg
+    data = load_latent_data(shards, vae_dir, stats_path, data_cfg, {**dict(model_cfg), "select": select}, text_encoder,
+                            vae_stats=(vae, stats), slices=slices)
     _, real_images, masks, names = slices
     real_masks = masks > 0  # the condition set's real masks (the HU check's yardstick), before any replacement
     if qc_applies:  # the bounds first: a reference that keeps no slice fails before any sampling
