@@ -13,6 +13,8 @@ __all__ = [
     "DOWNSTREAM_COMPOSITIONS",
     "MEDDIFF_KINDS",
     "DOWNSTREAM_KINDS",
+    "TASK_SEPARATOR",
+    "parse_setting",
     "run_pattern",
 ]
 
@@ -29,6 +31,18 @@ DOWNSTREAM_COMPOSITIONS: tuple[str, ...] = ("real", "real_aug", "real_synth", "s
 MEDDIFF_KINDS: tuple[str, ...] = ("real_synth_mg", "real_synth_mgf", "real_synth_gm")
 #: Every downstream setting kind; a kind with synthetic data is written ``<kind>-<model>``
 DOWNSTREAM_KINDS: tuple[str, ...] = DOWNSTREAM_COMPOSITIONS + MEDDIFF_KINDS
+#: A downstream setting of a task (config ``downstream.tasks``) is written ``<task>.<setting>``
+TASK_SEPARATOR = "."
+
+
+def parse_setting(setting: str) -> tuple[str | None, str, str | None]:
+    """``(task, kind, model)`` of a downstream setting ``[<task>.]<kind>[-<model>]`` (None where absent):
+    ``semiseg.real_synth-medsyn2`` -> ``("semiseg", "real_synth", "medsyn2")``, ``real`` -> ``(None, "real", None)``."""
+    task, sep, rest = setting.partition(TASK_SEPARATOR)
+    if not sep:
+        task, rest = None, setting
+    kind, _, model = rest.partition("-")
+    return task, kind, model or None
 
 
 def run_pattern() -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 from medsynth.configmerge import variant_config
 from medsynth.io.trainsets import both_selections
-from medsynth.names import DOWNSTREAM_KINDS, run_pattern
+from medsynth.names import DOWNSTREAM_KINDS, TASK_SEPARATOR, parse_setting, run_pattern
 from medsynth.settings import check_frozen_vae
 from medsynth.replicates import replicate_names, split_replicate, with_replicate_seed
 from medsynth.targets import restrict, target_select
@@ -91,7 +91,8 @@ class Study:
             "arch": alternatives([*self.architectures, *self.replicas_of(self.architectures)]),
             "model": alternatives(self.models),
             "run": run_pattern(),
-            "setting": rf"real|real_aug|({kinds})-(" + "|".join(re.escape(m) for m in self.models) + ")",
+            "setting": (rf"(({alternatives(self.downstream['tasks'])})\.)?"
+                        rf"(real|real_aug|({kinds})-(" + "|".join(re.escape(m) for m in self.models) + "))"),
             "conditions": alternatives([*self.condition_sets, *self.tumour_condition_sets()]),
             "task": alternatives(self.tumour_tasks()),
             "tumour_setting": "real|real_synth",
@@ -281,16 +282,27 @@ class Study:
         return {"synthetic": f"{stem}.safetensors", "synthetic_index": f"{stem}.csv"}
 
     # -- downstream --------------------------------------------------------------------------
-    def downstream_settings(self, *kinds: str) -> list[str]:
-        """The study's downstream settings, or those of the given kinds (``real_synth`` of ``real_synth-victr``)."""
-        settings = list(self.downstream["settings"])
-        return [s for s in settings if not kinds or s.split("-")[0] in kinds]
+    def downstream_settings(self, *kinds: str, task: str | None = None) -> list[str]:
+        """The study's downstream settings, or those of the given kinds (``real_synth`` of ``real_synth-victr``);
+        with ``task``, that task's (``downstream.tasks.<task>.settings``, named ``<task>.<setting>``)."""
+        if task is None:
+            settings = list(self.downstream["settings"])
+        elif task in self.downstream["tasks"]:
+            settings = [f"{task}{TASK_SEPARATOR}{s}" for s in self.downstream["tasks"][task]["settings"]]
+        else:
+            raise ValueError(f"no downstream task {task!r} (downstream.tasks: {sorted(self.downstream['tasks'])})")
+        return [s for s in settings if not kinds or parse_setting(s)[1] in kinds]
+
+    def every_downstream_setting(self) -> list[str]:
+        """The plain settings and every task's (``<task>.<setting>``)."""
+        tasks = self.downstream["tasks"]
+        return [*self.downstream_settings(), *(s for t in tasks for s in self.downstream_settings(task=t))]
 
     def downstream_inputs(self, setting: str) -> dict[str, str]:
         """Synthetic slices a downstream setting needs: <kind>-<model> -> that model's default run on `train`
         (MedDiff-FT kinds: on the stochastic-mask condition set - the filter also needs the feature
         extractor - or, for real_synth_gm, on the guiding-mask condition set)."""
-        kind, _, model = setting.partition("-")
+        _, kind, model = parse_setting(setting)
         if not model:
             return {}
         meddiff = self.downstream["meddiff"]

@@ -27,6 +27,7 @@ rule downstream:
         downstream=DOWNSTREAM,
         grid=config["preprocess"]["grid"],
         statistics=config["statistics"],
+        intensity=config["intensity"],
         slice_size=config["trainsets"]["slices"]["size"],
     script:
         "../scripts/downstream.py"

@@ -300,7 +300,8 @@ def test_a_claim_names_a_model_by_its_role_in_the_study():
 
     raw = {"published": {"a": {"model": "MedSyn2"}}, "reproduced": {"a": {"setting": "real_synth-${medsyn2_model}"},
                                                                      "b": {"model": "${medsyn2_model}"}}}
-    filled = fill_roles(raw, study_roles({"medsyn2_model": "medsyn2", "meddiff_model": "victr"}))
+    filled = fill_roles(raw, study_roles({"medsyn2_model": "medsyn2", "meddiff_model": "victr",
+                                          "medsyn2_table5_task": None}))
     assert filled["reproduced"] == {"a": {"setting": "real_synth-medsyn2"}, "b": {"model": "medsyn2"}}
     assert filled["published"] == raw["published"]
     with pytest.raises(ClaimsError, match="names no role"):
@@ -308,9 +309,12 @@ def test_a_claim_names_a_model_by_its_role_in_the_study():
     claims = load_claims(CLAIMS)  # roles from the schema's defaults: victr
     combined = next(c for c in claims.claims if c.id == "medsyn2_combined_beats_real")
     assert combined.reproduced.a.setting == "real_synth-victr"
-    meddiff = next(c for c in load_claims(CLAIMS, study_roles({"medsyn2_model": "m", "meddiff_model": "meddiff_ft"}))
-                   .claims if c.id == "meddiff_dice_plus_1")
+    assert combined.reproduced.b.setting == "real"
+    roles = study_roles({"medsyn2_model": "m", "meddiff_model": "meddiff_ft", "medsyn2_table5_task": "semiseg"})
+    meddiff = next(c for c in load_claims(CLAIMS, roles).claims if c.id == "meddiff_dice_plus_1")
     assert meddiff.reproduced.a.setting == "real_synth_mgf-meddiff_ft"  # the MedDiff-FT study's own model
+    semiseg = next(c for c in load_claims(CLAIMS, roles).claims if c.id == "medsyn2_combined_beats_real")
+    assert (semiseg.reproduced.a.setting, semiseg.reproduced.b.setting) == ("semiseg.real_synth-m", "semiseg.real")
 
 
 def test_a_tumour_task_record_has_its_own_key_and_path_and_only_real_or_real_synth():

@@ -102,6 +102,25 @@ def test_every_pretrained_network_comes_from_the_registry(planned):
     assert expected <= used, f"{name}: registry models no rule takes as input: {sorted(expected - used)}"
 
 
+def test_every_downstream_task_setting_is_planned(planned):
+    """Each setting of a downstream task is planned; MedSyn2's Table 5 task trains on SemiSeg's pictures,
+    whose splits no generator selection takes."""
+    name, p = planned
+    cfg = p.config["downstream"]
+    settings = {f"{t}.{s}" for t, task in cfg.get("tasks", {}).items() for s in task["settings"]}
+    # (replicates of a model add <setting>@k)
+    assert settings <= {job.wildcards["setting"].split("@")[0] for job in p.of("downstream")}, name
+    if name == "medsyn2":
+        assert settings == {"semiseg.real", "semiseg.real_synth-medsyn2", "semiseg.synth_only-medsyn2"}
+        semiseg = cfg["tasks"]["semiseg"]
+        assert semiseg["channels"] == ["ggo"] and semiseg["synthetic_count"] == 416
+        assert semiseg["train_select"] == {"split": ["downstream_train"]}
+        assert p.config["tables"]["medsyn2_table5_task"] == "semiseg"
+        layout = next(d for d in p.config["datasets"] if isinstance(d, dict) and d["name"] == "semiseg")["layout"]
+        assert set(layout["split_map"].values()) == {"downstream_train", "downstream_test"}
+        assert all(p.config[stage]["select"] == {"split": ["train"]} for stage in ("base", "stage1", "stage2"))
+
+
 def test_study_configs_stand_alone():
     """A paper study extends nothing: no tiny embedded setting leaks into it."""
     for name in set(PAPERS) - set(BENCHMARK_STUDIES):

@@ -94,7 +94,7 @@ def test_medsyn2_smoke_study(tmp_path):
     report conditioning, Dormand-Prince sampling, whole-volume CT-CLIP FD (gated CT-RATE stand-in), the 2D
     DiT on SD 1.5's fine-tuned VAE, Table 1 (FD per CT window and plane)."""
     run = run_smoke_study("medsyn2", tmp_path, ["tables/medsyn2_table1.csv", "tables/medsyn2_table2.csv",
-                                                "tables/medsyn2_table3.csv"],
+                                                "tables/medsyn2_table3.csv", "tables/medsyn2_table5.csv"],
                           prioritize=["metrics/medsyn2/dopri5-2.json"])
     print(f"medsyn2_smoke: snakemake {run.seconds:.0f} s")
     cxr_bert = {"config.json", "configuration_cxrbert.py", "modeling_cxrbert.py", "pytorch_model.bin", "vocab.txt",
@@ -134,6 +134,27 @@ def test_medsyn2_smoke_study(tmp_path):
     assert len(ours) >= 1 and len(t2) > len(ours)  # ours beside the paper's rows
     t3 = pd.read_csv(run.results / "tables" / "medsyn2_table3.csv")
     assert t3.astype(str).apply(lambda c: c.str.startswith("unavailable")).any().any()
+    _check_table5(run)
+
+
+def _check_table5(run) -> None:
+    """Table 5's task on the SemiSeg stand-in (the example pictures, liver for GGO): the pictures train and score
+    the task only (their splits are no generator's), with the learned channel alone, 4 re-windowed synthetic
+    slices holding it, distances in pixels."""
+    index = pd.concat(pd.read_csv(p) for p in (run.results / "trainsets" / "slices").glob("*.csv"))
+    pictures = index[index["dataset"] == "example_pictures"]
+    assert set(pictures["split"]) == {"downstream_train", "downstream_test"} and len(pictures) == 30
+    table = pd.read_csv(run.results / "tables" / "medsyn2_table5.csv")
+    assert list(table["setting"]) == ["semiseg.real", "semiseg.real_synth-medsyn2", "semiseg.synth_only-medsyn2"]
+    assert list(table["n_images"]) == [24, 28, 4] and list(table["paper training_data"]) == [
+        "real", "combined", "synthesized"]
+    assert "hd95 (pixel)" in table.columns and table["dice (%)"].map(_finite).all()
+    for setting in table["setting"]:
+        record = _json(run.results / "downstream" / setting / "evaluation.json")
+        assert record["task"] == "semiseg" and record["channels_learned"] == ["ggo"] and record["n_test"] == 6
+        assert list(record["channels"]) == ["ggo"] and record["spacing_mm"] is None
+    own = _json(run.results / "downstream" / "real" / "evaluation.json")  # the study's own slices, every channel
+    assert own["task"] is None and len(own["channels_learned"]) == 8 and own["n_test"] == 20
 
 
 def test_maisi_v2_smoke_study(tmp_path):

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from medsynth.names import TASK_SEPARATOR
+
 from .effects import KINDS
 
 __all__ = ["CELL_READINGS", "DIRECTIONS", "Claim", "Claims", "ClaimsError", "Published", "RecordRef", "Reproduced",
@@ -357,5 +359,8 @@ def load_claims(path: str | Path, roles: Mapping[str, str] | None = None) -> Cla
 
 
 def study_roles(tables: Mapping) -> dict[str, str]:
-    """The roles a claims file may name (``${medsyn2_model}``, ``${meddiff_model}``), from config ``tables``."""
-    return {"medsyn2_model": str(tables["medsyn2_model"]), "meddiff_model": str(tables["meddiff_model"])}
+    """The roles a claims file may name (``${medsyn2_model}``, ``${meddiff_model}``, ``${medsyn2_table5}``: the
+    prefix of MedSyn2 Table 5's downstream settings, "" or "<task>."), from config ``tables``."""
+    task = tables["medsyn2_table5_task"]
+    return {"medsyn2_model": str(tables["medsyn2_model"]), "meddiff_model": str(tables["meddiff_model"]),
+            "medsyn2_table5": "" if task is None else f"{task}{TASK_SEPARATOR}"}

@@ -7,6 +7,8 @@ A MONAI segmentation network is trained on 2D slices in four settings (``real``,
 * :mod:`.model` - ``build_segmenter``, ``encoder_features`` (the self-trained MFID extractor),
   ``save_segmenter`` / ``load_segmenter``.
 * :mod:`.train` - ``SegmentationStep``, ``train_segmenter``, ``predict_masks``, ``evaluate_segmenter``.
+* :mod:`.transfer` - ``task_config`` (a downstream task's keys), ``keep_channels`` (the channels a task
+  learns), ``window_to_unit`` (CT slices re-windowed as 8-bit pictures were exported; MedSyn2 Table 5).
 * :mod:`.volume_segmenter` - the 3D tumour segmenter of MAISI-v2's downstream study (config
   ``volumes.downstream``): ``build_volume_segmenter``, ``VolumePatchStep``, ``train_volume_segmenter``,
   ``predict_volumes``, ``case_dice``, ``save_volume_segmenter`` / ``load_volume_segmenter``.
@@ -40,6 +42,7 @@ from .train import (
     train_segmenter,
     train_settings,
 )
+from .transfer import keep_channels, task_config, window_to_unit
 from .volume_segmenter import (
     VolumePatchStep,
     build_volume_segmenter,
@@ -70,6 +73,7 @@ __all__ = [
     "encoder_features",
     "encoder_module",
     "evaluate_segmenter",
+    "keep_channels",
     "load_segmenter",
     "load_volume_segmenter",
     "metrics_from_masks",
@@ -80,12 +84,14 @@ __all__ = [
     "save_volume_segmenter",
     "segmenter_config",
     "setting_augments",
+    "task_config",
     "train_config",
     "train_segmenter",
     "train_settings",
     "train_volume_segmenter",
     "unet_bottom",
     "volume_downstream_settings",
+    "window_to_unit",
 ]
 
 

@@ -156,7 +156,8 @@ def _pair(pair: tuple[Any, Any] | None, what: str) -> tuple[torch.Tensor, torch.
 
 def compose_setting(setting: str, real: tuple[Any, Any] | None,
                     synthetic: tuple[Any, Any] | None = None, synthetic_fraction: float = 0.3,
-                    seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+                    seed: int = 0, synthetic_count: int | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Training slices of one downstream setting.
 
     * ``real`` / ``real_aug``: the real slices (augmentation happens during training, see
@@ -165,6 +166,9 @@ def compose_setting(setting: str, real: tuple[Any, Any] | None,
       slices (the caller passes the synthetic set already shuffled); fewer than ``k`` available is an
       error, so every variant is compared at the same synthetic count;
     * ``synth_only``: all synthetic slices.
+
+    ``synthetic_count`` (config ``downstream.synthetic_count``) fixes the synthetic count of both
+    ``real_synth`` and ``synth_only`` instead (the first ``synthetic_count``; fewer is an error).
 
     The concatenation is permuted with ``seed`` (the training loop shuffles again; this only avoids
     block order in the returned arrays). Returns ``(images, labels, summary)`` with summary keys
@@ -192,18 +196,22 @@ def compose_setting(setting: str, real: tuple[Any, Any] | None,
         n_real = len(real_p[0])
     if setting == "real_synth":
         assert synth_p is not None
-        k = int(math.floor(float(synthetic_fraction) * n_real + 0.5))
+        k = (int(synthetic_count) if synthetic_count is not None
+             else int(math.floor(float(synthetic_fraction) * n_real + 0.5)))
         if k > len(synth_p[0]):
-            raise ValueError(f"real_synth needs {k} synthetic slices ({synthetic_fraction} x {n_real} real), "
-                             f"only {len(synth_p[0])} given")
+            asked = f"synthetic_count {k}" if synthetic_count is not None else f"{synthetic_fraction} x {n_real} real"
+            raise ValueError(f"real_synth needs {k} synthetic slices ({asked}), only {len(synth_p[0])} given")
         parts_i.append(synth_p[0][:k])
         parts_l.append(synth_p[1][:k])
         n_synth = k
     elif setting == "synth_only":
         assert synth_p is not None
-        parts_i.append(synth_p[0])
-        parts_l.append(synth_p[1])
-        n_synth = len(synth_p[0])
+        k = len(synth_p[0]) if synthetic_count is None else int(synthetic_count)
+        if k > len(synth_p[0]):
+            raise ValueError(f"synth_only needs synthetic_count {k} synthetic slices, only {len(synth_p[0])} given")
+        parts_i.append(synth_p[0][:k])
+        parts_l.append(synth_p[1][:k])
+        n_synth = k
     shapes = {tuple(t.shape[1:]) for t in parts_l}
     if len(shapes) != 1 or len({tuple(t.shape[2:]) for t in parts_i}) != 1:
         raise ValueError(f"real and synthetic slices differ in shape: labels {sorted(shapes)}")

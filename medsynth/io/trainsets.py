@@ -214,11 +214,29 @@ def both_selections(a: Mapping[str, Sequence] | None, b: Mapping[str, Sequence] 
     return merged
 
 
+#: the selection key keeping the rows whose masks hold every named condition channel (index column ``organs``)
+PRESENT_KEY = "present"
+
+
 def select_rows(index: pd.DataFrame, select: Mapping[str, Sequence] | None) -> np.ndarray:
-    """Row positions whose column values are in the allowed lists (``{"split": ["train"], "modality": ["MR"]}``)."""
+    """Row positions whose column values are in the allowed lists (``{"split": ["train"], "modality": ["MR"]}``);
+    the key ``present`` keeps the rows whose masks hold every channel it names (``{"present": ["ggo"]}``: the
+    index column ``organs`` lists a row's non-empty channels)."""
     keep = np.ones(len(index), bool)
     for column, allowed in (select or {}).items():
+        if column == PRESENT_KEY:
+            keep &= _holding(index, allowed)
+            continue
         if column not in index:
             raise KeyError(f"select: column {column!r} not in the training-set index ({list(index.columns)})")
         keep &= index[column].astype(str).isin([str(a) for a in allowed]).to_numpy()
     return np.flatnonzero(keep)
+
+
+def _holding(index: pd.DataFrame, channels: Sequence[str]) -> np.ndarray:
+    """Rows whose ``organs`` (a JSON list of non-empty channels) holds every one of ``channels``."""
+    if "organs" not in index:
+        raise KeyError(f"select: {PRESENT_KEY!r} needs the index column 'organs' ({list(index.columns)})")
+    wanted = {str(c) for c in channels}
+    return np.array([wanted <= set(json.loads(v) if isinstance(v, str) and v else []) for v in index["organs"]],
+                    dtype=bool)

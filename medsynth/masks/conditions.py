@@ -26,6 +26,11 @@ class ConditionSpec:
     min_ml: float
     max_ml: float | None
     required: bool
+    qc_modalities: tuple[str, ...] | None = None
+
+    def checks(self, modality: str | None) -> bool:
+        """Whether the mask QC (required, min_ml, max_ml) applies to a case of ``modality`` (``qc_modalities``)."""
+        return self.qc_modalities is None or modality is None or str(modality) in self.qc_modalities
 
     @classmethod
     def from_config(cls, cfg: dict) -> "ConditionSpec":
@@ -35,7 +40,8 @@ class ConditionSpec:
         c = section("masks", {"conditions": [dict(cfg)]})["conditions"][0]
         return cls(name=c["name"], structures=tuple(c["structures"]), boundary=bool(c["boundary"]),
                    min_ml=float(c["min_ml"]), max_ml=None if c["max_ml"] is None else float(c["max_ml"]),
-                   required=bool(c["required"]))
+                   required=bool(c["required"]),
+                   qc_modalities=None if c["qc_modalities"] is None else tuple(str(m) for m in c["qc_modalities"]))
 
 
 @dataclass
@@ -63,8 +69,10 @@ def lobe_boundaries(labels: np.ndarray, ids: list[int]) -> np.ndarray:
     return ndi.binary_dilation(out, structure=np.ones((3, 3, 3)))
 
 
-def condition_masks(labels: np.ndarray, names: dict[int, str], specs: list[ConditionSpec], voxel_ml: float) -> ConditionResult:
-    """Channels for ``specs`` from one label map, with volume QC (empty required channel, volume out of range)."""
+def condition_masks(labels: np.ndarray, names: dict[int, str], specs: list[ConditionSpec], voxel_ml: float,
+                    modality: str | None = None) -> ConditionResult:
+    """Channels for ``specs`` from one label map, with volume QC (empty required channel, volume out of range)
+    where a channel checks cases of ``modality`` (:meth:`ConditionSpec.checks`)."""
     channels = np.zeros((len(specs), *labels.shape), np.uint8)
     result = ConditionResult(channels, [s.name for s in specs])
     for c, spec in enumerate(specs):
@@ -73,6 +81,8 @@ def condition_masks(labels: np.ndarray, names: dict[int, str], specs: list[Condi
         channels[c] = mask
         volume = float(mask.sum()) * voxel_ml
         result.volumes_ml[spec.name] = volume
+        if not spec.checks(modality):
+            continue
         if mask.sum() == 0:
             if spec.required:
                 result.reasons.append(f"empty mask: {spec.name}")

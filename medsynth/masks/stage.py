@@ -158,7 +158,7 @@ def masks_shard(registered: pd.DataFrame, out_dir: str | Path, segmenters: dict[
         seg = pool.segment(name, case)
         labels = np.asarray(seg.labels.dataobj).astype(np.int16)
         voxel_ml = float(np.prod(np.linalg.norm(seg.labels.affine[:3, :3], axis=0))) / 1000.0
-        result = condition_masks(labels, seg.names, specs, voxel_ml)
+        result = condition_masks(labels, seg.names, specs, voxel_ml, case.get("modality"))
         unknown = unknown_label_ids(labels, seg.names)
         produced = {"segmenter": name, "labels_path": str(tmp / "labels" / f"{case['case_id']}.nii.gz"),
                     "conditions_path": str(tmp / "conditions" / f"{case['case_id']}.nii.gz"),

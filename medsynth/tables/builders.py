@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from medsynth.names import parse_setting
+
 from .paper import load_reported, reported
 from .cells import fd_value, measured, measured_row, paired_gain
 from .render import NOT_MEASURED, NOT_REPORTED
@@ -165,7 +167,7 @@ def medsyn2_table5(evaluations: Mapping[str, Mapping], paper_dir: str | Path) ->
     names = {"real": "real", "synth_only": "synthesized", "real_synth": "combined"}
     rows = []
     for setting, e in evaluations.items():
-        kind = setting.split("-")[0]
+        kind = parse_setting(setting)[1]
         paper_row = names.get(kind, setting)
         mean = e.get("mean", {})
         rows.append({"setting": setting, "paper training_data": paper_row,
@@ -383,7 +385,7 @@ def meddiff_ft(evaluations: Mapping[str, Mapping], paper_dir: str | Path) -> pd.
               "real_synth_gm": "+ synthetic (guiding mask: ROI resynthesised in real slices)"}
     rows = []
     for setting, e in evaluations.items():
-        kind = setting.split("-")[0]
+        kind = parse_setting(setting)[1]
         filt = e.get("meddiff_filter") or {}
         rows.append({"setting": setting, "what": labels.get(kind, kind),
                      "mDSC (%)": measured(e, "mdsc", _cell(e, "mdsc", 100.0), 100.0),

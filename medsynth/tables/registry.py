@@ -83,7 +83,7 @@ def _claims_inputs(study: "Study") -> dict[str, str]:
     row says the study does not produce them)."""
     from medsynth.claims import load_claims, record_paths, study_roles
 
-    settings = set(study.downstream_settings())
+    settings = set(study.every_downstream_setting())
     tumour = set(study.tumour_records())
     paths = record_paths(load_claims(_claims_file(study), study_roles(study.tables)),
                          lambda model, run: study.metrics_json(model, run) if model in study.models else "",
@@ -221,8 +221,8 @@ TABLES: dict[str, TableSpec] = {
     "medsyn2_table5": TableSpec(
         "MedSyn2 Table 5 - segmentation with real / synthesized / combined training data",
         (),
-        inputs=lambda s: {st: s.downstream_json(st) for st in s.downstream_settings("real", "real_synth",
-                                                                                    "synth_only")},
+        inputs=lambda s: {st: s.downstream_json(st) for st in s.downstream_settings(
+            "real", "real_synth", "synth_only", task=s.tables["medsyn2_table5_task"])},
         build=lambda loaded, inputs, p: builders.medsyn2_table5(loaded, p["paper_dir"]),
     ),
     "medsyn2_table6": TableSpec(

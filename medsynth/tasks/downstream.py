@@ -20,5 +20,5 @@ def downstream(job: Job) -> None:
         job.input.shards, job.input.get("synthetic"), job.wildcards.setting, cfg,
         TrainOutputs.declared(job.output.final, job.output.curve, job.output.train_config),
         job.output.evaluation, job.params.grid, job.params.slice_size, extractor=job.input.get("extractor"),
-        statistics=job.params.statistics),
+        statistics=job.params.statistics, intensity=job.params.intensity),
         processes=1 if nnunet else launch_processes(cfg, job.resources))
