@@ -1,4 +1,5 @@
-"""Figures of the evaluation stages: sample grids, the FD-vs-NFE curve and the training loss curves."""
+"""Figures of the evaluation stages: sample grids, the FD-vs-NFE curve, the training loss curves and the
+violins of the downstream segmenters' per-slice scores."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pandas as pd
 from medsynth.figures import save_figure, plt, radiological
 
 __all__ = ["sample_grid", "sample_grid_from_files", "fd_vs_nfe", "loss_curves", "pick_conditions",
-           "counterfactual_grid", "progressive_grid", "display_window"]
+           "counterfactual_grid", "progressive_grid", "display_window", "downstream_violins"]
 
 
 def _show(x: np.ndarray, modality: str, hu_range: Sequence[float], window: Sequence[float]) -> np.ndarray:
@@ -162,3 +163,43 @@ def progressive_grid(stages: Sequence[np.ndarray], masks: np.ndarray, labels: Se
         raise ValueError(f"{len(stages)} stages but {len(labels)} labels")
     return sample_grid(real, masks, dict(zip(labels, stages)), modality, hu_range, window, names,
                        list(range(len(real))), path)
+
+
+def downstream_violins(evaluations: Mapping[str, Mapping], path: str | Path, metric: str = "dice") -> Path:
+    """ViCTr Fig. 7: per structure, one violin per downstream setting of its per-slice ``metric`` on the test
+    slices whose reference holds the structure (``per_sample`` of each evaluation record). A structure no
+    test slice holds has no violin; a record without per-slice values is an error naming the setting."""
+    values: dict[str, dict[str, list[float]]] = {}
+    for setting, record in evaluations.items():
+        per = (record.get("per_sample") or {}).get(metric)
+        if per is None:
+            raise ValueError(f"downstream setting {setting!r}: its evaluation has no per-slice {metric!r} values")
+        for channel, column in per.items():
+            values.setdefault(channel, {})[setting] = [float(v) for v in column if v is not None]
+    channels = [c for c in values if any(values[c].values())]
+    settings = list(evaluations)
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(channels) * max(1, len(settings)) / 2), 3.8))
+    width = 0.8 / max(1, len(settings))
+    colours = plt.get_cmap("tab10")
+    for k, setting in enumerate(settings):
+        spots = [(c, values[channel].get(setting, [])) for c, channel in enumerate(channels)]
+        spots = [(c, v) for c, v in spots if v]
+        if not spots:
+            continue
+        where = [c - 0.4 + width * (k + 0.5) for c, _ in spots]
+        parts = ax.violinplot([v for _, v in spots], positions=where, widths=width * 0.9, showmedians=True)
+        for body in parts["bodies"]:
+            body.set_facecolor(colours(k % 10))
+            body.set_alpha(0.6)
+        ax.plot([], [], color=colours(k % 10), linewidth=6, alpha=0.6, label=setting)
+    ax.set_xticks(range(len(channels)), channels, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel(f"{metric} per test slice holding the structure")
+    if metric in ("dice", "jaccard"):
+        ax.set_ylim(-0.02, 1.02)
+    ax.set_title("Downstream segmentation per setting (ViCTr Fig. 7)", fontsize=8)
+    if not channels:
+        ax.text(0.5, 0.5, "no test slice holds any structure", transform=ax.transAxes, ha="center")
+    else:
+        ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
+    return save_figure(fig, path)

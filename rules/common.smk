@@ -220,6 +220,12 @@ def report_inputs():
         f"{RESULTS}/figures/sample_grid.png",
         f"{RESULTS}/figures/fd_vs_nfe.png",
         f"{RESULTS}/figures/loss_curves.png",
+        # ViCTr Fig. 7 comes with ViCTr Table 3 (the same downstream settings)
+        *(
+            [f"{RESULTS}/figures/downstream_violins.png"]
+            if "victr_table3" in BUILT_TABLES
+            else []
+        ),
         *[
             f"{RESULTS}/figures/{name}.png"
             for name, cfg in EDIT_FIGURES.items()

@@ -1,5 +1,5 @@
 # Stage 9: figures of the evaluation and the report (`snakemake --report`): sample grids, the FD-vs-NFE
-# curve, loss curves, the edit figures (counterfactuals, progressive conditions), registration and mask overlays, the QC table and every paper table.
+# curve, loss curves, the downstream violins (ViCTr Fig. 7), the edit figures (counterfactuals, progressive conditions), registration and mask overlays, the QC table and every paper table.
 
 
 rule sample_grid:
@@ -121,6 +121,24 @@ rule loss_curves:
         "../envs/train.yaml"
     script:
         "../scripts/loss_curves.py"
+
+
+rule downstream_violins:
+    """Per-slice Dice of each downstream setting per structure (ViCTr Fig. 7)."""
+    input:
+        **{setting: S.downstream_json(setting) for setting in S.downstream_settings()},
+    output:
+        report(
+            f"{RESULTS}/figures/downstream_violins.png",
+            caption="../report/downstream_violins.rst",
+            category="Downstream",
+        ),
+    log:
+        f"{RESULTS}/logs/figures/downstream_violins.log",
+    conda:
+        "../envs/train.yaml"
+    script:
+        "../scripts/downstream_violins.py"
 
 
 rule report_inputs:

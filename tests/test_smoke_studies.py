@@ -58,12 +58,16 @@ def _check_record(record: dict, n_min: int = 1) -> None:
 def test_victr_smoke_study(tmp_path):
     """ViCTr: SD 1.5 (frozen VAE, UNet widened by the seven masks, CLIP with the pipeline's padding) through
     base, stage 1 (EWC) and stage 2 (victr LoRA + Tweedie, vanilla full), Tweedie / Euler sampling, Table 2."""
-    run = run_smoke_study("victr", tmp_path, ["tables/victr_table2.csv"])
+    run = run_smoke_study("victr", tmp_path, ["tables/victr_table2.csv", "figures/downstream_violins.png"])
     print(f"victr_smoke: snakemake {run.seconds:.0f} s")
     _check_fetched(run, {"sd15": {"model_index.json", "unet/diffusion_pytorch_model.safetensors",
                                   "vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
                                   "tokenizer/tokenizer_config.json", "scheduler/scheduler_config.json"},
                          "m3d_clip": {"config.json", "model.safetensors"}})
+    # ViCTr Fig. 7: the violins of the per-slice Dice behind the downstream record
+    per = _json(run.results / "downstream" / "real" / "evaluation.json")["per_sample"]
+    assert len(per["case_id"]) == len(per["slice"]) and any(v is not None for c in per["dice"].values() for v in c)
+    assert (run.results / "figures" / "downstream_violins.png").stat().st_size > 10_000
     inventory = str(run.weights / "sd15" / "inventory.csv")
     for output in ("vae/final", "base/final", "stage1/final", "stage2/victr/final", "stage2/vanilla/final"):
         assert inventory in _inputs(run, output), output

@@ -16,7 +16,7 @@ from medsynth.launch import is_main_process
 from medsynth.metrics.masks import channel_means
 from medsynth.names import MEDDIFF_KINDS, parse_setting
 
-__all__ = ["downstream_intervals", "meddiff_filter", "run_downstream"]
+__all__ = ["downstream_intervals", "meddiff_filter", "per_sample", "run_downstream"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,15 @@ def _rewindowed(images: np.ndarray, window: Sequence[float] | None, intensity: M
         raise ValueError("downstream.synthetic_window re-windows the synthetic CT slices: it needs config "
                          "intensity.ct_hu_range (the rule passes config['intensity'])")
     return window_to_unit(images, intensity["ct_hu_range"], window)
+
+
+def per_sample(test_index, values: Mapping, names: Sequence[str]) -> dict:
+    """Each test slice's case, slice and per-channel Dice (null where its reference lacks the channel): the
+    values behind the record's means, for ViCTr Fig. 7's violins."""
+    dice = np.asarray(values["dice"], dtype=np.float64)
+    return {"case_id": [str(c) for c in test_index["case_id"]], "slice": [int(z) for z in test_index["slice"]],
+            "dice": {name: [None if not np.isfinite(v) else float(v) for v in dice[:, c]]
+                     for c, name in enumerate(names)}}
 
 
 def downstream_intervals(test_index, values: Mapping, names: Sequence[str], statistics: Mapping | None) -> dict:
@@ -142,6 +151,7 @@ def run_downstream(shards: Sequence[str], synthetic: str | None, setting: str, c
               "mdsc": scores["mdsc"], "mhd95": scores["mhd95"], "hd95_unit": scores["hd95_unit"],
               "spacing_mm": spacing, "channels_learned": names, "mean": channel_means(scores["channels"]),
               "channels": scores["channels"]}
+    record["per_sample"] = per_sample(index.iloc[test_rows], scores["values"], names)
     record.update(downstream_intervals(index.iloc[test_rows], scores["values"], names, statistics))
     write_metrics_json(evaluation_json, record)
     log.info("downstream %s: mDSC %.4f, mHD95 %s", setting, scores["mdsc"], scores["mhd95"])

@@ -1,4 +1,5 @@
-"""Tasks of rules/report.smk: the figures of the report (sample grid, FD vs NFE, loss curves, edit figures)."""
+"""Tasks of rules/report.smk: the figures of the report (sample grid, FD vs NFE, loss curves, downstream
+violins, edit figures)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,15 @@ def loss_curves(job: Job) -> None:
     from medsynth.evaluation_figures import loss_curves as plot
 
     plot(dict(job.input.items()), job.output[0])
+
+
+@task()
+def downstream_violins(job: Job) -> None:
+    """Per-slice Dice of each downstream setting per structure (ViCTr Fig. 7)."""
+    from medsynth.evaluation_figures import downstream_violins as plot
+    from medsynth.tables import load_json
+
+    plot({setting: load_json(path) for setting, path in job.input.items()}, job.output[0])
 
 
 def _edit_figure(job: Job, plot) -> None:
