@@ -57,8 +57,10 @@ def _check_record(record: dict, n_min: int = 1) -> None:
 
 def test_victr_smoke_study(tmp_path):
     """ViCTr: SD 1.5 (frozen VAE, UNet widened by the seven masks, CLIP with the pipeline's padding) through
-    base, stage 1 (EWC) and stage 2 (victr LoRA + Tweedie, vanilla full), Tweedie / Euler sampling, Table 2."""
-    run = run_smoke_study("victr", tmp_path, ["tables/victr_table2.csv", "figures/downstream_violins.png"])
+    base, stage 1 (EWC) and stage 2 (victr LoRA + Tweedie, vanilla full), Tweedie / Euler sampling, Table 2,
+    Fig. 7 (downstream violins) and Fig. 3 / 8 (the cirrhosis model's counterfactuals)."""
+    run = run_smoke_study("victr", tmp_path, ["tables/victr_table2.csv", "figures/downstream_violins.png",
+                                              "figures/counterfactual_grid.png"])
     print(f"victr_smoke: snakemake {run.seconds:.0f} s")
     _check_fetched(run, {"sd15": {"model_index.json", "unet/diffusion_pytorch_model.safetensors",
                                   "vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
@@ -68,6 +70,9 @@ def test_victr_smoke_study(tmp_path):
     per = _json(run.results / "downstream" / "real" / "evaluation.json")["per_sample"]
     assert len(per["case_id"]) == len(per["slice"]) and any(v is not None for c in per["dice"].values() for v in c)
     assert (run.results / "figures" / "downstream_violins.png").stat().st_size > 10_000
+    # Fig. 3 / 8: the cirrhosis model's counterfactuals (the paper study's figure, on the smoke data)
+    assert (run.results / "figures" / "counterfactual_grid.png").stat().st_size > 10_000
+    assert (run.results / "stage2" / "victr_cirrmri" / "final").is_dir()
     inventory = str(run.weights / "sd15" / "inventory.csv")
     for output in ("vae/final", "base/final", "stage1/final", "stage2/victr/final", "stage2/vanilla/final"):
         assert inventory in _inputs(run, output), output
@@ -96,9 +101,11 @@ def test_victr_smoke_study(tmp_path):
 def test_medsyn2_smoke_study(tmp_path):
     """MedSyn2: the 3D DiT (gated attention, depthwise convolution, x-prediction) on a 3D VAE, CXR-BERT
     report conditioning, Dormand-Prince sampling, whole-volume CT-CLIP FD (gated CT-RATE stand-in), the 2D
-    DiT on SD 1.5's fine-tuned VAE, Table 1 (FD per CT window and plane)."""
+    DiT on SD 1.5's fine-tuned VAE, Table 1 (FD per CT window and plane), Table 5's SemiSeg task on the
+    example pictures, Fig. 5 (progressive conditions)."""
     run = run_smoke_study("medsyn2", tmp_path, ["tables/medsyn2_table1.csv", "tables/medsyn2_table2.csv",
-                                                "tables/medsyn2_table3.csv", "tables/medsyn2_table5.csv"],
+                                                "tables/medsyn2_table3.csv", "tables/medsyn2_table5.csv",
+                                                "figures/progressive_grid.png"],
                           prioritize=["metrics/medsyn2/dopri5-2.json"])
     print(f"medsyn2_smoke: snakemake {run.seconds:.0f} s")
     cxr_bert = {"config.json", "configuration_cxrbert.py", "modeling_cxrbert.py", "pytorch_model.bin", "vocab.txt",
@@ -139,6 +146,7 @@ def test_medsyn2_smoke_study(tmp_path):
     t3 = pd.read_csv(run.results / "tables" / "medsyn2_table3.csv")
     assert t3.astype(str).apply(lambda c: c.str.startswith("unavailable")).any().any()
     _check_table5(run)
+    assert (run.results / "figures" / "progressive_grid.png").stat().st_size > 10_000  # Fig. 5
 
 
 def _check_table5(run) -> None:
@@ -212,7 +220,7 @@ def test_meddiff_ft_smoke_study(tmp_path):
     """MedDiff-FT: SD 1.5 inpainting (frozen VAE, its 9-channel UNet with its own inputs + the lesion channel,
     CLIP) fine-tuned in full with the DDPM loss, DDIM with guidance, the stochastic mask generator, the quality
     filter with erosion and the meddiff_ft table."""
-    run = run_smoke_study("meddiff_ft", tmp_path, ["tables/meddiff_ft.csv"])
+    run = run_smoke_study("meddiff_ft", tmp_path, ["tables/meddiff_ft.csv", "tables/meddiff_ft_mean.csv"])
     print(f"meddiff_ft_smoke: snakemake {run.seconds:.0f} s")
     _check_fetched(run, {"sd15_inpainting": {"model_index.json", "unet/diffusion_pytorch_model.safetensors",
                                              "vae/diffusion_pytorch_model.safetensors",
@@ -231,3 +239,9 @@ def test_meddiff_ft_smoke_study(tmp_path):
     assert table["mDSC (%)"].map(_finite).all()
     kept = table.set_index("setting").loc["real_synth_mgf-meddiff_ft", "synthetic kept by the filter"]
     assert isinstance(kept, str) and " of " in kept
+    # the mean over the benchmark studies (here the one smoke study): its gain, the paper's 1.0 beside the mean
+    mean = pd.read_csv(run.results / "tables" / "meddiff_ft_mean.csv")
+    gain = table.set_index("setting").loc["real_synth_mgf-meddiff_ft", "gain over real (points)"]
+    assert list(mean["benchmark study"]) == ["meddiff_ft_smoke", "mean over 1"]
+    assert mean["Dice gain (points)"].astype(float).tolist() == pytest.approx([gain, gain])
+    assert mean["paper mean Dice gain (%)"].iloc[-1] == 1.0

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from . import builders, maisi_downstream, medsyn2_clip
+from . import builders, maisi_downstream, meddiff_mean, medsyn2_clip
 from .builders import load_json
 
 if TYPE_CHECKING:  # the study object is only passed in
@@ -42,6 +42,8 @@ class TableSpec:
     params: Callable[["Study"], dict] = field(default=lambda study: {})
     #: whether the study has this table (the architecture ablation only with architectures)
     enabled: Callable[["Study"], bool] = field(default=lambda study: True)
+    #: built only when asked for (by path, or by name in ``tables.build``): its inputs are other studies' outputs
+    on_request: bool = False
 
 
 def _victr_dataset(study: "Study") -> dict:
@@ -308,6 +310,15 @@ TABLES: dict[str, TableSpec] = {
         inputs=_meddiff_inputs,
         build=lambda loaded, inputs, p: builders.meddiff_ft(loaded, p["paper_dir"]),
     ),
+    "meddiff_ft_mean": TableSpec(
+        "MedDiff-FT - mean Dice gain of the full pipeline over the five benchmark studies",
+        ("Each benchmark is its own study (tables.meddiff_benchmarks); built on request once they have run.",),
+        inputs=lambda s: meddiff_mean.benchmark_tables(s.results, list(s.tables["meddiff_benchmarks"])),
+        build=lambda loaded, inputs, p: meddiff_mean.meddiff_mean(inputs, p["model"], p["paper_dir"]),
+        params=lambda s: {"model": s.tables["meddiff_model"]},
+        enabled=lambda s: bool(s.tables["meddiff_benchmarks"]),
+        on_request=True,
+    ),
 }
 
 
@@ -330,6 +341,8 @@ def built_tables(study: "Study") -> list[str]:
         raise ValueError(f"tables.build: unknown {unknown}; give all, a paper ({', '.join(PAPERS)}) or a table "
                          f"({', '.join(TABLES)})")
     names = table_names(study)
+    named = [n for n in names if n in wanted]  # an on-request table is built by default only when named
+    names = [n for n in names if not TABLES[n].on_request or n in named]
     if "all" in wanted:
         return names
     disabled = [w for w in wanted if w in TABLES and w not in names]
