@@ -95,6 +95,8 @@ class Study:
                         rf"(real|real_aug|({kinds})-(" + "|".join(re.escape(m) for m in self.models) + "))"),
             "conditions": alternatives([*self.condition_sets, *self.tumour_condition_sets()]),
             "task": alternatives(self.tumour_tasks()),
+            "downstream_task": alternatives(self.downstream["tasks"]),
+            "reference": alternatives({r for t in self.downstream["tasks"].values() for r in t.get("references") or {}}),
             "tumour_setting": "real|real_synth",
         }
 
@@ -292,6 +294,12 @@ class Study:
         else:
             raise ValueError(f"no downstream task {task!r} (downstream.tasks: {sorted(self.downstream['tasks'])})")
         return [s for s in settings if not kinds or parse_setting(s)[1] in kinds]
+
+    def downstream_references(self, task: str) -> dict[str, str]:
+        """Reference name -> evaluation file of task ``task``'s pretrained reference segmenters
+        (``downstream.tasks.<task>.references``, rule ``downstream_reference``)."""
+        references = (self.downstream["tasks"].get(task) or {}).get("references") or {}
+        return {name: f"{self.results}/downstream_reference/{task}/{name}.json" for name in references}
 
     def every_downstream_setting(self) -> list[str]:
         """The plain settings and every task's (``<task>.<setting>``)."""

@@ -156,12 +156,19 @@ def _check_table5(run) -> None:
     index = pd.concat(pd.read_csv(p) for p in (run.results / "trainsets" / "slices").glob("*.csv"))
     pictures = index[index["dataset"] == "example_pictures"]
     assert set(pictures["split"]) == {"downstream_train", "downstream_test"} and len(pictures) == 30
-    table = pd.read_csv(run.results / "tables" / "medsyn2_table5.csv")
-    assert list(table["setting"]) == ["semiseg.real", "semiseg.real_synth-medsyn2", "semiseg.synth_only-medsyn2"]
-    assert list(table["n_images"]) == [24, 28, 4] and list(table["paper training_data"]) == [
+    table = pd.read_csv(run.results / "tables" / "medsyn2_table5.csv", keep_default_na=False)
+    trained, references = table.iloc[:3], table.iloc[3:]
+    assert list(trained["setting"]) == ["semiseg.real", "semiseg.real_synth-medsyn2", "semiseg.synth_only-medsyn2"]
+    assert list(trained["n_images"]) == ["24", "28", "4"] and list(trained["paper training_data"]) == [
         "real", "combined", "synthesized"]
-    assert "hd95 (pixel)" in table.columns and table["dice (%)"].map(_finite).all()
-    for setting in table["setting"]:
+    assert "hd95 (pixel)" in table.columns and trained["dice (%)"].map(_finite).all()
+    # the paper's reference rows: MedPSeg without its weights here (the record keeps the whole hint), Inf-Net none
+    assert list(references["paper training_data"]) == ["MedPSeg (reference)", "Inf-Net (reference)"]
+    assert list(references["dice (%)"]) == ["unavailable: MEDPSeg weights are not configured",
+                                            "not computed: no reference segmenter configured for this row"]
+    reference = _json(run.results / "downstream_reference" / "semiseg" / "medpseg.json")
+    assert reference["n_test"] == 6 and "poly_medseg_25d_fix.ckpt" in reference["status"]
+    for setting in trained["setting"]:
         record = _json(run.results / "downstream" / setting / "evaluation.json")
         assert record["task"] == "semiseg" and record["channels_learned"] == ["ggo"] and record["n_test"] == 6
         assert list(record["channels"]) == ["ggo"] and record["spacing_mm"] is None

@@ -36,6 +36,9 @@
   tumour segmentation on the 3D path: per task (tumour type) a 3D SegResNet trained on the task's real
   training volumes (``real``) or on them plus the volumes generated from their masks (``real_synth``),
   scored by the ROI's per-case Dice on the task's real test volumes, with intervals over the test patients.
+* ``run_reference`` (rule ``downstream_reference``, :mod:`.downstream_reference`, imported from there: it
+  brings the masks stage's segmenters): a pretrained segmenter (one of ``masks.segmenters``) scored off the
+  shelf on a downstream task's real test slices, as the trained settings are (MedSyn2 Table 5's MedPSeg row).
 """
 
 from .downstream_run import meddiff_filter, run_downstream

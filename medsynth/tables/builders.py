@@ -20,12 +20,12 @@ import pandas as pd
 from medsynth.names import parse_setting
 
 from .paper import load_reported, reported
-from .cells import fd_value, measured, measured_row, paired_gain
+from .cells import downstream_scale, fd_value, measured, measured_row, paired_gain, value_or_reason
 from .render import NOT_MEASURED, NOT_REPORTED
 
 __all__ = [
     "BACKBONE_PAPER_NAMES", "DOWNSTREAM_PAPER_SETTINGS", "load_json", "fd_scale", "victr_table2", "victr_table3",
-    "victr_table4", "medsyn2_table1", "medsyn2_table5", "medsyn2_table6", "medsyn2_table7", "maisi_steps",
+    "victr_table4", "medsyn2_table1", "medsyn2_table6", "medsyn2_table7", "maisi_steps",
     "maisi_main", "maisi_contrastive", "maisi_hu_qc", "meddiff_ft",
 ]
 
@@ -102,11 +102,6 @@ def victr_table2(metrics: Mapping[str, Mapping], backbone_type: str, paper_dir: 
     return pd.DataFrame(rows)
 
 
-def _downstream_scale(e: Mapping) -> str:
-    return (f"train {e['n_train_real']} real + {e['n_train_synthetic']} synthetic slices, "
-            f"{e['steps']} steps; test {e['n_test']} real slices")
-
-
 def victr_table3(evaluations: Mapping[str, Mapping], segmenter: str, paper_dir: str | Path,
                  dataset: str) -> pd.DataFrame:
     """ViCTr Table 3: mDSC (%) and mHD95 of a segmenter trained per setting, on the real test split."""
@@ -116,12 +111,12 @@ def victr_table3(evaluations: Mapping[str, Mapping], segmenter: str, paper_dir: 
         name = DOWNSTREAM_PAPER_SETTINGS.get(setting, setting)
         rows.append({
             "model": segmenter, "setting": setting,
-            "mDSC (%)": measured(e, "mdsc", _cell(e, "mdsc", 100.0), 100.0),
+            "mDSC (%)": measured(e, "mdsc", value_or_reason(e, "mdsc", 100.0), 100.0),
             "paper mDSC (%)": reported(paper, "value", dataset=dataset, model=segmenter, setting=name, metric="mDSC"),
             f"mHD95 ({e.get('hd95_unit', 'mm')})": measured(e, "mhd95", e["mhd95"]),
             "paper mHD95 (mm)": reported(paper, "value", dataset=dataset, model=segmenter, setting=name,
                                          metric="mHD95"),
-            "scale": _downstream_scale(e),
+            "scale": downstream_scale(e),
         })
     return pd.DataFrame(rows)
 
@@ -161,39 +156,6 @@ def medsyn2_table1(m: Mapping, paper_dir: str | Path, paper_model: str = "MedSyn
     return pd.DataFrame(rows)
 
 
-def medsyn2_table5(evaluations: Mapping[str, Mapping], paper_dir: str | Path) -> pd.DataFrame:
-    """MedSyn2 Table 5: segmentation trained on real / synthesized / combined data."""
-    paper = load_reported(paper_dir, "medsyn2_table5")
-    names = {"real": "real", "synth_only": "synthesized", "real_synth": "combined"}
-    rows = []
-    for setting, e in evaluations.items():
-        kind = parse_setting(setting)[1]
-        paper_row = names.get(kind, setting)
-        mean = e.get("mean", {})
-        rows.append({"setting": setting, "paper training_data": paper_row,
-                     "n_images": e["n_train_real"] + e["n_train_synthetic"],
-                     "dice (%)": measured(e, "mdsc", _cell(e, "mdsc", 100.0), 100.0),
-                     "paper dice (%)": reported(paper, "dice", training_data=paper_row),
-                     "jaccard (%)": measured(e, "jaccard", _cell(mean, "jaccard", 100.0), 100.0),
-                     "paper jaccard (%)": reported(paper, "jaccard", training_data=paper_row),
-                     f"hd95 ({e.get('hd95_unit', 'mm')})": measured(e, "mhd95", e["mhd95"]),
-                     "paper hd95 (px)": reported(paper, "hd95_px", training_data=paper_row),
-                     f"asd ({e.get('hd95_unit', 'mm')})": measured(e, "asd", _cell(mean, "asd")),
-                     "paper asd (px)": reported(paper, "asd_px", training_data=paper_row),
-                     "scale": _downstream_scale(e)})
-    return pd.DataFrame(rows)
-
-
-def _cell(r: Mapping | None, key: str, scale: float = 1.0):
-    """``scale x r[key]``; why it is missing otherwise (object not in the study, or absent from the reference)."""
-    if r is None:
-        return NOT_MEASURED
-    value = r.get(key)
-    if value is None or (isinstance(value, float) and value != value):
-        return "no reference voxels" if r.get("status") == "empty" or not r.get("n_reference", 1) else "undefined"
-    return scale * float(value)
-
-
 def _objects(ours: Mapping[str, Mapping], paper: pd.DataFrame, **paper_match) -> list[str]:
     theirs = []
     if not paper.empty:
@@ -212,13 +174,13 @@ def medsyn2_table6(reconstruction: pd.DataFrame, paper_dir: str | Path) -> pd.Da
     for obj in _objects(ours, paper):
         r = ours.get(obj)
         rows.append({"object": obj,
-                     "dice (%)": measured_row(r, "dice", _cell(r, "dice", 100.0), 100.0),
+                     "dice (%)": measured_row(r, "dice", value_or_reason(r, "dice", 100.0), 100.0),
                      "paper dice (%)": reported(paper, "dice", object=obj),
-                     "jaccard (%)": measured_row(r, "jaccard", _cell(r, "jaccard", 100.0), 100.0),
+                     "jaccard (%)": measured_row(r, "jaccard", value_or_reason(r, "jaccard", 100.0), 100.0),
                      "paper jaccard (%)": reported(paper, "jaccard", object=obj),
-                     "hd95 (voxel)": measured_row(r, "hd95", _cell(r, "hd95")),
+                     "hd95 (voxel)": measured_row(r, "hd95", value_or_reason(r, "hd95")),
                      "paper hd95 (voxel)": reported(paper, "hd95_voxel", object=obj),
-                     "asd (voxel)": measured_row(r, "asd", _cell(r, "asd")),
+                     "asd (voxel)": measured_row(r, "asd", value_or_reason(r, "asd")),
                      "paper asd (voxel)": reported(paper, "asd_voxel", object=obj),
                      "scale": f"{int(r['n_reference'])} test slices with the object" if r else ""})
     return pd.DataFrame(rows)
@@ -239,7 +201,7 @@ def medsyn2_table7(m: Mapping, reconstruction: pd.DataFrame, paper_dir: str | Pa
             r = ours.get(obj)
 
             def cell(key: str, scale: float = 1.0):  # with its interval: the metrics record's, or the VAE table's
-                point = _cell(r, key, scale)
+                point = value_or_reason(r, key, scale)
                 if comparison not in prefixes:
                     return measured_row(r, key, point, scale)
                 return measured(m, f"{prefixes[comparison]}{key}/{obj}", point, scale)
@@ -275,7 +237,7 @@ def medsyn2_ablation(metrics: Mapping[str, Mapping], architectures: Mapping[str,
                      "depthwise_conv": params.get("depthwise_conv", ""),
                      "gated_attention": params.get("gated_attention", ""),
                      "run": m.get("run"), fd_name: fd_value(m, "fd_self"),
-                     "mean Dice of re-segmented samples (%)": measured(m, "dice", _cell(fidelity, "dice", 100.0),
+                     "mean Dice of re-segmented samples (%)": measured(m, "dice", value_or_reason(fidelity, "dice", 100.0),
                                                                         100.0),
                      "severity control accuracy": measured(m, "control_accuracy",
                                                             control.get("accuracy", NOT_MEASURED)),
@@ -341,8 +303,8 @@ def maisi_contrastive(metrics: Mapping[str, Mapping], roi: str, paper_dir: str |
         control = (m.get("controllability") or {}).get("generated", {})
         rows.append({"contrastive": state, "model": m["model"], fd_name: fd_value(m, "fd_self"),
                      f"{roi} Dice of re-segmented samples (%)": measured(m, f"dice/{roi}",
-                                                                          _cell(fidelity, "dice", 100.0), 100.0),
-                     f"{roi} HD95 (mm)": measured(m, f"hd95/{roi}", _cell(fidelity, "hd95")),
+                                                                          value_or_reason(fidelity, "dice", 100.0), 100.0),
+                     f"{roi} HD95 (mm)": measured(m, f"hd95/{roi}", value_or_reason(fidelity, "hd95")),
                      "severity control accuracy": measured(m, "control_accuracy",
                                                             control.get("accuracy", NOT_MEASURED)),
                      "paper": NOT_REPORTED,
@@ -388,13 +350,13 @@ def meddiff_ft(evaluations: Mapping[str, Mapping], paper_dir: str | Path) -> pd.
         kind = parse_setting(setting)[1]
         filt = e.get("meddiff_filter") or {}
         rows.append({"setting": setting, "what": labels.get(kind, kind),
-                     "mDSC (%)": measured(e, "mdsc", _cell(e, "mdsc", 100.0), 100.0),
+                     "mDSC (%)": measured(e, "mdsc", value_or_reason(e, "mdsc", 100.0), 100.0),
                      "gain over real (points)": paired_gain(e, evaluations["real"], "mdsc",
                                                              100.0 * (e["mdsc"] - base), 100.0)
                      if base is not None and e.get("mdsc") is not None and kind != "real" else "",
-                     f"mHD95 ({e.get('hd95_unit', 'mm')})": measured(e, "mhd95", _cell(e, "mhd95")),
+                     f"mHD95 ({e.get('hd95_unit', 'mm')})": measured(e, "mhd95", value_or_reason(e, "mhd95")),
                      "synthetic kept by the filter": f"{filt['kept']} of {filt['of']}" if filt else "",
                      "paper mean Dice gain (%)": reported(summary, "value", item="mean_dice_gain_over_5_datasets_percent")
                      if kind == "real_synth_mgf" else "",
-                     "scale": _downstream_scale(e)})
+                     "scale": downstream_scale(e)})
     return pd.DataFrame(rows)

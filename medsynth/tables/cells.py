@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from .render import NOT_MEASURED, Measured
 
-__all__ = ["fd_value", "interval_how", "measured", "measured_row", "paired_gain"]
+__all__ = ["downstream_scale", "fd_value", "interval_how", "measured", "measured_row", "paired_gain", "value_or_reason"]
 
 
 def interval_how(record: Mapping) -> str:
@@ -69,3 +69,19 @@ def measured_row(row: Mapping | None, key: str, point, scale: float = 1.0):
     if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (low, high)):
         return point
     return Measured(point, scale * float(low), scale * float(high), str(row.get("interval", "bootstrap interval")))
+
+
+def value_or_reason(r: Mapping | None, key: str, scale: float = 1.0):
+    """``scale x r[key]``; why it is missing otherwise (object not in the study, or absent from the reference)."""
+    if r is None:
+        return NOT_MEASURED
+    value = r.get(key)
+    if value is None or (isinstance(value, float) and value != value):
+        return "no reference voxels" if r.get("status") == "empty" or not r.get("n_reference", 1) else "undefined"
+    return scale * float(value)
+
+
+def downstream_scale(e: Mapping) -> str:
+    """What a downstream record was trained and scored on."""
+    return (f"train {e['n_train_real']} real + {e['n_train_synthetic']} synthetic slices, "
+            f"{e['steps']} steps; test {e['n_test']} real slices")

@@ -1,4 +1,5 @@
-"""Task of rules/downstream.smk: train the segmenter of one setting and score it on the real test slices."""
+"""Tasks of rules/downstream.smk: train the segmenter of one setting and score it on the real test slices; score
+a pretrained reference segmenter on a task's test slices."""
 
 from __future__ import annotations
 
@@ -22,3 +23,13 @@ def downstream(job: Job) -> None:
         job.output.evaluation, job.params.grid, job.params.slice_size, extractor=job.input.get("extractor"),
         statistics=job.params.statistics, intensity=job.params.intensity),
         processes=1 if nnunet else launch_processes(cfg, job.resources))
+
+
+@task()
+def downstream_reference(job: Job) -> None:
+    """One reference of a downstream task: a pretrained segmenter scored on the task's real test slices."""
+    from medsynth.evaluation.downstream_reference import run_reference
+
+    run_reference(job.input.shards, job.wildcards.downstream_task, job.wildcards.reference, job.params.downstream,
+                  job.params.masks, job.output.evaluation, job.params.grid, job.params.slice_size,
+                  job.params.intensity, statistics=job.params.statistics)
