@@ -96,7 +96,8 @@ class Study:
             "conditions": alternatives([*self.condition_sets, *self.tumour_condition_sets()]),
             "task": alternatives(self.tumour_tasks()),
             "downstream_task": alternatives(self.downstream["tasks"]),
-            "reference": alternatives({r for t in self.downstream["tasks"].values() for r in t.get("references") or {}}),
+            "reference": alternatives(sorted({r for t in self.downstream["tasks"].values()
+                                              for r in t.get("references") or {}})),
             "tumour_setting": "real|real_synth",
         }
 
@@ -300,6 +301,11 @@ class Study:
         (``downstream.tasks.<task>.references``, rule ``downstream_reference``)."""
         references = (self.downstream["tasks"].get(task) or {}).get("references") or {}
         return {name: f"{self.results}/downstream_reference/{task}/{name}.json" for name in references}
+
+    def downstream_reference_json(self, reference: str) -> str:
+        """Evaluation file of reference ``<task>.<name>``; empty where the study has no such reference."""
+        task, _, name = reference.rpartition(TASK_SEPARATOR)
+        return self.downstream_references(task).get(name, "") if task in self.downstream["tasks"] else ""
 
     def every_downstream_setting(self) -> list[str]:
         """The plain settings and every task's (``<task>.<setting>``)."""

@@ -264,6 +264,9 @@ def test_the_real_claims_name_models_runs_and_settings_of_the_study():
             assert ref.task in maisi["volumes"]["downstream"]["tasks"] and ref.setting in ("real", "real_synth"), ref
         elif ref.setting is not None:
             assert ref.setting in config["downstream"]["settings"], ref
+        elif ref.reference is not None:  # the MedSyn2 study's reference segmenter (the embedded study has none)
+            medsyn2 = yaml.safe_load((ROOT / "config" / "studies" / "medsyn2.yaml").read_text())
+            assert ref.reference in medsyn2["downstream"]["tasks"]["semiseg"]["references"], ref
         else:
             assert ref.model in models and (ref.run is None or ref.run in runs), ref
 
@@ -273,7 +276,8 @@ def test_the_real_claims_table_from_paired_records():
     rng = np.random.default_rng(1)
     records = {}
     for i, ref in enumerate(record_refs(claims)):
-        metrics = ("dice",) if ref.task else ("mdsc", "mhd95") if ref.setting else ("fd_self", "fid", "dice", "dice/liver")
+        metrics = ("dice",) if ref.task else ("mdsc", "mhd95") if ref.setting or ref.reference else (
+            "fd_self", "fid", "dice", "dice/liver")
         values = {m: 1.0 + 0.1 * i for m in metrics}
         reps = {m: list(v + rng.normal(0.0, 0.01, 50)) for m, v in values.items()}
         records[ref.key] = _record({**values, "seconds_per_sample": 0.1 + i}, reps)
@@ -329,3 +333,23 @@ def test_a_tumour_task_record_has_its_own_key_and_path_and_only_real_or_real_syn
     with pytest.raises(ClaimsError, match="real or real_synth"):
         _one(reproduced={"metric": "dice", "a": {"task": "liver_tumor", "setting": "real_aug"},
                          "b": {"task": "liver_tumor", "setting": "real"}})
+
+
+def test_a_reference_segmenter_record_has_its_own_key_and_says_why_it_is_unavailable():
+    claim = _one(reproduced={"metric": "mdsc", "a": {"setting": "semiseg.real_synth-m"},
+                             "b": {"reference": "semiseg.medpseg"}})
+    b = claim.reproduced.b
+    assert (b.key, b.describe()) == ("downstream_reference/semiseg.medpseg", "reference segmenter semiseg.medpseg")
+    paths = record_paths([claim], lambda m, r: "", lambda s: f"d/{s}.json", reference_path=lambda r: f"r/{r}.json")
+    assert paths == {"downstream/semiseg.real_synth-m": "d/semiseg.real_synth-m.json", b.key: "r/semiseg.medpseg.json"}
+    records = {"downstream/semiseg.real_synth-m": _record({"mdsc": 0.6}, {"mdsc": [0.6, 0.61]}),
+               b.key: {"status": "unavailable: MEDPSeg weights are not configured"}}
+    effect = reproduced_effect(claim, records, 0)
+    assert effect.unavailable == "downstream_reference/semiseg.medpseg: unavailable: MEDPSeg weights are not configured"
+    with pytest.raises(ClaimsError, match="by reference alone"):
+        _one(reproduced={"metric": "mdsc", "a": {"setting": "real"}, "b": {"reference": "t.m", "setting": "real"}})
+    from medsynth.claims import study_roles
+
+    roles = study_roles({"medsyn2_model": "m", "meddiff_model": "v", "medsyn2_table5_task": "semiseg"})
+    medpseg = next(c for c in load_claims(CLAIMS, roles).claims if c.id == "medsyn2_combined_beats_medpseg")
+    assert medpseg.reproduced.b.reference == "semiseg.medpseg"

@@ -32,11 +32,15 @@ def record_refs(claims: Iterable[Claim]) -> list[RecordRef]:
 
 def record_paths(claims: Iterable[Claim], metrics_path: Callable[[str, str | None], str],
                  downstream_path: Callable[[str], str],
-                 tumour_path: Callable[[str, str], str] = lambda task, setting: "") -> dict[str, str]:
+                 tumour_path: Callable[[str, str], str] = lambda task, setting: "",
+                 reference_path: Callable[[str], str] = lambda reference: "") -> dict[str, str]:
     """``{record key: file}`` of every record the claims need, e.g. for a Snakemake input function with
-    ``metrics_path=study.metrics_json`` (``run=None``: the default run), ``downstream_path=study.downstream_json``
-    and ``tumour_path=study.tumour_json`` (an empty path: a record the study does not produce)."""
+    ``metrics_path=study.metrics_json`` (``run=None``: the default run), ``downstream_path=study.downstream_json``,
+    ``tumour_path=study.tumour_json`` and ``reference_path`` (``<task>.<name>`` -> its file; an empty path: a
+    record the study does not produce)."""
     def path(ref: RecordRef) -> str:
+        if ref.reference is not None:
+            return reference_path(ref.reference)
         if ref.task is not None:
             return tumour_path(ref.task, ref.setting)
         if ref.setting is not None:
@@ -92,6 +96,8 @@ def _status(record: Mapping, metric: str) -> str:
 def metric_estimate(record: Mapping, metric: str, key: str) -> MetricEstimate:
     """``metric`` of the record named ``key`` (the key only words the reasons)."""
     estimates = record.get("estimates")
+    if str(record.get("status", "")).startswith("unavailable"):  # a record of what could not be computed
+        return MetricEstimate(None, None, None, f"{key}: {record['status']}")
     if not isinstance(estimates, Mapping):
         return MetricEstimate(None, None, None, f"{key} has no estimates (a record made before intervals)")
     point = estimates.get(metric)

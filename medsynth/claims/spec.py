@@ -31,19 +31,23 @@ class ClaimsError(ValueError):
 
 @dataclass(frozen=True)
 class RecordRef:
-    """One record of the study: a sampling run's metrics (model, run; ``None`` = default run) or a
-    downstream setting's evaluation."""
+    """One record of the study: a sampling run's metrics (model, run; ``None`` = default run), a
+    downstream setting's evaluation or a downstream task's reference segmenter's."""
 
     model: str | None = None
     run: str | None = None
     setting: str | None = None
     #: a tumour task of the 3D path's downstream study (``volumes.downstream.tasks``; ``setting``: real | real_synth)
     task: str | None = None
+    #: a downstream task's reference segmenter, ``<task>.<name>`` (``downstream.tasks.<task>.references``)
+    reference: str | None = None
 
     @property
     def key(self) -> str:
         """The record's name in the ``records`` mapping (``metrics/victr``, ``metrics/victr/tweedie-4``,
-        ``downstream/real``, ``volumes/downstream/liver_tumor/real``)."""
+        ``downstream/real``, ``volumes/downstream/liver_tumor/real``, ``downstream_reference/semiseg.medpseg``)."""
+        if self.reference is not None:
+            return f"downstream_reference/{self.reference}"
         if self.task is not None:
             return f"volumes/downstream/{self.task}/{self.setting}"
         if self.setting is not None:
@@ -52,6 +56,8 @@ class RecordRef:
 
     def describe(self) -> str:
         """Short words for the table (``victr tweedie-4``, ``victr (default run)``, ``downstream real``)."""
+        if self.reference is not None:
+            return f"reference segmenter {self.reference}"
         if self.task is not None:
             return f"tumour task {self.task} {self.setting}"
         if self.setting is not None:
@@ -250,9 +256,13 @@ def _published(w: _Where, raw) -> Published:
 
 
 def _ref(w: _Where, raw, path: str) -> RecordRef:
-    w.keys(raw, path, {"model", "run", "setting", "task"})
+    w.keys(raw, path, {"model", "run", "setting", "task", "reference"})
+    if "reference" in raw:
+        if set(raw) != {"reference"}:
+            w.fail(path, "a reference segmenter's record is named by reference alone (<task>.<name>)")
+        return RecordRef(reference=w.text(raw, "reference", f"{path}.reference"))
     if ("model" in raw) == ("setting" in raw):
-        w.fail(path, "give either model (with optional run) or setting (with optional task)")
+        w.fail(path, "give either model (with optional run), setting (with optional task) or reference")
     if "setting" in raw:
         if "run" in raw:
             w.fail(f"{path}.run", "a downstream setting has no run")
@@ -318,13 +328,13 @@ def parse_claims(data: Mapping) -> Claims:
 
 
 #: keys of a claim whose string values may name a study's model by its role (``${medsyn2_model}``)
-ROLE_KEYS = ("model", "setting")
+ROLE_KEYS = ("model", "setting", "reference")
 
 
 def fill_roles(node, roles: Mapping[str, str], where: str = "claims file"):
-    """``node`` with every ``model`` / ``setting`` string's ``${role}`` placeholders replaced by ``roles`` (the
-    study's ``tables.<role>``: which of its models plays that part, e.g. ``medsyn2_model``); an unknown role
-    is a :class:`ClaimsError`."""
+    """``node`` with every ``model`` / ``setting`` / ``reference`` string's ``${role}`` placeholders replaced by
+    ``roles`` (the study's ``tables.<role>``: which of its models plays that part, e.g. ``medsyn2_model``); an
+    unknown role is a :class:`ClaimsError`."""
     from string import Template
 
     if isinstance(node, Mapping):

@@ -91,7 +91,8 @@ def _claims_inputs(study: "Study") -> dict[str, str]:
                          lambda model, run: study.metrics_json(model, run) if model in study.models else "",
                          lambda setting: study.downstream_json(setting) if setting in settings else "",
                          lambda task, setting: study.tumour_json(task, setting)
-                         if f"{task}/{setting}" in tumour else "")
+                         if f"{task}/{setting}" in tumour else "",
+                         lambda reference: study.downstream_reference_json(reference))
     return {"claims": _claims_file(study), **{k: v for k, v in paths.items() if v}}
 
 
