@@ -2,7 +2,8 @@
 
 The workflow has one table rule over a ``{table}`` wildcard (rules/tables.smk); its input function
 and params come from the :class:`TableSpec` of that name, so adding a table is one entry here (and
-its builder in :mod:`.builders`, or a module beside it: MedSyn2 Tables 2 / 3 in :mod:`.medsyn2_clip`).
+its builder in :mod:`.builders`, or a module beside it: MedSyn2 Tables 2 / 3 in :mod:`.medsyn2_clip`,
+Table 5 in :mod:`.medsyn2_table5`).
 """
 
 from __future__ import annotations
