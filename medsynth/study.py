@@ -296,16 +296,20 @@ class Study:
             raise ValueError(f"no downstream task {task!r} (downstream.tasks: {sorted(self.downstream['tasks'])})")
         return [s for s in settings if not kinds or parse_setting(s)[1] in kinds]
 
-    def downstream_references(self, task: str) -> dict[str, str]:
-        """Reference name -> evaluation file of task ``task``'s pretrained reference segmenters
-        (``downstream.tasks.<task>.references``, rule ``downstream_reference``)."""
-        references = (self.downstream["tasks"].get(task) or {}).get("references") or {}
-        return {name: f"{self.results}/downstream_reference/{task}/{name}.json" for name in references}
+    def reference_configs(self, task: str | None) -> dict[str, dict]:
+        """Task ``task``'s pretrained reference segmenters (``downstream.tasks.<task>.references``; none for
+        ``None`` or a task the study does not have)."""
+        return dict((self.downstream["tasks"].get(task) or {}).get("references") or {}) if task is not None else {}
+
+    def downstream_references(self, task: str | None) -> dict[str, str]:
+        """Reference name -> evaluation file of task ``task``'s reference segmenters (rule ``downstream_reference``)."""
+        return {name: f"{self.results}/downstream_reference/{task}/{name}.json"
+                for name in self.reference_configs(task)}
 
     def downstream_reference_json(self, reference: str) -> str:
         """Evaluation file of reference ``<task>.<name>``; empty where the study has no such reference."""
         task, _, name = reference.rpartition(TASK_SEPARATOR)
-        return self.downstream_references(task).get(name, "") if task in self.downstream["tasks"] else ""
+        return self.downstream_references(task).get(name, "")
 
     def every_downstream_setting(self) -> list[str]:
         """The plain settings and every task's (``<task>.<setting>``)."""

@@ -38,11 +38,14 @@ REFERENCE_ORIENTATION = np.eye(4)  # a slice of the shards is a canonical (RAS) 
 
 
 def unit_to_hu(images: np.ndarray, window: Sequence[float]) -> np.ndarray:
-    """Slices in [-1, 1] mapped back onto the HU ``window`` [low, high] they were exported from (float32)."""
+    """Slices in [-1, 1] mapped back onto the HU ``window`` [low, high] they were exported from (float32;
+    :func:`medsynth.preprocess.intensity.unit_to_hu` over a checked window)."""
+    from medsynth.preprocess.intensity import unit_to_hu as hu_of_unit
+
     lo, hi = (float(v) for v in window)
     if not hi > lo:
         raise ValueError(f"reference window {list(window)} must rise (low < high, HU)")
-    return ((np.asarray(images, dtype=np.float32) + 1.0) / 2.0 * (hi - lo) + lo).astype(np.float32)
+    return hu_of_unit(images, (lo, hi))
 
 
 def reference_config(downstream: Mapping, masks: Mapping, task: str, name: str) -> tuple[dict, dict]:

@@ -79,21 +79,16 @@ def medsyn2_table5(loaded: Mapping[str, Mapping], paper_dir: str | Path, referen
     return pd.DataFrame(rows)
 
 
-def _references(study: "Study", task: str | None) -> dict:
-    return ((study.downstream["tasks"].get(task) or {}).get("references") or {}) if task is not None else {}
-
-
 def table5_inputs(study: "Study") -> dict[str, str]:
     """The table's records: the task's trained settings (``tables.medsyn2_table5_task``) and its references'."""
     task = study.tables["medsyn2_table5_task"]
     inputs = {st: study.downstream_json(st) for st in study.downstream_settings("real", "real_synth", "synth_only",
                                                                                 task=task)}
-    if _references(study, task):
-        inputs.update({REFERENCE_KEY.format(name): path for name, path in study.downstream_references(task).items()})
+    inputs.update({REFERENCE_KEY.format(name): path for name, path in study.downstream_references(task).items()})
     return inputs
 
 
 def table5_params(study: "Study") -> dict:
     """``references``: reference name -> the paper row it stands beside (``downstream.tasks.<task>.references``)."""
-    refs = _references(study, study.tables["medsyn2_table5_task"])
+    refs = study.reference_configs(study.tables["medsyn2_table5_task"])
     return {"references": {name: ref.get("paper_row") or name for name, ref in refs.items()}}
